@@ -1,0 +1,1 @@
+"""Data sets, partitioning across devices, and image preprocessing."""

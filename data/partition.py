@@ -1,0 +1,128 @@
+"""Split a training set across devices: IID, label skew, pathological shards, quantity skew.
+
+Every partitioner is a pure function of the labels, the number of devices and a
+seeded generator. The result is a list of index arrays, one per device, that are
+disjoint and together use every sample exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity")
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How to split the data: the scheme and its one parameter."""
+
+    scheme: str = "iid"
+    alpha: float = 0.5  # Dirichlet concentration: smaller means more label skew
+    shards_per_device: int = 2
+    quantity_alpha: float = 1.0  # Dirichlet concentration of device sizes (quantity skew)
+
+
+def iid(num_samples: int, num_devices: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle, then deal equal-sized slices."""
+    return [np.sort(part) for part in np.array_split(rng.permutation(num_samples), num_devices)]
+
+
+def _sizes_from_proportions(total: int, proportions: np.ndarray, minimum: int) -> np.ndarray:
+    """Integer sizes summing to ``total``, each at least ``minimum``, close to ``proportions``."""
+    spare = total - minimum * len(proportions)
+    sizes = np.floor(proportions * spare).astype(int)
+    leftover = spare - sizes.sum()
+    sizes[np.argsort(-(proportions * spare - sizes))[:leftover]] += 1
+    return sizes + minimum
+
+
+def quantity_skew(
+    num_samples: int, num_devices: int, rng: np.random.Generator, alpha: float = 1.0, minimum: int = 10
+) -> list[np.ndarray]:
+    """IID content, unequal sizes drawn from Dirichlet(alpha): smaller alpha, more unequal."""
+    if num_samples < minimum * num_devices:
+        minimum = num_samples // num_devices
+    sizes = _sizes_from_proportions(num_samples, rng.dirichlet(np.full(num_devices, alpha)), minimum)
+    bounds = np.cumsum(sizes)[:-1]
+    return [np.sort(part) for part in np.split(rng.permutation(num_samples), bounds)]
+
+
+def dirichlet(
+    labels: np.ndarray,
+    num_devices: int,
+    alpha: float,
+    rng: np.random.Generator,
+    min_samples: int = 10,
+    max_tries: int = 100,
+) -> list[np.ndarray]:
+    """Label skew: each class is split across devices with Dirichlet(alpha) proportions.
+
+    Draws are repeated (a bounded number of times) until every device has at
+    least ``min_samples`` samples, as in the usual non-IID benchmarks.
+    """
+    labels = np.asarray(labels)
+    min_samples = min(min_samples, len(labels) // num_devices)
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_devices)]
+        for label in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == label))
+            cuts = (np.cumsum(rng.dirichlet(np.full(num_devices, alpha))) * len(members)).astype(int)[:-1]
+            for device, chunk in enumerate(np.split(members, cuts)):
+                parts[device].append(chunk)
+        result = [np.sort(np.concatenate(chunks)) for chunks in parts]
+        if min(len(part) for part in result) >= min_samples:
+            return result
+    raise ValueError(
+        f"could not give each of {num_devices} devices {min_samples} samples with alpha={alpha}; "
+        "use fewer devices or a larger alpha"
+    )
+
+
+def shards(
+    labels: np.ndarray, num_devices: int, shards_per_device: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Pathological non-IID (McMahan et al.): sort by label, cut into shards, deal k to each device."""
+    order = np.argsort(labels, kind="stable")
+    pieces = np.array_split(order, num_devices * shards_per_device)
+    dealt = rng.permutation(len(pieces)).reshape(num_devices, shards_per_device)
+    return [np.sort(np.concatenate([pieces[i] for i in row])) for row in dealt]
+
+
+def partition(
+    labels: np.ndarray, num_devices: int, spec: PartitionSpec, seed: int
+) -> list[np.ndarray]:
+    """Split sample indices across ``num_devices`` devices according to ``spec``."""
+    if num_devices < 1:
+        raise ValueError("need at least one device")
+    if num_devices > len(labels):
+        raise ValueError(f"cannot split {len(labels)} samples across {num_devices} devices")
+    rng = np.random.default_rng(seed)
+    if spec.scheme == "iid":
+        return iid(len(labels), num_devices, rng)
+    if spec.scheme == "dirichlet":
+        return dirichlet(labels, num_devices, spec.alpha, rng)
+    if spec.scheme == "shards":
+        if num_devices * spec.shards_per_device > len(labels):
+            raise ValueError("more shards than samples; use fewer devices or shards per device")
+        return shards(labels, num_devices, spec.shards_per_device, rng)
+    if spec.scheme == "quantity":
+        return quantity_skew(len(labels), num_devices, rng, spec.quantity_alpha)
+    raise ValueError(f"unknown partition scheme {spec.scheme!r}; choose one of {', '.join(PARTITION_SCHEMES)}")
+
+
+def split_local_test(
+    indices: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out ``fraction`` of a device's samples (at least one when it has two) as its local test split."""
+    shuffled = rng.permutation(indices)
+    held_out = int(round(len(shuffled) * fraction))
+    if fraction > 0 and len(shuffled) >= 2:
+        held_out = min(max(held_out, 1), len(shuffled) - 1)
+    return np.sort(shuffled[held_out:]), np.sort(shuffled[:held_out])
+
+
+def label_histogram(device_labels: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """Samples of each class on each device, from each device's labels: shape (devices, classes)."""
+    return np.stack([np.bincount(labels, minlength=num_classes) for labels in device_labels])

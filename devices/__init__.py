@@ -1,0 +1,1 @@
+"""Simulated devices: each holds its own data, trains locally and returns only an update."""

@@ -1,0 +1,183 @@
+"""A reusable Keras model replica with a compiled local training loop.
+
+Building and compiling a Keras model costs far more than a round of local
+training on a small device, so each worker thread owns one replica and reuses
+it for every device and every round: weights are assigned, the optimizer state
+is reset, and a ``tf.function`` runs a chunk of batches with no per-batch
+Python work. Between chunks the caller's ``checkpoint`` runs, which is where a
+pause or a stop takes effect.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from devices.messages import Weights
+
+ModelBuilder = Callable[[], keras.Model]
+Checkpoint = Callable[[int], None]
+
+EVAL_BATCH = 2048
+
+
+class TrainingStopped(Exception):
+    """Raised by a checkpoint to abandon local training (the run was stopped)."""
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The local optimizer every device uses (a fresh state each round)."""
+
+    name: str = "sgd"
+    momentum: float = 0.9
+
+    def build(self) -> keras.optimizers.Optimizer:
+        if self.name == "sgd":
+            return keras.optimizers.SGD(learning_rate=0.01, momentum=self.momentum)
+        if self.name == "adam":
+            return keras.optimizers.Adam(learning_rate=0.001)
+        raise ValueError(f"unknown optimizer {self.name!r}; choose sgd or adam")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float
+    accuracy: float
+    steps: int
+    seconds: float
+
+
+def batches_per_epoch(num_samples: int, batch_size: int) -> int:
+    return -(-num_samples // batch_size)
+
+
+def epoch_orders(num_samples: int, epochs: int, seed: int) -> np.ndarray:
+    """Sample order for ``epochs`` passes, each a fresh seeded shuffle, concatenated."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.permutation(num_samples) for _ in range(epochs)]).astype(np.int32)
+
+
+class ModelReplica:
+    """One model, one optimizer and their compiled train/evaluate functions."""
+
+    def __init__(self, build_model: ModelBuilder, optimizer: OptimizerSpec, steps_per_call: int = 25):
+        self.model = build_model()
+        self.optimizer = optimizer.build()
+        self.optimizer.build(self.model.trainable_variables)
+        self._initial_optimizer_state = [v.numpy() for v in self.optimizer.variables]
+        self.steps_per_call = steps_per_call
+        self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+        image = tf.TensorSpec([None, *self.model.input_shape[1:-1]], tf.uint8)
+        labels = tf.TensorSpec([None], tf.int32)
+        scalar = tf.TensorSpec([], tf.int32)
+        self._train_steps = tf.function(
+            self._train_steps_impl,
+            input_signature=[image, labels, tf.TensorSpec([None], tf.int32), scalar, scalar, scalar, scalar],
+        )
+        self._evaluate_batch = tf.function(self._evaluate_batch_impl, input_signature=[image, labels])
+        self._predict_batch = tf.function(
+            self._predict_impl, input_signature=[tf.TensorSpec([None, *self.model.input_shape[1:-1]], tf.float32)]
+        )
+
+    # -- weights ---------------------------------------------------------
+    def get_weights(self) -> Weights:
+        return [np.array(v.numpy()) for v in self.model.weights]
+
+    def set_weights(self, weights: Weights) -> None:
+        self.model.set_weights(weights)
+
+    def reset_optimizer(self, learning_rate: float) -> None:
+        for variable, value in zip(self.optimizer.variables, self._initial_optimizer_state):
+            variable.assign(value)
+        self.optimizer.learning_rate.assign(learning_rate)
+
+    # -- compiled steps ----------------------------------------------------
+    def _forward_loss(self, x_uint8, y, training):
+        images = tf.expand_dims(tf.cast(x_uint8, tf.float32) / 255.0, -1)
+        logits = self.model(images, training=training)
+        loss_sum = self._loss(y, logits)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
+        return logits, loss_sum, correct
+
+    def _train_steps_impl(self, x, y, order, samples_per_epoch, batch_size, first_step, num_steps):
+        steps_per_epoch = (samples_per_epoch + batch_size - 1) // batch_size
+        loss_total = tf.constant(0.0)
+        correct_total = tf.constant(0.0)
+        seen = tf.constant(0)
+        variables = self.model.trainable_variables
+        for step in tf.range(first_step, first_step + num_steps):
+            epoch_start = (step // steps_per_epoch) * samples_per_epoch
+            start = epoch_start + (step % steps_per_epoch) * batch_size
+            end = tf.minimum(start + batch_size, epoch_start + samples_per_epoch)
+            batch = order[start:end]
+            xb, yb = tf.gather(x, batch), tf.gather(y, batch)
+            with tf.GradientTape() as tape:
+                _, loss_sum, correct = self._forward_loss(xb, yb, training=True)
+                loss = loss_sum / tf.cast(end - start, tf.float32)
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            loss_total += loss_sum
+            correct_total += correct
+            seen += end - start
+        return loss_total, correct_total, seen
+
+    def _evaluate_batch_impl(self, x, y):
+        logits, loss_sum, _ = self._forward_loss(x, y, training=False)
+        return loss_sum, tf.argmax(logits, -1, output_type=tf.int32)
+
+    def _predict_impl(self, images):
+        return tf.nn.softmax(self.model(tf.expand_dims(images, -1), training=False))
+
+    # -- public API ----------------------------------------------------------
+    def train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        checkpoint: Checkpoint = lambda steps: None,
+    ) -> TrainResult:
+        """Train the current weights on (x, y) in place; ``checkpoint`` runs between chunks."""
+        started = time.perf_counter()
+        total_steps = batches_per_epoch(len(x), batch_size) * epochs
+        x_t, y_t = tf.constant(x), tf.constant(y, tf.int32)
+        order = tf.constant(epoch_orders(len(x), epochs, seed))
+        loss_total = correct_total = 0.0
+        seen = 0
+        for first in range(0, total_steps, self.steps_per_call):
+            checkpoint(first)
+            count = min(self.steps_per_call, total_steps - first)
+            loss, correct, num = self._train_steps(x_t, y_t, order, len(x), batch_size, first, count)
+            loss_total += float(loss)
+            correct_total += float(correct)
+            seen += int(num)
+        checkpoint(total_steps)
+        return TrainResult(
+            loss=loss_total / max(seen, 1),
+            accuracy=correct_total / max(seen, 1),
+            steps=total_steps,
+            seconds=time.perf_counter() - started,
+        )
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
+        """Mean loss, accuracy and the predicted labels of the current weights on (x, y)."""
+        if len(x) == 0:
+            return float("nan"), float("nan"), np.zeros(0, np.int32)
+        loss_total = 0.0
+        predictions = []
+        for start in range(0, len(x), EVAL_BATCH):
+            loss, predicted = self._evaluate_batch(x[start:start + EVAL_BATCH], y[start:start + EVAL_BATCH])
+            loss_total += float(loss)
+            predictions.append(predicted.numpy())
+        predicted = np.concatenate(predictions)
+        return loss_total / len(x), float(np.mean(predicted == y)), predicted
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities for float images in [0, 1] of shape (n, height, width)."""
+        return self._predict_batch(np.asarray(images, np.float32)).numpy()

@@ -1,0 +1,1 @@
+"""The in-process federated engine: server, rounds, strategies, metrics, CLI."""

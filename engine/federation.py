@@ -1,0 +1,304 @@
+"""The federation: devices, the global model, and a background thread running rounds.
+
+All public methods are thread-safe. A UI calls the control methods at any time
+and reads :meth:`Federation.snapshot`, an immutable view that is cheap to take
+and never waits for a round to finish.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+
+from data.datasets import Dataset, load_dataset
+from data.partition import label_histogram, partition, split_local_test
+from devices.device import Device, DeviceData
+from devices.messages import Weights
+from devices.pool import WorkerPool
+from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
+from engine.config import FederationConfig
+from engine.control import RunControl
+from engine.models import ModelRegistry
+from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
+from engine.rounds import RoundRunner, ServerTestSet
+from engine.strategies import STRATEGIES, build_strategy
+
+WAIT_POLL_SECONDS = 0.5
+
+
+def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
+    """Give each device its own copy of its partition, split into local train and test parts."""
+    rng = np.random.default_rng(config.seed)
+    pool = np.arange(len(dataset.y_train))
+    if config.train_samples is not None and config.train_samples < len(pool):
+        pool = np.sort(rng.choice(pool, size=config.train_samples, replace=False))
+    parts = partition(dataset.y_train[pool], config.num_devices, config.partition_spec, config.seed)
+    devices = []
+    for device_id, part in enumerate(parts):
+        train, test = split_local_test(pool[part], config.local_test_fraction, rng)
+        data = DeviceData(dataset.x_train[train], dataset.y_train[train], dataset.x_train[test], dataset.y_train[test])
+        devices.append(Device(device_id, data, config.faults.get(device_id, "none")))
+    return devices
+
+
+def server_test_set(dataset: Dataset, config: FederationConfig) -> ServerTestSet:
+    count = min(config.test_samples or len(dataset.y_test), len(dataset.y_test))
+    return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes)
+
+
+class Federation:
+    """A federated run: create it, then ``start`` it; it trains in its own thread."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        dataset: Dataset | None = None,
+        registry: ModelRegistry | None = None,
+        progress: Callable[[str], None] | None = None,
+    ):
+        registry = registry or ModelRegistry()
+        self.config = config.validate(model_names=registry.names(), strategy_names=tuple(STRATEGIES))
+        self.dataset = dataset or load_dataset(config.dataset, config.data_dir, progress)
+        self.devices = build_devices(self.dataset, config)
+        self.label_histogram = label_histogram([d.data.y_train for d in self.devices], self.dataset.num_classes)
+
+        def make_replica() -> ModelReplica:
+            model = lambda: registry.build(config.model, self.dataset.image_shape, self.dataset.num_classes)  # noqa: E731
+            return ModelReplica(model, OptimizerSpec(config.optimizer, config.momentum))
+
+        keras.utils.set_random_seed(config.seed)  # reproducible initial global model
+        evaluator = make_replica()
+        self._predictor = make_replica()
+        self._predictor_lock = threading.Lock()
+        self._predictor_version = -1
+        self._weights: Weights = evaluator.get_weights()
+        self._pool = WorkerPool(make_replica, config.workers)
+        self._control = RunControl()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._status = RunStatus.READY
+        self._message = "Ready: press start."
+        self._total_rounds = config.rounds
+        self._history: list[RoundResult] = []
+        self._active = [True] * config.num_devices
+        self._device_status = [DeviceStatus.IDLE] * config.num_devices
+        self._device_detail = [""] * config.num_devices
+        self._round_steps: dict[int, tuple[int, int]] = {}
+        self._elapsed_before = 0.0
+        self._started_at: float | None = None
+        self._runner = RoundRunner(
+            config,
+            self.devices,
+            self._pool,
+            evaluator,
+            build_strategy(config.strategy),
+            server_test_set(self.dataset, config),
+            self._set_device_status,
+            self._set_device_progress,
+        )
+
+    # -- control ------------------------------------------------------------------
+    def start(self) -> None:
+        """Start training (or continue after finishing/stopping, with more rounds)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._control = RunControl()
+            self._status, self._message = RunStatus.RUNNING, "Starting..."
+            self._started_at = time.perf_counter()
+            self._thread = threading.Thread(target=self._run, name="federation-rounds", daemon=True)
+            self._thread.start()
+
+    def pause(self) -> None:
+        """Pause at the next local batch chunk; devices keep their place."""
+        with self._lock:
+            if self._status in (RunStatus.RUNNING, RunStatus.WAITING):
+                self._control.pause()
+                self._status, self._message = RunStatus.PAUSED, "Paused."
+
+    def resume(self) -> None:
+        with self._lock:
+            if self._status is RunStatus.PAUSED:
+                self._control.resume()
+                self._status, self._message = RunStatus.RUNNING, "Resumed."
+
+    def stop(self, wait: bool = True, timeout: float | None = 30.0) -> None:
+        """Stop promptly; the round in progress is abandoned, completed rounds are kept."""
+        self._control.stop()
+        thread = self._thread
+        if wait and thread is not None:
+            thread.join(timeout)
+
+    def close(self) -> None:
+        """Stop and release the worker threads."""
+        self.stop()
+        self._pool.shutdown()
+
+    def wait(self, timeout: float | None = None) -> Snapshot:
+        """Block until the run thread ends (finished, stopped or failed), then return a snapshot."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.snapshot()
+
+    def set_active(self, device_id: int, active: bool) -> None:
+        """Activate or deactivate a device; takes effect from the next round."""
+        if not 0 <= device_id < len(self.devices):
+            raise IndexError(f"no device {device_id}")
+        with self._lock:
+            self._active[device_id] = active
+        self._control.poke()
+
+    def set_all_active(self, active: bool) -> None:
+        with self._lock:
+            self._active = [active] * len(self.devices)
+        self._control.poke()
+
+    def set_rounds(self, rounds: int | None) -> None:
+        """Change the total number of rounds (None: run until stopped)."""
+        if rounds is not None and rounds < 1:
+            raise ValueError("rounds must be at least 1")
+        with self._lock:
+            self._total_rounds = rounds
+
+    # -- reading --------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            done = sum(s for s, _ in self._round_steps.values())
+            total = sum(t for _, t in self._round_steps.values())
+            running_for = time.perf_counter() - self._started_at if self._is_running_locked() else 0.0
+            return Snapshot(
+                status=self._status,
+                message=self._message,
+                round=len(self._history),
+                total_rounds=self._total_rounds,
+                round_progress=done / total if total else 0.0,
+                elapsed=self._elapsed_before + running_for,
+                devices=tuple(
+                    DeviceState(
+                        device_id=d.device_id,
+                        active=self._active[d.device_id],
+                        status=self._visible_status(d.device_id),
+                        samples=d.data.num_train,
+                        detail=self._device_detail[d.device_id],
+                    )
+                    for d in self.devices
+                ),
+                history=tuple(self._history),
+                model_version=len(self._history),
+            )
+
+    @property
+    def global_weights(self) -> Weights:
+        with self._lock:
+            return self._weights
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of the current global model for float images in [0, 1], shape (n, 28, 28)."""
+        with self._lock:
+            weights, version = self._weights, len(self._history)
+        with self._predictor_lock:
+            if version != self._predictor_version:
+                self._predictor.set_weights(weights)
+                self._predictor_version = version
+            return self._predictor.predict(images)
+
+    # -- the round loop -----------------------------------------------------------------
+    def _is_running_locked(self) -> bool:
+        return self._started_at is not None and self._thread is not None and self._thread.is_alive()
+
+    def _visible_status(self, device_id: int) -> DeviceStatus:
+        status = self._device_status[device_id]
+        if not self._active[device_id] and status is not DeviceStatus.TRAINING:
+            return DeviceStatus.INACTIVE
+        return status
+
+    def _set_device_status(self, device_id: int, status: DeviceStatus, detail: str) -> None:
+        with self._lock:
+            self._device_status[device_id] = status
+            self._device_detail[device_id] = detail
+            if status is DeviceStatus.TRAINING:
+                self._round_steps[device_id] = (0, self._local_steps(device_id))
+            elif device_id in self._round_steps:
+                total = self._round_steps[device_id][1]
+                self._round_steps[device_id] = (total, total)
+
+    def _local_steps(self, device_id: int) -> int:
+        samples = self.devices[device_id].data.num_train
+        return batches_per_epoch(samples, self.config.batch_size) * self.config.local_epochs
+
+    def _set_device_progress(self, device_id: int, steps: int) -> None:
+        with self._lock:
+            _, total = self._round_steps.get(device_id, (0, 0))
+            self._round_steps[device_id] = (steps, total)
+
+    def _set_state(self, status: RunStatus, message: str) -> None:
+        with self._lock:
+            if self._status is RunStatus.PAUSED and status is RunStatus.RUNNING:
+                return  # a pause requested meanwhile wins
+            self._status, self._message = status, message
+
+    def _rounds_left(self) -> bool:
+        with self._lock:
+            return self._total_rounds is None or len(self._history) < self._total_rounds
+
+    def _run(self) -> None:
+        control = self._control
+        try:
+            while self._rounds_left():
+                control.checkpoint()
+                with self._lock:
+                    active = [i for i, on in enumerate(self._active) if on]
+                    server_round = len(self._history) + 1
+                    weights = self._weights
+                if len(active) < self.config.min_devices:
+                    self._set_state(
+                        RunStatus.WAITING,
+                        f"Waiting for devices: {len(active)} active, at least {self.config.min_devices} needed.",
+                    )
+                    control.wait(WAIT_POLL_SECONDS)
+                    continue
+                self._begin_round(server_round)
+                new_weights, result = self._runner.run(server_round, weights, active, control.checkpoint)
+                self._finish_round(new_weights, result)
+            self._end(RunStatus.FINISHED, f"Finished {len(self._history)} rounds.")
+        except TrainingStopped:
+            self._end(RunStatus.STOPPED, f"Stopped after {len(self._history)} completed rounds.")
+        except Exception as error:  # keep the app alive and say what happened
+            self._end(RunStatus.FAILED, f"Training failed: {type(error).__name__}: {error}")
+
+    def _begin_round(self, server_round: int) -> None:
+        with self._lock:
+            self._round_steps = {}
+            for device_id in range(len(self.devices)):
+                self._device_status[device_id] = DeviceStatus.IDLE
+                self._device_detail[device_id] = ""
+        self._set_state(RunStatus.RUNNING, f"Round {server_round} in progress.")
+
+    def _finish_round(self, weights: Weights, result: RoundResult) -> None:
+        with self._lock:
+            self._weights = weights
+            self._history.append(result)
+            self._round_steps = {}
+        summary = f"Round {result.round}: accuracy {result.global_accuracy:.3f}."
+        if not result.devices:
+            summary += " No valid updates: the global model is unchanged."
+        elif result.problems:
+            summary += f" {len(result.problems)} device(s) dropped: " + "; ".join(
+                f"device {p.device_id} {p.kind} ({p.reason})" for p in result.problems
+            )
+        self._set_state(RunStatus.RUNNING, summary)
+
+    def _end(self, status: RunStatus, message: str) -> None:
+        with self._lock:
+            if self._started_at is not None:
+                self._elapsed_before += time.perf_counter() - self._started_at
+            self._started_at = None
+            self._status, self._message = status, message
+            self._round_steps = {}
+            self._device_status = [
+                DeviceStatus.IDLE if s is DeviceStatus.TRAINING else s for s in self._device_status
+            ]

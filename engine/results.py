@@ -1,0 +1,105 @@
+"""Round results and snapshots: immutable records the UI and CLI read."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+class RunStatus(str, enum.Enum):
+    READY = "ready"
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING = "waiting for devices"
+    STOPPED = "stopped"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class DeviceStatus(str, enum.Enum):
+    IDLE = "idle"
+    TRAINING = "training"
+    SENT = "sent update"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    INACTIVE = "inactive"
+
+
+@dataclass(frozen=True)
+class DeviceRoundResult:
+    """One device's part in one round."""
+
+    device_id: int
+    samples: int
+    train_loss: float
+    train_accuracy: float
+    received_accuracy: float
+    accuracy: float  # its trained model on its local test split
+    loss: float
+    seconds: float
+    bytes_up: int
+
+
+@dataclass(frozen=True)
+class DeviceProblem:
+    """A device that was selected but whose update did not make it into the aggregate."""
+
+    device_id: int
+    kind: str  # "failed" (raised) or "rejected" (invalid update)
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    global_loss: float
+    global_accuracy: float
+    seconds: float
+    train_seconds: float
+    eval_seconds: float
+    selected: tuple[int, ...]
+    devices: tuple[DeviceRoundResult, ...]
+    problems: tuple[DeviceProblem, ...]
+    bytes_down: int
+    bytes_up: int
+    confusion: np.ndarray = field(repr=False, compare=False)  # (classes, classes): true x predicted
+
+    def to_json_dict(self) -> dict:
+        record = asdict(self)
+        record["confusion"] = self.confusion.tolist()
+        record["selected"] = list(self.selected)
+        return record
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    device_id: int
+    active: bool
+    status: DeviceStatus
+    samples: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent view of a federation at one moment."""
+
+    status: RunStatus
+    message: str
+    round: int  # rounds completed
+    total_rounds: int | None
+    round_progress: float  # 0..1 for the round in progress
+    elapsed: float
+    devices: tuple[DeviceState, ...]
+    history: tuple[RoundResult, ...]
+    model_version: int
+
+    @property
+    def latest(self) -> RoundResult | None:
+        return self.history[-1] if self.history else None
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.WAITING)
