@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from devices.messages import DeviceMetrics, DeviceUpdate, TrainInstructions
+from devices.codec import encode_delta
+from devices.faults import SimulatedCrash, misbehave
+from devices.messages import DeviceMetrics, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights
+
+__all__ = ["Device", "DeviceData", "SimulatedCrash"]
+from devices.privacy import add_gaussian_noise, clip_by_global_norm
+from devices.secure_aggregation import mask_update
 from devices.trainer import Checkpoint, ModelReplica
-
-
-class SimulatedCrash(RuntimeError):
-    """A device configured to fail raises this halfway through local training."""
 
 
 @dataclass(frozen=True)
@@ -31,17 +33,21 @@ class DeviceData:
 class Device:
     """Holds only its own data; trains whatever model the server sends it.
 
-    ``fault`` simulates a misbehaving device: ``"crash"`` raises mid-training,
-    ``"nan"`` sends back weights full of NaN.
+    ``fault`` simulates a misbehaving device: ``crash`` raises mid-training,
+    ``nan`` sends NaN weights, ``scale`` sends its update flipped and boosted,
+    ``random`` sends random weights. ``slowdown`` multiplies its simulated
+    compute time (a straggler when a round has a deadline).
     """
 
-    def __init__(self, device_id: int, data: DeviceData, fault: str = "none"):
+    def __init__(self, device_id: int, data: DeviceData, fault: str = "none", slowdown: float = 1.0):
         self.device_id = device_id
         self.data = data
         self.fault = fault
+        self.slowdown = slowdown
+        self._residual: Weights | None = None  # error feedback for top-k compression
 
     def fit(self, instructions: TrainInstructions, replica: ModelReplica, checkpoint: Checkpoint) -> DeviceUpdate:
-        """Train the received model on local data and return the update."""
+        """Train the received model on local data and return the resulting model."""
         data = self.data
         replica.set_weights(instructions.weights)
         received_loss, received_accuracy, _ = replica.evaluate(data.x_test, data.y_test)
@@ -60,11 +66,11 @@ class Device:
             batch_size=instructions.batch_size,
             seed=instructions.seed,
             checkpoint=device_checkpoint,
+            proximal_mu=instructions.proximal_mu,
         )
         local_loss, local_accuracy, _ = replica.evaluate(data.x_test, data.y_test)
-        weights = replica.get_weights()
-        if self.fault == "nan":
-            weights = [np.full_like(array, np.nan) for array in weights]
+        rng = np.random.default_rng(instructions.seed)
+        weights = misbehave(self.fault, instructions.weights, replica.get_weights(), rng)
         return DeviceUpdate(
             device_id=self.device_id,
             weights=weights,
@@ -80,3 +86,23 @@ class Device:
                 seconds=trained.seconds,
             ),
         )
+
+    def respond(self, instructions: TrainInstructions, replica: ModelReplica, checkpoint: Checkpoint) -> EncodedUpdate:
+        """Train, then clip, noise, compress or mask the delta as instructed and serialise it."""
+        update = self.fit(instructions, replica, checkpoint)
+        delta = [(t - r).astype(np.float32) for t, r in zip(update.weights, instructions.weights)]
+        privacy = instructions.privacy
+        if privacy.clip_norm is not None:
+            delta = clip_by_global_norm(delta, privacy.clip_norm)
+            if privacy.local_noise_multiplier > 0:
+                rng = np.random.default_rng([instructions.seed, 1])
+                delta = add_gaussian_noise(delta, privacy.local_noise_multiplier * privacy.clip_norm, rng)
+        if self._residual is not None and instructions.compression == "topk":
+            delta = [d + r for d, r in zip(delta, self._residual)]
+        payload, sent = encode_delta(delta, instructions.compression, instructions.topk_fraction)
+        if instructions.compression == "topk":
+            self._residual = [d - s for d, s in zip(delta, sent)]
+        if instructions.secure is not None:
+            masked = mask_update(self.device_id, sent, instructions.secure)
+            return EncodedUpdate(self.device_id, update.num_samples, update.metrics, masked=masked)
+        return EncodedUpdate(self.device_id, update.num_samples, update.metrics, payload=payload)

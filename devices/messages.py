@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from devices.secure_aggregation import SecureAggregationPlan
 
 Weights = list[np.ndarray]
 
@@ -12,6 +16,14 @@ Weights = list[np.ndarray]
 def weights_nbytes(weights: Weights) -> int:
     """Payload size of a weight list in bytes, as sent over the wire (raw array data)."""
     return int(sum(array.nbytes for array in weights))
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """Per-device differential privacy: clip the update, optionally add local noise."""
+
+    clip_norm: float | None = None  # L2 bound on the update (DP-FedAvg); None: no clipping
+    local_noise_multiplier: float = 0.0  # local DP: noise stddev = multiplier * clip_norm
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,11 @@ class TrainInstructions:
     batch_size: int = 32
     learning_rate: float = 0.01
     seed: int = 0
+    proximal_mu: float = 0.0
+    privacy: PrivacySettings = PrivacySettings()
+    compression: str = "none"
+    topk_fraction: float = 0.01
+    secure: SecureAggregationPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +59,7 @@ class DeviceMetrics:
 
 @dataclass(frozen=True)
 class DeviceUpdate:
-    """A device's answer: its new weights, how many samples produced them, and its metrics."""
+    """A device's model after local training, its sample count and its metrics."""
 
     device_id: int
     weights: Weights
@@ -53,3 +70,22 @@ class DeviceUpdate:
     @property
     def nbytes(self) -> int:
         return weights_nbytes(self.weights)
+
+
+@dataclass(frozen=True)
+class EncodedUpdate:
+    """The update as it leaves the device: serialised (possibly compressed or masked) bytes.
+
+    ``masked`` holds the secure-aggregation vector instead of ``payload`` when
+    the round uses secure aggregation.
+    """
+
+    device_id: int
+    num_samples: int
+    metrics: DeviceMetrics
+    payload: bytes = b""
+    masked: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload) if self.masked is None else int(self.masked.nbytes)

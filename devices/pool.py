@@ -7,12 +7,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from devices.device import Device
-from devices.messages import DeviceUpdate, TrainInstructions
+from devices.messages import EncodedUpdate, TrainInstructions
 from devices.trainer import Checkpoint, ModelReplica
 
 
 class WorkerPool:
-    """Runs ``Device.fit`` calls concurrently on ``workers`` threads.
+    """Runs ``Device.respond`` calls concurrently on ``workers`` threads.
 
     Replicas are built once, up front, and handed to whichever task runs next,
     so no model is built or traced per device or per round.
@@ -24,11 +24,11 @@ class WorkerPool:
             self._replicas.put(make_replica())
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="device-worker")
 
-    def submit(self, device: Device, instructions: TrainInstructions, checkpoint: Checkpoint) -> Future[DeviceUpdate]:
-        def run() -> DeviceUpdate:
+    def submit(self, device: Device, instructions: TrainInstructions, checkpoint: Checkpoint) -> Future[EncodedUpdate]:
+        def run() -> EncodedUpdate:
             replica = self._replicas.get()
             try:
-                return device.fit(instructions, replica, checkpoint)
+                return device.respond(instructions, replica, checkpoint)
             finally:
                 self._replicas.put(replica)
 

@@ -70,6 +70,9 @@ class ModelReplica:
         self.model = build_model()
         self.optimizer = optimizer.build()
         self.optimizer.build(self.model.trainable_variables)
+        # FedProx: the weights received this round and the proximal weight mu
+        self._anchors = [tf.Variable(v.value, trainable=False) for v in self.model.trainable_variables]
+        self._proximal_mu = tf.Variable(0.0, trainable=False)
         self._initial_optimizer_state = [v.numpy() for v in self.optimizer.variables]
         self.steps_per_call = steps_per_call
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
@@ -90,7 +93,10 @@ class ModelReplica:
         return [np.array(v.numpy()) for v in self.model.weights]
 
     def set_weights(self, weights: Weights) -> None:
+        """Load ``weights``; they also become the anchor of FedProx's proximal term."""
         self.model.set_weights(weights)
+        for anchor, variable in zip(self._anchors, self.model.trainable_variables):
+            anchor.assign(variable.value)
 
     def reset_optimizer(self, learning_rate: float) -> None:
         for variable, value in zip(self.optimizer.variables, self._initial_optimizer_state):
@@ -120,7 +126,10 @@ class ModelReplica:
             with tf.GradientTape() as tape:
                 _, loss_sum, correct = self._forward_loss(xb, yb, training=True)
                 loss = loss_sum / tf.cast(end - start, tf.float32)
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            gradients = tape.gradient(loss, variables)
+            # gradient of (mu/2)||w - w_received||^2, zero unless FedProx asks for it
+            gradients = [g + self._proximal_mu * (v - a) for g, v, a in zip(gradients, variables, self._anchors)]
+            self.optimizer.apply_gradients(zip(gradients, variables))
             loss_total += loss_sum
             correct_total += correct
             seen += end - start
@@ -142,9 +151,11 @@ class ModelReplica:
         batch_size: int,
         seed: int,
         checkpoint: Checkpoint = lambda steps: None,
+        proximal_mu: float = 0.0,
     ) -> TrainResult:
         """Train the current weights on (x, y) in place; ``checkpoint`` runs between chunks."""
         started = time.perf_counter()
+        self._proximal_mu.assign(proximal_mu)
         total_steps = batches_per_epoch(len(x), batch_size) * epochs
         x_t, y_t = tf.constant(x), tf.constant(y, tf.int32)
         order = tf.constant(epoch_orders(len(x), epochs, seed))

@@ -38,3 +38,78 @@ def update_problem(weights: Weights, reference: Weights) -> str | None:
         if not np.all(np.isfinite(array)):
             return f"weight array {index} contains NaN or Inf"
     return None
+
+
+# --- Robust aggregation: coordinate-wise statistics of the models, unweighted ---------------------
+
+
+def _stacked(weight_lists: Sequence[Weights], layer: int) -> np.ndarray:
+    return np.stack([np.asarray(weights[layer], dtype=np.float64) for weights in weight_lists])
+
+
+def coordinate_median(weight_lists: Sequence[Weights]) -> Weights:
+    """Coordinate-wise median of the models, ignoring sample counts (Yin et al. 2018, Alg. "median")."""
+    if not weight_lists:
+        raise ValueError("nothing to aggregate")
+    return [np.median(_stacked(weight_lists, layer), axis=0) for layer in range(len(weight_lists[0]))]
+
+
+def trim_count(num_models: int, beta: float) -> int:
+    """How many models to drop at *each* end for trim fraction ``beta``; at least one model always remains."""
+    if not 0 <= beta < 0.5:
+        raise ValueError(f"trim fraction beta must be in [0, 0.5), got {beta}")
+    return min(int(np.floor(beta * num_models)), (num_models - 1) // 2)
+
+
+def trimmed_mean(weight_lists: Sequence[Weights], beta: float) -> Weights:
+    """Coordinate-wise mean after dropping the ``beta`` fraction largest and smallest values (Yin et al. 2018)."""
+    if not weight_lists:
+        raise ValueError("nothing to aggregate")
+    cut = trim_count(len(weight_lists), beta)
+    kept = slice(cut, len(weight_lists) - cut)
+    return [
+        np.sort(_stacked(weight_lists, layer), axis=0)[kept].mean(axis=0) for layer in range(len(weight_lists[0]))
+    ]
+
+
+# --- Server optimizers: the global model steps along a pseudo-gradient -----------------------------
+
+
+def pseudo_gradient(global_weights: Weights, mean: Weights) -> Weights:
+    """``mean - global``: the average device update, the direction the devices moved the model."""
+    return [np.asarray(m, np.float64) - np.asarray(g, np.float64) for g, m in zip(global_weights, mean)]
+
+
+def momentum_update(velocity: Weights, delta: Weights, momentum: float) -> Weights:
+    """Server momentum of FedAvgM (Hsu et al. 2019): ``v = momentum * v + (global - mean)`` with ``delta = mean - global``."""
+    return [momentum * v - d for v, d in zip(velocity, delta)]
+
+
+def first_moment_update(m: Weights, delta: Weights, beta_1: float) -> Weights:
+    """``m = beta_1 * m + (1 - beta_1) * delta`` (Reddi et al. 2021, Algorithm 2)."""
+    return [beta_1 * mi + (1.0 - beta_1) * d for mi, d in zip(m, delta)]
+
+
+def adagrad_second_moment(v: Weights, delta: Weights) -> Weights:
+    """FedAdagrad: ``v = v + delta^2``."""
+    return [vi + d * d for vi, d in zip(v, delta)]
+
+
+def adam_second_moment(v: Weights, delta: Weights, beta_2: float) -> Weights:
+    """FedAdam: ``v = beta_2 * v + (1 - beta_2) * delta^2``."""
+    return [beta_2 * vi + (1.0 - beta_2) * d * d for vi, d in zip(v, delta)]
+
+
+def yogi_second_moment(v: Weights, delta: Weights, beta_2: float) -> Weights:
+    """FedYogi: ``v = v - (1 - beta_2) * delta^2 * sign(v - delta^2)``; v moves towards delta^2 additively."""
+    return [vi - (1.0 - beta_2) * d * d * np.sign(vi - d * d) for vi, d in zip(v, delta)]
+
+
+def adaptive_step(global_weights: Weights, m: Weights, v: Weights, learning_rate: float, tau: float) -> Weights:
+    """``global + learning_rate * m / (sqrt(v) + tau)`` (Reddi et al. 2021, Algorithm 2)."""
+    return [np.asarray(g, np.float64) + learning_rate * mi / (np.sqrt(vi) + tau) for g, mi, vi in zip(global_weights, m, v)]
+
+
+def as_float32(weights: Weights) -> Weights:
+    """The weights as float32 arrays (no copy when they already are)."""
+    return [np.asarray(array, dtype=np.float32) for array in weights]

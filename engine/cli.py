@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from dataclasses import asdict
 from typing import Sequence, TextIO
 
-from data.datasets import DATASET_NAMES, DatasetUnavailableError
+from data.datasets import DATASET_NAMES, DatasetUnavailableError, load_dataset
 from data.partition import PARTITION_SCHEMES
+from devices.codec import COMPRESSIONS
 from engine.config import BUILTIN_MODELS, OPTIMIZERS, ConfigError, FederationConfig
 from engine.results import RoundResult, RunStatus, Snapshot
+from engine.store import RunNotFound, RunStore
 from engine.strategies import STRATEGIES
 
 DEFAULTS = FederationConfig()
 POLL_SECONDS = 0.1
+EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")
+
+
+def default_runs_dir() -> str:
+    return os.environ.get("FL_RUNS_DIR", "runs")
 
 
 def positive_int(text: str) -> int:
@@ -37,6 +46,30 @@ def parse_fault(text: str) -> tuple[int, str]:
     if not device.isdigit() or not fault:
         raise argparse.ArgumentTypeError(f"expected DEVICE=FAULT such as 3=crash, got {text!r}")
     return int(device), fault
+
+
+def parse_slowdown(text: str) -> tuple[int, float]:
+    device, _, factor = text.partition("=")
+    try:
+        return int(device), float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DEVICE=FACTOR such as 3=5, got {text!r}") from None
+
+
+def parse_param(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER such as proximal_mu=0.01, got {text!r}") from None
+
+
+def strategy_help() -> str:
+    lines = []
+    for name, cls in STRATEGIES.items():
+        params = ", ".join(f"{key}={value:g}" for key, value in cls.parameters().items()) or "no parameters"
+        lines.append(f"{name} ({params})")
+    return "aggregation strategy: " + "; ".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = run.add_argument_group("training")
     training.add_argument("--model", choices=BUILTIN_MODELS, default=DEFAULTS.model, help="model architecture")
-    training.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULTS.strategy,
-                          help="aggregation strategy")
+    training.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULTS.strategy, help=strategy_help())
+    training.add_argument("--strategy-param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
+                          help="override a strategy hyper-parameter, e.g. proximal_mu=0.1; repeatable")
     training.add_argument("--rounds", type=rounds_value, default=DEFAULTS.rounds,
                           help="federated rounds (0: until interrupted)")
     training.add_argument("--local-epochs", type=positive_int, default=DEFAULTS.local_epochs,
@@ -97,13 +131,90 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for partition, sampling and init")
     training.add_argument("--workers", type=positive_int, default=DEFAULTS.workers,
                           help="threads training devices concurrently")
-    training.add_argument("--fault", type=parse_fault, action="append", default=[], metavar="DEVICE=FAULT",
-                          help="simulate a faulty device: crash (raises mid-round) or nan (sends NaN weights); "
-                               "repeatable")
+
+    devices = run.add_argument_group("unreliable and malicious devices")
+    devices.add_argument("--fault", type=parse_fault, action="append", default=[], metavar="DEVICE=FAULT",
+                         help="simulate a faulty device: crash (raises mid-round), nan (sends NaN weights), "
+                              "scale (sends its update flipped and x10), random (sends random weights); repeatable")
+    devices.add_argument("--slowdown", type=parse_slowdown, action="append", default=[], metavar="DEVICE=FACTOR",
+                         help="multiply a device's simulated compute time; repeatable")
+    devices.add_argument("--dropout", type=float, default=DEFAULTS.dropout,
+                         help="probability that a selected device does not answer in a round")
+    devices.add_argument("--deadline", type=float, default=None,
+                         help="round deadline in simulated seconds; slower devices are dropped as stragglers")
+
+    privacy = run.add_argument_group("privacy and compression")
+    privacy.add_argument("--clip", type=float, default=None, help="clip each device's update to this L2 norm")
+    privacy.add_argument("--noise", type=float, default=DEFAULTS.noise_multiplier,
+                         help="central DP noise multiplier z (needs --clip): stddev z*clip/devices on the mean")
+    privacy.add_argument("--local-noise", type=float, default=DEFAULTS.local_noise_multiplier,
+                         help="local DP noise multiplier (needs --clip): each device adds stddev z*clip")
+    privacy.add_argument("--dp-delta", type=float, default=DEFAULTS.dp_delta, help="delta for the reported epsilon")
+    privacy.add_argument("--secure-aggregation", action="store_true",
+                         help="simulated secure aggregation: the server only sees masked updates and their sum")
+    privacy.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULTS.compression,
+                         help="update compression: q8/q4 quantisation or top-k sparsification with error feedback")
+    privacy.add_argument("--topk-fraction", type=float, default=DEFAULTS.topk_fraction,
+                         help="share of each tensor's entries sent with --compression topk")
 
     output = run.add_argument_group("output")
-    output.add_argument("--json", action="store_true", help="print one JSON object per round and a summary line")
+    add_output_options(output)
+    output.add_argument("--label", default="", help="a name for the run in the run list")
+    output.add_argument("--no-save", action="store_true", help="do not record the run in the runs directory")
+
+    resume = commands.add_parser(
+        "resume", help="continue a stored run from its last completed round",
+        description="Continue a stored run from its last completed round, same devices and partition.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    resume.set_defaults(command_parser=resume)
+    resume.add_argument("run_id", metavar="RUN_ID")
+    resume.add_argument("--rounds", type=rounds_value, default=5, help="rounds to add (0: until interrupted)")
+    resume.add_argument("--data-dir", default=None, help="folder with the IDX .gz files (default: $FL_DATA_DIR)")
+    add_output_options(resume)
+
+    runs = commands.add_parser("runs", help="list stored runs")
+    runs.set_defaults(command_parser=runs)
+    add_runs_dir(runs)
+    runs.add_argument("--json", action="store_true", help="one JSON object per run")
+
+    metrics = commands.add_parser("metrics", help="print a run's per-round metrics as CSV or JSON")
+    metrics.set_defaults(command_parser=metrics)
+    metrics.add_argument("run_id", metavar="RUN_ID")
+    metrics.add_argument("--format", choices=("csv", "json"), default="csv")
+    add_runs_dir(metrics)
+
+    export = commands.add_parser(
+        "export", help="export a run's global model (.keras, SavedModel, TFLite)",
+        description="Export the global model of a stored run for deployment.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.set_defaults(command_parser=export)
+    export.add_argument("run_id", metavar="RUN_ID")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="keras",
+                        help="keras file, TensorFlow SavedModel, TFLite (float) or TFLite with int8 quantisation")
+    export.add_argument("--round", type=positive_int, default=None,
+                        help="which round's model (default: the last completed round)")
+    export.add_argument("--output", default=None, help="destination path (default: inside the run's folder)")
+    export.add_argument("--data-dir", default=None, help="data folder, for the int8 representative images")
+    add_runs_dir(export)
+
+    delete = commands.add_parser("delete", help="delete a stored run, or all of them")
+    delete.set_defaults(command_parser=delete)
+    delete.add_argument("run_id", metavar="RUN_ID", nargs="?")
+    delete.add_argument("--all", action="store_true", help="delete every run")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_runs_dir(delete)
     return parser
+
+
+def add_runs_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default=default_runs_dir(), help="where runs are stored ($FL_RUNS_DIR)")
+
+
+def add_output_options(group) -> None:
+    group.add_argument("--json", action="store_true", help="print one JSON object per round and a summary line")
+    add_runs_dir(group)
 
 
 def config_from_args(args: argparse.Namespace) -> FederationConfig:
@@ -126,11 +237,22 @@ def config_from_args(args: argparse.Namespace) -> FederationConfig:
         fraction=args.fraction,
         seed=args.seed,
         strategy=args.strategy,
+        strategy_params=dict(args.strategy_param),
         local_test_fraction=args.local_test_fraction,
         train_samples=args.train_samples,
         test_samples=args.test_samples,
         workers=args.workers,
         faults=dict(args.fault),
+        slowdowns=dict(args.slowdown),
+        dropout=args.dropout,
+        round_deadline=args.deadline,
+        clip_norm=args.clip,
+        noise_multiplier=args.noise,
+        local_noise_multiplier=args.local_noise,
+        dp_delta=args.dp_delta,
+        secure_aggregation=args.secure_aggregation,
+        compression=args.compression,
+        topk_fraction=args.topk_fraction,
     )
 
 
@@ -142,6 +264,8 @@ def round_json(result: RoundResult) -> dict:
         "seconds": result.seconds,
         "bytes_down": result.bytes_down,
         "bytes_up": result.bytes_up,
+        "compression_ratio": result.compression_ratio,
+        "epsilon": result.epsilon,
         "devices": [
             {"id": d.device_id, "samples": d.samples, "accuracy": d.accuracy, "loss": d.loss,
              "train_accuracy": d.train_accuracy, "train_loss": d.train_loss}
@@ -171,17 +295,17 @@ def round_row(result: RoundResult) -> str:
     accs = [d.accuracy for d in result.devices]
     spread = f"{min(accs):.3f} / {sum(accs) / len(accs):.3f} / {max(accs):.3f}" if accs else "-"
     problems = ", ".join(f"#{p.device_id} {p.kind}" for p in result.problems) or "-"
+    epsilon = f"  epsilon {result.epsilon:.2f}" if result.epsilon is not None else ""
     return (f"{result.round:>5}  {result.global_accuracy:>8.4f}  {result.global_loss:>7.4f}  "
-            f"{result.seconds:>7.2f}  {len(result.devices):>7}  {spread:<34}  {problems}")
+            f"{result.seconds:>7.2f}  {len(result.devices):>7}  {spread:<34}  {problems}{epsilon}")
 
 
-def run_command(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.federation import Federation  # deferred: TensorFlow import is slow, --help should not be
-
-    config = config_from_args(args)
-    federation = Federation(config, progress=lambda message: print(message, file=sys.stderr))
-    printed = 0
-    if not args.json:
+def follow(federation, as_json: bool, out: TextIO) -> int:
+    """Start ``federation``, print each round as it completes, and a summary at the end."""
+    printed = len(federation.snapshot().history)
+    if not as_json:
+        if federation.run_id:
+            print(f"run {federation.run_id}", file=out, flush=True)
         print(TABLE_HEADER, file=out, flush=True)
     federation.start()
     last_message = ""
@@ -189,7 +313,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         while True:
             snapshot = federation.snapshot()
             for result in snapshot.history[printed:]:
-                print(json.dumps(round_json(result)) if args.json else round_row(result), file=out, flush=True)
+                print(json.dumps(round_json(result)) if as_json else round_row(result), file=out, flush=True)
             printed = len(snapshot.history)
             if snapshot.status is RunStatus.WAITING and snapshot.message != last_message:
                 print(snapshot.message, file=sys.stderr, flush=True)
@@ -202,25 +326,115 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         snapshot = federation.snapshot()
     finally:
         federation.close()
-    if args.json:
-        print(json.dumps(summary_json(snapshot)), file=out, flush=True)
+    if as_json:
+        print(json.dumps({**summary_json(snapshot), "run_id": federation.run_id}), file=out, flush=True)
     else:
         print(snapshot.message, file=out, flush=True)
     return 1 if snapshot.status is RunStatus.FAILED else 0
+
+
+def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.federation import Federation  # deferred: TensorFlow import is slow, --help should not be
+
+    store = None if args.no_save else RunStore(args.runs_dir)
+    federation = Federation(config_from_args(args), progress=progress_to_stderr, store=store, label=args.label)
+    return follow(federation, args.json, out)
+
+
+def resume_command(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.federation import Federation
+
+    store = RunStore(args.runs_dir)
+    config = store.load_config(args.run_id)
+    dataset = load_dataset(config.dataset, args.data_dir or config.data_dir, progress_to_stderr)
+    federation = Federation.reopen(store, args.run_id, args.rounds, dataset=dataset, progress=progress_to_stderr)
+    return follow(federation, args.json, out)
+
+
+def runs_command(args: argparse.Namespace, out: TextIO) -> int:
+    runs = RunStore(args.runs_dir).list_runs()
+    if args.json:
+        for run in runs:
+            print(json.dumps(asdict(run)), file=out)
+        return 0
+    print(f"{'run id':<23}  {'created':<25}  {'data set':<13}  {'strategy':<13}  {'partition':<9}  "
+          f"{'rounds':>6}  {'final':>6}  {'best':>6}  status", file=out)
+    for run in runs:
+        final = f"{run.final_accuracy:.4f}" if run.final_accuracy is not None else "-"
+        best = f"{run.best_accuracy:.4f}" if run.best_accuracy is not None else "-"
+        print(f"{run.run_id:<23}  {run.created:<25}  {run.dataset:<13}  {run.strategy:<13}  {run.partition:<9}  "
+              f"{run.rounds:>6}  {final:>6}  {best:>6}  {run.status}", file=out)
+    if not runs:
+        print(f"no runs in {args.runs_dir}", file=out)
+    return 0
+
+
+def metrics_command(args: argparse.Namespace, out: TextIO) -> int:
+    print(RunStore(args.runs_dir).export_metrics(args.run_id, args.format), file=out, end="")
+    return 0
+
+
+def export_command(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.export import export_model
+
+    store = RunStore(args.runs_dir)
+    config = store.load_config(args.run_id)
+    checkpoint = store.load_checkpoint(args.run_id, args.round)
+    suffix = {"keras": ".keras", "saved_model": "", "tflite": ".tflite", "tflite-int8": ".int8.tflite"}[args.format]
+    destination = args.output or str(store.run_dir(args.run_id) / "export" / f"round-{checkpoint.round:05d}{suffix}")
+    representative = None
+    if args.format == "tflite-int8":
+        dataset = load_dataset(config.dataset, args.data_dir or config.data_dir, progress_to_stderr)
+        representative = dataset.x_train[:200].astype("float32") / 255.0
+    path = export_model(config.model, checkpoint.weights, args.format, destination, representative)
+    print(path, file=out)
+    return 0
+
+
+def delete_command(args: argparse.Namespace, out: TextIO) -> int:
+    store = RunStore(args.runs_dir)
+    if not args.all and not args.run_id:
+        args.command_parser.error("name a RUN_ID or pass --all")
+    what = "every run" if args.all else f"run {args.run_id}"
+    if not args.all:
+        store.summary(args.run_id)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            args.command_parser.error(f"deleting {what} needs confirmation: pass --yes")
+        if input(f"Delete {what} in {args.runs_dir}? [y/N] ").strip().lower() != "y":
+            print("nothing deleted", file=out)
+            return 0
+    store.delete_all() if args.all else store.delete_run(args.run_id)
+    print(f"deleted {what}", file=out)
+    return 0
+
+
+def progress_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+COMMANDS = {
+    "run": run_command,
+    "resume": resume_command,
+    "runs": runs_command,
+    "metrics": metrics_command,
+    "export": export_command,
+    "delete": delete_command,
+}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
-        problems = config_from_args(args).problems(strategy_names=tuple(STRATEGIES))
+        problems = config_from_args(args).problems()
         if problems:
             args.command_parser.error("; ".join(problems))
-        try:
-            return run_command(args, out)
-        except DatasetUnavailableError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        except ConfigError as error:
-            args.command_parser.error(str(error))
+    try:
+        return COMMANDS[args.command](args, out)
+    except (DatasetUnavailableError, RunNotFound, FileNotFoundError) as error:
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        return 1
+    except ConfigError as error:
+        args.command_parser.error(str(error))
     return 2

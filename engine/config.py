@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 from data.datasets import DATASET_NAMES
 from data.partition import PARTITION_SCHEMES, PartitionSpec
+from devices.codec import COMPRESSIONS
+from devices.faults import FAULTS
+from engine.strategies import STRATEGIES, strategy_problems
 
 BUILTIN_MODELS = ("cnn", "mlp")
 OPTIMIZERS = ("sgd", "adam")
-FAULTS = ("none", "crash", "nan")
 
 
 class ConfigError(ValueError):
@@ -43,11 +45,29 @@ class FederationConfig:
     fraction: float = 1.0  # share of active devices sampled each round
     seed: int = 0
     strategy: str = "fedavg"
+    strategy_params: dict[str, float] = field(default_factory=dict)  # overrides of the strategy's defaults
     local_test_fraction: float = 0.1
     train_samples: int | None = None  # use only this many training samples (quick runs, tests)
     test_samples: int | None = None  # server test set size; None: the whole test set
     workers: int = 2  # threads training devices concurrently (2 beats 1 on 2 cores: see benchmarks)
-    faults: dict[int, str] = field(default_factory=dict)  # device id -> simulated fault
+    faults: dict[int, str] = field(default_factory=dict)  # device id -> crash, nan, scale or random
+    # Heterogeneous and unreliable devices
+    slowdowns: dict[int, float] = field(default_factory=dict)  # device id -> compute time multiplier
+    dropout: float = 0.0  # probability that a selected device does not answer in a round
+    round_deadline: float | None = None  # simulated seconds; later updates are dropped as stragglers
+    # Privacy
+    clip_norm: float | None = None  # L2 bound on each device's update (DP-FedAvg)
+    noise_multiplier: float = 0.0  # central DP: aggregate noise stddev = multiplier * clip / devices
+    local_noise_multiplier: float = 0.0  # local DP: each device adds noise stddev = multiplier * clip
+    dp_delta: float = 1e-5
+    secure_aggregation: bool = False  # simulated pairwise masking: the server sees only masked updates
+    # Compression of device-to-server updates
+    compression: str = "none"  # none, q8, q4 or topk
+    topk_fraction: float = 0.01
+
+    @property
+    def uses_dp(self) -> bool:
+        return self.clip_norm is not None and (self.noise_multiplier > 0 or self.local_noise_multiplier > 0)
 
     @property
     def partition_spec(self) -> PartitionSpec:
@@ -59,7 +79,7 @@ class FederationConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def problems(self, model_names: tuple[str, ...] = BUILTIN_MODELS, strategy_names: tuple[str, ...] = ("fedavg",)) -> list[str]:
+    def problems(self, model_names: tuple[str, ...] = BUILTIN_MODELS) -> list[str]:
         """Every reason this configuration cannot run, in words a user can act on."""
         found = []
 
@@ -69,7 +89,9 @@ class FederationConfig:
 
         need(self.dataset in DATASET_NAMES, f"data set must be one of {', '.join(DATASET_NAMES)}")
         need(self.model in model_names, f"model must be one of {', '.join(model_names)}")
-        need(self.strategy in strategy_names, f"strategy must be one of {', '.join(strategy_names)}")
+        need(self.strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}")
+        if self.strategy in STRATEGIES:
+            found.extend(strategy_problems(self.strategy, self.strategy_params))
         need(self.partition in PARTITION_SCHEMES, f"partition must be one of {', '.join(PARTITION_SCHEMES)}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         need(self.num_devices >= 1, "need at least 1 device")
@@ -92,13 +114,31 @@ class FederationConfig:
         for device, fault in self.faults.items():
             need(0 <= device < self.num_devices, f"fault set for device {device}, which does not exist")
             need(fault in FAULTS, f"fault {fault!r} must be one of {', '.join(FAULTS)}")
+        for device, slowdown in self.slowdowns.items():
+            need(0 <= device < self.num_devices, f"slowdown set for device {device}, which does not exist")
+            need(slowdown > 0, f"device {device}'s slowdown must be positive")
+        need(0 <= self.dropout < 1, "dropout probability must be in [0, 1)")
+        need(self.round_deadline is None or self.round_deadline > 0, "round deadline must be positive")
+        need(self.clip_norm is None or self.clip_norm > 0, "clipping norm must be positive")
+        need(self.noise_multiplier >= 0 and self.local_noise_multiplier >= 0, "noise multipliers cannot be negative")
+        need(self.clip_norm is not None or (self.noise_multiplier == 0 and self.local_noise_multiplier == 0),
+             "differential privacy noise needs a clipping norm (the noise is scaled to it)")
+        need(0 < self.dp_delta < 1, "DP delta must be in (0, 1)")
+        need(self.compression in COMPRESSIONS, f"compression must be one of {', '.join(COMPRESSIONS)}")
+        need(0 < self.topk_fraction <= 1, "top-k fraction must be in (0, 1]")
+        if self.strategy in STRATEGIES and not STRATEGIES[self.strategy].linear:
+            need(not self.secure_aggregation,
+                 f"secure aggregation only reveals the sum of updates; {self.strategy} needs each update "
+                 "(use FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam or FedYogi)")
+            need(self.noise_multiplier == 0,
+                 f"central DP noise is added to the mean update; {self.strategy} does not use a mean")
         if self.partition == "shards":
             need(self.num_devices * self.shards_per_device <= (self.train_samples or 60_000),
                  "more shards than training samples")
         return found
 
-    def validate(self, **names) -> "FederationConfig":
-        found = self.problems(**names)
+    def validate(self, model_names: tuple[str, ...] = BUILTIN_MODELS) -> "FederationConfig":
+        found = self.problems(model_names)
         if found:
             raise ConfigError(found)
         return self

@@ -7,8 +7,10 @@ and never waits for a round to finish.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+from dataclasses import fields
 from typing import Callable
 
 import keras
@@ -25,7 +27,9 @@ from engine.control import RunControl
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
 from engine.rounds import RoundRunner, ServerTestSet
-from engine.strategies import STRATEGIES, build_strategy
+from engine.store import Checkpoint, RunStore
+from engine.strategies import build_strategy
+from engine.strategies.base import Strategy
 
 WAIT_POLL_SECONDS = 0.5
 
@@ -41,8 +45,20 @@ def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
     for device_id, part in enumerate(parts):
         train, test = split_local_test(pool[part], config.local_test_fraction, rng)
         data = DeviceData(dataset.x_train[train], dataset.y_train[train], dataset.x_train[test], dataset.y_train[test])
-        devices.append(Device(device_id, data, config.faults.get(device_id, "none")))
+        devices.append(
+            Device(device_id, data, config.faults.get(device_id, "none"), config.slowdowns.get(device_id, 1.0))
+        )
     return devices
+
+
+def strategy_state(strategy: Strategy) -> dict[str, Weights]:
+    """The strategy's server-side state (its ``init=False`` fields that hold weights)."""
+    return {f.name: getattr(strategy, f.name) for f in fields(strategy) if not f.init and getattr(strategy, f.name)}
+
+
+def restore_strategy_state(strategy: Strategy, state: dict[str, Weights]) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, list(value))
 
 
 def server_test_set(dataset: Dataset, config: FederationConfig) -> ServerTestSet:
@@ -59,9 +75,12 @@ class Federation:
         dataset: Dataset | None = None,
         registry: ModelRegistry | None = None,
         progress: Callable[[str], None] | None = None,
+        store: RunStore | None = None,
+        run_id: str | None = None,
+        label: str = "",
     ):
         registry = registry or ModelRegistry()
-        self.config = config.validate(model_names=registry.names(), strategy_names=tuple(STRATEGIES))
+        self.config = config.validate(registry.names())
         self.dataset = dataset or load_dataset(config.dataset, config.data_dir, progress)
         self.devices = build_devices(self.dataset, config)
         self.label_histogram = label_histogram([d.data.y_train for d in self.devices], self.dataset.num_classes)
@@ -90,16 +109,49 @@ class Federation:
         self._round_steps: dict[int, tuple[int, int]] = {}
         self._elapsed_before = 0.0
         self._started_at: float | None = None
+        self.strategy = build_strategy(config.strategy, config.strategy_params)
+        self.store = store
+        self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
         self._runner = RoundRunner(
             config,
             self.devices,
             self._pool,
             evaluator,
-            build_strategy(config.strategy),
+            self.strategy,
             server_test_set(self.dataset, config),
             self._set_device_status,
             self._set_device_progress,
         )
+
+    @classmethod
+    def reopen(
+        cls,
+        store: RunStore,
+        run_id: str,
+        more_rounds: int | None = None,
+        dataset: Dataset | None = None,
+        registry: ModelRegistry | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> "Federation":
+        """Reopen a stored run at its last completed round, with the same devices and partition.
+
+        ``more_rounds`` rounds are added to the completed ones (None: run until stopped).
+        """
+        history = store.load_history(run_id)
+        config = store.load_config(run_id)
+        total = None if more_rounds is None else len(history) + more_rounds
+        federation = cls(config.with_changes(rounds=total), dataset, registry, progress, store=store, run_id=run_id)
+        federation._restore(history, store.load_checkpoint(run_id, len(history)) if history else None)
+        return federation
+
+    def _restore(self, history: list[RoundResult], checkpoint: Checkpoint | None) -> None:
+        with self._lock:
+            self._history = list(history)
+            if checkpoint is not None:
+                self._weights = checkpoint.weights
+                restore_strategy_state(self.strategy, checkpoint.strategy_state)
+            self._message = f"Resumed after round {len(history)}: press start to continue."
+        self._runner.replay(history)
 
     # -- control ------------------------------------------------------------------
     def start(self) -> None:
@@ -247,6 +299,8 @@ class Federation:
 
     def _run(self) -> None:
         control = self._control
+        if self.store is not None:
+            self.store.set_status(self.run_id, RunStatus.RUNNING.value)
         try:
             while self._rounds_left():
                 control.checkpoint()
@@ -279,11 +333,12 @@ class Federation:
         self._set_state(RunStatus.RUNNING, f"Round {server_round} in progress.")
 
     def _finish_round(self, weights: Weights, result: RoundResult) -> None:
+        saved = self._save_round(weights, result)
         with self._lock:
             self._weights = weights
             self._history.append(result)
             self._round_steps = {}
-        summary = f"Round {result.round}: accuracy {result.global_accuracy:.3f}."
+        summary = f"Round {result.round}: accuracy {result.global_accuracy:.3f}." + saved
         if not result.devices:
             summary += " No valid updates: the global model is unchanged."
         elif result.problems:
@@ -292,7 +347,24 @@ class Federation:
             )
         self._set_state(RunStatus.RUNNING, summary)
 
+    def _save_round(self, weights: Weights, result: RoundResult) -> str:
+        """Persist the round if this run has a store; a storage error is reported, not fatal."""
+        if self.store is None:
+            return ""
+        try:
+            self.store.record_round(
+                self.run_id, result, weights, strategy_state(self.strategy), private=self.config.secure_aggregation
+            )
+        except (OSError, sqlite3.Error) as error:
+            return f" Could not save this round ({error}); training goes on."
+        return ""
+
     def _end(self, status: RunStatus, message: str) -> None:
+        if self.store is not None:
+            try:
+                self.store.set_status(self.run_id, status.value)
+            except (OSError, sqlite3.Error) as error:
+                message += f" (could not save the run status: {error})"
         with self._lock:
             if self._started_at is not None:
                 self._elapsed_before += time.perf_counter() - self._started_at

@@ -24,6 +24,7 @@ class DeviceStatus(str, enum.Enum):
     SENT = "sent update"
     FAILED = "failed"
     REJECTED = "rejected"
+    DROPPED = "dropped"
     INACTIVE = "inactive"
 
 
@@ -39,6 +40,7 @@ class DeviceRoundResult:
     accuracy: float  # its trained model on its local test split
     loss: float
     seconds: float
+    simulated_seconds: float  # seconds times the device's slowdown
     bytes_up: int
 
 
@@ -47,7 +49,7 @@ class DeviceProblem:
     """A device that was selected but whose update did not make it into the aggregate."""
 
     device_id: int
-    kind: str  # "failed" (raised) or "rejected" (invalid update)
+    kind: str  # "failed" (raised), "rejected" (invalid update), "straggler" or "dropped out"
     reason: str
 
 
@@ -63,8 +65,15 @@ class RoundResult:
     devices: tuple[DeviceRoundResult, ...]
     problems: tuple[DeviceProblem, ...]
     bytes_down: int
-    bytes_up: int
+    bytes_up: int  # serialised size of what the devices sent
     confusion: np.ndarray = field(repr=False, compare=False)  # (classes, classes): true x predicted
+    epsilon: float | None = None  # DP budget spent so far (at the configured delta)
+    raw_bytes_up: int = 0  # what the same updates would take as plain float32
+    sampling_rate: float = 1.0  # selected / active devices (for privacy accounting)
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.raw_bytes_up / self.bytes_up if self.bytes_up else 1.0
 
     def to_json_dict(self) -> dict:
         record = asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,34 @@ def fashion(data_dir):
     from data.datasets import load_dataset
 
     return load_dataset("fashion-mnist", data_dir)
+
+
+@pytest.fixture
+def make_federation(fashion):
+    """Build small federations on real data (MLP, 3 devices x 1,000 samples) and close them afterwards."""
+    from engine.config import FederationConfig
+    from engine.federation import Federation
+
+    created = []
+
+    def make(**changes):
+        settings = dict(model="mlp", num_devices=3, train_samples=3000, test_samples=1000, rounds=2)
+        settings.update(changes)
+        federation = Federation(FederationConfig(**settings), dataset=fashion)
+        created.append(federation)
+        return federation
+
+    yield make
+    for federation in created:
+        federation.close()
+
+
+def wait_until(condition, timeout: float = 60.0, interval: float = 0.05):
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")

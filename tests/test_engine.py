@@ -11,32 +11,7 @@ from engine.config import ConfigError, FederationConfig
 from engine.federation import Federation
 from engine.results import DeviceStatus, RunStatus
 from engine.rounds import select_devices
-
-
-@pytest.fixture
-def make_federation(fashion):
-    created = []
-
-    def make(**changes) -> Federation:
-        settings = dict(model="mlp", num_devices=3, train_samples=3000, test_samples=1000, rounds=2)
-        settings.update(changes)
-        federation = Federation(FederationConfig(**settings), dataset=fashion)
-        created.append(federation)
-        return federation
-
-    yield make
-    for federation in created:
-        federation.close()
-
-
-def wait_until(condition, timeout: float = 60.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
+from tests.conftest import wait_until
 
 
 def test_cnn_federation_learns_on_a_small_real_slice(make_federation):
@@ -52,7 +27,9 @@ def test_cnn_federation_learns_on_a_small_real_slice(make_federation):
     assert sum(d.samples for d in last.devices) == sum(d.samples for d in snapshot.devices)
     assert all(0 <= d.accuracy <= 1 and d.accuracy > 0.3 for d in last.devices)
     weights_bytes = sum(w.nbytes for w in federation.global_weights)
-    assert last.bytes_down == 3 * weights_bytes and last.bytes_up == 3 * weights_bytes
+    # serialised float32 weights: the raw bytes plus a small container overhead
+    assert 3 * weights_bytes < last.bytes_down < 3 * weights_bytes * 1.01
+    assert 3 * weights_bytes < last.bytes_up < 3 * weights_bytes * 1.01
     assert last.confusion.sum() == 1000
     assert np.trace(last.confusion) / 1000 == pytest.approx(last.global_accuracy)
     probabilities = federation.predict(federation.dataset.x_test[:5] / 255.0)

@@ -2,16 +2,71 @@
 
 from __future__ import annotations
 
-from engine.strategies.base import Strategy
+from types import MappingProxyType
+from typing import Mapping
+
+from engine.strategies.base import LocalOptions, Strategy
 from engine.strategies.fedavg import FedAvg
+from engine.strategies.fedavgm import FedAvgM
+from engine.strategies.fedmedian import FedMedian
+from engine.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from engine.strategies.fedprox import FedProx
+from engine.strategies.fedtrimmedavg import FedTrimmedAvg
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg}
+STRATEGIES: Mapping[str, type[Strategy]] = MappingProxyType(
+    {
+        cls.name: cls
+        for cls in (FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam, FedYogi, FedMedian, FedTrimmedAvg)
+    }
+)
 
 
-def build_strategy(name: str) -> Strategy:
+class UnknownStrategyError(ValueError, KeyError):
+    """No strategy has that name. A ``ValueError``; also a ``KeyError`` for callers written against the old API."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _unknown_strategy(name: str) -> str:
+    return f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}"
+
+
+def strategy_problems(name: str, params: Mapping[str, object] | None = None) -> list[str]:
+    """Why ``build_strategy(name, params)`` would fail, one message per problem; [] if it would succeed."""
     if name not in STRATEGIES:
-        raise KeyError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name]()
+        return [_unknown_strategy(name)]
+    return STRATEGIES[name].parameter_problems(dict(params or {}))
 
 
-__all__ = ["STRATEGIES", "Strategy", "FedAvg", "build_strategy"]
+def build_strategy(name: str, params: Mapping[str, float] | None = None) -> Strategy:
+    """Instantiate strategy ``name`` with hyper-parameters ``params`` (others keep their defaults).
+
+    Raises ``ValueError`` naming every problem: an unknown strategy (listing the known ones), unknown
+    parameters (listing the strategy's own), or values outside their allowed ranges.
+    """
+    if name not in STRATEGIES:
+        raise UnknownStrategyError(_unknown_strategy(name))
+    problems = strategy_problems(name, params)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return STRATEGIES[name](**dict(params or {}))
+
+
+__all__ = [
+    "STRATEGIES",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedMedian",
+    "FedOpt",
+    "FedProx",
+    "FedTrimmedAvg",
+    "FedYogi",
+    "LocalOptions",
+    "Strategy",
+    "UnknownStrategyError",
+    "build_strategy",
+    "strategy_problems",
+]

@@ -1,22 +1,156 @@
-"""The strategy interface: how the server turns device updates into the next global model."""
+"""The strategy interface: how the server turns device updates into the next global model.
+
+Modelled on Flower's strategies: one class per algorithm, hyper-parameters as
+dataclass fields with defaults (the CLI and the dashboard list them from the
+fields), server-side state kept on the instance, math in plain functions in
+``engine.aggregation``.
+
+Declare a hyper-parameter with :func:`hyperparameter`, which records its help
+text and its allowed range; :meth:`Strategy.parameter_problems` checks values
+against those ranges, and constructing a strategy with a bad value raises
+``ValueError``. Server-side state goes in fields with ``init=False``; those are
+not hyper-parameters.
+"""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Sequence
+import math
+from abc import ABC
+from dataclasses import dataclass, field, fields
+from numbers import Real
+from typing import Any, ClassVar, Mapping, Sequence
 
 from devices.messages import DeviceUpdate, Weights
+from engine.aggregation import weighted_average
 
 
+@dataclass(frozen=True)
+class LocalOptions:
+    """What a strategy asks of the devices' local training."""
+
+    proximal_mu: float = 0.0  # FedProx: weight of (mu/2)||w - w_global||^2 in the local objective
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed range of a hyper-parameter; ``None`` means unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
+            return False
+        if self.high is not None and (value > self.high or (value == self.high and not self.high_inclusive)):
+            return False
+        return True
+
+    def describe(self) -> str:
+        """Plain words: ``> 0``, ``>= 0`` or ``in [0, 1)``."""
+        if self.low is not None and self.high is not None:
+            left, right = "[" if self.low_inclusive else "(", "]" if self.high_inclusive else ")"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{'>=' if self.low_inclusive else '>'} {self.low:g}"
+        if self.high is not None:
+            return f"{'<=' if self.high_inclusive else '<'} {self.high:g}"
+        return "any finite number"
+
+
+POSITIVE = Bounds(low=0.0, low_inclusive=False)
+NON_NEGATIVE = Bounds(low=0.0)
+FRACTION = Bounds(low=0.0, high=1.0)  # [0, 1)
+
+
+def hyperparameter(default: float, help: str, bounds: Bounds = Bounds()) -> Any:
+    """A dataclass field for a hyper-parameter, with its help text and allowed range."""
+    return field(default=default, metadata={"help": help, "bounds": bounds})
+
+
+def state() -> Any:
+    """A dataclass field for server-side state: not a hyper-parameter, starts as ``None``."""
+    return field(default=None, init=False, repr=False, compare=False)
+
+
+@dataclass
 class Strategy(ABC):
-    """One aggregation algorithm. Subclasses keep any server-side state they need.
+    """One aggregation algorithm.
 
     The round loop calls :meth:`aggregate` once per round with the valid updates
-    only; invalid ones have already been rejected and reported.
+    only; invalid ones have already been rejected and reported. Strategies whose
+    result depends on the updates only through their sample-weighted mean set
+    ``linear = True`` and implement :meth:`from_mean`; only those can run under
+    secure aggregation, where the server never sees an individual update.
     """
 
-    name: str = "strategy"
+    name: ClassVar[str] = "strategy"
+    title: ClassVar[str] = "Strategy"
+    summary: ClassVar[str] = ""
+    linear: ClassVar[bool] = False
 
-    @abstractmethod
+    def __post_init__(self) -> None:
+        problems = self.parameter_problems({f.name: getattr(self, f.name) for f in self._hyperparameter_fields()})
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def local_options(self) -> LocalOptions:
+        return LocalOptions()
+
     def aggregate(self, server_round: int, global_weights: Weights, updates: Sequence[DeviceUpdate]) -> Weights:
-        """Return the new global weights."""
+        """Return the new global weights (default: :meth:`from_mean` of the weighted mean)."""
+        mean = weighted_average([u.weights for u in updates], [u.num_samples for u in updates])
+        return self.from_mean(server_round, global_weights, mean)
+
+    def from_mean(self, server_round: int, global_weights: Weights, mean: Weights) -> Weights:
+        """New global weights from the sample-weighted mean of the devices' models (linear strategies)."""
+        raise NotImplementedError(f"{self.name} needs the individual updates, not just their mean")
+
+    @classmethod
+    def _hyperparameter_fields(cls):
+        return [f for f in fields(cls) if f.init]  # type: ignore[arg-type]
+
+    @classmethod
+    def parameters(cls) -> dict[str, float]:
+        """Hyper-parameter names and their defaults."""
+        return {f.name: f.default for f in cls._hyperparameter_fields()}
+
+    @classmethod
+    def parameter_help(cls) -> dict[str, str]:
+        """Hyper-parameter names and a line describing each, with its allowed range."""
+        return {
+            f.name: f"{f.metadata.get('help', f.name)} ({f.metadata.get('bounds', Bounds()).describe()})"
+            for f in cls._hyperparameter_fields()
+        }
+
+    @classmethod
+    def parameter_problems(cls, values: Mapping[str, object]) -> list[str]:
+        """Why ``values`` (a subset of the hyper-parameters) cannot be used, one message each; [] if fine."""
+        found = []
+        declared = {f.name: f for f in cls._hyperparameter_fields()}
+        unknown = sorted(set(values) - set(declared))
+        if unknown:
+            known = ", ".join(declared) or "none"
+            found.append(f"{cls.name} has no parameter {', '.join(unknown)}; its parameters: {known}")
+        for name, value in values.items():
+            if name not in declared:
+                continue
+            bounds: Bounds = declared[name].metadata.get("bounds", Bounds())
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+                found.append(f"{cls.name}: {name} must be a finite number, got {value!r}")
+            elif not bounds.contains(float(value)):
+                found.append(f"{cls.name}: {name} must be {bounds.describe()}, got {value!r}")
+        return found
+
+
+__all__ = [
+    "Bounds",
+    "FRACTION",
+    "LocalOptions",
+    "NON_NEGATIVE",
+    "POSITIVE",
+    "Strategy",
+    "hyperparameter",
+    "state",
+]

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
 
-from devices.messages import DeviceUpdate, Weights
-from engine.aggregation import weighted_average
+from devices.messages import Weights
+from engine.aggregation import as_float32
 from engine.strategies.base import Strategy
 
 
+@dataclass
 class FedAvg(Strategy):
-    name = "fedavg"
+    """Federated Averaging (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
+    Decentralized Data"): the new global model is the devices' models averaged by sample count."""
 
-    def aggregate(self, server_round: int, global_weights: Weights, updates: Sequence[DeviceUpdate]) -> Weights:
-        return weighted_average([u.weights for u in updates], [u.num_samples for u in updates])
+    name = "fedavg"
+    title = "FedAvg"
+    summary = "Averages the devices' models, weighted by how many samples each trained on."
+    linear = True
+
+    def from_mean(self, server_round: int, global_weights: Weights, mean: Weights) -> Weights:
+        return as_float32(mean)
