@@ -55,29 +55,30 @@ def dirichlet(
     alpha: float,
     rng: np.random.Generator,
     min_samples: int = 10,
-    max_tries: int = 100,
 ) -> list[np.ndarray]:
     """Label skew: each class is split across devices with Dirichlet(alpha) proportions.
 
-    Draws are repeated (a bounded number of times) until every device has at
-    least ``min_samples`` samples, as in the usual non-IID benchmarks.
+    Devices left with fewer than ``min_samples`` samples are topped up with
+    random samples from the largest devices, so that every device can train
+    even with a thousand devices and a small alpha (redrawing until every
+    device is big enough, as small benchmarks do, never ends at that scale).
     """
     labels = np.asarray(labels)
     min_samples = min(min_samples, len(labels) // num_devices)
-    for _ in range(max_tries):
-        parts: list[list[np.ndarray]] = [[] for _ in range(num_devices)]
-        for label in np.unique(labels):
-            members = rng.permutation(np.flatnonzero(labels == label))
-            cuts = (np.cumsum(rng.dirichlet(np.full(num_devices, alpha))) * len(members)).astype(int)[:-1]
-            for device, chunk in enumerate(np.split(members, cuts)):
-                parts[device].append(chunk)
-        result = [np.sort(np.concatenate(chunks)) for chunks in parts]
-        if min(len(part) for part in result) >= min_samples:
-            return result
-    raise ValueError(
-        f"could not give each of {num_devices} devices {min_samples} samples with alpha={alpha}; "
-        "use fewer devices or a larger alpha"
-    )
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_devices)]
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        cuts = (np.cumsum(rng.dirichlet(np.full(num_devices, alpha))) * len(members)).astype(int)[:-1]
+        for device, chunk in enumerate(np.split(members, cuts)):
+            parts[device].append(chunk)
+    result = [rng.permutation(np.concatenate(chunks)) for chunks in parts]
+    for device in np.flatnonzero([len(part) < min_samples for part in result]):
+        while len(result[device]) < min_samples:
+            donor = int(np.argmax([len(part) for part in result]))
+            needed = min(min_samples - len(result[device]), len(result[donor]) - min_samples)
+            result[device] = np.concatenate([result[device], result[donor][:needed]])
+            result[donor] = result[donor][needed:]
+    return [np.sort(part) for part in result]
 
 
 def shards(

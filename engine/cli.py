@@ -380,7 +380,7 @@ def export_command(args: argparse.Namespace, out: TextIO) -> int:
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
     checkpoint = store.load_checkpoint(args.run_id, args.round)
-    suffix = {"keras": ".keras", "saved_model": "", "tflite": ".tflite", "tflite-int8": ".int8.tflite"}[args.format]
+    suffix = {"keras": ".keras", "saved_model": "_saved_model", "tflite": ".tflite", "tflite-int8": ".int8.tflite"}[args.format]
     destination = args.output or str(store.run_dir(args.run_id) / "export" / f"round-{checkpoint.round:05d}{suffix}")
     representative = None
     if args.format == "tflite-int8":

@@ -161,6 +161,7 @@ def export_model(
     directory to write; ``tflite-int8`` needs ``representative_images``.
     """
     _check_format(format)
+    Path(destination).parent.mkdir(parents=True, exist_ok=True)
     model = build_inference_model(model_name, weights, input_shape, num_classes, registry)
     if format == "keras":
         return export_keras(model, destination)

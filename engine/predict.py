@@ -34,6 +34,10 @@ KERAS_BATCH = 1024
 """Images per forward pass for the Keras and SavedModel classifiers."""
 
 
+class UnknownModelError(ValueError):
+    """The path exists but is not a .tflite file, a .keras file or a SavedModel directory."""
+
+
 class Classifier(Protocol):
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (n, classes) of float32 images (n, 28, 28) in [0, 1]."""
@@ -83,10 +87,12 @@ class TFLiteClassifier:
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
         self.path = Path(path)
-        interpreter_class = _tflite_interpreter_class()
+        # model_content, not model_path: only then does the interpreter verify the
+        # flatbuffer; TensorFlow's crashes (SIGSEGV) on a truncated file given by path.
+        data = self.path.read_bytes()
         with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
             warnings.simplefilter("ignore")
-            self._interpreter = interpreter_class(model_path=str(self.path), num_threads=num_threads)
+            self._interpreter = _tflite_interpreter_class()(model_content=data, num_threads=num_threads)
         self._interpreter.allocate_tensors()
         (self._input,) = self._interpreter.get_input_details()
         (self._output,) = self._interpreter.get_output_details()
@@ -109,7 +115,9 @@ class TFLiteClassifier:
         try:
             batch = batch.reshape((len(batch), *self.image_shape))
         except ValueError:
-            raise ValueError(f"images of shape {batch.shape[1:]} do not fit the model input {self.image_shape}") from None
+            raise ValueError(
+                f"images of shape {batch.shape[1:]} do not fit the model input {self.image_shape}"
+            ) from None
         if len(batch) == 0:
             return np.zeros((0, self.num_classes), np.float32)
         if self._dynamic_batch:
@@ -164,9 +172,10 @@ class KerasClassifier:
         batch = _as_batch(images)
         if len(batch) == 0:
             return np.zeros((0, self.num_classes), np.float32)
-        return np.concatenate(
-            [np.asarray(self.model(batch[i:i + KERAS_BATCH], training=False)) for i in range(0, len(batch), KERAS_BATCH)]
-        )
+        return np.concatenate([
+            np.asarray(self.model(batch[start:start + KERAS_BATCH], training=False))
+            for start in range(0, len(batch), KERAS_BATCH)
+        ])
 
 
 class SavedModelClassifier:
@@ -198,8 +207,8 @@ class SavedModelClassifier:
 def load_classifier(path: str | os.PathLike) -> Classifier:
     """A classifier for a ``.tflite`` file, a ``.keras`` file or a SavedModel directory.
 
-    Raises FileNotFoundError when ``path`` does not exist and ValueError when it
-    is none of the three.
+    Raises FileNotFoundError when ``path`` does not exist and UnknownModelError
+    (a ValueError) when it is none of the three.
     """
     path = Path(path)
     if not path.exists():
@@ -207,14 +216,14 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
     if path.is_dir():
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return SavedModelClassifier(path)
-        raise ValueError(f"{path} is a directory but not a TensorFlow SavedModel (no saved_model.pb)")
+        raise UnknownModelError(f"{path} is a directory but not a TensorFlow SavedModel (no saved_model.pb)")
     with open(path, "rb") as handle:
         head = handle.read(8)
     if path.suffix == ".tflite" or head[4:8] == b"TFL3":  # the flatbuffer file identifier
         return TFLiteClassifier(path)
     if path.suffix == ".keras" or head[:2] == b"PK":  # a .keras file is a zip archive
         return KerasClassifier(path)
-    raise ValueError(f"{path} is not a .tflite or .keras model file")
+    raise UnknownModelError(f"{path} is not a .tflite or .keras model file")
 
 
 # -- command line ------------------------------------------------------------------------
@@ -235,13 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m engine.predict",
         description="Classify image files (PNG, JPEG, WebP, BMP, GIF) with an exported model: "
         "a .tflite file, a .keras file or a SavedModel directory.",
-        epilog="Exit status: 0 all images classified, 1 some images could not be used, 2 the model could not be loaded.",
+        epilog="Exit status: 0 all images classified, 1 some images could not be used, "
+        "2 the model could not be loaded.",
     )
     parser.add_argument("model", metavar="MODEL", help="exported model: .tflite, .keras or a SavedModel directory")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files to classify")
     parser.add_argument("--classes", choices=DATASET_NAMES, default="fashion-mnist",
                         help="data set the model was trained on, for the class names (default: fashion-mnist)")
-    parser.add_argument("--top", type=_positive_int, default=1, help="show the N most likely classes (default: 1)")
+    parser.add_argument("--top", type=_positive_int, default=1, metavar="N", help="show the N most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
     return parser
 
@@ -253,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     class_names = CLASS_NAMES[args.classes]
     try:
         classifier = load_classifier(args.model)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, UnknownModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - corrupt files raise anything from zipfile to flatbuffers
@@ -273,7 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append({"file": name, "error": f"cannot read the file ({error.strerror or error})."})
 
     if pixels:
-        probabilities = classifier.predict(np.stack(pixels))
+        try:
+            probabilities = classifier.predict(np.stack(pixels))
+        except Exception as error:  # noqa: BLE001 - e.g. a model made for another input size
+            print(f"error: the model cannot classify 28x28 images: {error}", file=sys.stderr)
+            return 2
         if probabilities.shape[-1] != len(class_names):
             print(f"error: the model has {probabilities.shape[-1]} outputs but {args.classes} has "
                   f"{len(class_names)} classes", file=sys.stderr)

@@ -13,6 +13,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runs_dir(tmp_path_factory) -> Path:
+    """Runs recorded by tests (CLI subprocesses included) go to a temporary folder, never ./runs."""
+    folder = tmp_path_factory.mktemp("runs")
+    os.environ["FL_RUNS_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> str:
     folder = os.environ.get("FL_DATA_DIR") or str(PROJECT_ROOT.parent / "shared" / "datasets")

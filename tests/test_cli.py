@@ -44,6 +44,8 @@ def test_table_output_and_fault_reporting(data_dir):
     result = run_cli("run", *SMALL, "--fault", "1=crash")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert lines[0].startswith("run ")  # the id under which the run was recorded
+    lines = lines[1:]
     assert lines[0].split()[:3] == ["round", "accuracy", "loss"]
     assert lines[1].split()[0] == "1" and lines[2].split()[0] == "2"
     assert "#1 failed" in lines[1]

@@ -66,7 +66,7 @@ def test_all_eight_strategies_are_registered_in_order():
 
 
 def test_defaults_and_linearity():
-    assert FedAvgM.parameters() == {"server_learning_rate": 1.0, "server_momentum": 0.9}
+    assert FedAvgM.parameters() == {"server_learning_rate": 1.0, "server_momentum": 0.5}
     assert FedProx.parameters() == {"proximal_mu": 0.01}
     assert FedAdam.parameters() == {"server_learning_rate": 0.03, "tau": 1e-3, "beta_1": 0.9, "beta_2": 0.99}
     assert FedYogi.parameters() == FedAdam.parameters()

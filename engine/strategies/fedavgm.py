@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from devices.messages import Weights
 from engine.aggregation import as_float32, momentum_update, pseudo_gradient
 from engine.strategies.base import FRACTION, POSITIVE, Strategy, hyperparameter, state
@@ -25,19 +27,19 @@ class FedAvgM(Strategy):
     linear = True
 
     server_learning_rate: float = hyperparameter(1.0, "server step size applied to the momentum", POSITIVE)
-    server_momentum: float = hyperparameter(0.9, "decay of the server momentum", FRACTION)
+    server_momentum: float = hyperparameter(0.5, "decay of the server momentum", FRACTION)
 
     _velocity: Weights | None = state()
 
     def from_mean(self, server_round: int, global_weights: Weights, mean: Weights) -> Weights:
         delta = pseudo_gradient(global_weights, mean)
-        self._velocity = momentum_update(self._current_velocity(delta), delta, self.server_momentum)
+        self._velocity = as_float32(momentum_update(self._current_velocity(delta), delta, self.server_momentum))
         return self._step(global_weights)
 
     def _current_velocity(self, delta: Weights) -> Weights:
         """The momentum so far; zeros before the first round (or if the model's shapes changed)."""
         if self._velocity is None or [v.shape for v in self._velocity] != [d.shape for d in delta]:
-            return [d * 0.0 for d in delta]
+            return [np.zeros(d.shape, np.float32) for d in delta]
         return self._velocity
 
     def _step(self, global_weights: Weights) -> Weights:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
+
 from devices.messages import Weights
 from engine.aggregation import (
     adagrad_second_moment,
@@ -42,16 +44,16 @@ class FedOpt(Strategy):
         delta = pseudo_gradient(global_weights, mean)
         self._initialise_moments(delta)
         assert self._m is not None and self._v is not None
-        self._m = first_moment_update(self._m, delta, self.beta_1)
-        self._v = self.second_moment(self._v, delta)
+        self._m = as_float32(first_moment_update(self._m, delta, self.beta_1))  # state kept in the model's precision
+        self._v = as_float32(self.second_moment(self._v, delta))
         return as_float32(adaptive_step(global_weights, self._m, self._v, self.server_learning_rate, self.tau))
 
     def _initialise_moments(self, delta: Weights) -> None:
         """``m = 0`` and ``v = tau^2`` before the first round (or if the model's shapes changed)."""
         shapes = [d.shape for d in delta]
         if self._m is None or self._v is None or [m.shape for m in self._m] != shapes:
-            self._m = [d * 0.0 for d in delta]
-            self._v = [d * 0.0 + self.tau**2 for d in delta]
+            self._m = [np.zeros(d.shape, np.float32) for d in delta]
+            self._v = [np.full(d.shape, self.tau**2, np.float32) for d in delta]
 
     @abstractmethod
     def second_moment(self, v: Weights, delta: Weights) -> Weights:
