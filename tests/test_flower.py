@@ -1,0 +1,368 @@
+"""The Flower app: message conversions, the strategy adapter, and a real deployment on 127.0.0.1.
+
+The last tests start ``flower-superlink``, three ``flower-supernode`` processes
+and ``flwr run`` (insecure, free ports, telemetry off), train two rounds on a
+small slice of Fashion-MNIST with partition 2 deactivated, and compare the
+rounds with the in-process engine on the same configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MessageType
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from devices.messages import DeviceMetrics, DeviceUpdate, TrainInstructions
+from engine.aggregation import weighted_average
+from engine.rounds import device_seed, select_devices
+from engine.strategies import build_strategy
+from flower_app import records
+from flower_app.config import (
+    RUN_DEFAULTS,
+    federation_config,
+    node_spec,
+    parse_faults,
+    parse_ids,
+    parse_params,
+    server_settings,
+)
+from flower_app.strategy import EngineStrategy, NotEnoughDevices, Roster
+
+SHAPES = [(3, 2), (2,)]
+
+
+def weights(value: float) -> list[np.ndarray]:
+    return [np.full(shape, value, np.float32) for shape in SHAPES]
+
+
+def metrics(**changes) -> DeviceMetrics:
+    values = dict(train_loss=0.5, train_accuracy=0.8, received_loss=1.0, received_accuracy=0.6,
+                  local_loss=0.6, local_accuracy=0.75, steps=12, seconds=0.3)
+    values.update(changes)
+    return DeviceMetrics(**values)
+
+
+@pytest.fixture
+def server_identity():
+    """Messages built outside a Flower process need a task identity (a ServerApp's node id is 1)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+# -- conversions ---------------------------------------------------------------------------
+def test_instructions_and_updates_survive_the_flower_records():
+    instructions = TrainInstructions(3, weights(0.5), local_epochs=2, batch_size=16, learning_rate=0.01, seed=9,
+                                     proximal_mu=0.1)
+    back = records.instructions_from(records.instructions_content(instructions))
+    assert (back.server_round, back.local_epochs, back.batch_size, back.seed) == (3, 2, 16, 9)
+    assert back.learning_rate == pytest.approx(0.01) and back.proximal_mu == pytest.approx(0.1)
+    assert all(np.array_equal(a, b) for a, b in zip(back.weights, instructions.weights))
+
+    update = DeviceUpdate(4, weights(1.5), 120, metrics(local_loss=float("nan")))
+    content = records.update_content(update, {"setup_seconds": 2.5})
+    assert content.metric_records["metrics"]["num-examples"] == 120  # what Flower strategies weigh by
+    back = records.update_from(content)
+    assert (back.device_id, back.num_samples, back.metrics.steps) == (4, 120, 12)
+    assert math.isnan(back.metrics.local_loss) and back.metrics.local_accuracy == pytest.approx(0.75)
+    assert back.extras == {"setup_seconds": 2.5}
+    assert records.update_from(content, device_id=7).device_id == 7  # the server's view wins
+
+
+def test_run_config_maps_onto_the_engine_config(tmp_path):
+    config = federation_config({**RUN_DEFAULTS, "model": "mlp", "train-samples": 500, "faults": "1=nan",
+                                "strategy": "fedprox", "strategy-params": "proximal_mu=0.2"}, num_devices=3)
+    assert (config.model, config.num_devices, config.train_samples, config.test_samples) == ("mlp", 3, 500, None)
+    assert config.faults == {1: "nan"} and config.strategy_params == {"proximal_mu": 0.2}
+    assert parse_ids("[1, 3]") == parse_ids("1,3") == parse_ids("1\n3") == {1, 3}
+    assert parse_faults("2=nan, 3=crash") == {2: "nan", 3: "crash"}
+    assert parse_params("") == {}
+    with pytest.raises(ValueError):
+        parse_faults("nan")
+
+    deactivated = tmp_path / "off.txt"
+    settings = server_settings({"deactivated": "4", "deactivated-file": str(deactivated)})
+    assert settings.deactivated_now() == {4}  # no file yet
+    deactivated.write_text("1 2")
+    assert settings.deactivated_now() == {1, 2, 4}  # re-read every round
+
+
+def test_run_defaults_match_the_pyproject_run_config():
+    import tomllib
+
+    from flower_app.loopback import PROJECT_ROOT
+
+    with (PROJECT_ROOT / "pyproject.toml").open("rb") as handle:
+        app = tomllib.load(handle)["tool"]["flwr"]["app"]
+    assert app["config"] == RUN_DEFAULTS
+    assert app["components"] == {"serverapp": "flower_app.server_app:app", "clientapp": "flower_app.client_app:app"}
+
+
+def test_app_dependencies_are_pinned_like_requirements_txt():
+    import tomllib
+
+    from flower_app.loopback import PROJECT_ROOT
+
+    with (PROJECT_ROOT / "pyproject.toml").open("rb") as handle:
+        dependencies = tomllib.load(handle)["project"]["dependencies"]
+    requirements = (PROJECT_ROOT / "requirements.txt").read_text().split()
+    assert "flwr==1.42.0" in dependencies
+    assert [d for d in dependencies if d not in requirements] == []
+
+
+def test_node_config_names_a_partition_or_an_image_folder():
+    spec = node_spec({"partition-id": 1, "num-partitions": 3}, {"model": "mlp"}, node_id=77)
+    assert (spec.partition_id, spec.num_partitions, spec.source) == (1, 3, "partition")
+    assert hash(spec) == hash(node_spec({"partition-id": 1, "num-partitions": 3}, {"model": "mlp"}, 78))
+    assert node_spec({"image-folder": "/data/mine"}, {}, node_id=77).partition_id == 77
+    with pytest.raises(ValueError, match="partition-id"):
+        node_spec({}, {}, node_id=1)
+    with pytest.raises(ValueError, match="must be in"):
+        node_spec({"partition-id": 3, "num-partitions": 3}, {}, node_id=1)
+
+
+# -- the strategy adapter against a fake grid ------------------------------------------------
+class FakeGrid(Grid):
+    """Connected nodes answer queries with their partition id; train messages are kept."""
+
+    def __init__(self, partitions: dict[int, int]):
+        self.partitions = partitions  # node id -> partition id
+        self.queries = 0
+
+    def set_run(self, run) -> None: ...
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
+
+    def get_node_ids(self):
+        return list(self.partitions)
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for message in messages:
+            assert message.metadata.message_type == MessageType.QUERY
+            self.queries += 1
+            partition = self.partitions[message.metadata.dst_node_id]
+            if partition < 0:
+                replies.append(Message(Error(code=1, reason="bad node config"), reply_to=message))
+            else:
+                replies.append(Message(records.node_content(partition, 4, "partition"), reply_to=message))
+        return replies
+
+
+def make_strategy(tmp_path, **run_config) -> EngineStrategy:
+    settings = server_settings({"seed": 3, "min-devices": 2, "wait-timeout": 5.0, **run_config})
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    return EngineStrategy(settings, build_strategy(settings.federation.strategy), Roster(),
+                          clock=lambda: now[0], sleep=sleep)
+
+
+def reply_to(message: Message, update: DeviceUpdate) -> Message:
+    return Message(records.update_content(update), reply_to=message)
+
+
+def test_strategy_selects_like_the_engine_and_skips_deactivated_partitions(tmp_path, server_identity):
+    off = tmp_path / "off.txt"
+    off.write_text("2")
+    strategy = make_strategy(tmp_path, **{"deactivated-file": str(off), "fraction": 0.5})
+    grid = FakeGrid({101: 0, 102: 1, 103: 2, 104: 3, 105: 1})  # nodes 102 and 105 share partition 1
+    messages = list(strategy.configure_train(1, records.to_arrays(weights(0.0)), ConfigRecord(), grid))
+    expected = select_devices([0, 1, 3], 0.5, 2, np.random.default_rng([3, 1]))
+    node_of = {0: 101, 1: 102, 3: 104}  # the lowest node id holds a shared partition
+    assert [m.metadata.dst_node_id for m in messages] == [node_of[p] for p in expected]
+    for partition, message in zip(expected, messages):
+        assert message.metadata.message_type == MessageType.TRAIN
+        assert records.instructions_from(message.content).seed == device_seed(3, 1, partition)
+    assert grid.queries == 5
+    strategy.configure_train(2, records.to_arrays(weights(0.0)), ConfigRecord(), grid)
+    assert grid.queries == 5  # each node is asked once
+
+
+def test_strategy_validates_aggregates_and_reports_like_the_engine(tmp_path, server_identity):
+    strategy = make_strategy(tmp_path)
+    grid = FakeGrid({11: 0, 12: 1, 13: 2, 14: -1})  # node 14's node config is broken
+    global_weights = weights(0.0)
+    messages = list(strategy.configure_train(1, records.to_arrays(global_weights), ConfigRecord(), grid))
+    assert [m.metadata.dst_node_id for m in messages] == [11, 12, 13]
+    good = DeviceUpdate(0, weights(1.0), 100, metrics())
+    other = DeviceUpdate(1, weights(3.0), 300, metrics())
+    poisoned = DeviceUpdate(2, [np.full(s, np.nan, np.float32) for s in SHAPES], 50, metrics())
+    replies = [reply_to(messages[0], good), reply_to(messages[1], other), reply_to(messages[2], poisoned)]
+    arrays, summary = strategy.aggregate_train(1, replies)
+    expected = weighted_average([good.weights, other.weights], [100, 300])
+    assert all(np.allclose(a, b) for a, b in zip(records.to_weights(arrays), expected))
+    assert summary["devices"] == 2 and summary["problems"] == 1
+    report = strategy.finish_round(0.5, 0.8, np.eye(2, dtype=int))
+    record = json.loads(json.dumps(report.to_json_dict(run_id=42), allow_nan=False))
+    assert record["selected"] == [0, 1, 2] and set(record["devices"]) == {"0", "1"}
+    assert record["devices"]["1"]["node_id"] == 12 and record["devices"]["1"]["samples"] == 300
+    assert [(p["partition_id"], p["kind"]) for p in record["problems"]] == [(2, "rejected")]
+    assert "NaN" in record["problems"][0]["reason"]
+
+    messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
+    error = Message(Error(code=1, reason="ClientApp raised"), reply_to=messages[0])
+    arrays, _ = strategy.aggregate_train(2, [error, reply_to(messages[1], other)])  # partition 2: no reply
+    problems = strategy.finish_round(0.4, 0.9, np.eye(2, dtype=int)).problems
+    assert [(p.device_id, p.kind) for p in problems] == [(0, "failed"), (2, "failed")]
+    assert "no reply" in problems[1].reason
+
+
+def test_strategy_waits_for_enough_active_devices_then_gives_up(tmp_path, server_identity):
+    strategy = make_strategy(tmp_path, deactivated="1")
+    with pytest.raises(NotEnoughDevices, match="only 1 active"):
+        strategy.configure_train(1, records.to_arrays(weights(0.0)), ConfigRecord(), FakeGrid({11: 0, 12: 1}))
+
+
+# -- the device side -----------------------------------------------------------------------------
+def test_a_node_holds_exactly_the_engine_device_for_its_partition(fashion, data_dir):
+    from engine.federation import build_devices
+    from flower_app.node import local_node
+
+    run = {"model": "mlp", "train-samples": 600}
+    spec = node_spec({"partition-id": 1, "num-partitions": 3, "data-dir": data_dir}, run, node_id=5)
+    node = local_node(spec)
+    assert local_node(spec) is node  # built once per process
+    engine_device = build_devices(fashion, federation_config(run, num_devices=3))[1]
+    assert node.device.device_id == 1
+    assert np.array_equal(node.device.data.y_train, engine_device.data.y_train)
+    assert np.array_equal(node.device.data.x_test, engine_device.data.x_test)
+    update = node.fit(TrainInstructions(1, node.replica.get_weights(), seed=3))
+    assert update.num_samples == len(engine_device.data.y_train) and update.metrics.steps > 0
+
+
+def test_a_node_can_train_on_its_own_image_folder(fashion, tmp_path):
+    from PIL import Image
+
+    from data.datasets import CLASS_NAMES
+    from flower_app.image_folder import load_image_folder
+
+    for index in range(12):
+        label = int(fashion.y_test[index])
+        folder = tmp_path / ("Ankle boot" if label == 9 else str(label))
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(255 - fashion.x_test[index]).resize((56, 56)).save(folder / f"{index}.png")
+    (tmp_path / "0").mkdir(exist_ok=True)
+    (tmp_path / "0" / "notes.txt").write_text("not an image")
+    x, y = load_image_folder(tmp_path, CLASS_NAMES["fashion-mnist"])
+    assert x.shape == (12, 28, 28) and x.dtype == np.uint8
+    assert sorted(y.tolist()) == sorted(int(v) for v in fashion.y_test[:12])
+
+    from flower_app.node import local_node
+
+    node = local_node(node_spec({"image-folder": str(tmp_path)}, {"model": "mlp", "faults": "0=nan"}, node_id=9))
+    assert node.device.device_id == 9 and node.device.fault == "none"  # faults name other partitions
+    assert node.device.data.num_train + len(node.device.data.y_test) == 12
+    update = node.fit(TrainInstructions(1, node.replica.get_weights(), batch_size=4))
+    assert update.num_samples == node.device.data.num_train and update.metrics.steps > 0
+    (tmp_path / "socks").mkdir()
+    with pytest.raises(ValueError, match="names no class"):
+        load_image_folder(tmp_path, CLASS_NAMES["fashion-mnist"])
+
+
+# -- real processes on 127.0.0.1 ------------------------------------------------------------------
+NUM_SUPERNODES = 3
+DEACTIVATED = 2
+RUN_CONFIG = {
+    "num-server-rounds": 2,
+    "model": "mlp",
+    "train-samples": 1500,
+    "test-samples": 1000,
+    "min-devices": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def deployment(data_dir, tmp_path_factory):
+    """Start a SuperLink and three SuperNodes, run the app for two rounds, stop everything."""
+    from flower_app.loopback import LocalDeployment
+
+    workdir = tmp_path_factory.mktemp("flower-loopback")
+    (workdir / "deactivated.txt").write_text(str(DEACTIVATED))
+    run_config = {**RUN_CONFIG, "results-file": str(workdir / "rounds.jsonl"),
+                  "deactivated-file": str(workdir / "deactivated.txt"), "data-dir": data_dir}
+    started = time.monotonic()
+    local = LocalDeployment(workdir, NUM_SUPERNODES, data_dir=data_dir)
+    with local:
+        outcome = local.run(run_config, timeout=240)
+        status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
+        stop_started = time.monotonic()
+        leftovers = local.stop()
+    logs = {name: local.log(name)[-3000:] for name in ("superlink", "supernode-0")}
+    return {
+        "outcome": outcome, "status": status, "leftovers": leftovers, "seconds": time.monotonic() - started,
+        "stop_seconds": time.monotonic() - stop_started, "processes": local.processes, "logs": logs,
+    }
+
+
+@pytest.mark.timeout(360)
+def test_flower_deployment_trains_over_loopback(deployment):
+    outcome = deployment["outcome"]
+    context = f"{outcome.output[-3000:]}\n{deployment['logs']}"
+    assert outcome.returncode == 0 and outcome.run_id is not None, context
+    assert deployment["status"] == "finished:completed", context
+    assert [r["round"] for r in outcome.rounds] == [1, 2], context
+    assert all(r["run_id"] == outcome.run_id for r in outcome.rounds)
+    last = outcome.rounds[-1]
+    assert last["global_accuracy"] > 0.3, outcome.rounds  # chance is 0.1
+    assert sum(map(sum, last["confusion"])) == RUN_CONFIG["test-samples"]
+
+
+def test_per_device_metrics_arrive_and_deactivated_partitions_sit_out(deployment):
+    for record in deployment["outcome"].rounds:
+        assert record["selected"] == [0, 1] and record["deactivated"] == [DEACTIVATED]
+        assert sorted(record["devices"]) == ["0", "1"] and record["problems"] == []
+        assert len({d["node_id"] for d in record["devices"].values()}) == 2
+        for device in record["devices"].values():
+            assert device["samples"] > 0 and device["steps"] > 0
+            assert 0 <= device["accuracy"] <= 1 and device["train_loss"] > 0
+            assert device["setup_seconds"] > 0
+        assert record["bytes_up"] == sum(d["bytes_up"] for d in record["devices"].values())
+        assert record["seconds"] >= record["train_seconds"] > 0
+
+
+def test_everything_shuts_down_cleanly(deployment):
+    assert deployment["leftovers"] == [], "processes survived the deployment (killed now)"
+    assert all(process.poll() is not None for process in deployment["processes"].values())
+    assert deployment["stop_seconds"] < 30
+
+
+def test_flower_rounds_match_the_in_process_engine(deployment, fashion, data_dir):
+    """Same devices, same selection, same aggregation: the same model, up to float noise."""
+    from engine.federation import Federation
+
+    config = federation_config(RUN_CONFIG, num_devices=NUM_SUPERNODES, data_dir=data_dir)
+    federation = Federation(config, dataset=fashion)
+    try:
+        federation.set_active(DEACTIVATED, False)
+        federation.start()
+        snapshot = federation.wait(timeout=120)
+    finally:
+        federation.close()
+    flower = deployment["outcome"].rounds
+    assert [r.round for r in snapshot.history] == [r["round"] for r in flower]
+    for engine_round, flower_round in zip(snapshot.history, flower):
+        assert list(engine_round.selected) == flower_round["selected"]
+        assert {str(d.device_id): d.samples for d in engine_round.devices} == {
+            k: d["samples"] for k, d in flower_round["devices"].items()
+        }
+        assert flower_round["global_accuracy"] == pytest.approx(engine_round.global_accuracy, abs=0.02)
