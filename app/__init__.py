@@ -1,0 +1,1 @@
+"""Streamlit dashboard for the federated-learning engine: it only drives the Federation API and renders snapshots."""

@@ -1,0 +1,204 @@
+"""Pure chart builders: round history, histograms and predictions in, Plotly figures out.
+
+Nothing here touches Streamlit or the engine's threads, so every function is
+unit-testable with hand-made ``RoundResult`` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.colors
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engine.results import RoundResult
+
+CHART_HEIGHT = 330
+ACCURACY_COLOUR = "#2563eb"
+LOSS_COLOUR = "#dc2626"
+HIGHLIGHT_COLOUR = "#2563eb"
+MUTED_COLOUR = "#94a3b8"
+# A constant uirevision keeps legend clicks and zoom while live updates replace the figure.
+UI_REVISION = "keep"
+DEVICE_COLOURS = plotly.colors.qualitative.D3 + plotly.colors.qualitative.Alphabet
+MAX_MARKER_ROUNDS = 30  # beyond this, lines without markers stay readable
+
+
+def _layout(figure: go.Figure, title: str, height: int = CHART_HEIGHT, **extra) -> go.Figure:
+    figure.update_layout(
+        title={"text": title, "font": {"size": 15}},
+        height=height,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        uirevision=UI_REVISION,
+        **extra,
+    )
+    return figure
+
+
+def device_label(device_id: int) -> str:
+    return f"Device {device_id}"
+
+
+def device_colour(device_id: int) -> str:
+    """A fixed colour per device, so a device keeps its colour in every chart and round."""
+    return DEVICE_COLOURS[device_id % len(DEVICE_COLOURS)]
+
+
+def _line_mode(rounds: Sequence[int]) -> str:
+    return "lines+markers" if len(rounds) <= MAX_MARKER_ROUNDS else "lines"
+
+
+def rounds_of(history: Sequence[RoundResult]) -> list[int]:
+    return [result.round for result in history]
+
+
+def device_accuracy_series(history: Sequence[RoundResult]) -> dict[int, list[float | None]]:
+    """Per device that ever sent an update: its local accuracy each round, ``None`` where it took no part."""
+    device_ids = sorted({d.device_id for result in history for d in result.devices})
+    series: dict[int, list[float | None]] = {device_id: [] for device_id in device_ids}
+    for result in history:
+        by_device = {d.device_id: d.accuracy for d in result.devices}
+        for device_id in device_ids:
+            value = by_device.get(device_id)
+            series[device_id].append(None if value is None or not np.isfinite(value) else float(value))
+    return series
+
+
+def per_class_accuracy(confusion: np.ndarray) -> list[float | None]:
+    """Recall of each class (diagonal / row total); ``None`` for classes absent from the test set."""
+    matrix = np.asarray(confusion, dtype=float)
+    totals = matrix.sum(axis=1)
+    return [float(matrix[i, i] / totals[i]) if totals[i] > 0 else None for i in range(len(matrix))]
+
+
+def global_metrics_figure(history: Sequence[RoundResult]) -> go.Figure:
+    """Server-side test accuracy and loss of the global model after each round, side by side."""
+    rounds = rounds_of(history)
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy", "Loss"), horizontal_spacing=0.12)
+    figure.add_trace(
+        go.Scatter(x=rounds, y=[r.global_accuracy for r in history], mode=_line_mode(rounds),
+                   name="accuracy", line={"color": ACCURACY_COLOUR}),
+        row=1, col=1,
+    )
+    figure.add_trace(
+        go.Scatter(x=rounds, y=[r.global_loss for r in history], mode=_line_mode(rounds),
+                   name="loss", line={"color": LOSS_COLOUR}),
+        row=1, col=2,
+    )
+    figure.update_xaxes(title_text="round", dtick=1 if len(rounds) <= 20 else None)
+    figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
+    figure.update_yaxes(rangemode="tozero", row=1, col=2)
+    return _layout(figure, "Global model on the server's test set", showlegend=False)
+
+
+def device_accuracy_figure(history: Sequence[RoundResult]) -> go.Figure:
+    """One line per device (legend toggles it); gaps mark rounds the device did not contribute to."""
+    rounds = rounds_of(history)
+    figure = go.Figure()
+    for device_id, values in device_accuracy_series(history).items():
+        figure.add_trace(
+            go.Scatter(x=rounds, y=values, mode=_line_mode(rounds), name=device_label(device_id),
+                       connectgaps=False, marker={"size": 6}, line={"color": device_colour(device_id), "width": 2})
+        )
+    figure.update_xaxes(title_text="round", dtick=1 if len(rounds) <= 20 else None)
+    figure.update_yaxes(title_text="local accuracy", range=[0, 1], tickformat=".0%")
+    return _layout(figure, "Each device's accuracy on its own held-out data",
+                   legend={"title": {"text": "click to hide"}})
+
+
+def latest_device_accuracy_figure(result: RoundResult | None) -> go.Figure:
+    """Bars: each contributing device's local accuracy in ``result`` (the latest round)."""
+    figure = go.Figure()
+    title = "Latest round: accuracy per device"
+    if result is not None:
+        devices = sorted(result.devices, key=lambda d: d.device_id)
+        figure.add_trace(
+            go.Bar(
+                x=[device_label(d.device_id) for d in devices],
+                y=[d.accuracy for d in devices],
+                text=[f"{d.accuracy:.0%}" for d in devices],
+                textposition="auto",
+                marker={"color": [device_colour(d.device_id) for d in devices]},
+                customdata=[d.samples for d in devices],
+                hovertemplate="%{x}: %{y:.1%} (%{customdata} samples)<extra></extra>",
+            )
+        )
+        title = f"Round {result.round}: accuracy per device"
+    figure.update_xaxes(type="category")
+    figure.update_yaxes(range=[0, 1], tickformat=".0%")
+    return _layout(figure, title, showlegend=False)
+
+
+def label_distribution_figure(histogram: np.ndarray, class_names: Sequence[str]) -> go.Figure:
+    """Heatmap of training samples per device (rows) and class (columns)."""
+    counts = np.asarray(histogram)
+    devices = [device_label(i) for i in range(counts.shape[0])]
+    show_text = counts.shape[0] <= 30
+    figure = go.Figure(
+        go.Heatmap(
+            z=counts,
+            x=list(class_names),
+            y=devices,
+            colorscale="Blues",
+            text=counts if show_text else None,
+            texttemplate="%{text}" if show_text else None,
+            hovertemplate="%{y}, %{x}: %{z} samples<extra></extra>",
+            colorbar={"title": {"text": "samples"}},
+        )
+    )
+    figure.update_yaxes(autorange="reversed", type="category")
+    figure.update_xaxes(type="category", tickangle=-35)
+    height = max(CHART_HEIGHT, min(900, 60 + 26 * len(devices)))
+    return _layout(figure, "Label distribution: training images per device and class", height=height)
+
+
+def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], round_number: int | None = None) -> go.Figure:
+    """Heatmap of the global model's confusion matrix (true class rows, predicted class columns)."""
+    matrix = np.asarray(confusion)
+    names = list(class_names)
+    figure = go.Figure(
+        go.Heatmap(
+            z=matrix, x=names, y=names, colorscale="Blues", text=matrix, texttemplate="%{text}",
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>", showscale=False,
+        )
+    )
+    figure.update_xaxes(title_text="predicted", type="category", tickangle=-35)
+    figure.update_yaxes(title_text="true", type="category", autorange="reversed")
+    suffix = f" after round {round_number}" if round_number is not None else ""
+    return _layout(figure, f"Confusion matrix{suffix}", height=420)
+
+
+def per_class_accuracy_figure(confusion: np.ndarray, class_names: Sequence[str]) -> go.Figure:
+    """Horizontal bars: share of each class's test images the global model gets right."""
+    values = per_class_accuracy(confusion)
+    names = list(class_names)
+    figure = go.Figure(
+        go.Bar(
+            x=[0 if v is None else v for v in values], y=names, orientation="h",
+            text=["n/a" if v is None else f"{v:.0%}" for v in values], textposition="auto",
+            marker={"color": ACCURACY_COLOUR}, hovertemplate="%{y}: %{x:.1%}<extra></extra>",
+        )
+    )
+    figure.update_xaxes(range=[0, 1], tickformat=".0%")
+    figure.update_yaxes(type="category", autorange="reversed")
+    return _layout(figure, "Accuracy per class", height=420, showlegend=False)
+
+
+def probabilities_figure(probabilities: np.ndarray, class_names: Sequence[str], untrained: bool = False) -> go.Figure:
+    """Horizontal bars of every class probability, the predicted class highlighted."""
+    values = np.asarray(probabilities, dtype=float).ravel()
+    best = int(np.argmax(values))
+    colours = [HIGHLIGHT_COLOUR if i == best else MUTED_COLOUR for i in range(len(values))]
+    figure = go.Figure(
+        go.Bar(
+            x=values, y=list(class_names), orientation="h", marker={"color": colours},
+            text=[f"{v:.1%}" for v in values], textposition="outside", cliponaxis=False,
+            hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+        )
+    )
+    figure.update_xaxes(range=[0, 1.12], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%")
+    figure.update_yaxes(type="category", autorange="reversed")
+    title = "Class probabilities" + (" (untrained model!)" if untrained else "")
+    return _layout(figure, title, height=360, showlegend=False)

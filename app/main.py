@@ -1,0 +1,85 @@
+"""Page layout of the dashboard. Run from the project root: ``streamlit run app/main.py``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+if PROJECT_ROOT not in sys.path:  # Streamlit only puts app/ on the path; engine, data and devices live above
+    sys.path.insert(0, PROJECT_ROOT)
+
+import streamlit as st  # noqa: E402
+
+from app import controls_view, devices_view, predict_view, results_view, sidebar, state  # noqa: E402
+from app.defaults import auto_create, refresh_seconds  # noqa: E402
+from app.runtime_fixes import keep_keras_session  # noqa: E402
+
+INTRO = (
+    "Federated learning trains one model across many devices **without collecting their data**: each round, "
+    "the server sends the global model to the active devices, each trains it on its own images, and the "
+    "server averages their updates into a new global model. Set up the federation in the sidebar, then "
+    "start training and watch it learn."
+)
+DRAWN_AT_KEY = "page_drawn_at"
+MIN_REDRAW_SECONDS = 1.0  # at most one full redraw per second for new rounds, however fast rounds are
+
+
+def live_status(federation, phase: str, drawn_round: int) -> None:
+    """Status, progress and devices, refreshed while a run is live (the engine trains in its own thread).
+
+    A new round or a change of phase (started, paused, ended) redraws the whole page: the charts and
+    predictions are only rebuilt then, not on every refresh.
+    """
+    snapshot = federation.snapshot()
+    if controls_view.phase(snapshot) != phase:
+        st.rerun()
+    drawn_ago = time.monotonic() - st.session_state.get(DRAWN_AT_KEY, 0.0)
+    if snapshot.round != drawn_round and drawn_ago >= MIN_REDRAW_SECONDS:
+        st.rerun()
+    controls_view.render_status(snapshot)
+    st.divider()
+    st.subheader("Devices", anchor="devices")
+    devices_view.render(federation, snapshot)
+
+
+def main() -> None:
+    keep_keras_session()  # Streamlit would otherwise reset Keras after every rerun, slowing training a lot
+    st.set_page_config(page_title="Federated learning dashboard", page_icon=":material/hub:", layout="wide")
+    st.title("Federated learning dashboard")
+    st.markdown(INTRO)
+
+    setup = sidebar.render(state.get_federation())
+    requested = state.take_create_request(setup.config, auto_create(os.environ))
+    if requested is not None:
+        if state.create_federation(requested) is not None:
+            st.rerun()  # redraw the setup panel and controls for the new federation
+    federation = state.get_federation()
+    if federation is not None and setup.valid and federation.snapshot().total_rounds != setup.config.rounds:
+        federation.set_rounds(setup.config.rounds)  # rounds may change at any time, even mid-run
+
+    if state.creation_error():
+        st.error(state.creation_error())
+    if federation is None:
+        st.info("No federation yet: choose a setup in the sidebar and press **Create federation**.")
+        return
+
+    st.session_state[DRAWN_AT_KEY] = time.monotonic()
+    snapshot = federation.snapshot()
+    phase = controls_view.phase(snapshot)
+    st.subheader("Training", anchor="training")
+    controls_view.render_buttons(federation, setup)
+    interval = refresh_seconds(os.environ) if phase != "idle" else None  # refresh only while a run is live
+    st.fragment(live_status, run_every=interval)(federation, phase, snapshot.round)
+    devices_view.render_label_distribution(federation)
+    st.divider()
+    results_view.render_learning_curves(snapshot)
+    results_view.render_model_quality(snapshot, federation.dataset.class_names)
+    st.divider()
+    st.fragment(predict_view.render)(federation)  # uploads and picks redraw only this part
+
+
+main()

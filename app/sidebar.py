@@ -1,0 +1,175 @@
+"""The setup panel: sidebar widgets -> a FederationConfig, its problems, and the create/apply button."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import streamlit as st
+
+from data.datasets import DATASET_NAMES
+from data.partition import PARTITION_SCHEMES
+from engine.config import BUILTIN_MODELS, OPTIMIZERS, FederationConfig
+from app import state
+from app.defaults import default_config
+
+if TYPE_CHECKING:
+    from engine.federation import Federation
+
+DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST (clothing)", "mnist": "MNIST (digits)"}
+MODEL_LABELS = {"cnn": "CNN (small convolutional net)", "mlp": "MLP (2 hidden layers)"}
+PARTITION_LABELS = {
+    "iid": "IID (every device sees all classes)",
+    "dirichlet": "Dirichlet label skew",
+    "shards": "Shards (few classes per device)",
+    "quantity": "Quantity skew (unequal sizes)",
+}
+OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD with momentum"}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the setup panel currently says."""
+
+    config: FederationConfig
+    problems: tuple[str, ...]
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+
+def same_setup(a: FederationConfig, b: FederationConfig) -> bool:
+    """Equal apart from the number of rounds, which a live federation can change without a reset."""
+    return a.with_changes(rounds=None) == b.with_changes(rounds=None)
+
+
+def has_run(federation: Federation) -> bool:
+    """True once training started: the setup can then only change through a reset."""
+    snapshot = federation.snapshot()
+    return snapshot.round > 0 or snapshot.is_live
+
+
+def _index(options, value) -> int:
+    return list(options).index(value) if value in options else 0
+
+
+def _read_widgets(defaults: FederationConfig) -> FederationConfig:
+    """Render the setup widgets and turn their values into a configuration (not validated)."""
+    bar = st.sidebar
+    bar.subheader("Data")
+    dataset = bar.selectbox("Data set", DATASET_NAMES, index=_index(DATASET_NAMES, defaults.dataset),
+                            format_func=DATASET_LABELS.get, key="setup_dataset")
+    train_samples = bar.number_input(
+        "Training samples to use (0 = all 60,000)", min_value=0, max_value=60_000, step=1000,
+        value=defaults.train_samples or 0, key="setup_train_samples",
+        help="Use a subset for quick demos: fewer samples train much faster.",
+    )
+
+    bar.subheader("Devices")
+    num_devices = bar.number_input("Number of devices", min_value=1, max_value=1000, value=defaults.num_devices,
+                                   key="setup_devices")
+    partition = bar.selectbox("How data is split across devices", PARTITION_SCHEMES,
+                              index=_index(PARTITION_SCHEMES, defaults.partition),
+                              format_func=PARTITION_LABELS.get, key="setup_partition")
+    alpha, shards, quantity_alpha = defaults.alpha, defaults.shards_per_device, defaults.quantity_alpha
+    if partition == "dirichlet":
+        alpha = bar.number_input("Dirichlet alpha (smaller = more skew)", min_value=0.0, value=defaults.alpha,
+                                 step=0.1, format="%.2f", key="setup_alpha")
+    elif partition == "shards":
+        shards = bar.number_input("Shards per device", min_value=1, value=defaults.shards_per_device,
+                                  key="setup_shards")
+    elif partition == "quantity":
+        quantity_alpha = bar.number_input("Quantity-skew alpha (smaller = more unequal)", min_value=0.0,
+                                          value=defaults.quantity_alpha, step=0.1, format="%.2f",
+                                          key="setup_quantity_alpha")
+
+    bar.subheader("Training")
+    model = bar.selectbox("Model", BUILTIN_MODELS, index=_index(BUILTIN_MODELS, defaults.model),
+                          format_func=MODEL_LABELS.get, key="setup_model")
+    until_stopped = bar.checkbox("Run until stopped", value=defaults.rounds is None, key="setup_until_stopped")
+    rounds = bar.number_input("Rounds", min_value=1, max_value=10_000, value=defaults.rounds or 5,
+                              disabled=until_stopped, key="setup_rounds",
+                              help="Can be changed during a run; raise it to continue a finished run.")
+    local_epochs = bar.number_input("Local epochs per round", min_value=1, max_value=100,
+                                    value=defaults.local_epochs, key="setup_local_epochs")
+    batch_size = bar.number_input("Batch size", min_value=1, max_value=4096, value=defaults.batch_size,
+                                  key="setup_batch_size")
+    learning_rate = bar.number_input("Learning rate", min_value=0.0, max_value=10.0, value=defaults.learning_rate,
+                                     step=0.0005, format="%.4f", key="setup_learning_rate")
+    optimizer = bar.selectbox("Optimizer", OPTIMIZERS, index=_index(OPTIMIZERS, defaults.optimizer),
+                              format_func=OPTIMIZER_LABELS.get, key="setup_optimizer")
+    momentum = defaults.momentum
+    if optimizer == "sgd":
+        momentum = bar.number_input("Momentum", min_value=0.0, max_value=1.0, value=defaults.momentum,
+                                    step=0.05, key="setup_momentum")
+
+    bar.subheader("Each round")
+    min_devices = bar.number_input("Minimum devices per round", min_value=1, value=defaults.min_devices,
+                                   key="setup_min_devices",
+                                   help="Training waits while fewer devices are active.")
+    fraction = bar.slider("Share of active devices sampled", min_value=0.05, max_value=1.0,
+                          value=float(defaults.fraction), step=0.05, key="setup_fraction")
+    seed = bar.number_input("Random seed", min_value=0, value=defaults.seed, key="setup_seed")
+
+    with bar.expander("Advanced"):
+        data_dir = st.text_input("Data folder (IDX files)", value=os.environ.get("FL_DATA_DIR", ""),
+                                 key="setup_data_dir",
+                                 help="Empty: $FL_DATA_DIR, else Keras downloads the data set.")
+        test_samples = st.number_input("Server test images (0 = all 10,000)", min_value=0, max_value=10_000,
+                                       value=defaults.test_samples or 0, step=500, key="setup_test_samples")
+        workers = st.number_input("Devices training in parallel", min_value=1, max_value=64,
+                                  value=defaults.workers, key="setup_workers")
+        device_ids = list(range(int(num_devices)))
+        for key in ("setup_crash", "setup_nan"):  # drop devices that no longer exist
+            if key in st.session_state:
+                st.session_state[key] = [d for d in st.session_state[key] if d in device_ids]
+        nan_devices = st.multiselect("Simulate devices sending NaN updates", device_ids, key="setup_nan")
+        crash_devices = st.multiselect("Simulate devices that crash", device_ids, key="setup_crash")
+
+    faults = {int(d): "nan" for d in nan_devices} | {int(d): "crash" for d in crash_devices}
+    return FederationConfig(
+        dataset=dataset, data_dir=data_dir.strip() or None, model=model, num_devices=int(num_devices),
+        partition=partition, alpha=float(alpha), shards_per_device=int(shards), quantity_alpha=float(quantity_alpha),
+        rounds=None if until_stopped else int(rounds), local_epochs=int(local_epochs), batch_size=int(batch_size),
+        learning_rate=float(learning_rate), optimizer=optimizer, momentum=float(momentum),
+        min_devices=int(min_devices), fraction=float(fraction), seed=int(seed),
+        train_samples=int(train_samples) or None, test_samples=int(test_samples) or None,
+        workers=int(workers), faults=faults,
+    )
+
+
+def _apply_button(setup: Setup, federation: Federation | None) -> None:
+    """The create/apply button, enabled only when applying is allowed, and a line saying why not."""
+    bar = st.sidebar
+    if federation is None:
+        label, allowed, note = "Create federation", setup.valid, None
+    elif same_setup(setup.config, federation.config):
+        label, allowed, note = "Apply setup", False, "The federation matches this setup."
+    elif has_run(federation):
+        label, allowed, note = "Apply setup", False, None
+        bar.warning("The setup changed while a run exists. Press **Reset** (Training controls) to discard "
+                    "the run and rebuild the federation with this setup.")
+    else:
+        label, allowed, note = "Apply setup", setup.valid, "Setup changed: apply it to rebuild the devices."
+    if not setup.valid:
+        note = "Fix the problems above first."
+    bar.button(label, key="apply", type="primary", disabled=not allowed, width="stretch",
+               on_click=state.request_create, args=(setup.config,))
+    if note:
+        bar.caption(note)
+
+
+def render(federation: Federation | None) -> Setup:
+    """Draw the setup panel; return the configuration it describes and its problems."""
+    defaults, warnings = default_config(os.environ)
+    st.sidebar.header("Setup")
+    for warning in warnings:
+        st.sidebar.warning(warning)
+    config = _read_widgets(defaults)
+    setup = Setup(config, tuple(config.problems()))
+    for problem in setup.problems:
+        st.sidebar.error(problem[:1].upper() + problem[1:])
+    _apply_button(setup, federation)
+    return setup

@@ -1,0 +1,151 @@
+"""Per-session federation management: create, replace, close; datasets are shared across sessions.
+
+Each browser tab (Streamlit session) owns one :class:`~engine.federation.Federation`
+in ``st.session_state``. Datasets are immutable and cached once per (name, folder)
+for all sessions. A session-scoped resource stops a tab's training when the tab
+disconnects, so abandoned tabs do not keep using the CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Callable
+
+import streamlit as st
+
+from data.datasets import Dataset, DatasetUnavailableError, load_dataset
+from engine.config import ConfigError, FederationConfig
+
+if TYPE_CHECKING:  # importing the federation pulls in TensorFlow; done lazily in create_federation
+    from engine.federation import Federation
+
+FEDERATION_KEY = "federation"
+ERROR_KEY = "create_error"
+REQUEST_KEY = "create_request"
+AUTO_CREATED_KEY = "auto_create_attempted"
+
+
+class DatasetSlot:
+    """Loads one data set at most once (thread-safe) and keeps it for every session."""
+
+    def __init__(self, name: str, data_dir: str | None):
+        self.name, self.data_dir = name, data_dir
+        self._lock = threading.Lock()
+        self._dataset: Dataset | None = None
+
+    def get(self, progress: Callable[[str], None]) -> Dataset:
+        """The data set, loading it first (reporting through ``progress``) if needed."""
+        with self._lock:
+            if self._dataset is None:
+                self._dataset = load_dataset(self.name, self.data_dir, progress)
+            return self._dataset
+
+
+@st.cache_resource(show_spinner=False)
+def dataset_slot(name: str, data_dir: str | None) -> DatasetSlot:
+    """The shared slot for (name, data_dir); the slot, not this cache, does the slow load with live progress."""
+    return DatasetSlot(name, data_dir)
+
+
+class SessionFederations:
+    """The federations one session created, stopped together when Streamlit lets go of the session."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._federations: list[Federation] = []
+
+    def add(self, federation: Federation) -> None:
+        with self._lock:
+            self._federations.append(federation)
+
+    def discard(self, federation: Federation) -> None:
+        with self._lock:
+            if federation in self._federations:
+                self._federations.remove(federation)
+
+    def stop_all(self) -> None:
+        """Stop training without waiting. Not ``close``: a reconnecting tab keeps its federation and may continue."""
+        with self._lock:
+            federations = list(self._federations)
+        for federation in federations:
+            federation.stop(wait=False)
+
+
+def _release(federations: SessionFederations) -> None:
+    # Streamlit calls this when the tab disconnects (closed, reloaded or a network drop).
+    federations.stop_all()
+
+
+@st.cache_resource(scope="session", on_release=_release, show_spinner=False)
+def session_federations() -> SessionFederations:
+    return SessionFederations()
+
+
+def get_federation() -> Federation | None:
+    return st.session_state.get(FEDERATION_KEY)
+
+
+def close_federation() -> None:
+    """Stop and forget this session's federation (if any)."""
+    federation = st.session_state.pop(FEDERATION_KEY, None)
+    if federation is not None:
+        session_federations().discard(federation)
+        federation.close()
+
+
+def request_create(config: FederationConfig) -> None:
+    """Ask the next script run to (re)build the federation from ``config`` (used from button callbacks)."""
+    st.session_state[REQUEST_KEY] = config
+
+
+def take_create_request(config: FederationConfig, auto_create: bool) -> FederationConfig | None:
+    """The configuration to build now: an explicit request, or ``config`` on the very first load."""
+    requested = st.session_state.pop(REQUEST_KEY, None)
+    if requested is not None:
+        return requested
+    if auto_create and not st.session_state.get(AUTO_CREATED_KEY):
+        st.session_state[AUTO_CREATED_KEY] = True
+        if get_federation() is None and not config.problems():
+            return config
+    return None
+
+
+def create_federation(config: FederationConfig) -> Federation | None:
+    """Build a federation (showing progress) and make it this session's.
+
+    On failure the previous federation stays, the reason is kept for display, and None is returned.
+    """
+    st.session_state.pop(ERROR_KEY, None)
+    label = f"Creating a federation of {config.num_devices} devices on {config.dataset}"
+    with st.status(label + "...", expanded=True) as status:
+        try:
+            status.write(f"Loading the {config.dataset} data set...")
+            dataset = dataset_slot(config.dataset, config.data_dir).get(progress=status.write)
+            status.write(f"Splitting the data across {config.num_devices} devices and building the "
+                         f"{config.model.upper()} model...")
+            from engine.federation import Federation  # imports TensorFlow (slow the first time)
+
+            federation = Federation(config, dataset=dataset)
+        except DatasetUnavailableError as error:
+            return _failed(status, str(error))
+        except ConfigError as error:
+            return _failed(status, "Invalid setup: " + "; ".join(error.problems))
+        except ValueError as error:  # e.g. a partition that cannot give every device enough samples
+            return _failed(status, f"This setup cannot be built: {error}")
+        except Exception as error:  # never show a traceback; say what went wrong instead
+            return _failed(status, f"Could not create the federation: {type(error).__name__}: {error}")
+        status.update(label=f"Federation ready: {config.num_devices} devices.", state="complete", expanded=False)
+    close_federation()
+    st.session_state[FEDERATION_KEY] = federation
+    session_federations().add(federation)
+    return federation
+
+
+def _failed(status, message: str) -> None:
+    status.update(label="Could not create the federation.", state="error", expanded=False)
+    st.session_state[ERROR_KEY] = message
+    return None
+
+
+def creation_error() -> str | None:
+    return st.session_state.get(ERROR_KEY)
