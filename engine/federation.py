@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import fields
+from functools import partial
 from typing import Callable
 
 import keras
@@ -85,9 +86,10 @@ class Federation:
         self.devices = build_devices(self.dataset, config)
         self.label_histogram = label_histogram([d.data.y_train for d in self.devices], self.dataset.num_classes)
 
+        build_model = partial(registry.build, config.model, self.dataset.image_shape, self.dataset.num_classes)
+
         def make_replica() -> ModelReplica:
-            model = lambda: registry.build(config.model, self.dataset.image_shape, self.dataset.num_classes)  # noqa: E731
-            return ModelReplica(model, OptimizerSpec(config.optimizer, config.momentum))
+            return ModelReplica(build_model, OptimizerSpec(config.optimizer, config.momentum))
 
         keras.utils.set_random_seed(config.seed)  # reproducible initial global model
         evaluator = make_replica()
@@ -109,6 +111,7 @@ class Federation:
         self._round_steps: dict[int, tuple[int, int]] = {}
         self._elapsed_before = 0.0
         self._started_at: float | None = None
+        self._closed = False
         self.strategy = build_strategy(config.strategy, config.strategy_params)
         self.store = store
         self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
@@ -157,6 +160,8 @@ class Federation:
     def start(self) -> None:
         """Start training (or continue after finishing/stopping, with more rounds)."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError("this federation was closed; create a new one")
             if self._thread is not None and self._thread.is_alive():
                 return
             self._control = RunControl()
@@ -186,8 +191,10 @@ class Federation:
             thread.join(timeout)
 
     def close(self) -> None:
-        """Stop and release the worker threads."""
+        """Stop and release the worker threads; the federation cannot be started again."""
         self.stop()
+        with self._lock:
+            self._closed = True
         self._pool.shutdown()
 
     def wait(self, timeout: float | None = None) -> Snapshot:

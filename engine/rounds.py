@@ -46,6 +46,22 @@ def device_seed(seed: int, server_round: int, device_id: int) -> int:
     return (seed * 1_000_003 + server_round * 10_007 + device_id) % (2**31)
 
 
+def local_training_instructions(
+    config: FederationConfig, strategy: Strategy, server_round: int, device_id: int, weights: Weights, **transport
+) -> TrainInstructions:
+    """What a device is asked to do this round; ``transport`` adds privacy, compression or masking settings."""
+    return TrainInstructions(
+        server_round=server_round,
+        weights=weights,
+        local_epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=device_seed(config.seed, server_round, device_id),
+        proximal_mu=strategy.local_options().proximal_mu,
+        **transport,
+    )
+
+
 @dataclass(frozen=True)
 class ServerTestSet:
     x: np.ndarray
@@ -113,14 +129,12 @@ class RoundRunner:
 
     def instructions(self, server_round: int, device_id: int, weights: Weights, peers: Sequence[int]) -> TrainInstructions:
         config = self.config
-        return TrainInstructions(
-            server_round=server_round,
-            weights=weights,
-            local_epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            seed=device_seed(config.seed, server_round, device_id),
-            proximal_mu=self.strategy.local_options().proximal_mu,
+        return local_training_instructions(
+            config,
+            self.strategy,
+            server_round,
+            device_id,
+            weights,
             privacy=PrivacySettings(config.clip_norm, config.local_noise_multiplier),
             compression=config.compression,
             topk_fraction=config.topk_fraction,
