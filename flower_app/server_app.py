@@ -16,6 +16,13 @@ JSON line is appended there (:meth:`RoundReport.to_json_dict`)::
      "problems": [{"partition_id": 3, "node_id": 99, "kind": "rejected", "reason": "..."}],
      "confusion": [[...], ...]}
 
+When ``FL_FLOWER_WEIGHTS_FILE`` is set in the ServerApp's environment (or a
+``weights-file`` run-config key exists), the global model after each round is
+also saved there as an ``.npz`` (``round`` plus ``arr_0``, ``arr_1``, ...),
+replaced atomically *before* that round's JSON line is appended, so a reader
+that sees round N can load at least round N's model
+(``flower_app.backend.FlowerFederation.predict`` does).
+
 ``devices`` is keyed by partition id (what node configs and ``deactivated``
 use); ``loss``/``accuracy`` are the trained model on the device's local test
 split, ``received_*`` the global model it received, ``seconds`` its local
@@ -27,6 +34,7 @@ every round) are never selected.
 from __future__ import annotations
 
 import json
+import os
 from logging import INFO
 from pathlib import Path
 
@@ -49,6 +57,8 @@ from flower_app.config import server_settings
 from flower_app.strategy import EngineStrategy
 
 app = ServerApp()
+
+WEIGHTS_FILE_VARIABLE = "FL_FLOWER_WEIGHTS_FILE"
 
 
 class CentralEvaluator:
@@ -78,6 +88,21 @@ def append_json_line(path: Path, record: dict) -> None:
         handle.write(json.dumps(record, allow_nan=False) + "\n")
 
 
+def weights_file(run_config) -> Path | None:
+    """Where to save the global model after each round (None: nowhere)."""
+    path = str(run_config.get("weights-file", "") or os.environ.get(WEIGHTS_FILE_VARIABLE, "")).strip()
+    return Path(path).expanduser().resolve() if path else None
+
+
+def save_weights(path: Path, server_round: int, weights: Weights) -> None:
+    """Write ``weights`` to ``path`` atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as handle:
+        np.savez(handle, *[np.asarray(w) for w in weights], round=np.int64(server_round))
+    os.replace(temporary, path)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = server_settings(context.run_config)
@@ -86,6 +111,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy = EngineStrategy(settings, build_strategy(config.strategy, config.strategy_params))
     if settings.results_file is not None:
         log(INFO, "Writing one JSON line per round to %s", settings.results_file)
+    weights_path = weights_file(context.run_config)
+    if weights_path is not None:
+        log(INFO, "Saving the global model after each round to %s", weights_path)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         loss, accuracy, confusion = evaluator.evaluate(records.to_weights(arrays))
@@ -93,6 +121,8 @@ def main(grid: Grid, context: Context) -> None:
             report = strategy.finish_round(loss, accuracy, confusion)
             log(INFO, "Round %d: global accuracy %.4f, loss %.4f, %.2f s, %d device(s), %d problem(s)",
                 report.round, accuracy, loss, report.seconds, len(report.updates), len(report.problems))
+            if weights_path is not None:
+                save_weights(weights_path, server_round, records.to_weights(arrays))
             if settings.results_file is not None:
                 append_json_line(settings.results_file, report.to_json_dict(context.run_id))
         return MetricRecord({"accuracy": float(accuracy), "loss": float(loss)})

@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import Strategy
 from devices.messages import DeviceUpdate, TrainInstructions, Weights, weights_nbytes
 from engine.aggregation import update_problem
 from engine.results import DeviceProblem
-from engine.rounds import device_seed, select_devices
+from engine.rounds import local_training_instructions, select_devices
 from engine.strategies import Strategy as EngineAggregator
 from flower_app import records
 from flower_app.config import ServerSettings
@@ -224,16 +224,8 @@ class EngineStrategy(Strategy):
         return select_devices(sorted(active), self.config.fraction, self.config.min_devices, rng)
 
     def instructions(self, server_round: int, partition_id: int, weights: Weights) -> TrainInstructions:
-        c = self.config
-        return TrainInstructions(
-            server_round=server_round,
-            weights=weights,
-            local_epochs=c.local_epochs,
-            batch_size=c.batch_size,
-            learning_rate=c.learning_rate,
-            seed=device_seed(c.seed, server_round, partition_id),
-            proximal_mu=self.aggregator.local_options().proximal_mu,
-        )
+        """The engine's instructions for this device and round (same seeds, same FedProx term)."""
+        return local_training_instructions(self.config, self.aggregator, server_round, partition_id, weights)
 
     # -- Flower's Strategy interface ----------------------------------------------------
     def configure_train(
