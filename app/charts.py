@@ -54,9 +54,18 @@ def rounds_of(history: Sequence[RoundResult]) -> list[int]:
     return [result.round for result in history]
 
 
-def device_accuracy_series(history: Sequence[RoundResult]) -> dict[int, list[float | None]]:
-    """Per device that ever sent an update: its local accuracy each round, ``None`` where it took no part."""
-    device_ids = sorted({d.device_id for result in history for d in result.devices})
+def contributing_devices(history: Sequence[RoundResult]) -> list[int]:
+    """Every device that sent an update in some round, in id order."""
+    return sorted({d.device_id for result in history for d in result.devices})
+
+
+def device_accuracy_series(history: Sequence[RoundResult],
+                           devices: Sequence[int] | None = None) -> dict[int, list[float | None]]:
+    """Per device that ever sent an update (or only ``devices``): its local accuracy each round, ``None`` where
+    it took no part."""
+    device_ids = contributing_devices(history)
+    if devices is not None:
+        device_ids = [d for d in device_ids if d in set(devices)]
     series: dict[int, list[float | None]] = {device_id: [] for device_id in device_ids}
     for result in history:
         by_device = {d.device_id: d.accuracy for d in result.devices}
@@ -93,11 +102,11 @@ def global_metrics_figure(history: Sequence[RoundResult]) -> go.Figure:
     return _layout(figure, "Global model on the server's test set", showlegend=False)
 
 
-def device_accuracy_figure(history: Sequence[RoundResult]) -> go.Figure:
-    """One line per device (legend toggles it); gaps mark rounds the device did not contribute to."""
+def device_accuracy_figure(history: Sequence[RoundResult], devices: Sequence[int] | None = None) -> go.Figure:
+    """One line per device (or per device of ``devices``; legend toggles it); gaps mark rounds it sat out."""
     rounds = rounds_of(history)
     figure = go.Figure()
-    for device_id, values in device_accuracy_series(history).items():
+    for device_id, values in device_accuracy_series(history, devices).items():
         figure.add_trace(
             go.Scatter(x=rounds, y=values, mode=_line_mode(rounds), name=device_label(device_id),
                        connectgaps=False, marker={"size": 6}, line={"color": device_colour(device_id), "width": 2})
@@ -108,12 +117,14 @@ def device_accuracy_figure(history: Sequence[RoundResult]) -> go.Figure:
                    legend={"title": {"text": "click to hide"}})
 
 
-def latest_device_accuracy_figure(result: RoundResult | None) -> go.Figure:
-    """Bars: each contributing device's local accuracy in ``result`` (the latest round)."""
+def latest_device_accuracy_figure(result: RoundResult | None, devices: Sequence[int] | None = None) -> go.Figure:
+    """Bars: each contributing device's (of ``devices``, if given) local accuracy in ``result`` (the latest round)."""
     figure = go.Figure()
     title = "Latest round: accuracy per device"
     if result is not None:
-        devices = sorted(result.devices, key=lambda d: d.device_id)
+        wanted = None if devices is None else set(devices)
+        devices = sorted((d for d in result.devices if wanted is None or d.device_id in wanted),
+                         key=lambda d: d.device_id)
         figure.add_trace(
             go.Bar(
                 x=[device_label(d.device_id) for d in devices],
@@ -133,9 +144,8 @@ def latest_device_accuracy_figure(result: RoundResult | None) -> go.Figure:
 
 def label_distribution_figure(histogram: np.ndarray, class_names: Sequence[str]) -> go.Figure:
     """Heatmap of training samples per device (rows) and class (columns)."""
-    counts = np.asarray(histogram)
-    devices = [device_label(i) for i in range(counts.shape[0])]
-    show_text = counts.shape[0] <= 30
+    counts, devices = aggregate_histogram(histogram)
+    show_text = counts.shape[0] <= 30 and np.asarray(histogram).shape[0] <= MAX_HEATMAP_ROWS
     figure = go.Figure(
         go.Heatmap(
             z=counts,
@@ -202,3 +212,96 @@ def probabilities_figure(probabilities: np.ndarray, class_names: Sequence[str], 
     figure.update_yaxes(type="category", autorange="reversed")
     title = "Class probabilities" + (" (untrained model!)" if untrained else "")
     return _layout(figure, title, height=360, showlegend=False)
+
+
+# -- communication, privacy and device problems ------------------------------------------------------------------
+UP_COLOUR = "#16a34a"
+DOWN_COLOUR = "#9333ea"
+EPSILON_COLOUR = "#ea580c"
+MAX_HEATMAP_ROWS = 30
+
+
+def bytes_series(history: Sequence[RoundResult]) -> dict[str, list[float]]:
+    """Per round: bytes down and up, their running totals, and the up-link compression ratio."""
+    down = [float(r.bytes_down) for r in history]
+    up = [float(r.bytes_up) for r in history]
+    return {
+        "down": down,
+        "up": up,
+        "cumulative_down": np.cumsum(down).tolist(),
+        "cumulative_up": np.cumsum(up).tolist(),
+        "compression_ratio": [float(r.compression_ratio) for r in history],
+    }
+
+
+def bytes_figure(history: Sequence[RoundResult]) -> go.Figure:
+    """Bytes sent per round (left) and in total so far (right), up- and down-link; the ratio in the title."""
+    rounds = rounds_of(history)
+    series = bytes_series(history)
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Per round", "Cumulative"), horizontal_spacing=0.12)
+    for name, colour, per_round, total in (
+        ("up (devices → server)", UP_COLOUR, series["up"], series["cumulative_up"]),
+        ("down (server → devices)", DOWN_COLOUR, series["down"], series["cumulative_down"]),
+    ):
+        figure.add_trace(go.Bar(x=rounds, y=per_round, name=name, marker={"color": colour}, legendgroup=name,
+                                hovertemplate="round %{x}: %{y:,.0f} B<extra></extra>"), row=1, col=1)
+        figure.add_trace(go.Scatter(x=rounds, y=total, name=name, mode=_line_mode(rounds), legendgroup=name,
+                                    showlegend=False, line={"color": colour}), row=1, col=2)
+    figure.update_xaxes(title_text="round", dtick=1 if len(rounds) <= 20 else None)
+    figure.update_yaxes(title_text="bytes", rangemode="tozero")
+    ratio = series["compression_ratio"][-1] if history else 1.0
+    return _layout(figure, f"Communication (latest up-link compression {ratio:.1f}×)", barmode="group")
+
+
+def privacy_figure(history: Sequence[RoundResult]) -> go.Figure:
+    """Global accuracy (left axis) next to the privacy budget ε spent so far (right axis)."""
+    rounds = rounds_of(history)
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    figure.add_trace(go.Scatter(x=rounds, y=[r.global_accuracy for r in history], name="accuracy",
+                                mode=_line_mode(rounds), line={"color": ACCURACY_COLOUR}), secondary_y=False)
+    figure.add_trace(go.Scatter(x=rounds, y=[r.epsilon for r in history], name="ε (privacy spent)",
+                                mode=_line_mode(rounds), line={"color": EPSILON_COLOUR, "dash": "dot"}),
+                     secondary_y=True)
+    figure.update_xaxes(title_text="round", dtick=1 if len(rounds) <= 20 else None)
+    figure.update_yaxes(title_text="accuracy", range=[0, 1], tickformat=".0%", secondary_y=False)
+    figure.update_yaxes(title_text="ε", rangemode="tozero", secondary_y=True)
+    return _layout(figure, "Accuracy vs. privacy budget (ε grows every round)")
+
+
+def has_privacy(history: Sequence[RoundResult]) -> bool:
+    """True when some round reports a DP budget (ε)."""
+    return any(r.epsilon is not None for r in history)
+
+
+def problems_table(history: Sequence[RoundResult], last_rounds: int = 5) -> list[dict]:
+    """Rows (round, device, what, why) for the devices left out of the latest ``last_rounds`` rounds, newest first."""
+    rows = []
+    for result in reversed(list(history)[-last_rounds:] if last_rounds else list(history)):
+        for problem in sorted(result.problems, key=lambda p: p.device_id):
+            rows.append({"round": result.round, "device": problem.device_id, "what": problem.kind,
+                         "why": problem.reason})
+    return rows
+
+
+def accuracy_overlay_figure(runs: dict[str, Sequence[RoundResult]]) -> go.Figure:
+    """One global-accuracy line per run (label → history): compares runs."""
+    figure = go.Figure()
+    for index, (label, history) in enumerate(runs.items()):
+        rounds = rounds_of(history)
+        figure.add_trace(go.Scatter(x=rounds, y=[r.global_accuracy for r in history], name=label,
+                                    mode=_line_mode(rounds), line={"color": DEVICE_COLOURS[index % len(DEVICE_COLOURS)]}))
+    figure.update_xaxes(title_text="round")
+    figure.update_yaxes(title_text="global accuracy", range=[0, 1], tickformat=".0%")
+    return _layout(figure, "Global accuracy per round, run by run", legend={"title": {"text": "run"}})
+
+
+def aggregate_histogram(histogram: np.ndarray, max_rows: int = MAX_HEATMAP_ROWS) -> tuple[np.ndarray, list[str]]:
+    """At most ``max_rows`` rows: consecutive devices summed into groups when there are more devices."""
+    counts = np.asarray(histogram)
+    n = counts.shape[0]
+    if n <= max_rows:
+        return counts, [device_label(i) for i in range(n)]
+    edges = np.linspace(0, n, max_rows + 1).round().astype(int)
+    rows = [counts[a:b].sum(axis=0) for a, b in zip(edges[:-1], edges[1:])]
+    labels = [f"Devices {a}–{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
+    return np.vstack(rows), labels

@@ -20,6 +20,8 @@ Variable                    Meaning
 ``FL_AUTO_CREATE``          ``0`` to wait for "Create federation" instead of building one
                             with the defaults on first load (default ``1``)
 ``FL_REFRESH_SECONDS``      live refresh interval while a run is live (default 0.7)
+``FL_RUNS_DIR``             where runs are recorded (SQLite index + checkpoints; default
+                            ``runs``); read by ``app/runs.py``
 =========================== ==========================================================
 """
 

@@ -8,12 +8,13 @@ import pandas as pd
 import streamlit as st
 
 from engine.results import DeviceState, DeviceStatus, Snapshot
-from app.charts import label_distribution_figure
+from app.charts import MAX_HEATMAP_ROWS, label_distribution_figure
 
 if TYPE_CHECKING:
     from engine.federation import Federation
 
-MAX_TOGGLE_DEVICES = 24  # above this, a table with an "active" checkbox column replaces the cards
+MAX_TOGGLE_DEVICES = 24  # above this, a paginated table with an "active" checkbox column replaces the cards
+PAGE_SIZE = 50
 GRID_COLUMNS = 6
 TABLE_VERSION_KEY = "device_table_version"
 
@@ -85,11 +86,55 @@ def changed_activity(table: pd.DataFrame, snapshot: Snapshot) -> dict[int, bool]
             if engine.get(int(device)) is not None and bool(active) != engine[int(device)]}
 
 
+def filter_devices(table: pd.DataFrame, query: str) -> pd.DataFrame:
+    """Rows matching ``query``: a device id ("7"), an id range ("100-199") or text in the status/detail."""
+    query = (query or "").strip().lower()
+    if not query:
+        return table
+    if query.isdigit():
+        return table[table["device"] == int(query)]
+    low, dash, high = query.partition("-")
+    if dash and low.strip().isdigit() and high.strip().isdigit():
+        return table[table["device"].between(int(low), int(high))]
+    text = table["status"].str.lower() + " " + table["detail"].fillna("").str.lower()
+    return table[text.str.contains(query, regex=False)]
+
+
+def page_of(table: pd.DataFrame, page: int, size: int = PAGE_SIZE) -> pd.DataFrame:
+    """Rows of 1-based page ``page`` (clamped to the pages there are)."""
+    pages = max(1, -(-len(table) // size))
+    page = min(max(1, int(page)), pages)
+    return table.iloc[(page - 1) * size:page * size]
+
+
+def _set_filtered(federation: Federation, device_ids: list[int], active: bool) -> None:
+    for device_id in device_ids:
+        federation.set_active(device_id, active)
+
+
 def _device_editor(federation: Federation, snapshot: Snapshot) -> None:
-    """A table with an "active" checkbox column: usable for hundreds of devices."""
+    """A searchable, paginated table with an "active" checkbox column: usable for a thousand devices."""
+    table = device_table(snapshot)
+    search, page_column = st.columns([3, 1], gap="small", vertical_alignment="bottom")
+    with search:
+        query = st.text_input("Search devices", key="device_search", placeholder="id (7), range (100-199) or status",
+                              help="A device id, a range of ids, or text in the status (e.g. failed, inactive).")
+    filtered = filter_devices(table, query)
+    pages = max(1, -(-len(filtered) // PAGE_SIZE))
+    with page_column:
+        page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="device_page") \
+            if pages > 1 else 1
+    if query.strip():
+        ids = [int(d) for d in filtered["device"]]
+        with st.container(horizontal=True):
+            st.caption(f"{len(ids)} devices match.")
+            st.button("Activate these", key="activate_filtered", on_click=_set_filtered, args=(federation, ids, True))
+            st.button("Deactivate these", key="deactivate_filtered", on_click=_set_filtered,
+                      args=(federation, ids, False))
+    shown = page_of(filtered, page)
     version = st.session_state.get(TABLE_VERSION_KEY, 0)
     edited = st.data_editor(
-        device_table(snapshot), key=f"device_table_{version}", hide_index=True, height=420, width="stretch",
+        shown.reset_index(drop=True), key=f"device_table_{version}", hide_index=True, height=420, width="stretch",
         disabled=["device", "status", "samples", "detail"],
         column_config={
             "device": st.column_config.NumberColumn("Device", format="%d"),
@@ -143,5 +188,7 @@ def render_label_distribution(federation: Federation) -> None:
     with heatmap_column:
         figure = label_distribution_figure(federation.label_histogram, federation.dataset.class_names)
         st.plotly_chart(figure, key="label_distribution", config={"displayModeBar": False})
+        if len(federation.label_histogram) > MAX_HEATMAP_ROWS:
+            st.caption(f"{len(federation.label_histogram)} devices: each row sums a group of consecutive devices.")
     with note_column:
         st.markdown(PARTITION_NOTES.get(federation.config.partition, ""))

@@ -14,7 +14,7 @@ if PROJECT_ROOT not in sys.path:  # Streamlit only puts app/ on the path; engine
 
 import streamlit as st  # noqa: E402
 
-from app import controls_view, devices_view, predict_view, results_view, sidebar, state  # noqa: E402
+from app import controls_view, devices_view, predict_view, results_view, runs_view, sidebar, state  # noqa: E402
 from app.defaults import auto_create, refresh_seconds  # noqa: E402
 from app.runtime_fixes import keep_keras_session  # noqa: E402
 
@@ -46,27 +46,11 @@ def live_status(federation, phase: str, drawn_round: int) -> None:
     devices_view.render(federation, snapshot)
 
 
-def main() -> None:
-    keep_keras_session()  # Streamlit would otherwise reset Keras after every rerun, slowing training a lot
-    st.set_page_config(page_title="Federated learning dashboard", page_icon=":material/hub:", layout="wide")
-    st.title("Federated learning dashboard")
-    st.markdown(INTRO)
-
-    setup = sidebar.render(state.get_federation())
-    requested = state.take_create_request(setup.config, auto_create(os.environ))
-    if requested is not None:
-        if state.create_federation(requested) is not None:
-            st.rerun()  # redraw the setup panel and controls for the new federation
-    federation = state.get_federation()
-    if federation is not None and setup.valid and federation.snapshot().total_rounds != setup.config.rounds:
-        federation.set_rounds(setup.config.rounds)  # rounds may change at any time, even mid-run
-
-    if state.creation_error():
-        st.error(state.creation_error())
+def training_page(federation, setup) -> None:
+    """The live federation: controls, status, devices, curves, model quality and predictions."""
     if federation is None:
         st.info("No federation yet: choose a setup in the sidebar and press **Create federation**.")
         return
-
     st.session_state[DRAWN_AT_KEY] = time.monotonic()
     snapshot = federation.snapshot()
     phase = controls_view.phase(snapshot)
@@ -77,9 +61,41 @@ def main() -> None:
     devices_view.render_label_distribution(federation)
     st.divider()
     results_view.render_learning_curves(snapshot)
+    results_view.render_rounds_detail(snapshot.history)
     results_view.render_model_quality(snapshot, federation.dataset.class_names)
     st.divider()
     st.fragment(predict_view.render)(federation)  # uploads and picks redraw only this part
+
+
+def main() -> None:
+    keep_keras_session()  # Streamlit would otherwise reset Keras after every rerun, slowing training a lot
+    st.set_page_config(page_title="Federated learning dashboard", page_icon=":material/hub:", layout="wide")
+    st.title("Federated learning dashboard")
+    page = st.radio("Page", [runs_view.LIVE_PAGE, runs_view.RUNS_PAGE], key=runs_view.PAGE_KEY, horizontal=True,
+                    label_visibility="collapsed",
+                    format_func={runs_view.LIVE_PAGE: "Live training", runs_view.RUNS_PAGE: "Recorded runs"}.get)
+
+    setup = sidebar.render(state.get_federation())  # the setup panel stays on both pages (it keeps its values)
+    resume = state.take_resume_request()
+    requested = state.take_create_request(setup.config, auto_create(os.environ) and page == runs_view.LIVE_PAGE)
+    if resume is not None:
+        if state.resume_run(*resume) is not None:
+            st.rerun()
+    elif requested is not None:
+        if state.create_federation(requested) is not None:
+            st.rerun()  # redraw the setup panel and controls for the new federation
+    federation = state.get_federation()
+    if federation is not None and setup.valid and federation.snapshot().total_rounds != setup.config.rounds \
+            and sidebar.same_setup(setup.config, federation.config):
+        federation.set_rounds(setup.config.rounds)  # rounds may change at any time, even mid-run
+
+    if state.creation_error():
+        st.error(state.creation_error())
+    if page == runs_view.RUNS_PAGE:
+        runs_view.render()
+        return
+    st.markdown(INTRO)
+    training_page(federation, setup)
 
 
 main()

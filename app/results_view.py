@@ -1,32 +1,82 @@
-"""Learning curves and model quality of the latest round, drawn from a snapshot's history."""
+"""Learning curves, communication, privacy, device problems and model quality, drawn from a round history.
+
+Used for the live federation and for recorded runs (``prefix`` keeps their widget keys apart).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 import streamlit as st
 
-from engine.results import Snapshot
+from engine.results import RoundResult, Snapshot
 from app import charts
 
 CHART_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+MAX_DEVICE_LINES = 10  # above this many devices, the per-device charts show a chosen subset
+PROBLEM_ROUNDS = 5
+
+
+def device_subset(history: Sequence[RoundResult], prefix: str = "") -> list[int] | None:
+    """The devices to draw per-device charts for: all when few, else a multiselect (default: the first 10)."""
+    devices = charts.contributing_devices(history)
+    if len(devices) <= MAX_DEVICE_LINES:
+        return None
+    key = f"{prefix}device_subset"
+    if key in st.session_state:  # drop devices no longer in the history (another federation)
+        st.session_state[key] = [d for d in st.session_state[key] if d in set(devices)]
+    return st.multiselect(f"Devices to plot ({len(devices)} took part)", devices, default=devices[:MAX_DEVICE_LINES],
+                          key=key, help="With many devices, the per-device charts show only these.")
+
+
+def render_history_curves(history: Sequence[RoundResult], prefix: str = "") -> None:
+    """Global accuracy/loss, per-device accuracy (a subset for many devices) and the latest round per device."""
+    st.plotly_chart(charts.global_metrics_figure(history), key=f"{prefix}global_metrics", config=CHART_CONFIG)
+    subset = device_subset(history, prefix)
+    lines, bars = st.columns([3, 2], gap="medium")
+    with lines:
+        st.plotly_chart(charts.device_accuracy_figure(history, subset), key=f"{prefix}device_accuracy",
+                        config=CHART_CONFIG)
+    with bars:
+        st.plotly_chart(charts.latest_device_accuracy_figure(history[-1], subset),
+                        key=f"{prefix}latest_device_accuracy", config=CHART_CONFIG)
+    st.caption("Global accuracy: the averaged model on the server's test images. Device accuracy: each device's "
+               "locally trained model on its own held-out data; gaps mark rounds a device sat out.")
 
 
 def render_learning_curves(snapshot: Snapshot) -> None:
-    """Global accuracy/loss per round, per-device accuracy per round, and the latest round per device."""
+    """The live federation's learning curves."""
     st.subheader("Learning curves", anchor="learning-curves")
     if not snapshot.history:
         st.info("The charts appear here as soon as the first round completes.")
         return
-    st.plotly_chart(charts.global_metrics_figure(snapshot.history), key="global_metrics", config=CHART_CONFIG)
-    lines, bars = st.columns([3, 2], gap="medium")
-    with lines:
-        st.plotly_chart(charts.device_accuracy_figure(snapshot.history), key="device_accuracy", config=CHART_CONFIG)
-    with bars:
-        st.plotly_chart(charts.latest_device_accuracy_figure(snapshot.latest), key="latest_device_accuracy",
-                        config=CHART_CONFIG)
-    st.caption("Global accuracy: the averaged model on the server's test images. Device accuracy: each device's "
-               "locally trained model on its own held-out data; gaps mark rounds a device sat out.")
+    render_history_curves(snapshot.history)
+
+
+def render_rounds_detail(history: Sequence[RoundResult], prefix: str = "") -> None:
+    """Bytes per round, ε next to accuracy (with DP), and who was left out of the latest rounds and why."""
+    if not history:
+        return
+    if charts.has_privacy(history):
+        communication, privacy = st.columns(2, gap="medium")
+        with privacy:
+            st.plotly_chart(charts.privacy_figure(history), key=f"{prefix}privacy", config=CHART_CONFIG)
+            st.caption(f"ε after round {history[-1].round}: **{history[-1].epsilon:.2f}** (smaller = more private).")
+    else:
+        communication = st.container()
+    with communication:
+        st.plotly_chart(charts.bytes_figure(history), key=f"{prefix}bytes", config=CHART_CONFIG)
+        latest = history[-1]
+        st.caption(f"Round {latest.round}: {latest.bytes_up:,} B up ({latest.compression_ratio:.1f}× smaller than "
+                   f"float32), {latest.bytes_down:,} B down.")
+    rows = charts.problems_table(history, PROBLEM_ROUNDS)
+    if rows:
+        st.markdown(f"**Devices left out of the last {min(PROBLEM_ROUNDS, len(history))} rounds**")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(400, 38 + 35 * len(rows)),
+                     key=f"{prefix}problems")
+    else:
+        st.caption("No device dropped out, failed or was rejected in the latest rounds.")
 
 
 def render_model_quality(snapshot: Snapshot, class_names: Sequence[str]) -> None:

@@ -10,9 +10,12 @@ import streamlit as st
 
 from data.datasets import DATASET_NAMES
 from data.partition import PARTITION_SCHEMES
+from devices.codec import COMPRESSIONS
 from engine.config import BUILTIN_MODELS, OPTIMIZERS, FederationConfig
+from engine.strategies import STRATEGIES
 from app import state
 from app.defaults import default_config
+from app.setup_helpers import MALICIOUS_KINDS, PICK_MODES, faults_for, slowdowns_for, strategy_values
 
 if TYPE_CHECKING:
     from engine.federation import Federation
@@ -26,6 +29,27 @@ PARTITION_LABELS = {
     "quantity": "Quantity skew (unequal sizes)",
 }
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD with momentum"}
+COMPRESSION_LABELS = {
+    "none": "None (float32)",
+    "q8": "8-bit quantisation (~4× smaller)",
+    "q4": "4-bit quantisation (~8× smaller)",
+    "topk": "Top-k sparsification (largest changes only)",
+}
+MALICIOUS_LABELS = {
+    "scale": "Scale attack (flipped, boosted update)",
+    "random": "Random weights",
+    "crash": "Crash during training",
+    "nan": "NaN update",
+}
+BACKEND_LABELS = {
+    "in-process": "In-process engine (simulated devices)",
+    "flower": "Flower (SuperLink + SuperNode processes)",
+}
+SECURE_AGGREGATION_NOTE = (
+    "Simulated secure aggregation: each pair of devices adds cancelling masks, so the server only learns the sum. "
+    "Simulated: the pairwise seeds come from one shared secret (no key exchange), and dropped devices' masks "
+    "are recovered from the survivors without real secret sharing."
+)
 
 
 @dataclass(frozen=True)
@@ -121,6 +145,11 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
                                        value=defaults.test_samples or 0, step=500, key="setup_test_samples")
         workers = st.number_input("Devices training in parallel", min_value=1, max_value=64,
                                   value=defaults.workers, key="setup_workers")
+        st.selectbox("Where devices run", ("in-process", "flower"), key=state.BACKEND_KEY,
+                     format_func=BACKEND_LABELS.get,
+                     help="Flower starts a real SuperLink and one SuperNode process per device on this machine "
+                          "(slower rounds; up to 8 devices; no DP, secure aggregation, compression or "
+                          "simulated dropouts). The in-process engine is the default.")
         device_ids = list(range(int(num_devices)))
         for key in ("setup_crash", "setup_nan"):  # drop devices that no longer exist
             if key in st.session_state:
@@ -128,7 +157,8 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
         nan_devices = st.multiselect("Simulate devices sending NaN updates", device_ids, key="setup_nan")
         crash_devices = st.multiselect("Simulate devices that crash", device_ids, key="setup_crash")
 
-    faults = {int(d): "nan" for d in nan_devices} | {int(d): "crash" for d in crash_devices}
+    extra = _read_strategy_privacy(defaults, int(num_devices), int(seed))
+    faults = extra.pop("faults") | {int(d): "nan" for d in nan_devices} | {int(d): "crash" for d in crash_devices}
     return FederationConfig(
         dataset=dataset, data_dir=data_dir.strip() or None, model=model, num_devices=int(num_devices),
         partition=partition, alpha=float(alpha), shards_per_device=int(shards), quantity_alpha=float(quantity_alpha),
@@ -136,8 +166,96 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
         learning_rate=float(learning_rate), optimizer=optimizer, momentum=float(momentum),
         min_devices=int(min_devices), fraction=float(fraction), seed=int(seed),
         train_samples=int(train_samples) or None, test_samples=int(test_samples) or None,
-        workers=int(workers), faults=faults,
+        workers=int(workers), faults=faults, **extra,
     )
+
+
+def _strategy_widgets(defaults: FederationConfig) -> tuple[str, dict[str, float]]:
+    """Strategy choice and its hyper-parameters, generated from the strategy class."""
+    names = list(STRATEGIES)
+    strategy = st.selectbox("Aggregation strategy", names, index=_index(names, defaults.strategy),
+                            format_func=lambda n: STRATEGIES[n].title,
+                            key="setup_strategy")
+    cls = STRATEGIES[strategy]
+    st.caption(f"**{cls.title}**: {cls.summary}" + ("" if cls.linear else " Needs each update (not a mean)."))
+    parameters, helps = cls.parameters(), cls.parameter_help()
+    start = defaults.strategy_params if strategy == defaults.strategy else {}
+    chosen = {name: st.number_input(name.replace("_", " ").capitalize(), value=float(start.get(name, default)),
+                                    format="%.4g", help=helps.get(name), key=f"setup_{strategy}_{name}")
+              for name, default in parameters.items()}
+    return strategy, strategy_values(parameters, chosen)
+
+
+def _device_behaviour_widgets(defaults: FederationConfig, num_devices: int, seed: int) -> dict:
+    """Dropout, round deadline, slow devices and malicious devices."""
+    dropout = st.slider("Dropout probability (a selected device does not answer)", 0.0, 0.95,
+                        value=float(defaults.dropout), step=0.05, key="setup_dropout")
+    use_deadline = st.checkbox("Round deadline (drop stragglers)", value=defaults.round_deadline is not None,
+                               key="setup_use_deadline")
+    deadline = st.number_input("Deadline (simulated seconds)", min_value=0.0, value=defaults.round_deadline or 5.0,
+                               step=0.5, disabled=not use_deadline, key="setup_deadline",
+                               help="Updates whose simulated training time (seconds × slowdown) exceeds this "
+                                    "are dropped as stragglers.")
+    slow_count = st.number_input("Slow devices", min_value=0, max_value=num_devices, value=0, key="setup_slow_count")
+    slow_factor = st.number_input("Slowdown factor", min_value=0.1, value=4.0, step=0.5, key="setup_slow_factor",
+                                  help="Their training takes this many times longer (simulated).")
+    slow_mode = st.radio("Which devices are slow", PICK_MODES, horizontal=True, key="setup_slow_mode",
+                         format_func={"first": "the first ones", "random": "random (seeded)"}.get)
+    bad_count = st.number_input("Malicious devices (the last ones)", min_value=0, max_value=num_devices, value=0,
+                                key="setup_bad_count")
+    bad_kind = st.selectbox("What they send", MALICIOUS_KINDS, format_func=MALICIOUS_LABELS.get, key="setup_bad_kind")
+    return {
+        "dropout": float(dropout),
+        "round_deadline": float(deadline) if use_deadline else None,
+        "slowdowns": slowdowns_for(num_devices, int(slow_count), float(slow_factor), slow_mode, seed),
+        "faults": faults_for(num_devices, int(bad_count), bad_kind),
+    }
+
+
+def _privacy_widgets(defaults: FederationConfig) -> dict:
+    """Differential privacy, secure aggregation and compression."""
+    use_dp = st.checkbox("Differential privacy (clip + noise)", value=defaults.clip_norm is not None,
+                         key="setup_dp")
+    clip = st.number_input("Clipping norm", value=defaults.clip_norm or 1.0, step=0.1, disabled=not use_dp,
+                           key="setup_clip", help="Each device's update is scaled down to at most this L2 norm.")
+    noise = st.number_input("Central noise multiplier", min_value=0.0, value=defaults.noise_multiplier or 0.0,
+                            step=0.1, disabled=not use_dp, key="setup_noise",
+                            help="Server adds Gaussian noise (multiplier × clip / devices) to the mean update.")
+    local_noise = st.number_input("Local noise multiplier", min_value=0.0, value=defaults.local_noise_multiplier,
+                                  step=0.1, disabled=not use_dp, key="setup_local_noise",
+                                  help="Each device adds Gaussian noise (multiplier × clip) before sending.")
+    delta = st.number_input("DP delta", value=defaults.dp_delta, format="%.1e", step=1e-6, disabled=not use_dp,
+                            key="setup_delta")
+    secure = st.checkbox("Secure aggregation", value=defaults.secure_aggregation, key="setup_secure")
+    st.caption(SECURE_AGGREGATION_NOTE)
+    compression = st.selectbox("Update compression", COMPRESSIONS, index=_index(COMPRESSIONS, defaults.compression),
+                               format_func=lambda c: COMPRESSION_LABELS.get(c, c), key="setup_compression")
+    topk = defaults.topk_fraction
+    if compression == "topk":
+        topk = st.number_input("Top-k fraction kept", min_value=0.0, max_value=1.0, value=defaults.topk_fraction,
+                               step=0.01, format="%.3f", key="setup_topk")
+    return {
+        "clip_norm": float(clip) if use_dp else None,
+        "noise_multiplier": float(noise) if use_dp else 0.0,
+        "local_noise_multiplier": float(local_noise) if use_dp else 0.0,
+        "dp_delta": float(delta),
+        "secure_aggregation": bool(secure),
+        "compression": compression,
+        "topk_fraction": float(topk),
+    }
+
+
+def _read_strategy_privacy(defaults: FederationConfig, num_devices: int, seed: int) -> dict:
+    """The "Strategy & privacy" section: FederationConfig fields (``faults`` to be merged by the caller)."""
+    bar = st.sidebar
+    bar.subheader("Strategy & privacy")
+    with bar.expander("Aggregation strategy", expanded=False):
+        strategy, params = _strategy_widgets(defaults)
+    with bar.expander("Unreliable and malicious devices", expanded=False):
+        behaviour = _device_behaviour_widgets(defaults, num_devices, seed)
+    with bar.expander("Privacy and compression", expanded=False):
+        privacy = _privacy_widgets(defaults)
+    return {"strategy": strategy, "strategy_params": params, **behaviour, **privacy}
 
 
 def _apply_button(setup: Setup, federation: Federation | None) -> None:
@@ -145,7 +263,7 @@ def _apply_button(setup: Setup, federation: Federation | None) -> None:
     bar = st.sidebar
     if federation is None:
         label, allowed, note = "Create federation", setup.valid, None
-    elif same_setup(setup.config, federation.config):
+    elif same_setup(setup.config, federation.config) and state.backend_of(federation) == state.selected_backend():
         label, allowed, note = "Apply setup", False, "The federation matches this setup."
     elif has_run(federation):
         label, allowed, note = "Apply setup", False, None

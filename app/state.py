@@ -23,6 +23,7 @@ FEDERATION_KEY = "federation"
 ERROR_KEY = "create_error"
 REQUEST_KEY = "create_request"
 AUTO_CREATED_KEY = "auto_create_attempted"
+RESUME_KEY = "resume_request"
 
 
 class DatasetSlot:
@@ -110,6 +111,18 @@ def take_create_request(config: FederationConfig, auto_create: bool) -> Federati
     return None
 
 
+BACKEND_KEY = "setup_backend"
+
+
+def selected_backend() -> str:
+    """Where the setup panel says devices run: "in-process" (default) or "flower"."""
+    return st.session_state.get(BACKEND_KEY, "in-process")
+
+
+def backend_of(federation: Federation) -> str:
+    return "in-process" if type(federation).__name__ == "Federation" else "flower"
+
+
 def create_federation(config: FederationConfig) -> Federation | None:
     """Build a federation (showing progress) and make it this session's.
 
@@ -123,9 +136,12 @@ def create_federation(config: FederationConfig) -> Federation | None:
             dataset = dataset_slot(config.dataset, config.data_dir).get(progress=status.write)
             status.write(f"Splitting the data across {config.num_devices} devices and building the "
                          f"{config.model.upper()} model...")
-            from engine.federation import Federation  # imports TensorFlow (slow the first time)
+            from flower_app.backend import create_federation as build  # imports TensorFlow (slow the first time)
 
-            federation = Federation(config, dataset=dataset)
+            from app.runs import current_store, run_label
+
+            federation = build(config, selected_backend(), dataset=dataset, store=current_store(),
+                               label=run_label(config))
         except DatasetUnavailableError as error:
             return _failed(status, str(error))
         except ConfigError as error:
@@ -135,14 +151,52 @@ def create_federation(config: FederationConfig) -> Federation | None:
         except Exception as error:  # never show a traceback; say what went wrong instead
             return _failed(status, f"Could not create the federation: {type(error).__name__}: {error}")
         status.update(label=f"Federation ready: {config.num_devices} devices.", state="complete", expanded=False)
+    _adopt(federation)
+    return federation
+
+
+def _adopt(federation: Federation) -> None:
+    """Make ``federation`` this session's, closing the previous one."""
     close_federation()
     st.session_state[FEDERATION_KEY] = federation
     session_federations().add(federation)
+
+
+def request_resume(run_id: str, more_rounds: int | None) -> None:
+    """Ask the next script run to reopen stored run ``run_id`` as the live federation (button callback)."""
+    st.session_state[RESUME_KEY] = (run_id, more_rounds)
+
+
+def take_resume_request() -> tuple[str, int | None] | None:
+    return st.session_state.pop(RESUME_KEY, None)
+
+
+def resume_run(run_id: str, more_rounds: int | None) -> Federation | None:
+    """Reopen a recorded run (same devices, its history and last checkpoint) as this session's federation."""
+    st.session_state.pop(ERROR_KEY, None)
+    with st.status(f"Reopening run {run_id[:8]}...", expanded=True) as status:
+        try:
+            from app.runs import current_store
+            from engine.federation import Federation
+
+            store = current_store()
+            config = store.load_config(run_id)
+            dataset = dataset_slot(config.dataset, config.data_dir).get(progress=status.write)
+            federation = Federation.reopen(store, run_id, more_rounds=more_rounds, dataset=dataset)
+        except (KeyError, FileNotFoundError) as error:  # RunNotFound is a KeyError
+            return _failed(status, f"Cannot resume this run: {str(error).strip(chr(39))}")
+        except DatasetUnavailableError as error:
+            return _failed(status, str(error))
+        except Exception as error:  # never show a traceback
+            return _failed(status, f"Could not resume the run: {type(error).__name__}: {error}")
+        status.update(label=f"Run {run_id[:8]} reopened at round {federation.snapshot().round}.", state="complete",
+                      expanded=False)
+    _adopt(federation)
     return federation
 
 
 def _failed(status, message: str) -> None:
-    status.update(label="Could not create the federation.", state="error", expanded=False)
+    status.update(label="That did not work.", state="error", expanded=False)
     st.session_state[ERROR_KEY] = message
     return None
 

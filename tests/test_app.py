@@ -407,6 +407,7 @@ def test_toggles_and_bulk_actions_change_device_activity(make_app):
     assert not any(t.value for t in at.toggle)
     at.button(key="start").click()
     run_until(at, lambda s: s.status is RunStatus.WAITING)
+    at.run()  # the run that saw WAITING may have drawn the status just before it changed
     assert any("Waiting for devices: 0 active" in w.value for w in at.warning)
     at.button(key="activate_all").click().run()
     assert all(t.value for t in at.toggle)

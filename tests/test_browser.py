@@ -254,3 +254,12 @@ def test_dashboard_end_to_end(page, app_url, product_photo, output_dir):
     expect(page.locator('[data-testid="stMetric"]', has_text="Status")).to_contain_text("Stopped")
     expect(page.get_by_role("button", name="Continue", exact=True)).to_be_enabled()
     step("stopped")
+
+    # The run was recorded: the Runs page lists it and opens its charts.
+    page.get_by_text("Recorded runs", exact=True).first.click()
+    expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+    expect(page.get_by_text("Compare runs (overlay their accuracy)")).to_be_visible()
+    page.screenshot(path=str(output_dir / "runs.png"))
+    page.get_by_text("Live training", exact=True).first.click()
+    expect(page.locator('[data-testid="stMetric"]', has_text="Status")).to_contain_text("Stopped")
+    step("runs page lists the run")
