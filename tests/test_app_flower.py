@@ -1,0 +1,45 @@
+"""The dashboard driving the Flower backend: real SuperLink and SuperNode processes behind the same page."""
+
+from __future__ import annotations
+
+from engine.results import DeviceStatus, RunStatus
+from tests.test_app import federation_of, make_app, app_env, no_exceptions, plotly_keys, run_until  # noqa: F401
+
+
+def test_dashboard_runs_a_federation_on_flower_with_the_same_controls_and_charts(make_app, monkeypatch):
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FL_DEFAULT_DEVICES", "3")
+    monkeypatch.setenv("FL_DEFAULT_TRAIN_SAMPLES", "1500")
+    at = make_app().run()
+    no_exceptions(at)
+    at.selectbox(key="setup_backend").set_value("flower").run()
+    assert not at.button(key="apply").disabled  # same config, other backend: can be applied
+    at.button(key="apply").click().run()
+    no_exceptions(at)
+    federation = federation_of(at)
+    assert type(federation).__name__ == "FlowerFederation"
+    at.toggle(key="active_2").set_value(False).run()  # deactivated before the first round
+    at.button(key="start").click().run()
+    no_exceptions(at)
+    try:
+        run_until(at, lambda s: s.status in (RunStatus.FINISHED, RunStatus.FAILED), timeout=240)
+        snapshot = federation.snapshot()
+        assert snapshot.status is RunStatus.FINISHED, snapshot.message
+        assert len(snapshot.history) == 2 and snapshot.history[-1].global_accuracy > 0.3
+        assert all(2 not in r.selected for r in snapshot.history)
+        assert snapshot.devices[2].status is DeviceStatus.INACTIVE
+        at.run()
+        assert {"global_metrics", "device_accuracy", "latest_device_accuracy"} <= plotly_keys(at)
+    finally:
+        federation.close()
+    assert federation.remaining_processes() == []
+
+
+def test_settings_flower_cannot_carry_are_refused_in_place(make_app, monkeypatch):
+    at = make_app().run()
+    at.selectbox(key="setup_backend").set_value("flower").run()
+    at.checkbox(key="setup_secure").check().run()
+    at.button(key="apply").click().run()
+    no_exceptions(at)
+    assert type(federation_of(at)).__name__ == "Federation"  # the in-process federation is kept
+    assert any("secure aggregation" in e.value.lower() for e in at.error)
