@@ -47,9 +47,21 @@ def _set_active(federation: Federation, device_id: int) -> None:
     federation.set_active(device_id, bool(st.session_state[toggle_key(device_id)]))
 
 
+def _sync_toggle(device: DeviceState) -> None:
+    """Follow changes made outside this toggle (bulk buttons, a resume), and only those.
+
+    Writing the engine's value into the widget on every refresh would race with a click in flight: a
+    snapshot taken just before the click's callback would flip the toggle back and re-activate the device.
+    """
+    seen_key = f"engine_active_{device.device_id}"
+    if st.session_state.get(seen_key) != device.active:
+        st.session_state[toggle_key(device.device_id)] = device.active
+        st.session_state[seen_key] = device.active
+
+
 def _device_card(federation: Federation, device: DeviceState) -> None:
     with st.container(border=True, key=f"device-{device.device_id}"):
-        st.session_state[toggle_key(device.device_id)] = device.active  # the engine is the source of truth
+        _sync_toggle(device)  # the engine is the source of truth
         st.toggle(f"Device {device.device_id}", key=toggle_key(device.device_id),
                   on_change=_set_active, args=(federation, device.device_id))
         status = device.status.value
