@@ -120,7 +120,9 @@ def selected_backend() -> str:
 
 
 def backend_of(federation: Federation) -> str:
-    return "in-process" if type(federation).__name__ == "Federation" else "flower"
+    from engine.federation import Federation  # a federation exists, so TensorFlow is already loaded
+
+    return "in-process" if isinstance(federation, Federation) else "flower"
 
 
 def create_federation(config: FederationConfig) -> Federation | None:

@@ -23,6 +23,7 @@ from devices.device import Device, DeviceData
 from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
+from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
 from engine.models import ModelRegistry
@@ -67,7 +68,7 @@ def server_test_set(dataset: Dataset, config: FederationConfig) -> ServerTestSet
     return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes)
 
 
-class Federation:
+class Federation(FederationBackend):
     """A federated run: create it, then ``start`` it; it trains in its own thread."""
 
     def __init__(
@@ -197,24 +198,8 @@ class Federation:
             self._closed = True
         self._pool.shutdown()
 
-    def wait(self, timeout: float | None = None) -> Snapshot:
-        """Block until the run thread ends (finished, stopped or failed), then return a snapshot."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.snapshot()
-
-    def set_active(self, device_id: int, active: bool) -> None:
-        """Activate or deactivate a device; takes effect from the next round."""
-        if not 0 <= device_id < len(self.devices):
-            raise IndexError(f"no device {device_id}")
-        with self._lock:
-            self._active[device_id] = active
-        self._control.poke()
-
-    def set_all_active(self, active: bool) -> None:
-        with self._lock:
-            self._active = [active] * len(self.devices)
-        self._control.poke()
+    def _activity_changed(self) -> None:
+        self._control.poke()  # wake a run waiting for devices
 
     def set_rounds(self, rounds: int | None) -> None:
         """Change the total number of rounds (None: run until stopped)."""

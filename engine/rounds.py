@@ -117,17 +117,21 @@ class RoundRunner:
         return [d for d, gone in zip(selected, unavailable) if not gone], dropped
 
     # -- broadcast and collect --------------------------------------------------------
-    def secure_plan(self, server_round: int, device_id: int, peers: Sequence[int]) -> SecureAggregationPlan | None:
+    def secure_plans(self, server_round: int, peers: Sequence[int]) -> dict[int, SecureAggregationPlan]:
+        """Each masking device's plan for this round (none without secure aggregation)."""
         if not self.config.secure_aggregation:
-            return None
+            return {}
         if self.config.uses_dp:
-            weight = 1.0 / len(peers)  # DP-FedAvg averages uniformly to bound each device's influence
+            shares = {d: 1.0 for d in peers}  # DP-FedAvg averages uniformly to bound each device's influence
         else:
-            total = sum(self.devices[p].data.num_train for p in peers)
-            weight = self.devices[device_id].data.num_train / total
-        return SecureAggregationPlan(tuple(peers), secret=self.config.seed * 7919 + server_round, weight=weight)
+            shares = {d: float(self.devices[d].data.num_train) for d in peers}
+        total = sum(shares.values())
+        secret = self.config.seed * 7919 + server_round
+        return {d: SecureAggregationPlan(tuple(peers), secret=secret, weight=shares[d] / total) for d in peers}
 
-    def instructions(self, server_round: int, device_id: int, weights: Weights, peers: Sequence[int]) -> TrainInstructions:
+    def instructions(
+        self, server_round: int, device_id: int, weights: Weights, plan: SecureAggregationPlan | None
+    ) -> TrainInstructions:
         config = self.config
         return local_training_instructions(
             config,
@@ -138,11 +142,16 @@ class RoundRunner:
             privacy=PrivacySettings(config.clip_norm, config.local_noise_multiplier),
             compression=config.compression,
             topk_fraction=config.topk_fraction,
-            secure=self.secure_plan(server_round, device_id, peers),
+            secure=plan,
         )
 
     def collect(
-        self, server_round: int, selected: Sequence[int], weights: Weights, checkpoint: Callable[[int], None]
+        self,
+        server_round: int,
+        selected: Sequence[int],
+        weights: Weights,
+        plans: dict[int, SecureAggregationPlan],
+        checkpoint: Callable[[int], None],
     ) -> Arrivals:
         """Broadcast to the selected devices and gather their updates and failures as they arrive."""
         futures: dict[Future, int] = {}
@@ -151,7 +160,7 @@ class RoundRunner:
                 checkpoint(steps)
                 self.on_progress(device_id, steps)
 
-            instructions = self.instructions(server_round, device_id, weights, selected)
+            instructions = self.instructions(server_round, device_id, weights, plans.get(device_id))
             self.on_status(device_id, DeviceStatus.TRAINING, "")
             futures[self.pool.submit(self.devices[device_id], instructions, device_checkpoint)] = device_id
         arrivals = Arrivals([], [])
@@ -229,18 +238,18 @@ class RoundRunner:
         return self.strategy.from_mean(server_round, weights, [w + d for w, d in zip(weights, noisy)]), accepted
 
     def aggregate_secure(
-        self, server_round: int, weights: Weights, arrivals: Arrivals, peers: Sequence[int]
+        self, server_round: int, weights: Weights, arrivals: Arrivals, plans: dict[int, SecureAggregationPlan]
     ) -> tuple[Weights, list[EncodedUpdate]]:
         """Sum the masked vectors, remove the masks of devices that never delivered, then aggregate the mean."""
         if not arrivals.updates:
             return weights, []
         survivors = tuple(u.device_id for u in arrivals.updates)
-        missing = tuple(p for p in peers if p not in survivors)
+        missing = tuple(p for p in plans if p not in survivors)
         size = arrivals.updates[0].masked.size
         # Survivors reveal the masks they shared with devices that dropped (real SecAgg rebuilds them from shares).
-        corrections = [mask_sum(d, missing, self.secure_plan(server_round, d, peers).secret, size) for d in survivors]
+        corrections = [mask_sum(d, missing, plans[d].secret, size) for d in survivors]
         total = unmask_total([u.masked for u in arrivals.updates], corrections if missing else [])
-        share = sum(self.secure_plan(server_round, d, peers).weight for d in survivors)
+        share = sum(plans[d].weight for d in survivors)
         mean_delta = unflatten(total / share, weights)
         problem = update_problem(mean_delta, weights)
         if problem is not None:
@@ -277,11 +286,12 @@ class RoundRunner:
         started = time.perf_counter()
         selected = self.select(server_round, active)
         answering, dropped = self.drop_out(server_round, selected)
-        arrivals = self.collect(server_round, answering, weights, checkpoint)
+        plans = self.secure_plans(server_round, answering)
+        arrivals = self.collect(server_round, answering, weights, plans, checkpoint)
         arrivals.problems[:0] = dropped
         trained = time.perf_counter()
         if self.config.secure_aggregation:
-            new_weights, accepted = self.aggregate_secure(server_round, weights, arrivals, answering)
+            new_weights, accepted = self.aggregate_secure(server_round, weights, arrivals, plans)
         else:
             new_weights, accepted = self.aggregate_plain(server_round, weights, arrivals)
         epsilon = self.spend_privacy(len(selected) / len(active))

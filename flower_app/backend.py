@@ -47,6 +47,7 @@ from typing import Callable
 
 import numpy as np
 
+from engine.backend_base import FederationBackend
 from engine.config import ConfigError, FederationConfig
 from engine.results import (
     DeviceProblem,
@@ -203,7 +204,7 @@ class _Stopped(Exception):
     pass
 
 
-class FlowerFederation:
+class FlowerFederation(FederationBackend):
     """The same run as ``engine.federation.Federation(config)``, on a Flower SuperLink and SuperNodes."""
 
     def __init__(
@@ -319,23 +320,8 @@ class FlowerFederation:
         if self._own_workdir and (thread is None or not thread.is_alive()) and self._status is not RunStatus.FAILED:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def wait(self, timeout: float | None = None) -> Snapshot:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.snapshot()
-
-    def set_active(self, device_id: int, active: bool) -> None:
-        """Activate or deactivate a device; applies from the next round the server selects."""
-        if not 0 <= device_id < len(self.devices):
-            raise IndexError(f"no device {device_id}")
-        with self._lock:
-            self._active[device_id] = bool(active)
-        self._write_deactivated()
-
-    def set_all_active(self, active: bool) -> None:
-        with self._lock:
-            self._active = [bool(active)] * len(self.devices)
-        self._write_deactivated()
+    def _activity_changed(self) -> None:
+        self._write_deactivated()  # the server re-reads it before selecting the next round
 
     def set_rounds(self, rounds: int | None) -> None:
         """Before ``start``: any number (None: until stopped). During a run: only fewer rounds."""
