@@ -20,7 +20,7 @@ from engine.strategies import STRATEGIES
 
 DEFAULTS = FederationConfig()
 POLL_SECONDS = 0.1
-EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")
+EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")  # engine.export.FORMATS, without importing TF
 
 
 def default_runs_dir() -> str:
@@ -375,13 +375,13 @@ def metrics_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def export_command(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.export import export_model
+    from engine.export import default_filename, export_model
 
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
     checkpoint = store.load_checkpoint(args.run_id, args.round)
-    suffix = {"keras": ".keras", "saved_model": "_saved_model", "tflite": ".tflite", "tflite-int8": ".int8.tflite"}[args.format]
-    destination = args.output or str(store.run_dir(args.run_id) / "export" / f"round-{checkpoint.round:05d}{suffix}")
+    name = f"round-{checkpoint.round:05d}-{default_filename(config.model, args.format)}"
+    destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
     representative = None
     if args.format == "tflite-int8":
         dataset = load_dataset(config.dataset, args.data_dir or config.data_dir, progress_to_stderr)

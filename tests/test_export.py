@@ -274,3 +274,10 @@ def test_predict_command_classifies_a_photo_and_reports_bad_files(exported, fash
     result = run_predict(tmp_path / "missing.tflite", photo)
     assert result.returncode == 2
     assert "model not found" in result.stderr
+
+
+def test_the_cli_offers_exactly_the_export_formats():
+    from engine.cli import EXPORT_FORMATS
+    from engine.export import FORMATS
+
+    assert EXPORT_FORMATS == FORMATS
