@@ -98,6 +98,7 @@ def render_buttons(federation: Federation, setup: Setup) -> None:
                   on_click=_stop, args=(federation,))
         st.button("Reset", key="reset", icon=":material/restart_alt:", on_click=_reset, args=(federation, setup),
                   help="Discard the training and rebuild the federation from the setup panel.")
+    st.caption(federation.training_note)
     if not snapshot.is_live and not rounds_left(snapshot):
         st.caption(f"All {snapshot.total_rounds} rounds are done: raise **Rounds** in the setup panel "
                    "(or tick *Run until stopped*) to continue training.")

@@ -145,6 +145,10 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
                                        value=defaults.test_samples or 0, step=500, key="setup_test_samples")
         workers = st.number_input("Devices training in parallel", min_value=1, max_value=64,
                                   value=defaults.workers, key="setup_workers")
+        stack_width = st.number_input("Devices trained together (vectorised)", min_value=1, max_value=64,
+                                      value=defaults.stack_width, key="setup_stack_width",
+                                      help="Devices of a round train side by side as one stacked computation, "
+                                           "with the same result as one by one. 1 trains them one by one.")
         st.selectbox("Where devices run", ("in-process", "flower"), key=state.BACKEND_KEY,
                      format_func=BACKEND_LABELS.get,
                      help="Flower starts a real SuperLink and one SuperNode process per device on this machine "
@@ -166,7 +170,7 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
         learning_rate=float(learning_rate), optimizer=optimizer, momentum=float(momentum),
         min_devices=int(min_devices), fraction=float(fraction), seed=int(seed),
         train_samples=int(train_samples) or None, test_samples=int(test_samples) or None,
-        workers=int(workers), faults=faults, **extra,
+        workers=int(workers), stack_width=int(stack_width), faults=faults, **extra,
     )
 
 

@@ -1,8 +1,9 @@
 """Many devices on one machine: seconds per round and peak memory for 10, 100 and 1,000 devices.
 
 Fashion-MNIST split with Dirichlet(0.5) label skew, sampling fraction 0.1, CNN,
-one local epoch at batch 32. Each size runs in its own process so that its
-peak RSS is its own. Every round trains on about 10% of the training set
+one local epoch at batch 32, devices trained as vectorised stacks (the
+default) and one by one (``--stack-widths 1``). Each measurement runs in its
+own process so that its peak RSS is its own. Every round trains on about 10% of the training set
 whatever the number of devices, so seconds per round should stay flat while
 the number of devices grows a hundredfold; the reference in the same run is
 one plain ``model.fit`` epoch over the same 6,000 samples.
@@ -15,16 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
+
+from benchmarks.child import peak_rss_mb, run_child
 
 SIZES = (10, 100, 1000)
 
 
-def measure(num_devices: int, rounds: int, model: str) -> dict:
+def measure(num_devices: int, rounds: int, model: str, stack_width: int) -> dict:
     """Run in a child process: build the federation, time ``rounds`` rounds after a warm-up."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from engine.config import FederationConfig
@@ -32,7 +32,7 @@ def measure(num_devices: int, rounds: int, model: str) -> dict:
 
     started = time.perf_counter()
     config = FederationConfig(model=model, num_devices=num_devices, partition="dirichlet", alpha=0.5, fraction=0.1,
-                              rounds=rounds + 1)
+                              rounds=rounds + 1, stack_width=stack_width)
     federation = Federation(config)
     setup = time.perf_counter() - started
     federation.start()
@@ -41,12 +41,13 @@ def measure(num_devices: int, rounds: int, model: str) -> dict:
     timed = snapshot.history[1:]
     return {
         "devices": num_devices,
+        "stack_width": stack_width,
         "sampled_per_round": len(timed[-1].selected),
         "setup_seconds": round(setup, 2),
         "seconds_per_round": round(statistics.median(r.seconds for r in timed), 3),
         "train_samples_per_round": int(statistics.median(sum(d.samples for d in r.devices) for r in timed)),
         "final_accuracy": round(snapshot.history[-1].global_accuracy, 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -73,22 +74,22 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="cnn")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stack-widths", type=int, nargs="+", default=[16, 1],
+                        help="devices per stack to measure (1: one by one)")
+    parser.add_argument("--child", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.rounds, args.model)))
+        print(json.dumps(measure(args.child[0], args.rounds, args.model, args.child[1])))
         return
     results = []
-    for size in args.sizes:
-        output = subprocess.run(
-            [sys.executable, "-m", "benchmarks.scale", "--child", str(size), "--rounds", str(args.rounds),
-             "--model", args.model], capture_output=True, text=True, check=True,
-        ).stdout
-        result = json.loads(output.strip().splitlines()[-1])
-        results.append(result)
-        print(f"{size:>5} devices ({result['sampled_per_round']} per round): {result['seconds_per_round']:.2f} s/round, "
-              f"peak RSS {result['peak_rss_mb']:.0f} MB, setup {result['setup_seconds']:.1f} s, "
-              f"accuracy {result['final_accuracy']:.3f}", flush=True)
+    for width in args.stack_widths:
+        for size in args.sizes:
+            result = run_child("benchmarks.scale", str(size), str(width), "--rounds", str(args.rounds),
+                               "--model", args.model)
+            results.append(result)
+            print(f"stack={width:>2} {size:>5} devices ({result['sampled_per_round']} per round): "
+                  f"{result['seconds_per_round']:.2f} s/round, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                  f"setup {result['setup_seconds']:.1f} s, accuracy {result['final_accuracy']:.3f}", flush=True)
     reference = reference_fit(args.model, 6000)
     for result in results:
         result["ratio_to_fit_on_same_samples"] = round(

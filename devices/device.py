@@ -9,11 +9,11 @@ import numpy as np
 from devices.codec import encode_delta
 from devices.faults import SimulatedCrash, misbehave
 from devices.messages import DeviceMetrics, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights
-
-__all__ = ["Device", "DeviceData", "SimulatedCrash"]
 from devices.privacy import add_gaussian_noise, clip_by_global_norm
 from devices.secure_aggregation import mask_update
-from devices.trainer import Checkpoint, ModelReplica
+from devices.trainer import Checkpoint, ModelReplica, TrainResult, batches_per_epoch
+
+__all__ = ["Device", "DeviceData", "SimulatedCrash"]
 
 
 @dataclass(frozen=True)
@@ -46,50 +46,74 @@ class Device:
         self.slowdown = slowdown
         self._residual: Weights | None = None  # error feedback for top-k compression
 
-    def fit(self, instructions: TrainInstructions, replica: ModelReplica, checkpoint: Checkpoint) -> DeviceUpdate:
-        """Train the received model on local data and return the resulting model."""
-        data = self.data
-        replica.set_weights(instructions.weights)
-        received_loss, received_accuracy, _ = replica.evaluate(data.x_test, data.y_test)
-        replica.reset_optimizer(instructions.learning_rate)
-        halfway = -(-data.num_train // instructions.batch_size) * instructions.local_epochs // 2
+    def local_steps(self, instructions: TrainInstructions) -> int:
+        return batches_per_epoch(self.data.num_train, instructions.batch_size) * instructions.local_epochs
+
+    def guarded(self, instructions: TrainInstructions, checkpoint: Checkpoint) -> Checkpoint:
+        """``checkpoint``, plus this device crashing halfway through training if its fault says so."""
+        halfway = self.local_steps(instructions) // 2
 
         def device_checkpoint(steps_done: int) -> None:
             checkpoint(steps_done)
             if self.fault == "crash" and steps_done >= halfway:
                 raise SimulatedCrash(f"device {self.device_id} crashed after {steps_done} local steps")
 
+        return device_checkpoint
+
+    def fit(self, instructions: TrainInstructions, replica: ModelReplica, checkpoint: Checkpoint) -> DeviceUpdate:
+        """Train the received model on local data and return the resulting model."""
+        data = self.data
+        replica.set_weights(instructions.weights)
+        received = replica.evaluate(data.x_test, data.y_test)[:2]
+        replica.reset_optimizer(instructions.learning_rate)
         trained = replica.train(
             data.x_train,
             data.y_train,
             epochs=instructions.local_epochs,
             batch_size=instructions.batch_size,
             seed=instructions.seed,
-            checkpoint=device_checkpoint,
+            checkpoint=self.guarded(instructions, checkpoint),
             proximal_mu=instructions.proximal_mu,
         )
-        local_loss, local_accuracy, _ = replica.evaluate(data.x_test, data.y_test)
+        local = replica.evaluate(data.x_test, data.y_test)[:2]
+        return self.report(instructions, replica.get_weights(), trained, received, local)
+
+    def report(
+        self,
+        instructions: TrainInstructions,
+        weights: Weights,
+        trained: TrainResult,
+        received: tuple[float, float],
+        local: tuple[float, float],
+    ) -> DeviceUpdate:
+        """The trained model (tampered with if this device misbehaves) and the round's metrics.
+
+        ``received`` and ``local`` are (loss, accuracy) on the local test split
+        of the model received and of the model trained.
+        """
         rng = np.random.default_rng(instructions.seed)
-        weights = misbehave(self.fault, instructions.weights, replica.get_weights(), rng)
         return DeviceUpdate(
             device_id=self.device_id,
-            weights=weights,
-            num_samples=data.num_train,
+            weights=misbehave(self.fault, instructions.weights, weights, rng),
+            num_samples=self.data.num_train,
             metrics=DeviceMetrics(
-                train_loss=trained.loss,
-                train_accuracy=trained.accuracy,
-                received_loss=received_loss,
-                received_accuracy=received_accuracy,
-                local_loss=local_loss,
-                local_accuracy=local_accuracy,
+                train_loss=float(trained.loss),
+                train_accuracy=float(trained.accuracy),
+                received_loss=float(received[0]),
+                received_accuracy=float(received[1]),
+                local_loss=float(local[0]),
+                local_accuracy=float(local[1]),
                 steps=trained.steps,
                 seconds=trained.seconds,
             ),
         )
 
     def respond(self, instructions: TrainInstructions, replica: ModelReplica, checkpoint: Checkpoint) -> EncodedUpdate:
-        """Train, then clip, noise, compress or mask the delta as instructed and serialise it."""
-        update = self.fit(instructions, replica, checkpoint)
+        """Train, then send the update as instructed."""
+        return self.encode(instructions, self.fit(instructions, replica, checkpoint))
+
+    def encode(self, instructions: TrainInstructions, update: DeviceUpdate) -> EncodedUpdate:
+        """Clip, noise, compress or mask the update's delta as instructed, and serialise it."""
         delta = [(t - r).astype(np.float32) for t, r in zip(update.weights, instructions.weights)]
         privacy = instructions.privacy
         if privacy.clip_norm is not None:

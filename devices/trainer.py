@@ -63,17 +63,53 @@ def epoch_orders(num_samples: int, epochs: int, seed: int) -> np.ndarray:
     return np.concatenate([rng.permutation(num_samples) for _ in range(epochs)]).astype(np.int32)
 
 
+def batch_plan(num_samples: int, epochs: int, batch_size: int, seed: int) -> np.ndarray:
+    """The sample indices of every local step, ``[steps, batch_size]``, -1 padding each epoch's last batch.
+
+    The same batches, in the same order, as :meth:`ModelReplica.train` draws
+    from :func:`epoch_orders`: batches never straddle two epochs.
+    """
+    steps = batches_per_epoch(num_samples, batch_size)
+    padded = np.full((epochs, steps * batch_size), -1, np.int32)
+    padded[:, :num_samples] = epoch_orders(num_samples, epochs, seed).reshape(epochs, num_samples)
+    return padded.reshape(epochs * steps, batch_size)
+
+
+class LocalOptimizer:
+    """The device's optimizer over ``variables``, reset to a fresh state for every device and round."""
+
+    def __init__(self, spec: OptimizerSpec, variables):
+        self.optimizer = spec.build()
+        self.optimizer.build(variables)
+        self._initial_state = [v.numpy() for v in self.optimizer.variables]
+
+    def reset(self, learning_rate: float) -> None:
+        for variable, value in zip(self.optimizer.variables, self._initial_state):
+            variable.assign(value)
+        self.optimizer.learning_rate.assign(learning_rate)
+
+    def apply(self, gradients, variables) -> None:
+        self.optimizer.apply_gradients(zip(gradients, variables))
+
+
+def with_proximal_term(gradients, variables, anchors, mu):
+    """Add the gradient of FedProx's (mu/2)||w - w_received||^2; skipped at run time when mu is 0."""
+    return tf.cond(
+        mu > 0,
+        lambda: [g + mu * (v - a) for g, v, a in zip(gradients, variables, anchors)],
+        lambda: list(gradients),
+    )
+
+
 class ModelReplica:
     """One model, one optimizer and their compiled train/evaluate functions."""
 
     def __init__(self, build_model: ModelBuilder, optimizer: OptimizerSpec, steps_per_call: int = 25):
         self.model = build_model()
-        self.optimizer = optimizer.build()
-        self.optimizer.build(self.model.trainable_variables)
+        self.optimizer = LocalOptimizer(optimizer, self.model.trainable_variables)
         # FedProx: the weights received this round and the proximal weight mu
         self._anchors = [tf.Variable(v.value, trainable=False) for v in self.model.trainable_variables]
         self._proximal_mu = tf.Variable(0.0, trainable=False)
-        self._initial_optimizer_state = [v.numpy() for v in self.optimizer.variables]
         self.steps_per_call = steps_per_call
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
         image = tf.TensorSpec([None, *self.model.input_shape[1:-1]], tf.uint8)
@@ -99,9 +135,7 @@ class ModelReplica:
             anchor.assign(variable.value)
 
     def reset_optimizer(self, learning_rate: float) -> None:
-        for variable, value in zip(self.optimizer.variables, self._initial_optimizer_state):
-            variable.assign(value)
-        self.optimizer.learning_rate.assign(learning_rate)
+        self.optimizer.reset(learning_rate)
 
     # -- compiled steps ----------------------------------------------------
     def _forward_loss(self, x_uint8, y, training):
@@ -127,9 +161,7 @@ class ModelReplica:
                 _, loss_sum, correct = self._forward_loss(xb, yb, training=True)
                 loss = loss_sum / tf.cast(end - start, tf.float32)
             gradients = tape.gradient(loss, variables)
-            # gradient of (mu/2)||w - w_received||^2, zero unless FedProx asks for it
-            gradients = [g + self._proximal_mu * (v - a) for g, v, a in zip(gradients, variables, self._anchors)]
-            self.optimizer.apply_gradients(zip(gradients, variables))
+            self.optimizer.apply(with_proximal_term(gradients, variables, self._anchors, self._proximal_mu), variables)
             loss_total += loss_sum
             correct_total += correct
             seen += end - start

@@ -11,12 +11,13 @@ from engine.results import Snapshot
 class FederationBackend(ABC):
     """Activation flags and the run thread, behind the API the dashboard and CLI drive.
 
-    Subclasses set ``devices``, ``_lock``, ``_active`` (one flag per device) and
+    Subclasses set ``devices``, ``training_note``, ``_lock``, ``_active`` (one flag per device) and
     ``_thread``, and say in :meth:`_activity_changed` how the next round learns
     of a change.
     """
 
     devices: list
+    training_note: str  # one line on how devices train, e.g. vectorised stacks or one process each
     _lock: threading.Lock
     _active: list[bool]
     _thread: threading.Thread | None

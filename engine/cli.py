@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for partition, sampling and init")
     training.add_argument("--workers", type=positive_int, default=DEFAULTS.workers,
                           help="threads training devices concurrently")
+    training.add_argument("--stack-width", type=positive_int, default=DEFAULTS.stack_width,
+                          help="devices trained together as one vectorised computation (1: one by one)")
 
     devices = run.add_argument_group("unreliable and malicious devices")
     devices.add_argument("--fault", type=parse_fault, action="append", default=[], metavar="DEVICE=FAULT",
@@ -242,6 +244,7 @@ def config_from_args(args: argparse.Namespace) -> FederationConfig:
         train_samples=args.train_samples,
         test_samples=args.test_samples,
         workers=args.workers,
+        stack_width=args.stack_width,
         faults=dict(args.fault),
         slowdowns=dict(args.slowdown),
         dropout=args.dropout,
@@ -306,6 +309,7 @@ def follow(federation, as_json: bool, out: TextIO) -> int:
     if not as_json:
         if federation.run_id:
             print(f"run {federation.run_id}", file=out, flush=True)
+        print(federation.training_note, file=out, flush=True)
         print(TABLE_HEADER, file=out, flush=True)
     federation.start()
     last_message = ""

@@ -50,6 +50,7 @@ class FederationConfig:
     train_samples: int | None = None  # use only this many training samples (quick runs, tests)
     test_samples: int | None = None  # server test set size; None: the whole test set
     workers: int = 2  # threads training devices concurrently (2 beats 1 on 2 cores: see benchmarks)
+    stack_width: int = 4  # devices trained together as one stacked computation; 1: one by one (see benchmarks)
     faults: dict[int, str] = field(default_factory=dict)  # device id -> crash, nan, scale or random
     # Heterogeneous and unreliable devices
     slowdowns: dict[int, float] = field(default_factory=dict)  # device id -> compute time multiplier
@@ -108,6 +109,7 @@ class FederationConfig:
         need(self.shards_per_device >= 1, "shards per device must be at least 1")
         need(0 <= self.local_test_fraction < 1, "local test fraction must be in [0, 1)")
         need(self.workers >= 1, "workers must be at least 1")
+        need(self.stack_width >= 1, "devices per stack must be at least 1 (1 trains devices one by one)")
         need(self.train_samples is None or self.train_samples >= self.num_devices,
              "training samples must be at least the number of devices")
         need(self.test_samples is None or self.test_samples >= 1, "test samples must be at least 1")

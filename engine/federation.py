@@ -22,6 +22,8 @@ from data.partition import label_histogram, partition, split_local_test
 from devices.device import Device, DeviceData
 from devices.messages import Weights
 from devices.pool import WorkerPool
+from devices.stacked import StackedReplica
+from devices.stacked_layers import NotStackable, stack_plan
 from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
@@ -51,6 +53,18 @@ def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
             Device(device_id, data, config.faults.get(device_id, "none"), config.slowdowns.get(device_id, 1.0))
         )
     return devices
+
+
+def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, str]:
+    """Whether a round's devices train as stacks, and a one-line note saying how and why."""
+    threads = f"on {config.workers} worker thread{'s' * (config.workers > 1)}"
+    if config.stack_width == 1:
+        return False, f"Devices train one by one {threads}."
+    try:
+        stack_plan(model)
+    except NotStackable as reason:
+        return False, f"Devices train one by one {threads} ({reason})."
+    return True, f"Devices train vectorised, up to {config.stack_width} per stack, {threads}."
 
 
 def strategy_state(strategy: Strategy) -> dict[str, Weights]:
@@ -89,8 +103,13 @@ class Federation(FederationBackend):
 
         build_model = partial(registry.build, config.model, self.dataset.image_shape, self.dataset.num_classes)
 
+        optimizer = OptimizerSpec(config.optimizer, config.momentum)
+
         def make_replica() -> ModelReplica:
-            return ModelReplica(build_model, OptimizerSpec(config.optimizer, config.momentum))
+            return ModelReplica(build_model, optimizer)
+
+        def make_stack(width: int) -> StackedReplica:
+            return StackedReplica(build_model, optimizer, width)
 
         keras.utils.set_random_seed(config.seed)  # reproducible initial global model
         evaluator = make_replica()
@@ -98,7 +117,8 @@ class Federation(FederationBackend):
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
         self._weights: Weights = evaluator.get_weights()
-        self._pool = WorkerPool(make_replica, config.workers)
+        stacks, self.training_note = training_mode(evaluator.model, config)
+        self._pool = WorkerPool(make_replica, config.workers, make_stack if stacks else None)
         self._control = RunControl()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from devices.codec import decode_delta, encode_delta
+from devices.cohort import Outcome, plan_cohorts
 from devices.device import Device
 from devices.messages import (
     DeviceUpdate,
@@ -60,6 +61,17 @@ def local_training_instructions(
         proximal_mu=strategy.local_options().proximal_mu,
         **transport,
     )
+
+
+def task_outcomes(future: Future, count: int) -> list[Outcome]:
+    """What a finished training task yields for each of its ``count`` devices; a stop is re-raised."""
+    error = future.exception()
+    if isinstance(error, TrainingStopped):
+        raise error
+    if error is not None:
+        return [error] * count
+    result = future.result()
+    return result if isinstance(result, list) else [result]
 
 
 @dataclass(frozen=True)
@@ -154,22 +166,28 @@ class RoundRunner:
         checkpoint: Callable[[int], None],
     ) -> Arrivals:
         """Broadcast to the selected devices and gather their updates and failures as they arrive."""
-        futures: dict[Future, int] = {}
+        instructions = {d: self.instructions(server_round, d, weights, plans.get(d)) for d in selected}
+        checkpoints = {d: self._device_checkpoint(d, checkpoint) for d in selected}
         for device_id in selected:
-            def device_checkpoint(steps: int, device_id: int = device_id) -> None:
-                checkpoint(steps)
-                self.on_progress(device_id, steps)
-
-            instructions = self.instructions(server_round, device_id, weights, plans.get(device_id))
             self.on_status(device_id, DeviceStatus.TRAINING, "")
-            futures[self.pool.submit(self.devices[device_id], instructions, device_checkpoint)] = device_id
+        futures: dict[Future, list[int]] = {}
+        for group in self.training_groups(instructions):
+            if self.pool.stacks:
+                future = self.pool.submit_cohort(
+                    [self.devices[d] for d in group], [instructions[d] for d in group], [checkpoints[d] for d in group]
+                )
+            else:
+                (device_id,) = group
+                future = self.pool.submit(self.devices[device_id], instructions[device_id], checkpoints[device_id])
+            futures[future] = group
         arrivals = Arrivals([], [])
         pending = set(futures)
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    self._receive(futures[future], future, arrivals)
+                    for device_id, outcome in zip(futures[future], task_outcomes(future, len(futures[future]))):
+                        self._receive(device_id, outcome, arrivals)
         except TrainingStopped:
             for future in pending:
                 future.cancel()
@@ -178,23 +196,33 @@ class RoundRunner:
         arrivals.updates.sort(key=lambda u: u.device_id)
         return arrivals
 
-    def _receive(self, device_id: int, future: Future, arrivals: Arrivals) -> None:
-        error = future.exception()
-        if isinstance(error, TrainingStopped):
-            raise error
-        if error is not None:
-            arrivals.problems.append(DeviceProblem(device_id, "failed", f"{type(error).__name__}: {error}"))
-            self.on_status(device_id, DeviceStatus.FAILED, str(error))
+    def training_groups(self, instructions: dict[int, TrainInstructions]) -> list[list[int]]:
+        """Devices trained together: stacks of similar length, or one device at a time."""
+        if not self.pool.stacks:
+            return [[d] for d in instructions]
+        steps = {d: self.devices[d].local_steps(instr) for d, instr in instructions.items()}
+        return plan_cohorts(steps, self.config.stack_width, self.pool.workers)
+
+    def _device_checkpoint(self, device_id: int, checkpoint: Callable[[int], None]) -> Callable[[int], None]:
+        def device_checkpoint(steps: int) -> None:
+            checkpoint(steps)
+            self.on_progress(device_id, steps)
+
+        return device_checkpoint
+
+    def _receive(self, device_id: int, outcome: Outcome, arrivals: Arrivals) -> None:
+        if isinstance(outcome, Exception):
+            arrivals.problems.append(DeviceProblem(device_id, "failed", f"{type(outcome).__name__}: {outcome}"))
+            self.on_status(device_id, DeviceStatus.FAILED, str(outcome))
             return
-        update = future.result()
-        simulated = update.metrics.seconds * self.devices[device_id].slowdown
+        simulated = outcome.metrics.seconds * self.devices[device_id].slowdown
         deadline = self.config.round_deadline
         if deadline is not None and simulated > deadline:
             reason = f"straggler: needed {simulated:.2f} s (simulated), deadline {deadline:.2f} s"
             arrivals.problems.append(DeviceProblem(device_id, "straggler", reason))
             self.on_status(device_id, DeviceStatus.DROPPED, reason)
             return
-        arrivals.updates.append(update)
+        arrivals.updates.append(outcome)
         self.on_status(device_id, DeviceStatus.SENT, "")
 
     # -- aggregation ---------------------------------------------------------------------

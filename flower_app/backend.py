@@ -133,7 +133,7 @@ def _check(config: FederationConfig) -> FederationConfig:
     problems = unsupported(config)
     if not problems:
         mapped = federation_config(run_config_for(config), config.num_devices, config.data_dir)
-        if mapped != config.with_changes(workers=mapped.workers, rounds=mapped.rounds, slowdowns=mapped.slowdowns):
+        if mapped != config.with_changes(workers=mapped.workers, stack_width=mapped.stack_width, rounds=mapped.rounds, slowdowns=mapped.slowdowns):
             problems.append("this configuration does not map exactly onto Flower run-config keys")
     if problems:
         raise ConfigError([f"Flower backend: {problem}" for problem in problems])
@@ -235,6 +235,7 @@ class FlowerFederation(FederationBackend):
         self.strategy = build_strategy(config.strategy, config.strategy_params)  # name/params only: Flower aggregates
         self.store = None
         self.run_id = None
+        self.training_note = "Each device trains in its own Flower SuperNode process."
         self.flower_run_id: int | None = None
         registry = registry or ModelRegistry()
         keras.utils.set_random_seed(config.seed)  # the same initial global model as the ServerApp's

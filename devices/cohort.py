@@ -1,0 +1,93 @@
+"""Devices of one round trained together as a stack, then each sending its own update.
+
+The stack is only the simulator's way of running many devices' local training
+at once: each device still trains on nothing but its own samples, starts from
+the model it received, and packages its own update (faults, clipping,
+compression, masking) exactly as when it trains alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from devices.device import Device
+from devices.faults import SimulatedCrash
+from devices.messages import EncodedUpdate, TrainInstructions
+from devices.stacked import StackedReplica
+from devices.trainer import Checkpoint
+
+Outcome = EncodedUpdate | Exception
+
+
+def plan_cohorts(local_steps: Mapping[int, int], max_width: int, workers: int) -> list[list[int]]:
+    """Split devices into stacks of at most ``max_width`` devices with similar numbers of local steps.
+
+    A stack costs its width times its longest device's steps, so devices are
+    sorted by steps before they are cut into stacks; there are at least
+    ``workers`` stacks (when there are that many devices) so every worker thread
+    has one.
+    """
+    order = sorted(local_steps, key=lambda d: (-local_steps[d], d))
+    if not order:
+        return []
+    count = max(min(workers, len(order)), math.ceil(len(order) / max_width))
+    size, extra = divmod(len(order), count)
+    cohorts, start = [], 0
+    for i in range(count):
+        end = start + size + (i < extra)
+        cohorts.append(sorted(order[start:end]))
+        start = end
+    return cohorts
+
+
+def train_cohort(
+    devices: Sequence[Device],
+    instructions: Sequence[TrainInstructions],
+    stack: StackedReplica,
+    checkpoints: Sequence[Checkpoint],
+) -> list[Outcome]:
+    """Train ``devices`` (one per slot of ``stack``) on their own data; each device's encoded update or failure.
+
+    All devices must have received the same model and training settings, as
+    they do within a round. ``checkpoints[i]`` is device i's checkpoint: a
+    device that crashes there is reported as failed while the others go on.
+    """
+    if stack.width != len(devices):
+        raise ValueError(f"a stack of width {stack.width} cannot train {len(devices)} devices")
+    first = instructions[0]
+    failures: list[Exception | None] = [None] * len(devices)
+    totals = [device.local_steps(first) for device in devices]
+    guards = [device.guarded(instr, checkpoint) for device, instr, checkpoint in zip(devices, instructions, checkpoints)]
+
+    def stack_checkpoint(steps_done: int) -> None:
+        for i, guard in enumerate(guards):
+            if failures[i] is None:
+                try:
+                    guard(min(steps_done, totals[i]))
+                except SimulatedCrash as crash:
+                    failures[i] = crash
+
+    stack.load(first.weights)
+    stack.reset_optimizer(first.learning_rate)
+    tests = [(d.data.x_test, d.data.y_test) for d in devices]
+    received = stack.evaluate(tests)
+    trained = stack.train(
+        [(d.data.x_train, d.data.y_train) for d in devices],
+        epochs=first.local_epochs,
+        batch_size=first.batch_size,
+        seeds=[instr.seed for instr in instructions],
+        checkpoint=stack_checkpoint,
+        proximal_mu=first.proximal_mu,
+    )
+    local = stack.evaluate(tests)
+    outcomes: list[Outcome] = []
+    for i, (device, instr, weights) in enumerate(zip(devices, instructions, stack.get_weights())):
+        if failures[i] is not None:
+            outcomes.append(failures[i])
+            continue
+        try:
+            outcomes.append(device.encode(instr, device.report(instr, weights, trained[i], received[i], local[i])))
+        except Exception as error:  # one device's bad update must not sink the others
+            outcomes.append(error)
+    return outcomes

@@ -1,0 +1,211 @@
+"""Train a stack of devices as one computation: per-device weights stacked, batches trained side by side.
+
+Every weight of the model gets a leading axis, one slot per device, and one
+compiled step runs all devices' batches through grouped convolutions and
+batched matmuls (:mod:`devices.stacked_layers`). The loss is the sum of the
+devices' own mean losses, so each device's gradient is exactly its own; the
+optimizer's update is element-wise, so stacking the variables stacks
+independent optimizers. Devices with fewer local steps than the others keep
+their weights once their steps are done, and a short last batch is masked, so
+the result equals training each device on its own (``tests/test_stacked.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from devices.messages import Weights
+from devices.stacked_layers import compiles_well, forward, stack_plan
+from devices.trainer import (
+    EVAL_BATCH,
+    LocalOptimizer,
+    ModelBuilder,
+    OptimizerSpec,
+    TrainResult,
+    batch_plan,
+    batches_per_epoch,
+    with_proximal_term,
+)
+
+Samples = tuple[np.ndarray, np.ndarray]  # uint8 images (n, height, width) and int labels (n,)
+StackCheckpoint = Callable[[int], None]  # called with the steps the stack has done, between chunks
+
+
+def stacked_batches(
+    plans: Sequence[np.ndarray], offsets: Sequence[int], multiple_of: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-device batch plans as one index ``[devices, steps, batch]`` into the concatenated samples, and its mask.
+
+    Devices with fewer steps are padded with empty (fully masked) steps, up to
+    a multiple of ``multiple_of`` steps.
+    """
+    steps = -(-max(len(p) for p in plans) // multiple_of) * multiple_of
+    batch = plans[0].shape[1]
+    index = np.zeros((len(plans), steps, batch), np.int32)
+    mask = np.zeros((len(plans), steps, batch), np.float32)
+    for d, (plan, offset) in enumerate(zip(plans, offsets)):
+        real = plan >= 0
+        index[d, : len(plan)] = np.where(real, plan + offset, 0)
+        mask[d, : len(plan)] = real
+    return index, mask
+
+
+def in_order(num_samples: int, batch_size: int) -> np.ndarray:
+    """Every sample once, in order, as ``[batches, batch_size]`` with -1 padding (for evaluation)."""
+    plan = np.full(batches_per_epoch(num_samples, batch_size) * batch_size, -1, np.int32)
+    plan[:num_samples] = np.arange(num_samples)
+    return plan.reshape(-1, batch_size)
+
+
+def concatenated(samples: Sequence[Samples]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """All devices' samples in one array each, and where each device's samples start."""
+    offsets = np.cumsum([0] + [len(y) for _, y in samples[:-1]]).tolist()
+    return np.concatenate([x for x, _ in samples]), np.concatenate([y for _, y in samples]).astype(np.int32), offsets
+
+
+class StackedReplica:
+    """``width`` devices' copies of one model, trained together; reused across rounds like ``ModelReplica``."""
+
+    def __init__(self, build_model: ModelBuilder, optimizer: OptimizerSpec, width: int, steps_per_call: int = 25):
+        template = build_model()
+        self.width = width
+        self.steps_per_call = steps_per_call
+        self._ops = stack_plan(template)
+        self._image_shape = tuple(template.input_shape[1:-1])
+        self._variables = [tf.Variable(tf.zeros([width, *w.shape])) for w in template.weights]
+        self._anchors = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
+        self._proximal_mu = tf.Variable(0.0, trainable=False)
+        self.optimizer = LocalOptimizer(optimizer, self._variables)
+        images = tf.TensorSpec([None, *self._image_shape], tf.uint8)
+        labels = tf.TensorSpec([None], tf.int32)
+        chunk = tf.TensorSpec([width, None, None], tf.int32)
+        self._train_chunk = tf.function(
+            self._train_chunk_impl,
+            input_signature=[images, labels, chunk, tf.TensorSpec(chunk.shape, tf.float32), tf.TensorSpec([], tf.int32)],
+        )
+        # the step loop sees only fixed shapes, so XLA compiles it once per width and batch size
+        self._train_steps = tf.function(self._train_steps_impl, jit_compile=compiles_well(self._ops))
+        self._evaluate_batch = tf.function(
+            self._evaluate_batch_impl,
+            input_signature=[images, labels, tf.TensorSpec([width, None], tf.int32),
+                             tf.TensorSpec([width, None], tf.float32)],
+        )
+
+    # -- weights -------------------------------------------------------------
+    def load(self, weights: Weights) -> None:
+        """Every device starts from ``weights``, which are also FedProx's anchor."""
+        for variable, anchor, value in zip(self._variables, self._anchors, weights):
+            stacked = tf.broadcast_to(tf.constant(value, tf.float32), variable.shape)
+            variable.assign(stacked)
+            anchor.assign(stacked)
+
+    def get_weights(self) -> list[Weights]:
+        """Each device's weights, in ``model.weights`` order."""
+        arrays = [v.numpy() for v in self._variables]
+        return [[array[d] for array in arrays] for d in range(self.width)]
+
+    def reset_optimizer(self, learning_rate: float) -> None:
+        self.optimizer.reset(learning_rate)
+
+    # -- compiled steps --------------------------------------------------------
+    def _losses(self, images, labels, mask):
+        """Per-sample cross-entropy ``[D, B]`` (masked) and correct predictions of each device's batch."""
+        logits = forward(self._ops, self._variables, tf.cast(images, tf.float32) / 255.0)
+        per_sample = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True) * mask
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32) * mask
+        return per_sample, correct
+
+    def _train_chunk_impl(self, x, y, index, mask, num_steps):
+        index, mask = tf.transpose(index, [1, 0, 2]), tf.transpose(mask, [1, 0, 2])  # step-major: contiguous steps
+        return self._train_steps(tf.gather(x, index), tf.gather(y, index), mask, num_steps)
+
+    def _train_steps_impl(self, images, labels, mask, num_steps):
+        """``num_steps`` steps on ``images`` ``[steps, D, B, H, W]``; per-device loss sums, correct and seen counts."""
+        loss_total = tf.zeros([self.width])
+        correct_total = tf.zeros([self.width])
+        seen = tf.zeros([self.width])
+        variables = self._variables
+        for step in tf.range(num_steps):
+            count = tf.reduce_sum(mask[step], axis=1)
+            with tf.GradientTape() as tape:
+                per_sample, correct = self._losses(images[step], labels[step], mask[step])
+                loss_sums = tf.reduce_sum(per_sample, axis=1)
+                loss = tf.reduce_sum(loss_sums / tf.maximum(count, 1.0))
+            gradients = tape.gradient(loss, variables)
+            gradients = with_proximal_term(gradients, variables, self._anchors, self._proximal_mu)
+            self._apply(gradients, training=count > 0)
+            loss_total += loss_sums
+            correct_total += tf.reduce_sum(correct, axis=1)
+            seen += count
+        return loss_total, correct_total, seen
+
+    def _apply(self, gradients, training):
+        """Apply the step; devices whose local steps are all done keep their weights."""
+        if tf.reduce_all(training):
+            self.optimizer.apply(gradients, self._variables)
+        else:
+            before = [tf.identity(v) for v in self._variables]
+            self.optimizer.apply(gradients, self._variables)
+            for variable, old in zip(self._variables, before):
+                keep = tf.reshape(training, [self.width] + [1] * (variable.shape.rank - 1))
+                variable.assign(tf.where(keep, variable, old))
+
+    def _evaluate_batch_impl(self, x, y, index, mask):
+        per_sample, correct = self._losses(tf.gather(x, index), tf.gather(y, index), mask)
+        return tf.reduce_sum(per_sample, axis=1), tf.reduce_sum(correct, axis=1)
+
+    # -- public API ----------------------------------------------------------------
+    def train(
+        self,
+        samples: Sequence[Samples],
+        epochs: int,
+        batch_size: int,
+        seeds: Sequence[int],
+        checkpoint: StackCheckpoint = lambda steps: None,
+        proximal_mu: float = 0.0,
+    ) -> list[TrainResult]:
+        """Train device ``d`` on ``samples[d]`` with shuffling seed ``seeds[d]``, all at once, in place."""
+        started = time.perf_counter()
+        self._proximal_mu.assign(proximal_mu)
+        plans = [batch_plan(len(y), epochs, batch_size, seed) for (_, y), seed in zip(samples, seeds)]
+        x, y, offsets = concatenated(samples)
+        total_steps = max(len(p) for p in plans)
+        # chunks of a few fixed lengths, so XLA compiles the step loop a few times, not once per device size
+        chunk_steps = min(self.steps_per_call, 1 << max(total_steps - 1, 0).bit_length())
+        index, mask = stacked_batches(plans, offsets, multiple_of=chunk_steps)
+        x_t, y_t = tf.constant(x), tf.constant(y)
+        totals = np.zeros((3, self.width))
+        for first in range(0, total_steps, chunk_steps):
+            checkpoint(first)
+            chunk = slice(first, first + chunk_steps)
+            count = min(chunk_steps, total_steps - first)
+            totals += np.array([t.numpy() for t in self._train_chunk(x_t, y_t, index[:, chunk], mask[:, chunk], count)])
+        checkpoint(total_steps)
+        seconds = time.perf_counter() - started
+        steps = [len(p) for p in plans]
+        return [
+            TrainResult(loss=loss / max(seen, 1), accuracy=correct / max(seen, 1), steps=count,
+                        seconds=seconds * count / max(sum(steps), 1))
+            for loss, correct, seen, count in zip(*totals, steps)
+        ]
+
+    def evaluate(self, samples: Sequence[Samples]) -> list[tuple[float, float]]:
+        """Mean loss and accuracy of each device's current weights on its ``samples`` (NaN when empty)."""
+        counts = [len(y) for _, y in samples]
+        if max(counts) == 0:
+            return [(float("nan"), float("nan"))] * self.width
+        x, y, offsets = concatenated(samples)
+        columns = min(max(counts), max(1, EVAL_BATCH // self.width))
+        index, mask = stacked_batches([in_order(n, columns) for n in counts], offsets)
+        totals = np.zeros((2, self.width))
+        for step in range(index.shape[1]):
+            totals += np.array([t.numpy() for t in self._evaluate_batch(x, y, index[:, step], mask[:, step])])
+        return [
+            (loss / n, correct / n) if n else (float("nan"), float("nan"))
+            for loss, correct, n in zip(*totals, counts)
+        ]

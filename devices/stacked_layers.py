@@ -1,0 +1,170 @@
+"""A Keras ``Sequential`` model computed for a stack of devices at once, each with its own weights.
+
+The activations of a stack of ``D`` devices live in one of two layouts:
+
+- spatial ``[batch, height, width, D * channels]``, device ``d`` owning channels
+  ``d*C:(d+1)*C``, so one convolution with ``D`` groups applies every device's
+  own kernel to its own images, and pooling works per channel as it is;
+- flat ``[D, batch, features]``, so a dense layer is one batched matmul.
+
+Every weight is stacked along a new leading axis of size ``D``, in the order of
+``model.weights``. :func:`stack_plan` reads the layers once; :func:`forward`
+runs them. Layers whose training differs from one device to the next in ways
+this cannot reproduce (dropout masks, batch statistics) or that this does not
+cover make the model "not stackable": its devices are then trained one by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+ELEMENTWISE_ACTIVATIONS = frozenset(
+    {"linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "sigmoid", "tanh", "swish", "silu", "softplus"}
+)
+
+
+class NotStackable(ValueError):
+    """The model cannot be trained as a stack; the message says which layer and why."""
+
+
+@dataclass(frozen=True)
+class Conv:
+    kernel: int  # index into the stacked weights
+    bias: int | None
+    strides: tuple[int, int]
+    padding: str
+    activation: Callable
+
+
+@dataclass(frozen=True)
+class Pool:
+    kind: str  # "max" or "avg"
+    size: tuple[int, int]
+    strides: tuple[int, int]
+    padding: str
+
+
+@dataclass(frozen=True)
+class Flatten:
+    pass
+
+
+@dataclass(frozen=True)
+class Dense:
+    kernel: int
+    bias: int | None
+    activation: Callable
+
+
+@dataclass(frozen=True)
+class Activation:
+    activation: Callable
+
+
+StackedOp = Conv | Pool | Flatten | Dense | Activation
+
+
+def _activation(layer, layout: str) -> Callable:
+    name = getattr(layer.activation, "__name__", str(layer.activation))
+    if layout == "flat" and name == "softmax":
+        return layer.activation
+    if name not in ELEMENTWISE_ACTIVATIONS:
+        raise NotStackable(f"layer {layer.name!r}: activation {name!r} is not element-wise")
+    return layer.activation
+
+
+def stack_plan(model: keras.Model) -> tuple[StackedOp, ...]:
+    """Translate ``model`` into stacked operations, or raise :class:`NotStackable` saying why."""
+    if not isinstance(model, keras.Sequential):
+        raise NotStackable(f"model {model.name!r} is not a keras.Sequential")
+    if model.input_shape[-1] != 1:
+        raise NotStackable("only single-channel image inputs are stacked")
+    index = {id(w): i for i, w in enumerate(model.weights)}
+    if any(not w.trainable for w in model.weights):
+        raise NotStackable(f"model {model.name!r} has non-trainable weights (e.g. batch statistics)")
+    ops: list[StackedOp] = []
+    layout = "spatial"
+    for layer in model.layers:
+        if getattr(layer, "dtype_policy", None) is not None and layer.compute_dtype != "float32":
+            raise NotStackable(f"layer {layer.name!r} computes in {layer.compute_dtype}, not float32")
+        bias = index[id(layer.bias)] if getattr(layer, "use_bias", False) else None
+        if isinstance(layer, keras.layers.Conv2D) and type(layer) is keras.layers.Conv2D:
+            if layout != "spatial" or layer.groups != 1 or tuple(layer.dilation_rate) != (1, 1):
+                raise NotStackable(f"layer {layer.name!r}: only plain, ungrouped 2-D convolutions on images")
+            if layer.data_format != "channels_last":
+                raise NotStackable(f"layer {layer.name!r}: only channels_last convolutions")
+            ops.append(Conv(index[id(layer.kernel)], bias, tuple(layer.strides), layer.padding.upper(),
+                            _activation(layer, layout)))
+        elif isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
+            if layout != "spatial" or layer.data_format != "channels_last":
+                raise NotStackable(f"layer {layer.name!r}: pooling only on channels_last images")
+            kind = "max" if isinstance(layer, keras.layers.MaxPooling2D) else "avg"
+            ops.append(Pool(kind, tuple(layer.pool_size), tuple(layer.strides), layer.padding.upper()))
+        elif isinstance(layer, keras.layers.Flatten):
+            ops.append(Flatten())
+            layout = "flat"
+        elif type(layer) is keras.layers.Dense:
+            if layout != "flat" or getattr(layer, "lora_enabled", False):
+                raise NotStackable(f"layer {layer.name!r}: dense layers only after Flatten, without LoRA")
+            ops.append(Dense(index[id(layer.kernel)], bias, _activation(layer, layout)))
+        elif isinstance(layer, keras.layers.Activation):
+            ops.append(Activation(_activation(layer, layout)))
+        else:
+            raise NotStackable(f"layer {layer.name!r} ({type(layer).__name__}) is not supported in a stack")
+    if layout != "flat":
+        raise NotStackable(f"model {model.name!r} does not end in flat logits")
+    return tuple(ops)
+
+
+def compiles_well(ops: Sequence[StackedOp]) -> bool:
+    """Whether XLA speeds up a stacked step: 1.5-2x for dense-only models on CPU (``benchmarks/engine_vs_fit``),
+    but grouped convolutions compiled by XLA run ~20x slower than TensorFlow's own kernels."""
+    return not any(isinstance(op, Conv) for op in ops)
+
+
+def grouped_kernel(kernel: tf.Tensor) -> tf.Tensor:
+    """``[D, kh, kw, C, K]`` per-device kernels as one ``[kh, kw, C, D*K]`` kernel with D groups."""
+    devices, kh, kw, channels, filters = kernel.shape
+    return tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, channels, devices * filters])
+
+
+def spatial_to_flat(h: tf.Tensor, devices: int) -> tf.Tensor:
+    """``[B, H, W, D*C]`` to ``[D, B, H*W*C]``, each device's features in Keras ``Flatten`` order."""
+    _, height, width, channels = h.shape
+    batch = tf.shape(h)[0]
+    h = tf.reshape(h, [batch, height, width, devices, channels // devices])
+    return tf.reshape(tf.transpose(h, [3, 0, 1, 2, 4]), [devices, batch, height * width * channels // devices])
+
+
+def forward(ops: Sequence[StackedOp], weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
+    """Logits ``[D, B, classes]`` of each device's model on its own images ``[D, B, H, W]``."""
+    devices = images.shape[0]
+    h, device_major = images, True  # [D, B, H, W] until the first spatial layer or Flatten
+    for op in ops:
+        if isinstance(op, (Conv, Pool)) and device_major:
+            h, device_major = tf.transpose(h, [1, 2, 3, 0]), False  # spatial layout, one channel per device
+        if isinstance(op, Conv):
+            h = tf.nn.conv2d(h, grouped_kernel(weights[op.kernel]), op.strides, op.padding)
+            if op.bias is not None:
+                h = h + tf.reshape(weights[op.bias], [-1])
+            h = op.activation(h)
+        elif isinstance(op, Pool):
+            pool = tf.nn.max_pool2d if op.kind == "max" else tf.nn.avg_pool2d
+            h = pool(h, op.size, op.strides, op.padding)
+        elif isinstance(op, Flatten):
+            if device_major:
+                h, device_major = tf.reshape(h, [devices, tf.shape(h)[1], -1]), False
+            elif h.shape.rank == 4:
+                h = spatial_to_flat(h, devices)
+        elif isinstance(op, Dense):
+            h = tf.einsum("dbi,dio->dbo", h, weights[op.kernel])
+            if op.bias is not None:
+                h = h + weights[op.bias][:, None, :]
+            h = op.activation(h)
+        else:
+            h = op.activation(h)
+    return h

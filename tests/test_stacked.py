@@ -1,0 +1,194 @@
+"""Vectorised training: a stack of devices must train exactly as the same devices one by one."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from devices.cohort import plan_cohorts
+from devices.stacked import StackedReplica
+from devices.stacked_layers import NotStackable, forward, stack_plan
+from devices.trainer import ModelReplica, OptimizerSpec, batch_plan, epoch_orders
+from engine.models import ModelRegistry
+
+DEVICE_SIZES = (70, 33, 100)  # unequal: the short device finishes early, last batches are partial
+BATCH = 16
+EPOCHS = 2
+SEEDS = (11, 12, 13)
+
+
+def device_samples(fashion):
+    samples, start = [], 0
+    for size in DEVICE_SIZES:
+        samples.append((fashion.x_train[start:start + size], fashion.y_train[start:start + size].astype(np.int32)))
+        start += size
+    return samples
+
+
+def max_difference(a, b) -> float:
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+def flat(weights) -> np.ndarray:
+    return np.concatenate([np.ravel(w) for w in weights])
+
+
+def assert_same_training(got, want, received):
+    """Equal up to float32 rounding: the two paths differ by far less than 0.1% of what training changed.
+
+    Rounding differs because grouped convolutions and batched matmuls sum in
+    another order, and Adam divides by sqrt(v) + 1e-7, which magnifies it
+    where gradients are almost zero; a real difference (a wrong batch, a
+    missed mask) shows up as a sizeable fraction of the update.
+    """
+    difference, update = flat(got) - flat(want), flat(want) - flat(received)
+    assert np.linalg.norm(difference) < 1e-3 * np.linalg.norm(update)
+    assert np.max(np.abs(difference)) < 1e-2 * np.max(np.abs(update))
+
+
+@pytest.mark.parametrize(
+    "model_name, optimizer, proximal_mu",
+    [("cnn", OptimizerSpec("adam"), 0.05), ("mlp", OptimizerSpec("sgd", momentum=0.9), 0.0)],
+)
+def test_a_stack_trains_each_device_exactly_as_training_it_alone(fashion, model_name, optimizer, proximal_mu):
+    def build():
+        return ModelRegistry().build(model_name, fashion.image_shape, fashion.num_classes)
+
+    keras.utils.set_random_seed(0)
+    alone = ModelReplica(build, optimizer)
+    received = alone.get_weights()
+    samples = device_samples(fashion)
+    expected = []
+    for (x, y), seed in zip(samples, SEEDS):
+        alone.set_weights(received)
+        alone.reset_optimizer(0.002)
+        result = alone.train(x, y, epochs=EPOCHS, batch_size=BATCH, seed=seed, proximal_mu=proximal_mu)
+        expected.append((alone.get_weights(), result, alone.evaluate(x[:25], y[:25])[:2]))
+
+    stack = StackedReplica(build, optimizer, width=len(samples))
+    stack.load(received)
+    before = stack.evaluate([(x[:25], y[:25]) for x, y in samples])
+    stack.reset_optimizer(0.002)
+    results = stack.train(samples, EPOCHS, BATCH, SEEDS, proximal_mu=proximal_mu)
+    after = stack.evaluate([(x[:25], y[:25]) for x, y in samples])
+
+    alone.set_weights(received)
+    for (x, y), (loss, accuracy) in zip(samples, before):
+        assert (loss, accuracy) == pytest.approx(alone.evaluate(x[:25], y[:25])[:2], rel=1e-5)
+    for weights, result, evaluation, (want_weights, want_result, want_evaluation) in zip(
+        stack.get_weights(), results, after, expected
+    ):
+        assert max_difference(weights, received) > 1e-3  # it did train
+        assert_same_training(weights, want_weights, received)
+        assert result.steps == want_result.steps
+        assert (result.loss, result.accuracy) == pytest.approx((want_result.loss, want_result.accuracy), rel=1e-5)
+        assert evaluation == pytest.approx(want_evaluation, rel=1e-4)
+
+
+def test_stacked_forward_matches_each_keras_model_for_strided_same_padding_and_pooling():
+    def build():
+        return keras.Sequential([
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="tanh"),
+            keras.layers.AveragePooling2D(2, padding="same"),
+            keras.layers.Conv2D(3, 2, use_bias=False),
+            keras.layers.Activation("relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(5, activation="softmax"),
+        ])
+
+    models = [build() for _ in range(3)]
+    ops = stack_plan(models[0])
+    stacked = [tf.constant(np.stack([m.get_weights()[i] for m in models])) for i in range(len(models[0].weights))]
+    images = np.random.default_rng(0).random((3, 7, 12, 12)).astype(np.float32)
+    outputs = forward(ops, stacked, tf.constant(images)).numpy()
+    for d, model in enumerate(models):
+        np.testing.assert_allclose(outputs[d], model(images[d][..., None]).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "layers, reason",
+    [
+        ([keras.layers.Flatten(), keras.layers.Dropout(0.5), keras.layers.Dense(10)], "Dropout"),
+        ([keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(), keras.layers.Flatten(),
+          keras.layers.Dense(10)], "non-trainable"),
+        ([keras.layers.Dense(4), keras.layers.Flatten(), keras.layers.Dense(10)], "after Flatten"),
+        ([keras.layers.Conv2D(4, 3, activation="softmax"), keras.layers.Flatten(), keras.layers.Dense(10)],
+         "element-wise"),
+    ],
+)
+def test_models_a_stack_cannot_reproduce_are_refused_with_the_reason(layers, reason):
+    with pytest.raises(NotStackable, match=reason):
+        stack_plan(keras.Sequential([keras.Input((28, 28, 1)), *layers]))
+
+
+def test_functional_models_are_not_stacked():
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(NotStackable, match="Sequential"):
+        stack_plan(model)
+
+
+def test_batch_plan_holds_each_epochs_shuffle_in_batches_that_never_straddle_epochs():
+    plan = batch_plan(num_samples=10, epochs=3, batch_size=4, seed=5)
+    assert plan.shape == (9, 4)
+    orders = epoch_orders(10, 3, 5).reshape(3, 10)
+    for epoch in range(3):
+        rows = plan[epoch * 3:(epoch + 1) * 3].ravel()
+        assert list(rows[rows >= 0]) == list(orders[epoch])
+        assert list(rows[-2:]) == [-1, -1]
+
+
+def test_plan_cohorts_groups_devices_of_similar_length_within_the_width():
+    steps = {d: s for d, s in enumerate([5, 50, 6, 48, 7, 49, 1, 51, 2, 3])}
+    cohorts = plan_cohorts(steps, max_width=3, workers=2)
+    assert sorted(d for c in cohorts for d in c) == list(range(10))
+    assert len(cohorts) == 4 and all(1 <= len(c) <= 3 for c in cohorts)
+    assert sorted(cohorts[0]) == [1, 5, 7]  # the three longest devices train together
+    assert plan_cohorts(steps, max_width=16, workers=2) == [[1, 3, 4, 5, 7], [0, 2, 6, 8, 9]]
+    assert plan_cohorts({4: 10}, max_width=16, workers=2) == [[4]]
+    assert plan_cohorts({}, max_width=16, workers=2) == []
+
+
+def test_a_stacked_federation_ends_where_the_one_by_one_federation_ends(make_federation):
+    settings = dict(model="cnn", partition="dirichlet", num_devices=4, train_samples=800, rounds=2,
+                    strategy="fedprox", faults={3: "crash"})
+    one_by_one = make_federation(stack_width=1, **settings)
+    stacked = make_federation(**settings)
+    assert "one by one" in one_by_one.training_note and "vectorised" in stacked.training_note
+    initial = one_by_one.global_weights
+    results = []
+    for federation in (one_by_one, stacked):
+        federation.start()
+        snapshot = federation.wait(timeout=300)
+        assert snapshot.status.value == "finished", snapshot.message
+        results.append(snapshot.history)
+    assert_same_training(stacked.global_weights, one_by_one.global_weights, initial)
+    for alone, together in zip(*results):
+        assert [p.kind for p in alone.problems] == [p.kind for p in together.problems] == ["failed"]
+        assert [d.device_id for d in alone.devices] == [d.device_id for d in together.devices] == [0, 1, 2]
+        assert together.global_accuracy == pytest.approx(alone.global_accuracy, abs=0.002)
+        for a, b in zip(alone.devices, together.devices):
+            assert (b.train_loss, b.accuracy, b.received_accuracy) == pytest.approx(
+                (a.train_loss, a.accuracy, a.received_accuracy), abs=1e-3)
+
+
+def test_a_model_that_cannot_be_stacked_trains_one_by_one_and_says_why(fashion):
+    from engine.config import FederationConfig
+    from engine.federation import Federation
+
+    registry = ModelRegistry()
+    registry.register("dropout-mlp", lambda shape, classes: keras.Sequential(
+        [keras.Input(shape), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
+         keras.layers.Dropout(0.2), keras.layers.Dense(classes)]))
+    config = FederationConfig(model="dropout-mlp", num_devices=2, train_samples=400, test_samples=200, rounds=1)
+    federation = Federation(config, dataset=fashion, registry=registry)
+    try:
+        assert "one by one" in federation.training_note and "Dropout" in federation.training_note
+        federation.start()
+        snapshot = federation.wait(timeout=120)
+    finally:
+        federation.close()
+    assert snapshot.status.value == "finished" and len(snapshot.history[0].devices) == 2
