@@ -52,12 +52,13 @@ def time_model_fit(model_name: str, repeats: int) -> dict:
     return {"seconds": statistics.median(seconds), "peak_rss_mb": peak_rss_mb()}
 
 
-def time_engine_rounds(model_name: str, workers: int, stack_width: int, repeats: int) -> dict:
+def time_engine_rounds(model_name: str, workers: int, stack_width: int, xla: bool, repeats: int) -> dict:
     """Median seconds per round after a warm-up round, train-only seconds, accuracy after the last round."""
     from engine.config import FederationConfig
     from engine.federation import Federation
 
-    config = FederationConfig(**BASE, model=model_name, workers=workers, stack_width=stack_width, rounds=repeats + 1)
+    config = FederationConfig(**BASE, model=model_name, workers=workers, stack_width=stack_width, xla=xla,
+                              rounds=repeats + 1)
     federation = Federation(config)
     try:
         federation.start()
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="engine worker threads to measure")
     parser.add_argument("--stack-widths", type=int, nargs="+", default=[1, 16],
                         help="devices per stack to measure (1: one by one)")
+    parser.add_argument("--xla", action="store_true", help="also measure stacks compiled with XLA (dense-only models)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -89,7 +91,7 @@ def main() -> None:
         if kind == "fit":
             print(json.dumps(time_model_fit(model_name, args.repeats)))
         else:
-            print(json.dumps(time_engine_rounds(model_name, int(rest[0]), int(rest[1]), args.repeats)))
+            print(json.dumps(time_engine_rounds(model_name, int(rest[0]), int(rest[1]), rest[2] == "xla", args.repeats)))
         return
 
     results = []
@@ -97,30 +99,34 @@ def main() -> None:
         reference = run_child("benchmarks.engine_vs_fit", "fit", model_name, "--repeats", str(args.repeats))
         print(f"{model_name:>4} model.fit: {reference['seconds']:6.2f} s/epoch, peak RSS {reference['peak_rss_mb']:.0f} MB",
               flush=True)
-        for workers in args.workers:
-            for width in args.stack_widths:
-                engine = run_child("benchmarks.engine_vs_fit", "engine", model_name, str(workers), str(width),
-                                   "--repeats", str(args.repeats))
-                result = {
-                    "model": model_name,
-                    "workers": workers,
-                    "stack_width": width,
-                    "reference_fit_seconds": round(reference["seconds"], 3),
-                    "reference_peak_rss_mb": reference["peak_rss_mb"],
-                    "engine_round_seconds": round(engine["seconds"], 3),
-                    "engine_train_seconds": round(engine["train_seconds"], 3),
-                    "ratio": round(engine["seconds"] / reference["seconds"], 3),
-                    "accuracy_after_rounds": round(engine["accuracy"], 4),
-                    "rounds": engine["rounds"],
-                    "engine_peak_rss_mb": engine["peak_rss_mb"],
-                }
-                results.append(result)
-                print(
-                    f"{model_name:>4} workers={workers} stack={width:>2}: engine {engine['seconds']:6.2f} s/round "
-                    f"(train {engine['train_seconds']:.2f} s) -> ratio {result['ratio']:.3f}, accuracy after "
-                    f"{engine['rounds']} rounds {engine['accuracy']:.4f}, peak RSS {engine['peak_rss_mb']:.0f} MB",
-                    flush=True,
-                )
+        variants = [(w, width, "plain") for w in args.workers for width in args.stack_widths]
+        if args.xla:
+            variants += [(w, width, "xla") for w in args.workers for width in args.stack_widths if width > 1]
+        for workers, width, compiler in variants:
+            engine = run_child("benchmarks.engine_vs_fit", "engine", model_name, str(workers), str(width), compiler,
+                               "--repeats", str(args.repeats))
+            result = {
+                "model": model_name,
+                "workers": workers,
+                "stack_width": width,
+                "xla": compiler == "xla",
+                "reference_fit_seconds": round(reference["seconds"], 3),
+                "reference_peak_rss_mb": reference["peak_rss_mb"],
+                "engine_round_seconds": round(engine["seconds"], 3),
+                "engine_train_seconds": round(engine["train_seconds"], 3),
+                "ratio": round(engine["seconds"] / reference["seconds"], 3),
+                "accuracy_after_rounds": round(engine["accuracy"], 4),
+                "rounds": engine["rounds"],
+                "engine_peak_rss_mb": engine["peak_rss_mb"],
+            }
+            results.append(result)
+            print(
+                f"{model_name:>4} workers={workers} stack={width:>2}{' xla' * (compiler == 'xla')}: "
+                f"engine {engine['seconds']:6.2f} s/round "
+                f"(train {engine['train_seconds']:.2f} s) -> ratio {result['ratio']:.3f}, accuracy after "
+                f"{engine['rounds']} rounds {engine['accuracy']:.4f}, peak RSS {engine['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     print(json.dumps({"benchmark": "engine_vs_fit", "results": results}))
 
 

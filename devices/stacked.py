@@ -71,7 +71,12 @@ def concatenated(samples: Sequence[Samples]) -> tuple[np.ndarray, np.ndarray, li
 class StackedReplica:
     """``width`` devices' copies of one model, trained together; reused across rounds like ``ModelReplica``."""
 
-    def __init__(self, build_model: ModelBuilder, optimizer: OptimizerSpec, width: int, steps_per_call: int = 25):
+    def __init__(
+        self, build_model: ModelBuilder, optimizer: OptimizerSpec, width: int, steps_per_call: int = 25,
+        xla: bool = False,
+    ):
+        """``xla`` compiles the step loop with XLA where that helps (dense-only models): faster rounds
+        after a compile of a few seconds per width."""
         template = build_model()
         self.width = width
         self.steps_per_call = steps_per_call
@@ -89,7 +94,7 @@ class StackedReplica:
             input_signature=[images, labels, chunk, tf.TensorSpec(chunk.shape, tf.float32), tf.TensorSpec([], tf.int32)],
         )
         # the step loop sees only fixed shapes, so XLA compiles it once per width and batch size
-        self._train_steps = tf.function(self._train_steps_impl, jit_compile=compiles_well(self._ops))
+        self._train_steps = tf.function(self._train_steps_impl, jit_compile=xla and compiles_well(self._ops))
         self._evaluate_batch = tf.function(
             self._evaluate_batch_impl,
             input_signature=[images, labels, tf.TensorSpec([width, None], tf.int32),
@@ -200,11 +205,12 @@ class StackedReplica:
         if max(counts) == 0:
             return [(float("nan"), float("nan"))] * self.width
         x, y, offsets = concatenated(samples)
+        x_t, y_t = tf.constant(x), tf.constant(y)
         columns = min(max(counts), max(1, EVAL_BATCH // self.width))
         index, mask = stacked_batches([in_order(n, columns) for n in counts], offsets)
         totals = np.zeros((2, self.width))
         for step in range(index.shape[1]):
-            totals += np.array([t.numpy() for t in self._evaluate_batch(x, y, index[:, step], mask[:, step])])
+            totals += np.array([t.numpy() for t in self._evaluate_batch(x_t, y_t, index[:, step], mask[:, step])])
         return [
             (loss / n, correct / n) if n else (float("nan"), float("nan"))
             for loss, correct, n in zip(*totals, counts)

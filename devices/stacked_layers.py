@@ -121,8 +121,9 @@ def stack_plan(model: keras.Model) -> tuple[StackedOp, ...]:
 
 
 def compiles_well(ops: Sequence[StackedOp]) -> bool:
-    """Whether XLA speeds up a stacked step: 1.5-2x for dense-only models on CPU (``benchmarks/engine_vs_fit``),
-    but grouped convolutions compiled by XLA run ~20x slower than TensorFlow's own kernels."""
+    """Whether XLA can speed up a stacked step: ~1.4x per round for dense-only models on CPU
+    (``benchmarks/engine_vs_fit --xla``), but grouped convolutions compiled by XLA run ~20x slower
+    than TensorFlow's own kernels."""
     return not any(isinstance(op, Conv) for op in ops)
 
 

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="threads training devices concurrently")
     training.add_argument("--stack-width", type=positive_int, default=DEFAULTS.stack_width,
                           help="devices trained together as one vectorised computation (1: one by one)")
+    training.add_argument("--xla", action="store_true",
+                          help="compile stacks of dense-only models (e.g. the MLP) with XLA: faster rounds after "
+                               "a compile of a few seconds")
 
     devices = run.add_argument_group("unreliable and malicious devices")
     devices.add_argument("--fault", type=parse_fault, action="append", default=[], metavar="DEVICE=FAULT",
@@ -245,6 +248,7 @@ def config_from_args(args: argparse.Namespace) -> FederationConfig:
         test_samples=args.test_samples,
         workers=args.workers,
         stack_width=args.stack_width,
+        xla=args.xla,
         faults=dict(args.fault),
         slowdowns=dict(args.slowdown),
         dropout=args.dropout,
@@ -309,7 +313,7 @@ def follow(federation, as_json: bool, out: TextIO) -> int:
     if not as_json:
         if federation.run_id:
             print(f"run {federation.run_id}", file=out, flush=True)
-        print(federation.training_note, file=out, flush=True)
+        print(federation.training_note, file=sys.stderr, flush=True)
         print(TABLE_HEADER, file=out, flush=True)
     federation.start()
     last_message = ""

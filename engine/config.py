@@ -51,6 +51,7 @@ class FederationConfig:
     test_samples: int | None = None  # server test set size; None: the whole test set
     workers: int = 2  # threads training devices concurrently (2 beats 1 on 2 cores: see benchmarks)
     stack_width: int = 4  # devices trained together as one stacked computation; 1: one by one (see benchmarks)
+    xla: bool = False  # compile stacks of dense-only models with XLA: faster rounds after a few seconds' compile
     faults: dict[int, str] = field(default_factory=dict)  # device id -> crash, nan, scale or random
     # Heterogeneous and unreliable devices
     slowdowns: dict[int, float] = field(default_factory=dict)  # device id -> compute time multiplier

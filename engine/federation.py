@@ -23,7 +23,7 @@ from devices.device import Device, DeviceData
 from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.stacked import StackedReplica
-from devices.stacked_layers import NotStackable, stack_plan
+from devices.stacked_layers import NotStackable, compiles_well, stack_plan
 from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
@@ -64,7 +64,8 @@ def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, s
         stack_plan(model)
     except NotStackable as reason:
         return False, f"Devices train one by one {threads} ({reason})."
-    return True, f"Devices train vectorised, up to {config.stack_width} per stack, {threads}."
+    compiled = ", compiled with XLA" if config.xla and compiles_well(stack_plan(model)) else ""
+    return True, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."
 
 
 def strategy_state(strategy: Strategy) -> dict[str, Weights]:
@@ -109,7 +110,7 @@ class Federation(FederationBackend):
             return ModelReplica(build_model, optimizer)
 
         def make_stack(width: int) -> StackedReplica:
-            return StackedReplica(build_model, optimizer, width)
+            return StackedReplica(build_model, optimizer, width, xla=config.xla)
 
         keras.utils.set_random_seed(config.seed)  # reproducible initial global model
         evaluator = make_replica()

@@ -133,7 +133,8 @@ def _check(config: FederationConfig) -> FederationConfig:
     problems = unsupported(config)
     if not problems:
         mapped = federation_config(run_config_for(config), config.num_devices, config.data_dir)
-        if mapped != config.with_changes(workers=mapped.workers, stack_width=mapped.stack_width, rounds=mapped.rounds, slowdowns=mapped.slowdowns):
+        in_process_only = dict(workers=mapped.workers, stack_width=mapped.stack_width, xla=mapped.xla)
+        if mapped != config.with_changes(**in_process_only, rounds=mapped.rounds, slowdowns=mapped.slowdowns):
             problems.append("this configuration does not map exactly onto Flower run-config keys")
     if problems:
         raise ConfigError([f"Flower backend: {problem}" for problem in problems])
@@ -226,6 +227,8 @@ class FlowerFederation(FederationBackend):
         from engine.models import ModelRegistry
         from engine.strategies import build_strategy
 
+        if config.data_dir:  # the Flower processes run in other folders
+            config = config.with_changes(data_dir=str(Path(config.data_dir).resolve()))
         self.config = _check(config)
         self.label = label
         self.run_timeout = run_timeout  # None: as long as it takes

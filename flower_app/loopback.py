@@ -107,7 +107,8 @@ class LocalDeployment:
     ):
         self.workdir = Path(workdir).resolve()
         self.num_supernodes = num_supernodes
-        self.data_dir = data_dir or os.environ.get("FL_DATA_DIR")
+        data_dir = data_dir or os.environ.get("FL_DATA_DIR")
+        self.data_dir = os.path.abspath(data_dir) if data_dir else None  # processes run in other folders
         self.node_configs = node_configs or [
             {"partition-id": i, "num-partitions": num_supernodes} for i in range(num_supernodes)
         ]

@@ -26,6 +26,7 @@ def data_dir() -> str:
     folder = os.environ.get("FL_DATA_DIR") or str(PROJECT_ROOT.parent / "shared" / "datasets")
     if not (Path(folder) / "fashion-mnist").is_dir():
         pytest.fail(f"Fashion-MNIST IDX files not found under {folder}; set FL_DATA_DIR")
+    folder = str(Path(folder).resolve())  # Flower's processes run in other folders
     os.environ["FL_DATA_DIR"] = folder
     return folder
 

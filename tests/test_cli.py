@@ -50,6 +50,7 @@ def test_table_output_and_fault_reporting(data_dir):
     assert lines[1].split()[0] == "1" and lines[2].split()[0] == "2"
     assert "#1 failed" in lines[1]
     assert "Finished 2 rounds" in lines[-1]
+    assert "Devices train vectorised, up to 4 per stack" in result.stderr
 
 
 def test_help_explains_every_option():
