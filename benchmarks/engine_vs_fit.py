@@ -5,7 +5,7 @@ pass over the training set: the reference is one epoch of ``model.fit`` on
 the whole set; the engine is one federated round of 10 IID devices, one local
 epoch each (its time includes aggregation and the server's evaluation on the
 10,000 test images). The engine runs with devices trained one by one
-(``--stack-widths 1``) and as vectorised stacks (the default width 16). Each
+(``--stack-widths 1``) and as vectorised stacks (the default width 4). Each
 measurement runs in its own process, so its peak RSS is its own; the first
 round is the warm-up, the median of the next ``--repeats`` rounds is reported
 with the ratio engine/reference, and the accuracy after the last round.
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"])
     parser.add_argument("--repeats", type=int, default=4, help="timed rounds after the warm-up round (and fit epochs)")
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="engine worker threads to measure")
-    parser.add_argument("--stack-widths", type=int, nargs="+", default=[1, 16],
+    parser.add_argument("--stack-widths", type=int, nargs="+", default=[1, 4],
                         help="devices per stack to measure (1: one by one)")
     parser.add_argument("--xla", action="store_true", help="also measure stacks compiled with XLA (dense-only models)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)

@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="cnn")
-    parser.add_argument("--stack-widths", type=int, nargs="+", default=[16, 1],
+    parser.add_argument("--stack-widths", type=int, nargs="+", default=[4, 1],
                         help="devices per stack to measure (1: one by one)")
     parser.add_argument("--child", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
