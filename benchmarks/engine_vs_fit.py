@@ -59,12 +59,7 @@ def time_engine_rounds(model_name: str, workers: int, stack_width: int, xla: boo
 
     config = FederationConfig(**BASE, model=model_name, workers=workers, stack_width=stack_width, xla=xla,
                               rounds=repeats + 1)
-    federation = Federation(config)
-    try:
-        federation.start()
-        snapshot = federation.wait()
-    finally:
-        federation.close()
+    snapshot = Federation(config).run_to_end()
     rounds = snapshot.history[1:]
     return {
         "seconds": statistics.median(r.seconds for r in rounds),

@@ -35,9 +35,7 @@ def measure(num_devices: int, rounds: int, model: str, stack_width: int) -> dict
                               rounds=rounds + 1, stack_width=stack_width)
     federation = Federation(config)
     setup = time.perf_counter() - started
-    federation.start()
-    snapshot = federation.wait()
-    federation.close()
+    snapshot = federation.run_to_end()
     timed = snapshot.history[1:]
     return {
         "devices": num_devices,

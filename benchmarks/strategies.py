@@ -43,10 +43,7 @@ def main() -> None:
         for strategy in args.strategies:
             config = FederationConfig(model=args.model, num_devices=10, partition="dirichlet", alpha=alpha,
                                       strategy=strategy, rounds=args.rounds, local_epochs=args.local_epochs)
-            federation = Federation(config, dataset=dataset)
-            federation.start()
-            history = federation.wait().history
-            federation.close()
+            history = Federation(config, dataset=dataset).run_to_end().history
             accuracies = [r.global_accuracy for r in history]
             result = {
                 "alpha": alpha,

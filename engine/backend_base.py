@@ -29,6 +29,20 @@ class FederationBackend(ABC):
     def _activity_changed(self) -> None:
         """Make the activation flags visible to the next round's selection."""
 
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def run_to_end(self) -> Snapshot:
+        """Start, wait until the run ends, release the workers: the final snapshot (scripts, benchmarks)."""
+        try:
+            self.start()
+            return self.wait()
+        finally:
+            self.close()
+
     def wait(self, timeout: float | None = None) -> Snapshot:
         """Block until the run thread ends (finished, stopped or failed), then return a snapshot."""
         if self._thread is not None:

@@ -61,10 +61,10 @@ def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, s
     if config.stack_width == 1:
         return False, f"Devices train one by one {threads}."
     try:
-        stack_plan(model)
+        ops = stack_plan(model)
     except NotStackable as reason:
         return False, f"Devices train one by one {threads} ({reason})."
-    compiled = ", compiled with XLA" if config.xla and compiles_well(stack_plan(model)) else ""
+    compiled = ", compiled with XLA" if config.xla and compiles_well(ops) else ""
     return True, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."
 
 

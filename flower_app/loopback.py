@@ -291,12 +291,7 @@ def in_process_rounds(
     config = federation_config(run_config, num_devices=num_devices, data_dir=data_dir)
     if workers is not None:
         config = config.with_changes(workers=workers)
-    federation = Federation(config)
-    try:
-        federation.start()
-        snapshot = federation.wait()
-    finally:
-        federation.close()
+    snapshot = Federation(config).run_to_end()
     return [{"round": r.round, "global_accuracy": r.global_accuracy, "seconds": r.seconds,
              "train_seconds": r.train_seconds} for r in snapshot.history]
 
