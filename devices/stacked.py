@@ -151,14 +151,21 @@ class StackedReplica:
 
     def _apply(self, gradients, training):
         """Apply the step; devices whose local steps are all done keep their weights."""
-        if tf.reduce_all(training):
+
+        def apply_to_all():
             self.optimizer.apply(gradients, self._variables)
-        else:
+            return tf.constant(True)
+
+        def apply_to_training():
             before = [tf.identity(v) for v in self._variables]
             self.optimizer.apply(gradients, self._variables)
             for variable, old in zip(self._variables, before):
                 keep = tf.reshape(training, [self.width] + [1] * (variable.shape.rank - 1))
                 variable.assign(tf.where(keep, variable, old))
+            return tf.constant(True)
+
+        # an explicit cond: AutoGraph does not always convert methods called from the compiled loop
+        tf.cond(tf.reduce_all(training), apply_to_all, apply_to_training)
 
     def _evaluate_batch_impl(self, x, y, index, mask):
         per_sample, correct = self._losses(tf.gather(x, index), tf.gather(y, index), mask)
