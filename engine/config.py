@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 from data.datasets import DATASET_NAMES
 from data.partition import PARTITION_SCHEMES, PartitionSpec
 from devices.codec import COMPRESSIONS
 from devices.faults import FAULTS
+from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, setting
 from engine.strategies import STRATEGIES, strategy_problems
 
 BUILTIN_MODELS = ("cnn", "mlp")
@@ -27,45 +28,104 @@ class ConfigError(ValueError):
 class FederationConfig:
     """Everything that defines a federated run. Defaults reach ~0.89 on Fashion-MNIST in 5 rounds."""
 
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None  # folder with IDX files; None: $FL_DATA_DIR, then Keras download
-    model: str = "cnn"
-    num_devices: int = 10
-    partition: str = "iid"
-    alpha: float = 0.5
-    shards_per_device: int = 2
-    quantity_alpha: float = 1.0
-    rounds: int | None = 5  # None: run until stopped
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.002
-    optimizer: str = "adam"  # fresh Adam per device per round: ~0.88 after 5 IID rounds (SGD 0.05: ~0.86)
-    momentum: float = 0.9  # SGD only
-    min_devices: int = 1
-    fraction: float = 1.0  # share of active devices sampled each round
-    seed: int = 0
-    strategy: str = "fedavg"
-    strategy_params: dict[str, float] = field(default_factory=dict)  # overrides of the strategy's defaults
-    local_test_fraction: float = 0.1
-    train_samples: int | None = None  # use only this many training samples (quick runs, tests)
-    test_samples: int | None = None  # server test set size; None: the whole test set
-    workers: int = 2  # threads training devices concurrently (2 beats 1 on 2 cores: see benchmarks)
-    stack_width: int = 4  # devices trained together as one stacked computation; 1: one by one (see benchmarks)
-    xla: bool = False  # compile stacks of dense-only models with XLA: faster rounds after a few seconds' compile
-    faults: dict[int, str] = field(default_factory=dict)  # device id -> crash, nan, scale or random
-    # Heterogeneous and unreliable devices
-    slowdowns: dict[int, float] = field(default_factory=dict)  # device id -> compute time multiplier
-    dropout: float = 0.0  # probability that a selected device does not answer in a round
-    round_deadline: float | None = None  # simulated seconds; later updates are dropped as stragglers
-    # Privacy
-    clip_norm: float | None = None  # L2 bound on each device's update (DP-FedAvg)
-    noise_multiplier: float = 0.0  # central DP: aggregate noise stddev = multiplier * clip / devices
-    local_noise_multiplier: float = 0.0  # local DP: each device adds noise stddev = multiplier * clip
-    dp_delta: float = 1e-5
-    secure_aggregation: bool = False  # simulated pairwise masking: the server sees only masked updates
-    # Compression of device-to-server updates
-    compression: str = "none"  # none, q8, q4 or topk
-    topk_fraction: float = 0.01
+    # -- data -------------------------------------------------------------------------
+    dataset: str = setting("fashion-mnist", group="data", label="Data set", choices=DATASET_NAMES,
+                           help="image data set")
+    data_dir: str | None = setting(None, group="data", label="Data folder (IDX files)",
+                                   help="folder with the IDX .gz files (default: $FL_DATA_DIR, else download with Keras)")
+    train_samples: int | None = setting(None, group="data", label="Training samples to use (0 = all)",
+                                        bounds=AT_LEAST_ONE,
+                                        help="use a random subset of this many training samples (quick runs)")
+    test_samples: int | None = setting(None, group="data", label="Server test samples (0 = all)",
+                                       bounds=AT_LEAST_ONE,
+                                       help="evaluate the global model on the first N test samples (default: all)")
+    local_test_fraction: float = setting(0.1, group="data", label="Local test share", bounds=FRACTION,
+                                         help="share of each device's data kept as its local test split")
+    # -- devices and how the data is split ----------------------------------------------
+    num_devices: int = setting(10, group="devices", label="Number of devices", bounds=AT_LEAST_ONE, flag="--devices",
+                               help="number of devices")
+    partition: str = setting("iid", group="devices", label="How data is split across devices",
+                             choices=PARTITION_SCHEMES,
+                             help="how the training set is split: iid, dirichlet (label skew), "
+                                  "shards (k label shards per device), quantity (unequal sizes)")
+    alpha: float = setting(0.5, group="devices", label="Dirichlet alpha (smaller = more skew)", bounds=POSITIVE,
+                           help="Dirichlet concentration for --partition dirichlet (smaller: more skew)")
+    shards_per_device: int = setting(2, group="devices", label="Shards per device", bounds=AT_LEAST_ONE,
+                                     help="label shards per device for --partition shards")
+    quantity_alpha: float = setting(1.0, group="devices", label="Quantity-skew alpha (smaller = more unequal)",
+                                    bounds=POSITIVE,
+                                    help="Dirichlet concentration of device sizes for --partition quantity")
+    # -- training ------------------------------------------------------------------------
+    model: str = setting("cnn", group="training", label="Model", help="model architecture")
+    strategy: str = setting("fedavg", group="training", label="Aggregation strategy", choices=lambda: tuple(STRATEGIES),
+                            help="aggregation strategy")
+    strategy_params: dict[str, float] = setting(default_factory=dict, group="training", label="Strategy parameters",
+                                                flag="--strategy-param",
+                                                help="override a strategy hyper-parameter, e.g. proximal_mu=0.1")
+    rounds: int | None = setting(5, group="training", label="Rounds", bounds=AT_LEAST_ONE,
+                                 help="federated rounds (0: until interrupted)")  # None: run until stopped
+    local_epochs: int = setting(1, group="training", label="Local epochs per round", bounds=AT_LEAST_ONE,
+                                help="local epochs per round")
+    batch_size: int = setting(32, group="training", label="Batch size", bounds=AT_LEAST_ONE, help="local batch size")
+    learning_rate: float = setting(0.002, group="training", label="Learning rate", bounds=POSITIVE, flag="--lr",
+                                   help="local learning rate")
+    # fresh Adam per device per round: ~0.88 after 5 IID rounds (SGD 0.05: ~0.86)
+    optimizer: str = setting("adam", group="training", label="Optimizer", choices=OPTIMIZERS,
+                             help="local optimizer (fresh state each round)")
+    momentum: float = setting(0.9, group="training", label="Momentum", bounds=FRACTION,
+                              help="local SGD momentum")
+    # -- each round --------------------------------------------------------------------
+    min_devices: int = setting(1, group="round", label="Minimum devices per round", bounds=AT_LEAST_ONE,
+                               help="minimum devices per round; fewer active devices means waiting")
+    fraction: float = setting(1.0, group="round", label="Share of active devices sampled",
+                              bounds=Bounds(0.0, 1.0, low_inclusive=False, high_inclusive=True),
+                              help="share of active devices sampled each round")
+    seed: int = setting(0, group="round", label="Random seed", bounds=SEED,
+                        help="seed for partition, sampling and init")
+    # -- speed ---------------------------------------------------------------------------
+    # 2 threads beat 1 on 2 cores; stacks of 4 (see benchmarks); XLA pays only in long runs
+    workers: int = setting(2, group="speed", label="Devices training in parallel", bounds=AT_LEAST_ONE,
+                           help="threads training devices concurrently")
+    stack_width: int = setting(4, group="speed", label="Devices trained together (vectorised)", bounds=AT_LEAST_ONE,
+                               help="devices trained together as one vectorised computation (1: one by one)")
+    xla: bool = setting(False, group="speed", label="Compile stacks with XLA",
+                        help="compile stacks of dense-only models (e.g. the MLP) with XLA: faster rounds after "
+                             "a compile of a few seconds")
+    # -- unreliable and malicious devices -------------------------------------------------------
+    faults: dict[int, str] = setting(default_factory=dict, group="behaviour", label="Faulty devices", flag="--fault",
+                                     help="simulate a faulty device: crash (raises mid-round), nan (sends NaN "
+                                          "weights), scale (sends its update flipped and x10), random (sends "
+                                          "random weights)")
+    slowdowns: dict[int, float] = setting(default_factory=dict, group="behaviour", label="Slow devices",
+                                          flag="--slowdown", help="multiply a device's simulated compute time")
+    dropout: float = setting(0.0, group="behaviour", label="Dropout probability", bounds=FRACTION,
+                             help="probability that a selected device does not answer in a round")
+    round_deadline: float | None = setting(None, group="behaviour", label="Round deadline (simulated seconds)",
+                                           bounds=POSITIVE, flag="--deadline",
+                                           help="round deadline in simulated seconds; slower devices are dropped "
+                                                "as stragglers")
+    # -- privacy -------------------------------------------------------------------------
+    clip_norm: float | None = setting(None, group="privacy", label="Clipping norm", bounds=POSITIVE, flag="--clip",
+                                      help="clip each device's update to this L2 norm (DP-FedAvg)")
+    noise_multiplier: float = setting(0.0, group="privacy", label="Central noise multiplier", bounds=NON_NEGATIVE,
+                                      flag="--noise",
+                                      help="central DP noise multiplier z (needs --clip): stddev z*clip/devices "
+                                           "on the mean")
+    local_noise_multiplier: float = setting(0.0, group="privacy", label="Local noise multiplier", bounds=NON_NEGATIVE,
+                                            flag="--local-noise",
+                                            help="local DP noise multiplier (needs --clip): each device adds "
+                                                 "stddev z*clip")
+    dp_delta: float = setting(1e-5, group="privacy", label="DP delta",
+                              bounds=Bounds(0.0, 1.0, low_inclusive=False), help="delta for the reported epsilon")
+    secure_aggregation: bool = setting(False, group="privacy", label="Secure aggregation",
+                                       help="secure aggregation: the server only sees masked updates and their sum")
+    # -- compression of device-to-server updates ------------------------------------------------
+    compression: str = setting("none", group="privacy", label="Update compression", choices=COMPRESSIONS,
+                               help="update compression: q8/q4 quantisation or top-k sparsification with error "
+                                    "feedback")
+    topk_fraction: float = setting(0.01, group="privacy", label="Top-k fraction kept",
+                                   bounds=Bounds(0.0, 1.0, low_inclusive=False, high_inclusive=True),
+                                   help="share of each tensor's entries sent with --compression topk")
 
     @property
     def uses_dp(self) -> bool:

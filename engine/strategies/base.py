@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from devices.messages import DeviceUpdate, Weights
 from engine.aggregation import weighted_average
+from engine.settings import FRACTION, NON_NEGATIVE, POSITIVE, Bounds
 
 
 @dataclass(frozen=True)
@@ -29,39 +30,6 @@ class LocalOptions:
     """What a strategy asks of the devices' local training."""
 
     proximal_mu: float = 0.0  # FedProx: weight of (mu/2)||w - w_global||^2 in the local objective
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The allowed range of a hyper-parameter; ``None`` means unbounded on that side."""
-
-    low: float | None = None
-    high: float | None = None
-    low_inclusive: bool = True
-    high_inclusive: bool = False
-
-    def contains(self, value: float) -> bool:
-        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
-            return False
-        if self.high is not None and (value > self.high or (value == self.high and not self.high_inclusive)):
-            return False
-        return True
-
-    def describe(self) -> str:
-        """Plain words: ``> 0``, ``>= 0`` or ``in [0, 1)``."""
-        if self.low is not None and self.high is not None:
-            left, right = "[" if self.low_inclusive else "(", "]" if self.high_inclusive else ")"
-            return f"in {left}{self.low:g}, {self.high:g}{right}"
-        if self.low is not None:
-            return f"{'>=' if self.low_inclusive else '>'} {self.low:g}"
-        if self.high is not None:
-            return f"{'<=' if self.high_inclusive else '<'} {self.high:g}"
-        return "any finite number"
-
-
-POSITIVE = Bounds(low=0.0, low_inclusive=False)
-NON_NEGATIVE = Bounds(low=0.0)
-FRACTION = Bounds(low=0.0, high=1.0)  # [0, 1)
 
 
 def hyperparameter(default: float, help: str, bounds: Bounds = Bounds()) -> Any:
