@@ -8,14 +8,20 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from data.datasets import DATASET_NAMES
-from data.partition import PARTITION_SCHEMES
-from devices.codec import COMPRESSIONS
-from engine.config import BUILTIN_MODELS, OPTIMIZERS, FederationConfig
+from engine.config import BUILTIN_MODELS, FederationConfig
+from engine.settings import declared_settings, kinds
 from engine.strategies import STRATEGIES
 from app import state
 from app.defaults import default_config
-from app.setup_helpers import MALICIOUS_KINDS, PICK_MODES, faults_for, slowdowns_for, strategy_values
+from app.setup_helpers import (
+    MALICIOUS_KINDS,
+    PICK_MODES,
+    faults_for,
+    plain_widget_value,
+    slowdowns_for,
+    strategy_values,
+    widget_key,
+)
 
 if TYPE_CHECKING:
     from engine.federation import Federation
@@ -45,6 +51,8 @@ BACKEND_LABELS = {
     "in-process": "In-process engine (simulated devices)",
     "flower": "Flower (SuperLink + SuperNode processes)",
 }
+SETTINGS = {f.name: spec for f, spec in declared_settings(FederationConfig)}
+KINDS = kinds(FederationConfig)
 SECURE_AGGREGATION_NOTE = (
     "Simulated secure aggregation: each pair of devices adds cancelling masks, so the server only learns the sum. "
     "Simulated: the pairwise seeds come from one shared secret (no key exchange), and dropped devices' masks "
@@ -79,189 +87,271 @@ def _index(options, value) -> int:
     return list(options).index(value) if value in options else 0
 
 
-def _read_widgets(defaults: FederationConfig) -> FederationConfig:
-    """Render the setup widgets and turn their values into a configuration (not validated)."""
-    bar = st.sidebar
-    bar.subheader("Data")
-    dataset = bar.selectbox("Data set", DATASET_NAMES, index=_index(DATASET_NAMES, defaults.dataset),
-                            format_func=DATASET_LABELS.get, key="setup_dataset")
-    train_samples = bar.number_input(
-        "Training samples to use (0 = all 60,000)", min_value=0, max_value=60_000, step=1000,
-        value=defaults.train_samples or 0, key="setup_train_samples",
-        help="Use a subset for quick demos: fewer samples train much faster.",
-    )
-
-    bar.subheader("Devices")
-    num_devices = bar.number_input("Number of devices", min_value=1, max_value=1000, value=defaults.num_devices,
-                                   key="setup_devices")
-    partition = bar.selectbox("How data is split across devices", PARTITION_SCHEMES,
-                              index=_index(PARTITION_SCHEMES, defaults.partition),
-                              format_func=PARTITION_LABELS.get, key="setup_partition")
-    alpha, shards, quantity_alpha = defaults.alpha, defaults.shards_per_device, defaults.quantity_alpha
-    if partition == "dirichlet":
-        alpha = bar.number_input("Dirichlet alpha (smaller = more skew)", min_value=0.0, value=defaults.alpha,
-                                 step=0.1, format="%.2f", key="setup_alpha")
-    elif partition == "shards":
-        shards = bar.number_input("Shards per device", min_value=1, value=defaults.shards_per_device,
-                                  key="setup_shards")
-    elif partition == "quantity":
-        quantity_alpha = bar.number_input("Quantity-skew alpha (smaller = more unequal)", min_value=0.0,
-                                          value=defaults.quantity_alpha, step=0.1, format="%.2f",
-                                          key="setup_quantity_alpha")
-
-    bar.subheader("Training")
-    model = bar.selectbox("Model", BUILTIN_MODELS, index=_index(BUILTIN_MODELS, defaults.model),
-                          format_func=MODEL_LABELS.get, key="setup_model")
-    until_stopped = bar.checkbox("Run until stopped", value=defaults.rounds is None, key="setup_until_stopped")
-    rounds = bar.number_input("Rounds", min_value=1, max_value=10_000, value=defaults.rounds or 5,
-                              disabled=until_stopped, key="setup_rounds",
-                              help="Can be changed during a run; raise it to continue a finished run.")
-    local_epochs = bar.number_input("Local epochs per round", min_value=1, max_value=100,
-                                    value=defaults.local_epochs, key="setup_local_epochs")
-    batch_size = bar.number_input("Batch size", min_value=1, max_value=4096, value=defaults.batch_size,
-                                  key="setup_batch_size")
-    learning_rate = bar.number_input("Learning rate", min_value=0.0, max_value=10.0, value=defaults.learning_rate,
-                                     step=0.0005, format="%.4f", key="setup_learning_rate")
-    optimizer = bar.selectbox("Optimizer", OPTIMIZERS, index=_index(OPTIMIZERS, defaults.optimizer),
-                              format_func=OPTIMIZER_LABELS.get, key="setup_optimizer")
-    momentum = defaults.momentum
-    if optimizer == "sgd":
-        momentum = bar.number_input("Momentum", min_value=0.0, max_value=1.0, value=defaults.momentum,
-                                    step=0.05, key="setup_momentum")
-
-    bar.subheader("Each round")
-    min_devices = bar.number_input("Minimum devices per round", min_value=1, value=defaults.min_devices,
-                                   key="setup_min_devices",
-                                   help="Training waits while fewer devices are active.")
-    fraction = bar.slider("Share of active devices sampled", min_value=0.05, max_value=1.0,
-                          value=float(defaults.fraction), step=0.05, key="setup_fraction")
-    seed = bar.number_input("Random seed", min_value=0, value=defaults.seed, key="setup_seed")
-
-    with bar.expander("Advanced"):
-        data_dir = st.text_input("Data folder (IDX files)", value=os.environ.get("FL_DATA_DIR", ""),
-                                 key="setup_data_dir",
-                                 help="Empty: $FL_DATA_DIR, else Keras downloads the data set.")
-        test_samples = st.number_input("Server test images (0 = all 10,000)", min_value=0, max_value=10_000,
-                                       value=defaults.test_samples or 0, step=500, key="setup_test_samples")
-        workers = st.number_input("Devices training in parallel", min_value=1, max_value=64,
-                                  value=defaults.workers, key="setup_workers")
-        stack_width = st.number_input("Devices trained together (vectorised)", min_value=1, max_value=64,
-                                      value=defaults.stack_width, key="setup_stack_width",
-                                      help="Devices of a round train side by side as one stacked computation, "
-                                           "with the same result as one by one. 1 trains them one by one.")
-        xla = st.checkbox("Compile stacks with XLA", value=defaults.xla, key="setup_xla",
-                          help="For dense-only models (the MLP): faster rounds after a few seconds of compiling.")
-        st.selectbox("Where devices run", ("in-process", "flower"), key=state.BACKEND_KEY,
-                     format_func=BACKEND_LABELS.get,
-                     help="Flower starts a real SuperLink and one SuperNode process per device on this machine "
-                          "(slower rounds; up to 8 devices; no DP, secure aggregation, compression or "
-                          "simulated dropouts). The in-process engine is the default.")
-        device_ids = list(range(int(num_devices)))
-        for key in ("setup_crash", "setup_nan"):  # drop devices that no longer exist
-            if key in st.session_state:
-                st.session_state[key] = [d for d in st.session_state[key] if d in device_ids]
-        nan_devices = st.multiselect("Simulate devices sending NaN updates", device_ids, key="setup_nan")
-        crash_devices = st.multiselect("Simulate devices that crash", device_ids, key="setup_crash")
-
-    extra = _read_strategy_privacy(defaults, int(num_devices), int(seed))
-    faults = extra.pop("faults") | {int(d): "nan" for d in nan_devices} | {int(d): "crash" for d in crash_devices}
-    return FederationConfig(
-        dataset=dataset, data_dir=data_dir.strip() or None, model=model, num_devices=int(num_devices),
-        partition=partition, alpha=float(alpha), shards_per_device=int(shards), quantity_alpha=float(quantity_alpha),
-        rounds=None if until_stopped else int(rounds), local_epochs=int(local_epochs), batch_size=int(batch_size),
-        learning_rate=float(learning_rate), optimizer=optimizer, momentum=float(momentum),
-        min_devices=int(min_devices), fraction=float(fraction), seed=int(seed),
-        train_samples=int(train_samples) or None, test_samples=int(test_samples) or None,
-        workers=int(workers), stack_width=int(stack_width), xla=bool(xla), faults=faults, **extra,
-    )
+# -- plain widgets, generated from the declared settings ----------------------------------------------
+# Per-field tweaks of the generated widget (labels of choices, practical maxima, sliders, steps).
+WIDGET_OPTIONS: dict[str, dict] = {
+    "dataset": {"labels": DATASET_LABELS},
+    "train_samples": {"label": "Training samples to use (0 = all 60,000)", "max_value": 60_000, "step": 1000,
+                      "help": "Use a subset for quick demos: fewer samples train much faster."},
+    "test_samples": {"label": "Server test images (0 = all 10,000)", "max_value": 10_000, "step": 500},
+    "num_devices": {"max_value": 1000},
+    "partition": {"labels": PARTITION_LABELS},
+    "alpha": {"step": 0.1, "format": "%.2f"},
+    "quantity_alpha": {"step": 0.1, "format": "%.2f"},
+    "model": {"choices": BUILTIN_MODELS, "labels": MODEL_LABELS},
+    "rounds": {"max_value": 10_000, "help": "Can be changed during a run; raise it to continue a finished run."},
+    "local_epochs": {"max_value": 100},
+    "batch_size": {"max_value": 4096},
+    "learning_rate": {"max_value": 10.0, "step": 0.0005, "format": "%.4f"},
+    "optimizer": {"labels": OPTIMIZER_LABELS},
+    "momentum": {"step": 0.05, "max_value": 1.0},
+    "min_devices": {"help": "Training waits while fewer devices are active."},
+    "fraction": {"slider": True, "min_value": 0.05, "step": 0.05},
+    "workers": {"max_value": 64},
+    "stack_width": {"max_value": 64, "help": "Devices of a round train side by side as one stacked computation, "
+                                             "with the same result as one by one. 1 trains them one by one."},
+    "xla": {"help": "For dense-only models (the MLP): faster rounds after a few seconds of compiling."},
+    "dropout": {"slider": True, "max_value": 0.95, "step": 0.05,
+                "label": "Dropout probability (a selected device does not answer)"},
+    "round_deadline": {"label": "Deadline (simulated seconds)", "step": 0.5,
+                       "help": "Updates whose simulated training time (seconds × slowdown) exceeds this are "
+                               "dropped as stragglers."},
+    "clip_norm": {"step": 0.1, "help": "Each device's update is scaled down to at most this L2 norm."},
+    "noise_multiplier": {"step": 0.1, "help": "Server adds Gaussian noise (multiplier × clip / devices) to the "
+                                              "mean update."},
+    "local_noise_multiplier": {"step": 0.1, "help": "Each device adds Gaussian noise (multiplier × clip) before "
+                                                    "sending."},
+    "dp_delta": {"format": "%.1e", "step": 1e-6},
+    "compression": {"labels": COMPRESSION_LABELS},
+    "topk_fraction": {"step": 0.01, "format": "%.3f"},
+}
 
 
-def _strategy_widgets(defaults: FederationConfig) -> tuple[str, dict[str, float]]:
-    """Strategy choice and its hyper-parameters, generated from the strategy class."""
-    names = list(STRATEGIES)
-    strategy = st.selectbox("Aggregation strategy", names, index=_index(names, defaults.strategy),
-                            format_func=lambda n: STRATEGIES[n].title,
-                            key="setup_strategy")
+def setting_widget(box, name: str, value, **overrides):
+    """The widget of setting ``name`` showing ``value``, from its declaration (label, help, bounds, choices).
+
+    A number gets a number input (or a slider) bounded by its ``Bounds``, a choice a
+    select box, a flag a checkbox, text a text input; an optional count shows 0
+    for "not set". Returns the widget's value as the field's type.
+    """
+    spec = SETTINGS[name]
+    kind = KINDS[name]
+    options = {**WIDGET_OPTIONS.get(name, {}), **overrides}
+    key = widget_key(name)
+    label = options.pop("label", spec.label or name.replace("_", " ").capitalize())
+    common = {"key": key, "help": options.pop("help", spec.help), "disabled": options.pop("disabled", False)}
+    labels = options.pop("labels", None)
+    choices = options.pop("choices", None) or spec.allowed_choices()
+    shown = plain_widget_value(kind, value)
+    if kind.base is bool:
+        return bool(box.checkbox(label, value=bool(shown), **common))
+    if choices:
+        choices = list(choices)
+        fmt = (lambda c: labels.get(c, str(c))) if labels else str
+        return box.selectbox(label, choices, index=_index(choices, shown),
+                             format_func=fmt, **common)
+    if kind.base is str:
+        text = box.text_input(label, value=str(shown), **common)
+        return (text.strip() or None) if kind.optional else text
+    number = kind.base
+    bounds = spec.bounds
+    limits = {}
+    if bounds is not None and bounds.low is not None:
+        limits["min_value"] = number(bounds.low) + (1 if number is int and not bounds.low_inclusive else 0)
+    if kind.zero_is_none:
+        limits["min_value"] = number(0)
+    if bounds is not None and bounds.high is not None:
+        limits["max_value"] = number(bounds.high)
+    limits.update({k: number(v) if k in ("min_value", "max_value") else v for k, v in options.items()
+                   if k in ("min_value", "max_value", "step", "format")})
+    if options.get("slider"):
+        chosen = box.slider(label, **limits, value=number(shown), **common)
+    else:
+        chosen = box.number_input(label, **limits, value=number(shown), **common)
+    chosen = number(chosen)
+    return None if kind.zero_is_none and chosen == 0 else chosen
+
+
+# -- fields whose widgets are more than one plain widget ------------------------------------------------
+def _partition_parameter(scheme: str):
+    """Alpha / shards / quantity alpha: shown only for the partition scheme that uses it."""
+    def widget(box, name: str, defaults: FederationConfig, values: dict):
+        if values["partition"] != scheme:
+            return getattr(defaults, name)
+        return setting_widget(box, name, getattr(defaults, name))
+    return widget
+
+
+def _rounds_widget(box, name: str, defaults: FederationConfig, values: dict):
+    until_stopped = box.checkbox("Run until stopped", value=defaults.rounds is None, key="setup_until_stopped")
+    rounds = setting_widget(box, "rounds", defaults.rounds or 5, min_value=1, disabled=until_stopped)
+    return None if until_stopped else int(rounds or 5)
+
+
+def _momentum_widget(box, name: str, defaults: FederationConfig, values: dict):
+    return setting_widget(box, name, defaults.momentum) if values["optimizer"] == "sgd" else defaults.momentum
+
+
+def _data_dir_widget(box, name: str, defaults: FederationConfig, values: dict):
+    return setting_widget(box, name, defaults.data_dir or os.environ.get("FL_DATA_DIR", ""),
+                          help="Empty: $FL_DATA_DIR, else Keras downloads the data set.")
+
+
+def _strategy_widget(box, name: str, defaults: FederationConfig, values: dict):
+    strategy = box.selectbox("Aggregation strategy", list(STRATEGIES), index=_index(list(STRATEGIES), defaults.strategy),
+                             format_func=lambda n: STRATEGIES[n].title, key="setup_strategy")
     cls = STRATEGIES[strategy]
-    st.caption(f"**{cls.title}**: {cls.summary}" + ("" if cls.linear else " Needs each update (not a mean)."))
-    parameters, helps = cls.parameters(), cls.parameter_help()
+    box.caption(f"**{cls.title}**: {cls.summary}" + ("" if cls.linear else " Needs each update (not a mean)."))
+    return strategy
+
+
+def _strategy_params_widget(box, name: str, defaults: FederationConfig, values: dict):
+    """The chosen strategy's hyper-parameters, generated from the strategy class."""
+    strategy = values["strategy"]
+    parameters, helps = STRATEGIES[strategy].parameters(), STRATEGIES[strategy].parameter_help()
     start = defaults.strategy_params if strategy == defaults.strategy else {}
-    chosen = {name: st.number_input(name.replace("_", " ").capitalize(), value=float(start.get(name, default)),
-                                    format="%.4g", help=helps.get(name), key=f"setup_{strategy}_{name}")
-              for name, default in parameters.items()}
-    return strategy, strategy_values(parameters, chosen)
+    chosen = {param: box.number_input(param.replace("_", " ").capitalize(), value=float(start.get(param, default)),
+                                      format="%.4g", help=helps.get(param), key=f"setup_{strategy}_{param}")
+              for param, default in parameters.items()}
+    return strategy_values(parameters, chosen)
 
 
-def _device_behaviour_widgets(defaults: FederationConfig, num_devices: int, seed: int) -> dict:
-    """Dropout, round deadline, slow devices and malicious devices."""
-    dropout = st.slider("Dropout probability (a selected device does not answer)", 0.0, 0.95,
-                        value=float(defaults.dropout), step=0.05, key="setup_dropout")
-    use_deadline = st.checkbox("Round deadline (drop stragglers)", value=defaults.round_deadline is not None,
-                               key="setup_use_deadline")
-    deadline = st.number_input("Deadline (simulated seconds)", min_value=0.0, value=defaults.round_deadline or 5.0,
-                               step=0.5, disabled=not use_deadline, key="setup_deadline",
-                               help="Updates whose simulated training time (seconds × slowdown) exceeds this "
-                                    "are dropped as stragglers.")
-    slow_count = st.number_input("Slow devices", min_value=0, max_value=num_devices, value=0, key="setup_slow_count")
-    slow_factor = st.number_input("Slowdown factor", min_value=0.1, value=4.0, step=0.5, key="setup_slow_factor",
-                                  help="Their training takes this many times longer (simulated).")
-    slow_mode = st.radio("Which devices are slow", PICK_MODES, horizontal=True, key="setup_slow_mode",
-                         format_func={"first": "the first ones", "random": "random (seeded)"}.get)
-    bad_count = st.number_input("Malicious devices (the last ones)", min_value=0, max_value=num_devices, value=0,
-                                key="setup_bad_count")
-    bad_kind = st.selectbox("What they send", MALICIOUS_KINDS, format_func=MALICIOUS_LABELS.get, key="setup_bad_kind")
-    return {
-        "dropout": float(dropout),
-        "round_deadline": float(deadline) if use_deadline else None,
-        "slowdowns": slowdowns_for(num_devices, int(slow_count), float(slow_factor), slow_mode, seed),
-        "faults": faults_for(num_devices, int(bad_count), bad_kind),
-    }
+def _faults_widget(box, name: str, defaults: FederationConfig, values: dict):
+    """Malicious devices (the last ones) plus devices picked to send NaN updates or crash."""
+    num_devices = values["num_devices"]
+    bad_count = box.number_input("Malicious devices (the last ones)", min_value=0, max_value=num_devices, value=0,
+                                 key="setup_bad_count")
+    bad_kind = box.selectbox("What they send", MALICIOUS_KINDS, format_func=MALICIOUS_LABELS.get,
+                             key="setup_bad_kind")
+    device_ids = list(range(num_devices))
+    for key in ("setup_crash", "setup_nan"):  # drop devices that no longer exist
+        if key in st.session_state:
+            st.session_state[key] = [d for d in st.session_state[key] if d in device_ids]
+    nan_devices = box.multiselect("Simulate devices sending NaN updates", device_ids, key="setup_nan")
+    crash_devices = box.multiselect("Simulate devices that crash", device_ids, key="setup_crash")
+    return (faults_for(num_devices, int(bad_count), bad_kind) | {int(d): "nan" for d in nan_devices}
+            | {int(d): "crash" for d in crash_devices})
 
 
-def _privacy_widgets(defaults: FederationConfig) -> dict:
-    """Differential privacy, secure aggregation and compression."""
-    use_dp = st.checkbox("Differential privacy (clip + noise)", value=defaults.clip_norm is not None,
-                         key="setup_dp")
-    clip = st.number_input("Clipping norm", value=defaults.clip_norm or 1.0, step=0.1, disabled=not use_dp,
-                           key="setup_clip", help="Each device's update is scaled down to at most this L2 norm.")
-    noise = st.number_input("Central noise multiplier", min_value=0.0, value=defaults.noise_multiplier or 0.0,
-                            step=0.1, disabled=not use_dp, key="setup_noise",
-                            help="Server adds Gaussian noise (multiplier × clip / devices) to the mean update.")
-    local_noise = st.number_input("Local noise multiplier", min_value=0.0, value=defaults.local_noise_multiplier,
-                                  step=0.1, disabled=not use_dp, key="setup_local_noise",
-                                  help="Each device adds Gaussian noise (multiplier × clip) before sending.")
-    delta = st.number_input("DP delta", value=defaults.dp_delta, format="%.1e", step=1e-6, disabled=not use_dp,
-                            key="setup_delta")
-    secure = st.checkbox("Secure aggregation", value=defaults.secure_aggregation, key="setup_secure")
-    st.caption(SECURE_AGGREGATION_NOTE)
-    compression = st.selectbox("Update compression", COMPRESSIONS, index=_index(COMPRESSIONS, defaults.compression),
-                               format_func=lambda c: COMPRESSION_LABELS.get(c, c), key="setup_compression")
-    topk = defaults.topk_fraction
-    if compression == "topk":
-        topk = st.number_input("Top-k fraction kept", min_value=0.0, max_value=1.0, value=defaults.topk_fraction,
-                               step=0.01, format="%.3f", key="setup_topk")
-    return {
-        "clip_norm": float(clip) if use_dp else None,
-        "noise_multiplier": float(noise) if use_dp else 0.0,
-        "local_noise_multiplier": float(local_noise) if use_dp else 0.0,
-        "dp_delta": float(delta),
-        "secure_aggregation": bool(secure),
-        "compression": compression,
-        "topk_fraction": float(topk),
-    }
+def _slowdowns_widget(box, name: str, defaults: FederationConfig, values: dict):
+    num_devices = values["num_devices"]
+    slow_count = box.number_input("Slow devices", min_value=0, max_value=num_devices, value=0, key="setup_slow_count")
+    slow_factor = box.number_input("Slowdown factor", min_value=0.1, value=4.0, step=0.5, key="setup_slow_factor",
+                                   help="Their training takes this many times longer (simulated).")
+    slow_mode = box.radio("Which devices are slow", PICK_MODES, horizontal=True, key="setup_slow_mode",
+                          format_func={"first": "the first ones", "random": "random (seeded)"}.get)
+    return slowdowns_for(num_devices, int(slow_count), float(slow_factor), slow_mode, values["seed"])
 
 
-def _read_strategy_privacy(defaults: FederationConfig, num_devices: int, seed: int) -> dict:
-    """The "Strategy & privacy" section: FederationConfig fields (``faults`` to be merged by the caller)."""
+def _deadline_widget(box, name: str, defaults: FederationConfig, values: dict):
+    use = box.checkbox("Round deadline (drop stragglers)", value=defaults.round_deadline is not None,
+                       key="setup_use_deadline")
+    deadline = setting_widget(box, name, defaults.round_deadline or 5.0, min_value=0.1, disabled=not use)
+    return deadline if use else None
+
+
+def _dp_widget(box, name: str, defaults: FederationConfig, values: dict):
+    """The DP block: a checkbox, then clipping norm and noise multipliers, off (unset) when unchecked."""
+    if name == "clip_norm":
+        values["_use_dp"] = box.checkbox("Differential privacy (clip + noise)", value=defaults.clip_norm is not None,
+                                         key="setup_dp")
+    use_dp = values["_use_dp"]
+    default = getattr(defaults, name) if name != "clip_norm" else (defaults.clip_norm or 1.0)
+    chosen = setting_widget(box, name, default, disabled=not use_dp,
+                            **({"min_value": 0.01} if name == "clip_norm" else {}))
+    if not use_dp:
+        return None if name == "clip_norm" else 0.0
+    return chosen
+
+
+def _delta_widget(box, name: str, defaults: FederationConfig, values: dict):
+    return setting_widget(box, name, defaults.dp_delta, disabled=not values["_use_dp"])
+
+
+def _secure_widget(box, name: str, defaults: FederationConfig, values: dict):
+    secure = setting_widget(box, name, defaults.secure_aggregation)
+    box.caption(SECURE_AGGREGATION_NOTE)
+    return secure
+
+
+def _topk_widget(box, name: str, defaults: FederationConfig, values: dict):
+    return setting_widget(box, name, defaults.topk_fraction) if values["compression"] == "topk" \
+        else defaults.topk_fraction
+
+
+SPECIAL_WIDGETS = {
+    "data_dir": _data_dir_widget,
+    "alpha": _partition_parameter("dirichlet"),
+    "shards_per_device": _partition_parameter("shards"),
+    "quantity_alpha": _partition_parameter("quantity"),
+    "strategy": _strategy_widget,
+    "strategy_params": _strategy_params_widget,
+    "rounds": _rounds_widget,
+    "momentum": _momentum_widget,
+    "faults": _faults_widget,
+    "slowdowns": _slowdowns_widget,
+    "round_deadline": _deadline_widget,
+    "clip_norm": _dp_widget,
+    "noise_multiplier": _dp_widget,
+    "local_noise_multiplier": _dp_widget,
+    "dp_delta": _delta_widget,
+    "secure_aggregation": _secure_widget,
+    "topk_fraction": _topk_widget,
+}
+
+# Where each group's fields go: a sidebar heading, or an expander (the default for a new group).
+SECTIONS = (
+    ("data", "Data", "heading"),
+    ("devices", "Devices", "heading"),
+    ("training", "Training", "heading"),
+    ("round", "Each round", "heading"),
+    ("advanced", "Advanced", "expander"),
+    ("strategy", "Aggregation strategy", "strategy expander"),
+    ("behaviour", "Unreliable and malicious devices", "strategy expander"),
+    ("privacy", "Privacy and compression", "strategy expander"),
+)
+SECTION_OF = {"data_dir": "advanced", "test_samples": "advanced", "local_test_fraction": "advanced",
+              "speed": "advanced", "strategy": "strategy", "strategy_params": "strategy"}
+
+
+def _section(name: str, group: str) -> str:
+    placed = SECTION_OF.get(name) or SECTION_OF.get(group) or group
+    return placed if placed in {section for section, _, _ in SECTIONS} else "advanced"
+
+
+def _read_widgets(defaults: FederationConfig) -> FederationConfig:
+    """Render the setup widgets and turn their values into a configuration (not validated).
+
+    Every declared setting gets a widget in its group's section, in declaration
+    order: a plain one generated by :func:`setting_widget`, or its entry in
+    :data:`SPECIAL_WIDGETS`. A new field needs no code here.
+    """
     bar = st.sidebar
-    bar.subheader("Strategy & privacy")
-    with bar.expander("Aggregation strategy", expanded=False):
-        strategy, params = _strategy_widgets(defaults)
-    with bar.expander("Unreliable and malicious devices", expanded=False):
-        behaviour = _device_behaviour_widgets(defaults, num_devices, seed)
-    with bar.expander("Privacy and compression", expanded=False):
-        privacy = _privacy_widgets(defaults)
-    return {"strategy": strategy, "strategy_params": params, **behaviour, **privacy}
+    values: dict = {}
+    fields_by_section: dict[str, list[str]] = {}
+    for f, spec in declared_settings(FederationConfig):
+        fields_by_section.setdefault(_section(f.name, spec.group), []).append(f.name)
+    for section, title, style in SECTIONS:
+        if style == "strategy expander" and section == "strategy":
+            bar.subheader("Strategy & privacy")
+        if style == "heading":
+            bar.subheader(title)
+            box = bar
+        else:
+            box = bar.expander(title, expanded=False)
+        with box:
+            for name in fields_by_section.get(section, []):
+                special = SPECIAL_WIDGETS.get(name)
+                values[name] = special(st, name, defaults, values) if special else \
+                    setting_widget(st, name, getattr(defaults, name))
+            if section == "advanced":
+                st.selectbox("Where devices run", ("in-process", "flower"), key=state.BACKEND_KEY,
+                             format_func=BACKEND_LABELS.get,
+                             help="Flower starts a real SuperLink and one SuperNode process per device on this "
+                                  "machine (slower rounds; up to 8 devices; no DP, secure aggregation, compression "
+                                  "or simulated dropouts). The in-process engine is the default.")
+    values.pop("_use_dp", None)
+    return FederationConfig(**values)
 
 
 def _apply_button(setup: Setup, federation: Federation | None) -> None:
@@ -292,7 +382,7 @@ def render(federation: Federation | None) -> Setup:
     for warning in warnings:
         st.sidebar.warning(warning)
     config = _read_widgets(defaults)
-    setup = Setup(config, tuple(config.problems()))
+    setup = Setup(config, tuple(config.problems() + state.transport_problems(config)))
     for problem in setup.problems:
         st.sidebar.error(problem[:1].upper() + problem[1:])
     _apply_button(setup, federation)

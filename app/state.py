@@ -119,6 +119,15 @@ def selected_backend() -> str:
     return st.session_state.get(BACKEND_KEY, "in-process")
 
 
+def transport_problems(config: FederationConfig) -> list[str]:
+    """What the selected backend cannot run, shown in place like every other setup problem."""
+    if selected_backend() != "flower":
+        return []
+    from flower_app.backend import unsupported  # no TensorFlow: cheap enough for every rerun
+
+    return [f"Flower backend: {problem}" for problem in unsupported(config)]
+
+
 def backend_of(federation: Federation) -> str:
     from engine.federation import Federation  # a federation exists, so TensorFlow is already loaded
 

@@ -262,6 +262,19 @@ def type_problem(name: str, value: Any, kind: Kind, spec: Setting) -> str | None
     return None if isinstance(value, str) else f"{label} must be text, got {value!r}"
 
 
+def parse_setting(cls: type, name: str, text: str) -> Any:
+    """The text form of setting ``name`` of ``cls`` as a checked value; ``ValueError`` says why it is not one.
+
+    One code path for every text source: CLI options, environment variables, run-config strings.
+    """
+    kind, spec = kinds(cls)[name], dict((f.name, s) for f, s in declared_settings(cls))[name]
+    value = kind.parse(text)
+    problem = type_problem(name, value, kind, spec) or value_problem(name, value, spec)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def field_problems(instance: Any) -> dict[str, str]:
     """Each declared field of dataclass ``instance`` that breaks its type, bounds or choices, with the reason."""
     found = {}
