@@ -35,7 +35,7 @@ ENV_ALIASES = {"FL_DEFAULT_DEVICES": "num_devices"}  # older names, still read
 def env_variables(cls: type = FederationConfig) -> dict[str, str]:
     """Variable -> field for every single-valued declared setting of ``cls`` (generated names, then aliases)."""
     cls_kinds = kinds(cls)
-    names = {ENV_PREFIX + f.name.upper(): f.name for f, _ in declared_settings(cls) if cls_kinds[f.name].base is not dict}
+    names = {ENV_PREFIX + f.name.upper(): f.name for f, _ in declared_settings(cls) if not cls_kinds[f.name].collection}
     return names | {variable: name for variable, name in ENV_ALIASES.items() if name in names.values()}
 
 

@@ -52,10 +52,11 @@ def widget_key(name: str) -> str:
 
 
 def plain_widget_value(kind: Kind, value: object) -> object:
-    """What a generated widget shows for ``value``: 0 for an unset count, "" for unset text."""
+    """What a generated widget shows for ``value``: 0 for an unset count, "" for unset text, a mapping or
+    list as its text (``2=nan,3=crash``)."""
     if value is None:
         return 0 if kind.zero_is_none else ""
-    return value
+    return kind.plain(value) if kind.collection else value
 
 
 def _rounds_values(config, _) -> dict[str, object]:

@@ -153,6 +153,12 @@ def setting_widget(box, name: str, value, **overrides):
     if kind.base is str:
         text = box.text_input(label, value=str(shown), **common)
         return (text.strip() or None) if kind.optional else text
+    if kind.collection:  # written as on the command line; text that does not parse is shown as a problem
+        text = box.text_input(label, value=str(shown), **common)
+        try:
+            return kind.parse(text)
+        except ValueError:
+            return text
     number = kind.base
     bounds = spec.bounds
     limits = {}

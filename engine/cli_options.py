@@ -82,8 +82,9 @@ def add_setting_options(parser: argparse.ArgumentParser, cls: type,
             options.update(action="append", type=_typed(cls, f.name, kind), default=None,
                            metavar=kind.metavar, help=help_text + "; repeatable")
         else:
+            metavar = flag_of(f, spec).lstrip("-").upper().replace("-", "_")
             options.update(type=_typed(cls, f.name, kind), default=default,
-                           metavar=flag_of(f, spec).lstrip("-").upper().replace("-", "_"))
+                           metavar=f"{metavar},..." if kind.collection else metavar)
             if spec.allowed_choices():
                 del options["metavar"]
                 options["choices"] = spec.allowed_choices()

@@ -112,7 +112,7 @@ def test_every_declared_field_has_a_cli_option_env_variable_run_config_key_and_w
     for f, spec in declared_settings(FederationConfig):
         assert flag_of(f, spec) in options[f.name].option_strings
         assert options[f.name].help.startswith(spec.help), f.name
-        if config_kinds[f.name].base is not dict:
+        if not config_kinds[f.name].collection:
             assert f.name in variables, f.name
         assert f.name in keys or f.name in NOT_IN_RUN_CONFIG, f.name
         assert widget_key(f.name) in widgets or f.name in ("rounds", "round_deadline", "clip_norm", "faults",
@@ -233,18 +233,21 @@ class Dummy:
     fast: bool = setting(False, group="gamma", help="go fast")
     safe: bool = setting(True, group="gamma", help="stay safe")
     weights: dict[int, float] = setting(default_factory=dict, group="gamma", metavar="ID=WEIGHT", help="weights")
+    ids: tuple[int, ...] = setting((1, 2), group="gamma", help="device ids")
 
 
 def test_a_new_dataclass_gets_options_types_checks_and_env_names_without_code(capsys):
     parser = argparse.ArgumentParser()
     add_setting_options(parser, Dummy)
     args = parser.parse_args(["--count", "4", "--limit", "0", "--share", "0.25", "--cutoff", "2", "--mode", "b",
-                              "--name", "x", "--fast", "--no-safe", "--weights", "1=0.5", "--weights", "2=2"])
-    assert Dummy(**setting_values(args, Dummy)) == Dummy(4, None, 0.25, 2.0, "b", "x", True, False, {1: 0.5, 2: 2.0})
+                              "--name", "x", "--fast", "--no-safe", "--weights", "1=0.5", "--weights", "2=2", "--ids", "3,4 5"])
+    assert Dummy(**setting_values(args, Dummy)) == Dummy(4, None, 0.25, 2.0, "b", "x", True, False, {1: 0.5, 2: 2.0},
+                                                         (3, 4, 5))
     assert Dummy(**setting_values(parser.parse_args([]), Dummy)) == Dummy()
     groups = [group.title for group in parser._action_groups]
     assert {"alpha", "beta", "gamma"} <= set(groups)
-    for bad in (["--count", "0"], ["--share", "1"], ["--mode", "c"], ["--weights", "x"], ["--cutoff", "nan"]):
+    for bad in (["--count", "0"], ["--share", "1"], ["--mode", "c"], ["--weights", "x"], ["--cutoff", "nan"],
+                ["--ids", "1,x"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
     assert "ID=WEIGHT" in capsys.readouterr().err
@@ -252,6 +255,7 @@ def test_a_new_dataclass_gets_options_types_checks_and_env_names_without_code(ca
                                          "FL_DEFAULT_CUTOFF", "FL_DEFAULT_MODE", "FL_DEFAULT_NAME",
                                          "FL_DEFAULT_FAST", "FL_DEFAULT_SAFE"}
     assert parse_setting(Dummy, "limit", "all") is None and parse_setting(Dummy, "safe", "no") is False
+    assert kinds(Dummy)["ids"].plain((3, 4)) == "3,4" and kinds(Dummy)["ids"].from_plain("3,4") == (3, 4)
 
 
 def test_strategy_parameters_keep_their_own_declarations():
