@@ -127,16 +127,23 @@ WIDGET_OPTIONS: dict[str, dict] = {
 }
 
 
-def setting_widget(box, name: str, value, **overrides):
+def _declarations(cls: type) -> tuple[dict, dict]:
+    """Each declared field's Setting and Kind (FederationConfig's read once, at import)."""
+    if cls is FederationConfig:
+        return SETTINGS, KINDS
+    return {f.name: spec for f, spec in declared_settings(cls)}, kinds(cls)
+
+
+def setting_widget(box, name: str, value, cls: type = FederationConfig, **overrides):
     """The widget of setting ``name`` showing ``value``, from its declaration (label, help, bounds, choices).
 
     A number gets a number input (or a slider) bounded by its ``Bounds``, a choice a
     select box, a flag a checkbox, text a text input; an optional count shows 0
     for "not set". Returns the widget's value as the field's type.
     """
-    spec = SETTINGS[name]
-    kind = KINDS[name]
-    options = {**WIDGET_OPTIONS.get(name, {}), **overrides}
+    specs, cls_kinds = _declarations(cls)
+    spec, kind = specs[name], cls_kinds[name]
+    options = {**(WIDGET_OPTIONS.get(name, {}) if cls is FederationConfig else {}), **overrides}
     key = widget_key(name)
     label = options.pop("label", spec.label or name.replace("_", " ").capitalize())
     common = {"key": key, "help": options.pop("help", spec.help), "disabled": options.pop("disabled", False)}

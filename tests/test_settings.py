@@ -262,3 +262,32 @@ def test_strategy_parameters_keep_their_own_declarations():
     # strategy hyper-parameters are validated by the strategy classes (the same Bounds), not by FederationConfig
     assert all(cls.parameters() is not None for cls in STRATEGIES.values())
     assert FederationConfig(strategy="fedprox", strategy_params={"proximal_mu": -1}).problems()
+
+
+def render_dummy_setup():
+    """A setup panel of :class:`Dummy` fields, each drawn by the dashboard's generic widget (AppTest script)."""
+    import streamlit as st
+
+    from app.sidebar import setting_widget
+    from engine.settings import declared_settings
+    from tests.test_settings import Dummy
+
+    values = {f.name: setting_widget(st, f.name, f.default_factory() if callable(f.default_factory) else f.default,
+                                     cls=Dummy) for f, _ in declared_settings(Dummy)}
+    st.write(repr(Dummy(**values)))
+
+
+def test_a_new_declared_field_gets_a_dashboard_widget_without_code():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(render_dummy_setup, default_timeout=60).run()
+    assert not at.exception
+    assert at.number_input(key="setup_count").min == 1 and at.number_input(key="setup_count").label == "Count"
+    assert at.number_input(key="setup_limit").value == 0  # an unset count shows 0
+    assert (at.number_input(key="setup_ratio").min, at.number_input(key="setup_ratio").max) == (0.0, 1.0)
+    assert at.selectbox(key="setup_mode").options == ["a", "b"] and at.checkbox(key="setup_safe").value
+    assert at.text_input(key="setup_ids").value == "1,2"
+    at.number_input(key="setup_limit").set_value(7)
+    at.selectbox(key="setup_mode").set_value("b")
+    at.text_input(key="setup_weights").set_value("1=0.5").run()
+    assert at.markdown[-1].value == repr(Dummy(limit=7, mode="b", weights={1: 0.5}))
