@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, Field, dataclass, fields
-from numbers import Real
+from numbers import Integral, Real
 from types import UnionType
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
@@ -267,7 +267,7 @@ def type_problem(name: str, value: Any, kind: Kind, spec: Setting) -> str | None
         return None if isinstance(value, bool) else f"{label} must be true or false, got {value!r}"
     if kind.base in (int, float):
         whole = kind.base is int
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+        if isinstance(value, bool) or not isinstance(value, Integral if whole else Real):
             return f"{label} must be a {'whole ' if whole else ''}number, got {value!r}"
         if not math.isfinite(value):
             return f"{label} must be a finite number, got {value!r}"
