@@ -169,7 +169,7 @@ class FederationConfig:
         available = self.train_samples or TRAIN_SET_SIZES.get(self.dataset)
         need(available is None or self.num_devices <= available,
              f"{self.num_devices} devices need at least as many training samples, and there are "
-             f"{available} (use fewer devices or more --train-samples)")
+             f"{available} (use fewer devices or more training samples)")
         for device, fault in self.faults.items():
             need(0 <= device < self.num_devices, f"fault set for device {device}, which does not exist")
             need(fault in FAULTS, f"fault {fault!r} must be one of {', '.join(FAULTS)}")

@@ -291,3 +291,20 @@ def test_a_new_declared_field_gets_a_dashboard_widget_without_code():
     at.selectbox(key="setup_mode").set_value("b")
     at.text_input(key="setup_weights").set_value("1=0.5").run()
     assert at.markdown[-1].value == repr(Dummy(limit=7, mode="b", weights={1: 0.5}))
+
+
+def test_the_project_installs_its_commands_and_only_its_packages():
+    import importlib
+    import tomllib
+
+    from tests.conftest import PROJECT_ROOT
+
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    scripts = project["project"]["scripts"]
+    assert set(scripts) == {"fl-watch", "fl-watch-predict"}
+    for target in scripts.values():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
+    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {name.split(".")[0] for name in include} == {"app", "engine", "devices", "data", "flower_app"}
+    assert project["build-system"]["build-backend"] == "setuptools.build_meta"
