@@ -98,7 +98,8 @@ class FederationConfig:
                                           "weights), scale (sends its update flipped and x10), random (sends "
                                           "random weights)")
     slowdowns: dict[int, float] = setting(default_factory=dict, group="behaviour", label="Slow devices",
-                                          flag="--slowdown", metavar="DEVICE=FACTOR", help="multiply a device's simulated compute time")
+                                          flag="--slowdown", metavar="DEVICE=FACTOR",
+                                          help="multiply a device's simulated compute time")
     dropout: float = setting(0.0, group="behaviour", label="Dropout probability", bounds=FRACTION,
                              help="probability that a selected device does not answer in a round")
     round_deadline: float | None = setting(None, group="behaviour", label="Round deadline (simulated seconds)",

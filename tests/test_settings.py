@@ -240,7 +240,8 @@ def test_a_new_dataclass_gets_options_types_checks_and_env_names_without_code(ca
     parser = argparse.ArgumentParser()
     add_setting_options(parser, Dummy)
     args = parser.parse_args(["--count", "4", "--limit", "0", "--share", "0.25", "--cutoff", "2", "--mode", "b",
-                              "--name", "x", "--fast", "--no-safe", "--weights", "1=0.5", "--weights", "2=2", "--ids", "3,4 5"])
+                              "--name", "x", "--fast", "--no-safe", "--weights", "1=0.5", "--weights", "2=2",
+                              "--ids", "3,4 5"])
     assert Dummy(**setting_values(args, Dummy)) == Dummy(4, None, 0.25, 2.0, "b", "x", True, False, {1: 0.5, 2: 2.0},
                                                          (3, 4, 5))
     assert Dummy(**setting_values(parser.parse_args([]), Dummy)) == Dummy()
@@ -268,7 +269,7 @@ def render_dummy_setup():
     """A setup panel of :class:`Dummy` fields, each drawn by the dashboard's generic widget (AppTest script)."""
     import streamlit as st
 
-    from app.sidebar import setting_widget
+    from app.setup_widgets import setting_widget
     from engine.settings import declared_settings
     from tests.test_settings import Dummy
 
