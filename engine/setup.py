@@ -1,0 +1,47 @@
+"""What both transports build the same way: the devices' data and the server's test set.
+
+Kept apart from :mod:`engine.federation` so a Flower SuperNode or ServerApp can
+cut exactly the engine's partitions without importing the federation, its
+worker pool or its run loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.datasets import Dataset
+from data.partition import partition, split_local_test
+from devices.device import Device, DeviceData
+from engine.config import FederationConfig
+
+
+@dataclass(frozen=True)
+class ServerTestSet:
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+
+
+def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
+    """Give each device its own copy of its partition, split into local train and test parts."""
+    rng = np.random.default_rng(config.seed)
+    pool = np.arange(len(dataset.y_train))
+    if config.train_samples is not None and config.train_samples < len(pool):
+        pool = np.sort(rng.choice(pool, size=config.train_samples, replace=False))
+    parts = partition(dataset.y_train[pool], config.num_devices, config.partition_spec, config.seed)
+    devices = []
+    for device_id, part in enumerate(parts):
+        train, test = split_local_test(pool[part], config.local_test_fraction, rng)
+        data = DeviceData(dataset.x_train[train], dataset.y_train[train], dataset.x_train[test], dataset.y_train[test])
+        devices.append(
+            Device(device_id, data, config.faults.get(device_id, "none"), config.slowdowns.get(device_id, 1.0))
+        )
+    return devices
+
+
+def server_test_set(dataset: Dataset, config: FederationConfig) -> ServerTestSet:
+    """The server's held-out slice of the test set (``test_samples`` first samples, or all)."""
+    count = min(config.test_samples or len(dataset.y_test), len(dataset.y_test))
+    return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes)
