@@ -104,7 +104,8 @@ def decode_update(update: EncodedUpdate, reference: Weights) -> tuple[Weights | 
         problem = payload_problem(update.payload, reference)
         if problem is not None:
             return None, problem
-        delta = decode_delta(update.payload)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow in the cast is caught just below
+            delta = decode_delta(update.payload)
     except DECODE_ERRORS as error:
         return None, f"malformed update: {type(error).__name__}: {error}"[:300]
     with np.errstate(over="ignore", invalid="ignore"):
