@@ -26,7 +26,7 @@ a linear strategy and do not have one, so every accepted configuration runs
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Sequence
 
 import numpy as np
@@ -135,3 +135,13 @@ def build_aggregation(strategy: Strategy, config) -> Aggregation:
             config.dp_delta, config.seed,
         )
     return aggregation
+
+
+def strategy_state(strategy: Strategy) -> dict[str, Weights]:
+    """The strategy's server-side state (its ``init=False`` fields that hold weights)."""
+    return {f.name: getattr(strategy, f.name) for f in fields(strategy) if not f.init and getattr(strategy, f.name)}
+
+
+def restore_strategy_state(strategy: Strategy, state: dict[str, Weights]) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, list(value))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from dataclasses import fields
 from functools import partial
 from typing import Callable
 
@@ -31,10 +30,10 @@ from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
 from engine.rounds import RoundRunner
 from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
+from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore
 from engine.transport import InProcessTransport
 from engine.strategies import build_strategy
-from engine.strategies.base import Strategy
 
 WAIT_POLL_SECONDS = 0.5
 
@@ -50,16 +49,6 @@ def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, s
         return False, f"Devices train one by one {threads} ({reason})."
     compiled = ", compiled with XLA" if config.xla and compiles_well(ops) else ""
     return True, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."
-
-
-def strategy_state(strategy: Strategy) -> dict[str, Weights]:
-    """The strategy's server-side state (its ``init=False`` fields that hold weights)."""
-    return {f.name: getattr(strategy, f.name) for f in fields(strategy) if not f.init and getattr(strategy, f.name)}
-
-
-def restore_strategy_state(strategy: Strategy, state: dict[str, Weights]) -> None:
-    for name, value in state.items():
-        setattr(strategy, name, list(value))
 
 
 class Federation(FederationBackend):

@@ -13,7 +13,6 @@ import numpy as np
 
 from data.datasets import Dataset
 from data.partition import partition, split_local_test
-from devices.device import Device, DeviceData
 from engine.config import FederationConfig
 
 
@@ -24,16 +23,22 @@ class ServerTestSet:
     num_classes: int
 
 
-def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
-    """Give each device its own copy of its partition, split into local train and test parts."""
+def device_indices(labels: np.ndarray, config: FederationConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each device's (local train, local test) indices into the training set: NumPy only, no TensorFlow."""
     rng = np.random.default_rng(config.seed)
-    pool = np.arange(len(dataset.y_train))
+    pool = np.arange(len(labels))
     if config.train_samples is not None and config.train_samples < len(pool):
         pool = np.sort(rng.choice(pool, size=config.train_samples, replace=False))
-    parts = partition(dataset.y_train[pool], config.num_devices, config.partition_spec, config.seed)
+    parts = partition(labels[pool], config.num_devices, config.partition_spec, config.seed)
+    return [split_local_test(pool[part], config.local_test_fraction, rng) for part in parts]
+
+
+def build_devices(dataset: Dataset, config: FederationConfig) -> list:
+    """Give each device (``devices.device.Device``) its own copy of its partition, split into train and test."""
+    from devices.device import Device, DeviceData  # TensorFlow: only for those who train
+
     devices = []
-    for device_id, part in enumerate(parts):
-        train, test = split_local_test(pool[part], config.local_test_fraction, rng)
+    for device_id, (train, test) in enumerate(device_indices(dataset.y_train, config)):
         data = DeviceData(dataset.x_train[train], dataset.y_train[train], dataset.x_train[test], dataset.y_train[test])
         devices.append(
             Device(device_id, data, config.faults.get(device_id, "none"), config.slowdowns.get(device_id, 1.0))

@@ -71,20 +71,12 @@ WEIGHTS_FILE_VARIABLE = "FL_FLOWER_WEIGHTS_FILE"  # flower_app.server_app reads 
 
 
 def unsupported(config: FederationConfig) -> list[str]:
-    """Why ``config`` cannot run on Flower (empty: it can)."""
+    """Why ``config`` cannot run on Flower (empty: it can): only what real processes cannot do."""
     problems = []
     if config.secure_aggregation:
-        problems.append("secure aggregation is only available in-process")
-    if config.clip_norm is not None or config.noise_multiplier > 0 or config.local_noise_multiplier > 0:
-        problems.append("differential privacy (clipping and noise) is only available in-process")
-    if config.compression != "none":
-        problems.append(f"update compression ({config.compression!r}) is only available in-process")
-    if config.dropout > 0:
-        problems.append("simulated dropout is only available in-process")
-    if config.round_deadline is not None:
-        problems.append("a simulated round deadline (stragglers) is only available in-process")
+        problems.append("secure aggregation is simulated in-process only (Flower's SecAgg+ is not wired in yet)")
     if any(factor != 1.0 for factor in config.slowdowns.values()):
-        problems.append("simulated device slowdowns are only available in-process")
+        problems.append("simulated device slowdowns have no meaning for real processes (they take the time they take)")
     if config.num_devices > MAX_DEVICES:
         problems.append(
             f"{config.num_devices} devices is too many for Flower on this machine "
@@ -123,6 +115,14 @@ def run_config_for(
         "results-file": str(results_file),
         "deactivated-file": str(deactivated_file),
         "faults": ",".join(f"{device}={fault}" for device, fault in sorted(config.faults.items())),
+        "clip-norm": float(config.clip_norm or 0.0),
+        "noise-multiplier": float(config.noise_multiplier),
+        "local-noise-multiplier": float(config.local_noise_multiplier),
+        "dp-delta": float(config.dp_delta),
+        "compression": config.compression,
+        "topk-fraction": float(config.topk_fraction),
+        "dropout": float(config.dropout),
+        "round-deadline": float(config.round_deadline or 0.0),
     }
 
 
@@ -146,7 +146,7 @@ def _number(value: object) -> float:
 
 
 def round_result(line: dict, num_devices: int) -> RoundResult:
-    """One ``results-file`` JSON line (``RoundReport.to_json_dict``) as the engine's RoundResult."""
+    """One ``results-file`` JSON line (``flower_app.records.round_record``) as the engine's RoundResult."""
     devices = tuple(
         DeviceRoundResult(
             device_id=int(key),
@@ -183,8 +183,9 @@ def round_result(line: dict, num_devices: int) -> RoundResult:
         bytes_down=int(line.get("bytes_down") or 0),
         bytes_up=bytes_up,
         confusion=np.asarray(line.get("confusion", []), dtype=np.int64),
-        raw_bytes_up=bytes_up,  # devices send their full float32 weights
-        sampling_rate=min(1.0, len(selected) / active),
+        raw_bytes_up=int(line.get("raw_bytes_up") or bytes_up),
+        sampling_rate=float(line.get("sampling_rate") or min(1.0, len(selected) / active)),
+        epsilon=None if line.get("epsilon") is None else float(line["epsilon"]),
     )
 
 
