@@ -131,8 +131,8 @@ class GridTransport:
             answered.add(partition)
             receive(partition, self._outcome(partition, reply))
         for partition in sorted(set(instructions) - answered):
-            receive(partition, DeviceProblem(partition, "failed",
-                                             f"no reply within {self.settings.round_timeout:g} s"))
+            reason = f"no reply (the node left, or round-timeout {self.settings.round_timeout:g} s passed)"
+            receive(partition, DeviceProblem(partition, "failed", reason))
         return bytes_down
 
     def _outcome(self, partition: int, reply: Message) -> Reply:
