@@ -55,6 +55,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "dropout": 0.0,
     "round-deadline": 0.0,
     "runs-dir": "",
+    "store-run-id": "",
 }
 
 # Run-config keys that decide what a node trains on; a node's cached device is keyed by them.

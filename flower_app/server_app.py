@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -123,7 +124,9 @@ class RunRecorder:
         self.weights_path = weights_file(context.run_config)
         runs_dir = str(context.run_config.get("runs-dir", "") or "").strip()
         self.store = RunStore(Path(runs_dir).expanduser()) if runs_dir else None
-        self.store_run_id: str | None = None
+        self.store_run_id: str | None = str(context.run_config.get("store-run-id", "") or "").strip() or None
+        if self.store is not None and self.store_run_id is not None:
+            self.store.set_status(self.store_run_id, RunStatus.RUNNING.value)
         for what, where in (("one JSON line per round", results_file), ("the global model", self.weights_path),
                             ("the run", self.store and self.store.root)):
             if where is not None:
@@ -136,13 +139,19 @@ class RunRecorder:
             append_json_line(self.results_file, records.round_record(
                 result, transport.nodes, deactivated, self.run_id, transport.extras, transport.roster.refused))
         if self.store is not None:
-            if self.store_run_id is None:
-                devices = max(transport.nodes, default=0) + 1  # partition ids seen so far
-                config = self.config.with_changes(num_devices=max(devices, self.config.min_devices))
-                self.store_run_id = self.store.create_run(config, label=f"Flower run {self.run_id}")
-                self.store.set_status(self.store_run_id, RunStatus.RUNNING.value)
-            self.store.record_round(self.store_run_id, result, weights, strategy_state(strategy),
-                                    private=self.config.secure_aggregation)
+            try:
+                self._store_round(weights, result, transport, strategy)
+            except (OSError, sqlite3.Error) as error:  # as in-process: reported, training goes on
+                log(WARNING, "Could not record round %d in %s: %s", result.round, self.store.root, error)
+
+    def _store_round(self, weights: Weights, result, transport: GridTransport, strategy) -> None:
+        if self.store_run_id is None:
+            devices = max(transport.nodes, default=0) + 1  # partition ids seen so far
+            config = self.config.with_changes(num_devices=max(devices, self.config.min_devices))
+            self.store_run_id = self.store.create_run(config, label=f"Flower run {self.run_id}")
+            self.store.set_status(self.store_run_id, RunStatus.RUNNING.value)
+        self.store.record_round(self.store_run_id, result, weights, strategy_state(strategy),
+                                private=self.config.secure_aggregation)
 
     def end(self, status: RunStatus) -> None:
         if self.store is not None and self.store_run_id is not None:

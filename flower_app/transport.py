@@ -141,7 +141,8 @@ class GridTransport:
         read = records.update_from(reply.content, partition)
         if isinstance(read, str):
             return DeviceProblem(partition, "rejected", read)
-        update, self.extras[partition] = read
+        update, extras = read
+        self.extras[partition] = {**extras, "steps": update.metrics.steps}  # checked with the update in the loop
         return update
 
     # -- between rounds ------------------------------------------------------------------
