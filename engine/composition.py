@@ -16,8 +16,10 @@ wrappers:
   Local noise composes with any strategy (what the server receives is already
   private; aggregating it is post-processing). Central noise needs a strategy
   that aggregates through a mean (``Strategy.linear``).
-- :class:`SecureAggregation` (in :mod:`engine.rounds`): the server only sees
-  the sum of masked updates; needs a linear strategy too.
+- Secure aggregation (``engine.rounds.RoundRunner.aggregate_secure``): the
+  server only sees the sum of masked updates and hands its mean to
+  :meth:`Aggregation.from_mean` (through the privacy layer, for central
+  noise); needs a linear strategy too.
 
 ``engine.config.FederationConfig.problems`` rejects the combinations that need
 a linear strategy and do not have one, so every accepted configuration runs
