@@ -3,8 +3,10 @@
 One deployment (a real SuperLink, real SuperNodes, ``flwr run``) with a test
 ClientApp (``flower_app.testing.hostile_client_app``) that misbehaves on some
 partitions: four send a different bad train reply every round (twelve cases),
-two send unusable query replies. Partition 1 is killed during round 2 and
-partition 8 joins after round 1. Every round must complete, with each bad
+two send unusable query replies. Only partition 0 trains with TensorFlow (the
+real ClientApp); partitions 1 and 8 send valid zero updates cheaply. Partition
+1 is killed during round 2 (while it takes its time) and partition 8 joins
+after round 1. Every round must complete, with each bad
 reply reported as its device's problem and the honest devices aggregated.
 """
 
@@ -23,6 +25,7 @@ from flower_app.testing.hostile_client_app import TRAIN_CASES
 
 PARTITIONS = 9
 HOSTILE = {
+    1: "honest+slow+honest",
     2: "strings+bytes+structured",
     3: "datetime+huge+shape",
     4: "negative-examples+too-many-examples+nan-seconds",
@@ -67,9 +70,9 @@ def hostile_run(data_dir, tmp_path_factory):
     project = hostile_project(PROJECT_ROOT, tmp_path_factory.mktemp("hostile-app"))
     results = workdir / "rounds.jsonl"
     run_config = {
-        "num-server-rounds": ROUNDS, "model": "mlp", "train-samples": 1600, "test-samples": 300,
+        "num-server-rounds": ROUNDS, "model": "mlp", "train-samples": 1600, "local-epochs": 3, "test-samples": 300,
         "min-devices": 1, "round-timeout": 90.0, "results-file": str(results), "data-dir": data_dir,
-        "hostile": ",".join(f"{p}:{cases}" for p, cases in HOSTILE.items()),
+        "hostile": ",".join(f"{p}:{cases}" for p, cases in {**HOSTILE, JOINING: "honest"}.items()),
     }
     nodes = [{"partition-id": i, "num-partitions": PARTITIONS} for i in range(PARTITIONS - 1)]
     local = LocalDeployment(workdir, len(nodes), data_dir=data_dir, node_configs=nodes, project_root=project)
@@ -80,7 +83,7 @@ def hostile_run(data_dir, tmp_path_factory):
         deadline = time.monotonic() + 300
         while not lines(results) and time.monotonic() < deadline and runner.is_alive():
             time.sleep(0.2)
-        time.sleep(3.0)  # round 2's train messages are out; the honest ClientApps are still importing TensorFlow
+        time.sleep(3.0)  # round 2's train messages are out; partition 1 is taking its time
         os.killpg(local.processes[f"supernode-{KILLED}"].pid, signal.SIGTERM)
         local.add_supernode({"partition-id": JOINING, "num-partitions": PARTITIONS})
         runner.join(520)
@@ -99,7 +102,7 @@ def test_a_run_with_hostile_supernodes_completes_every_round(hostile_run):
     for record in rounds:
         assert "0" in record["devices"], record["problems"]  # the honest device is aggregated every round
         assert math.isfinite(record["global_loss"]) and set(record["devices"]) <= {"0", "1", "8"}
-    assert rounds[-1]["global_accuracy"] > 0.3  # the hostile replies never reached the model
+    assert rounds[-1]["global_accuracy"] > 0.2  # chance is 0.1: the hostile replies never reached the model
 
 
 def test_every_bad_reply_is_that_devices_problem_with_its_reason(hostile_run):
@@ -120,7 +123,7 @@ def test_every_bad_reply_is_that_devices_problem_with_its_reason(hostile_run):
 
 def test_a_supernode_killed_mid_round_fails_that_round_and_one_joining_takes_part(hostile_run):
     rounds = hostile_run["rounds"]
-    assert str(KILLED) in rounds[0]["devices"]
+    assert str(KILLED) in rounds[0]["devices"]  # it answered round 1
     assert str(KILLED) not in rounds[1]["devices"]
     assert [p["kind"] for p in rounds[1]["problems"] if p["partition_id"] == KILLED] == ["failed"]
     assert all(str(KILLED) not in r["devices"] for r in rounds[2:])

@@ -4,10 +4,14 @@ The run-config key ``hostile`` names what each partition does wrong, one case
 per round in turn, e.g. ``"2:strings+huge,5:no-node-record"``; every other
 partition is the real :mod:`flower_app.client_app`. Train cases build their
 reply from the received weights' shapes without TensorFlow, so hostile nodes
-cost little. Nothing here is imported by the product.
+cost little. Two cases behave: ``honest`` sends a valid zero update (a cheap
+well-behaved device) and ``slow`` does the same after ``SLOW_SECONDS`` (a
+device to kill mid-round). Nothing here is imported by the product.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -21,6 +25,8 @@ HOSTILE_KEY = "hostile"
 QUERY_CASES = ("no-node-record", "bad-partition-id")
 TRAIN_CASES = ("strings", "bytes", "structured", "datetime", "huge", "shape", "negative-examples",
                "too-many-examples", "nan-seconds", "no-metrics", "payload-strings", "garbage")
+WELL_BEHAVED_CASES = ("honest", "slow")
+SLOW_SECONDS = 60.0
 
 app = ClientApp()
 
@@ -93,9 +99,11 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     spec = node_spec(context.node_config, context.run_config, context.node_id)
-    cases = [c for c in cases_of(context.run_config, spec.partition_id) if c in TRAIN_CASES]
+    cases = [c for c in cases_of(context.run_config, spec.partition_id) if c not in QUERY_CASES]
     if not cases:
         return client_app.train(msg, context)
     server_round = int(msg.content.config_records[records.CONFIG]["server-round"])
     case = cases[(server_round - 1) % len(cases)]
+    if case == "slow":
+        time.sleep(SLOW_SECONDS)
     return Message(hostile_reply(case, msg, client_app.declared_samples(spec)), reply_to=msg)
