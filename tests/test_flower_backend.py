@@ -221,3 +221,20 @@ def test_stop_mid_run_is_prompt_and_leaves_no_processes(fashion, data_dir):
     federation.start()  # a stopped Flower run is not continued: the UI gets a message, nothing crashes
     assert federation.snapshot().status is RunStatus.STOPPED
     assert "cannot be continued" in federation.snapshot().message
+
+
+def test_the_dashboard_reaches_flower_only_through_the_engine():
+    """``app/`` imports ``engine/`` (and ``data/``), never ``flower_app``: engine.backends is the door."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    imported = set()
+    for path in (root / "app").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module.split(".")[0]))
+            elif isinstance(node, ast.Import):
+                imported.update((path.name, alias.name.split(".")[0]) for alias in node.names)
+    assert [(name, module) for name, module in imported if module == "flower_app"] == []
+    assert ("state.py", "engine") in imported
