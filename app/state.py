@@ -121,11 +121,9 @@ def selected_backend() -> str:
 
 def transport_problems(config: FederationConfig) -> list[str]:
     """What the selected backend cannot run, shown in place like every other setup problem."""
-    if selected_backend() != "flower":
-        return []
-    from flower_app.backend import unsupported  # no TensorFlow: cheap enough for every rerun
+    from engine.backends import backend_problems
 
-    return [f"Flower backend: {problem}" for problem in unsupported(config)]
+    return backend_problems(config, selected_backend())
 
 
 def backend_of(federation: Federation) -> str:
@@ -147,9 +145,8 @@ def create_federation(config: FederationConfig) -> Federation | None:
             dataset = dataset_slot(config.dataset, config.data_dir).get(progress=status.write)
             status.write(f"Splitting the data across {config.num_devices} devices and building the "
                          f"{config.model.upper()} model...")
-            from flower_app.backend import create_federation as build  # imports TensorFlow (slow the first time)
-
             from app.runs import current_store, run_label
+            from engine.backends import create_federation as build  # imports TensorFlow (slow the first time)
 
             federation = build(config, selected_backend(), dataset=dataset, store=current_store(),
                                label=run_label(config))

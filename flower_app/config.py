@@ -31,6 +31,8 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "results-file": "",  # one JSON line per round is appended here
     "deactivated": "",  # partition ids never selected, e.g. "1,3"
     "deactivated-file": "",  # re-read every round: partition ids to skip
+    "runs-dir": "",  # record the run in this run store folder (resume, compare, export)
+    "store-run-id": "",  # a run already created in runs-dir to record into ("": a new one)
 }
 
 
