@@ -10,7 +10,7 @@ from data.partition import PARTITION_SCHEMES, PartitionSpec
 from devices.codec import COMPRESSIONS
 from devices.faults import FAULTS
 from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, setting
-from engine.strategies import STRATEGIES, strategy_problems
+from engine.strategies import STRATEGIES, strategy_device_problems, strategy_problems
 
 BUILTIN_MODELS = ("cnn", "mlp")
 OPTIMIZERS = ("sgd", "adam")
@@ -132,6 +132,11 @@ class FederationConfig:
         return self.clip_norm is not None and (self.noise_multiplier > 0 or self.local_noise_multiplier > 0)
 
     @property
+    def devices_per_round(self) -> int:
+        """Devices selected each round while all are active (``fraction`` of them, at least ``min_devices``)."""
+        return min(self.num_devices, max(self.min_devices, math.ceil(self.fraction * self.num_devices)))
+
+    @property
     def partition_spec(self) -> PartitionSpec:
         return PartitionSpec(self.partition, self.alpha, self.shards_per_device, self.quantity_alpha)
 
@@ -154,6 +159,8 @@ class FederationConfig:
         need(self.strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.strategy in STRATEGIES:
             found.extend(strategy_problems(self.strategy, self.strategy_params))
+            if self.num_devices >= 1 and 0 < self.fraction <= 1:
+                found.extend(strategy_device_problems(self.strategy, self.strategy_params, self.devices_per_round))
         need(self.partition in PARTITION_SCHEMES, f"partition must be one of {', '.join(PARTITION_SCHEMES)}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         need(self.num_devices >= 1, "need at least 1 device")

@@ -30,7 +30,7 @@ from engine.config import FederationConfig
 from engine.metrics import confusion_matrix
 from engine.privacy import PrivacyAccountant
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
-from engine.strategies.base import Strategy
+from engine.strategies.base import AggregationSkipped, Strategy
 
 StatusCallback = Callable[[int, DeviceStatus, str], None]
 ProgressCallback = Callable[[int, int], None]
@@ -259,7 +259,11 @@ class RoundRunner:
         if not valid:
             return weights, []
         if not self.config.uses_dp:
-            return self.strategy.aggregate(server_round, weights, valid), accepted
+            try:
+                return self.strategy.aggregate(server_round, weights, valid), accepted
+            except AggregationSkipped as skipped:  # e.g. too few updates for Krum's guarantee
+                arrivals.problems.extend(DeviceProblem(u.device_id, "not aggregated", str(skipped)) for u in valid)
+                return weights, []
         mean = weighted_average([u.weights for u in valid], [1.0] * len(valid))
         mean_delta = [m - w for m, w in zip(mean, weights)]
         noisy = self.add_central_noise(server_round, mean_delta, len(valid))

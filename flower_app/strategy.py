@@ -42,6 +42,7 @@ from devices.messages import DeviceUpdate, TrainInstructions, Weights, weights_n
 from engine.aggregation import update_problem
 from engine.results import DeviceProblem
 from engine.rounds import local_training_instructions, select_devices
+from engine.strategies import AggregationSkipped
 from engine.strategies import Strategy as EngineAggregator
 from flower_app import records
 from flower_app.config import ServerSettings
@@ -283,13 +284,19 @@ class EngineStrategy(Strategy):
                 DeviceProblem(partition, "failed", f"no reply within {self.settings.round_timeout:g} s")
             )
         state.updates.sort(key=lambda u: u.device_id)
+        new_weights = None
+        try:
+            if state.updates:
+                new_weights = self.aggregator.aggregate(server_round, state.weights, state.updates)
+        except AggregationSkipped as skipped:  # e.g. too few updates for Krum's guarantee: keep the model
+            state.problems.extend(DeviceProblem(u.device_id, "not aggregated", str(skipped)) for u in state.updates)
+            state.updates, new_weights = [], None
         state.problems.sort(key=lambda p: p.device_id)
         for problem in state.problems:
             log(WARNING, "partition %s %s: %s", problem.device_id, problem.kind, problem.reason)
         state.trained = self.clock()
-        if not state.updates:
+        if new_weights is None:
             return None, MetricRecord({"devices": 0, "problems": len(state.problems)})
-        new_weights = self.aggregator.aggregate(server_round, state.weights, state.updates)
         samples = sum(u.num_samples for u in state.updates)
         metrics = MetricRecord(
             {

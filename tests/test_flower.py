@@ -227,6 +227,19 @@ def test_strategy_validates_aggregates_and_reports_like_the_engine(tmp_path, ser
     assert "no reply" in problems[1].reason
 
 
+def test_a_round_with_too_few_updates_for_krum_is_reported_not_aggregated(tmp_path, server_identity):
+    settings = server_settings({"seed": 3, "min-devices": 2, "wait-timeout": 5.0})
+    strategy = EngineStrategy(settings, build_strategy("krum"), Roster(), clock=lambda: 0.0, sleep=lambda s: None)
+    grid = FakeGrid({11: 0, 12: 1, 13: 2})
+    messages = list(strategy.configure_train(1, records.to_arrays(weights(0.0)), ConfigRecord(), grid))
+    replies = [reply_to(m, DeviceUpdate(p, weights(float(p)), 100, metrics())) for p, m in enumerate(messages)]
+    arrays, summary = strategy.aggregate_train(1, replies)
+    assert arrays is None and summary["devices"] == 0 and summary["problems"] == 3
+    problems = strategy.finish_round(0.5, 0.8, np.eye(2, dtype=int)).problems
+    assert [p.kind for p in problems] == ["not aggregated"] * 3
+    assert "krum with f=1 needs at least 5 updates, 3 arrived" in problems[0].reason
+
+
 def test_strategy_waits_for_enough_active_devices_then_gives_up(tmp_path, server_identity):
     strategy = make_strategy(tmp_path, deactivated="1")
     with pytest.raises(NotEnoughDevices, match="only 1 active"):

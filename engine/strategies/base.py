@@ -32,9 +32,16 @@ class LocalOptions:
     proximal_mu: float = 0.0  # FedProx: weight of (mu/2)||w - w_global||^2 in the local objective
 
 
-def hyperparameter(default: float, help: str, bounds: Bounds = Bounds()) -> Any:
-    """A dataclass field for a hyper-parameter, with its help text and allowed range."""
-    return field(default=default, metadata={"help": help, "bounds": bounds})
+def hyperparameter(default: float, help: str, bounds: Bounds = Bounds(), integer: bool = False) -> Any:
+    """A dataclass field for a hyper-parameter, with its help text, allowed range and whether it is a count."""
+    return field(default=default, metadata={"help": help, "bounds": bounds, "integer": integer})
+
+
+class AggregationSkipped(ValueError):
+    """A strategy cannot aggregate this round's updates (e.g. too few for its robustness guarantee).
+
+    The round keeps the global model unchanged and reports the message for every update it received.
+    """
 
 
 def state() -> Any:
@@ -65,6 +72,10 @@ class Strategy(ABC):
 
     def local_options(self) -> LocalOptions:
         return LocalOptions()
+
+    def device_problems(self, devices_per_round: int) -> list[str]:
+        """Why this strategy cannot work with ``devices_per_round`` updates a round, one message each; [] if fine."""
+        return []
 
     def aggregate(self, server_round: int, global_weights: Weights, updates: Sequence[DeviceUpdate]) -> Weights:
         """Return the new global weights (default: :meth:`from_mean` of the weighted mean)."""
@@ -109,10 +120,13 @@ class Strategy(ABC):
                 found.append(f"{cls.name}: {name} must be a finite number, got {value!r}")
             elif not bounds.contains(float(value)):
                 found.append(f"{cls.name}: {name} must be {bounds.describe()}, got {value!r}")
+            elif declared[name].metadata.get("integer") and float(value) != int(value):
+                found.append(f"{cls.name}: {name} must be a whole number, got {value!r}")
         return found
 
 
 __all__ = [
+    "AggregationSkipped",
     "Bounds",
     "FRACTION",
     "LocalOptions",
