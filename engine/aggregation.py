@@ -113,3 +113,29 @@ def adaptive_step(global_weights: Weights, m: Weights, v: Weights, learning_rate
 def as_float32(weights: Weights) -> Weights:
     """The weights as float32 arrays (no copy when they already are)."""
     return [np.asarray(array, dtype=np.float32) for array in weights]
+
+
+# --- Fair aggregation: q-FFL (Li et al. 2020) ---------------------------------------------------------
+
+
+def qfedavg_step(
+    global_weights: Weights, local_models: Sequence[Weights], losses: Sequence[float], q: float, lipschitz: float
+) -> Weights:
+    """One server step of q-FedAvg (Li, Sanjabi, Beirami & Smith 2020, Algorithm 2).
+
+    For device k with loss ``F_k`` of the received model: ``dw_k = L (w - w_k)``,
+    ``delta_k = F_k^q dw_k``, ``h_k = q F_k^(q-1) ||dw_k||^2 + L F_k^q``; then
+    ``w = w - sum(delta_k) / sum(h_k)``. Devices with a higher loss weigh more as ``q`` grows;
+    ``q = 0`` is the unweighted mean of the local models.
+    """
+    if not local_models:
+        raise ValueError("nothing to aggregate")
+    loss = np.maximum(np.asarray(losses, np.float64), 1e-12)  # F^(q-1) needs F > 0
+    moves = [[lipschitz * (np.asarray(g, np.float64) - np.asarray(w, np.float64)) for g, w in zip(global_weights, m)]
+             for m in local_models]
+    squared = np.array([sum(float(np.sum(d * d)) for d in move) for move in moves])
+    h_total = float(np.sum(q * loss ** (q - 1) * squared + lipschitz * loss**q))
+    return [
+        np.asarray(g, np.float64) - sum(f**q * move[layer] for f, move in zip(loss, moves)) / h_total
+        for layer, g in enumerate(global_weights)
+    ]

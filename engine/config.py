@@ -202,6 +202,10 @@ class FederationConfig:
                  "(use FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam or FedYogi)")
             need(self.noise_multiplier == 0,
                  f"central DP noise is added to the mean update; {self.strategy} does not use a mean")
+        if self.strategy in STRATEGIES and STRATEGIES[self.strategy].needs_received_loss:
+            need(self.local_test_fraction > 0,
+                 f"{self.strategy} weighs devices by their loss on their local test split; the local test share "
+                 "must be above 0")
         if self.partition == "shards":
             need(self.num_devices * self.shards_per_device <= (self.train_samples or 60_000),
                  "more shards than training samples")

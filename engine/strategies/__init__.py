@@ -14,12 +14,14 @@ from engine.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from engine.strategies.fedprox import FedProx
 from engine.strategies.fedtrimmedavg import FedTrimmedAvg
 from engine.strategies.krum import Krum, MultiKrum
+from engine.strategies.qfedavg import QFedAvg
 
 STRATEGIES: Mapping[str, type[Strategy]] = MappingProxyType(
     {
         cls.name: cls
         for cls in (
             FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan,
+            QFedAvg,
         )
     }
 )
@@ -82,6 +84,7 @@ __all__ = [
     "FedYogi",
     "Krum",
     "MultiKrum",
+    "QFedAvg",
     "LocalOptions",
     "Strategy",
     "UnknownStrategyError",

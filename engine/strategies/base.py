@@ -64,6 +64,7 @@ class Strategy(ABC):
     title: ClassVar[str] = "Strategy"
     summary: ClassVar[str] = ""
     linear: ClassVar[bool] = False
+    needs_received_loss: ClassVar[bool] = False  # uses each device's loss of the model it received
 
     def __post_init__(self) -> None:
         problems = self.parameter_problems({f.name: getattr(self, f.name) for f in self._hyperparameter_fields()})

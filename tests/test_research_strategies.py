@@ -1,0 +1,63 @@
+"""q-FedAvg, FedNova and SCAFFOLD: their math on hand-computed arrays and small real runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from devices.messages import DeviceMetrics, DeviceUpdate
+from engine.aggregation import qfedavg_step
+from engine.config import FederationConfig
+from engine.results import RunStatus
+from engine.strategies import AggregationSkipped, QFedAvg
+
+
+def metrics(received_loss: float = 1.0, steps: int = 1) -> DeviceMetrics:
+    return DeviceMetrics(0.0, 0.0, received_loss, 0.0, 0.0, 0.0, steps, 0.0)
+
+
+def one(*values: float) -> list[np.ndarray]:
+    return [np.array(values, np.float32)]
+
+
+def finished(federation):
+    federation.start()
+    snapshot = federation.wait(timeout=180)
+    assert snapshot.status is RunStatus.FINISHED, snapshot.message
+    return snapshot
+
+
+# --- q-FedAvg ------------------------------------------------------------------------------------------
+
+
+def test_qfedavg_step_by_hand():
+    # w = 1, local models 0 and 3, L = 1, q = 1, losses 2 and 0.5: dw = (1, -2), delta = (2, -1) -> sum 1;
+    # h = (1 * 1 + 2, 1 * 4 + 0.5) -> 7.5; new w = 1 - 1 / 7.5
+    result = qfedavg_step(one(1.0), [one(0.0), one(3.0)], [2.0, 0.5], q=1.0, lipschitz=1.0)
+    np.testing.assert_allclose(result[0], [1 - 1 / 7.5])
+    # L = 2 doubles dw: delta = (4, -2) -> 2 (x F^q); h = (1 * 4 + 4, 1 * 16 + 1) -> 25; new w = 1 - 2 / 25
+    np.testing.assert_allclose(qfedavg_step(one(1.0), [one(0.0), one(3.0)], [2.0, 0.5], 1.0, 2.0)[0], [0.92])
+
+
+def test_qfedavg_with_q_zero_is_the_unweighted_mean_and_q_favours_the_worse_device():
+    models, losses = [one(0.0, 2.0), one(4.0, 6.0)], [0.1, 3.0]
+    np.testing.assert_allclose(qfedavg_step(one(1.0, 1.0), models, losses, q=0.0, lipschitz=5.0)[0], [2.0, 4.0])
+    fair = qfedavg_step(one(2.0, 4.0), models, losses, q=2.0, lipschitz=1.0)[0]
+    assert fair[0] > 2.0 and fair[1] > 4.0  # moved towards the model of the device with loss 3
+
+
+def test_qfedavg_strategy_uses_the_received_loss_and_needs_it():
+    updates = [DeviceUpdate(0, one(0.0), 10, metrics(2.0)), DeviceUpdate(1, one(3.0), 999, metrics(0.5))]
+    np.testing.assert_allclose(QFedAvg(q=1.0, learning_rate=1.0).aggregate(1, one(1.0), updates)[0],
+                               [1 - 1 / 7.5], rtol=1e-6)
+    updates.append(DeviceUpdate(2, one(1.0), 10, metrics(float("nan"))))
+    with pytest.raises(AggregationSkipped, match="device\\(s\\) 2 reported none"):
+        QFedAvg().aggregate(1, one(1.0), updates)
+    assert any("local test share must be above 0" in p
+               for p in FederationConfig(strategy="qfedavg", local_test_fraction=0.0).problems())
+
+
+@pytest.mark.parametrize("strategy", ["qfedavg"])  # krum, multikrum, bulyan: tests/test_robust.py
+def test_new_strategies_learn_on_a_small_iid_run(make_federation, strategy):
+    snapshot = finished(make_federation(num_devices=4, train_samples=1200, test_samples=500, strategy=strategy))
+    assert snapshot.history[-1].global_accuracy > 0.5, snapshot.history[-1].global_accuracy
