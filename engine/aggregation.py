@@ -139,3 +139,38 @@ def qfedavg_step(
         np.asarray(g, np.float64) - sum(f**q * move[layer] for f, move in zip(loss, moves)) / h_total
         for layer, g in enumerate(global_weights)
     ]
+
+
+# --- Normalised averaging: FedNova (Wang et al. 2020) --------------------------------------------------
+
+
+def local_step_norm(steps: int, momentum: float = 0.0) -> float:
+    """``||a||_1`` of FedNova for ``steps`` local SGD steps: ``steps`` for plain SGD, and with momentum rho
+    ``(steps - rho (1 - rho^steps) / (1 - rho)) / (1 - rho)`` (Wang et al. 2020, Section 4)."""
+    if momentum == 0:
+        return float(steps)
+    return (steps - momentum * (1 - momentum**steps) / (1 - momentum)) / (1 - momentum)
+
+
+def fednova_step(
+    global_weights: Weights, local_models: Sequence[Weights], shares: Sequence[float], norms: Sequence[float]
+) -> Weights:
+    """FedNova's server step: ``w - tau_eff * sum_i p_i (w - w_i) / a_i`` with ``tau_eff = sum_i p_i a_i``.
+
+    Each device's update is divided by its own amount of local work ``a_i`` (``||a_i||_1``), so devices that
+    ran more steps no longer pull the model towards their own objective; ``p_i`` (normalised ``shares``, the
+    sample counts) weigh them as in FedAvg. With equal ``a_i`` this is FedAvg.
+    """
+    if not local_models:
+        raise ValueError("nothing to aggregate")
+    p = np.asarray(shares, np.float64) / float(np.sum(shares))
+    a = np.asarray(norms, np.float64)
+    if np.any(a <= 0):
+        raise ValueError(f"every device needs a positive amount of local work, got {a.tolist()}")
+    tau_eff = float(np.sum(p * a))
+    return [
+        np.asarray(g, np.float64)
+        - tau_eff * sum(pi / ai * (np.asarray(g, np.float64) - np.asarray(m[layer], np.float64))
+                        for pi, ai, m in zip(p, a, local_models))
+        for layer, g in enumerate(global_weights)
+    ]

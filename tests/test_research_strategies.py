@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from devices.messages import DeviceMetrics, DeviceUpdate
-from engine.aggregation import qfedavg_step
+from devices.device import Device, DeviceData
+from devices.messages import DeviceMetrics, DeviceUpdate, TrainInstructions
+from devices.trainer import ModelReplica, OptimizerSpec
+from engine.aggregation import fednova_step, local_step_norm, qfedavg_step
 from engine.config import FederationConfig
+from engine.models import ModelRegistry
 from engine.results import RunStatus
-from engine.strategies import AggregationSkipped, QFedAvg
+from engine.strategies import AggregationSkipped, FedAvg, FedNova, QFedAvg
 
 
 def metrics(received_loss: float = 1.0, steps: int = 1) -> DeviceMetrics:
@@ -60,4 +63,55 @@ def test_qfedavg_strategy_uses_the_received_loss_and_needs_it():
 @pytest.mark.parametrize("strategy", ["qfedavg"])  # krum, multikrum, bulyan: tests/test_robust.py
 def test_new_strategies_learn_on_a_small_iid_run(make_federation, strategy):
     snapshot = finished(make_federation(num_devices=4, train_samples=1200, test_samples=500, strategy=strategy))
+    assert snapshot.history[-1].global_accuracy > 0.5, snapshot.history[-1].global_accuracy
+
+
+# --- FedNova ---------------------------------------------------------------------------------------------
+
+
+def test_fednova_step_by_hand():
+    # w = 0; device 1: 1 step to 1 (d = -1); device 2: 4 steps to 2 (d = -0.5); p = (0.5, 0.5); tau_eff = 2.5
+    # new w = 0 - 2.5 * (0.5 * -1 + 0.5 * -0.5) = 1.875 (FedAvg: 1.5)
+    np.testing.assert_allclose(fednova_step(one(0.0), [one(1.0), one(2.0)], [1, 1], [1, 4])[0], [1.875])
+    # equal work is FedAvg: p = (0.25, 0.75) -> 0.25 * 1 + 0.75 * 2
+    np.testing.assert_allclose(fednova_step(one(0.0), [one(1.0), one(2.0)], [1, 3], [3, 3])[0], [1.75])
+
+
+def test_local_step_norm_with_momentum():
+    assert local_step_norm(5) == 5.0
+    # rho = 0.5, 2 steps: a = (1 - 0.25, 1 - 0.5) / 0.5 = (1.5, 1) -> 2.5 = (2 - 0.5 * 0.75 / 0.5) / 0.5
+    assert local_step_norm(2, 0.5) == pytest.approx(2.5)
+
+
+def test_fednova_normalises_real_devices_with_unequal_local_steps(fashion):
+    """Three real devices with 64, 256 and 640 samples run 2, 8 and 20 steps; FedNova is the paper's formula."""
+    replica = ModelReplica(lambda: ModelRegistry().build("mlp", (28, 28, 1), 10), OptimizerSpec("sgd", 0.0))
+    start = replica.get_weights()
+    updates, begin = [], 0
+    for device_id, size in enumerate((64, 256, 640)):
+        x, y = fashion.x_train[begin:begin + size], fashion.y_train[begin:begin + size]
+        begin += size
+        device = Device(device_id, DeviceData(x, y, fashion.x_test[:100], fashion.y_test[:100]))
+        instructions = TrainInstructions(1, start, batch_size=32, learning_rate=0.05, seed=device_id)
+        updates.append(device.fit(instructions, replica, lambda steps: None))
+    assert [u.metrics.steps for u in updates] == [2, 8, 20]
+    p = np.array([64, 256, 640]) / 960
+    tau = np.array([2, 8, 20])
+    expected = [g - (p @ tau) * sum(pi / ti * (g - u.weights[i]) for pi, ti, u in zip(p, tau, updates))
+                for i, g in enumerate(start)]
+    nova = FedNova().aggregate(1, start, updates)
+    avg = FedAvg().aggregate(1, start, updates)
+    for got, want in zip(nova, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    # tau_eff = 15.2 < 20: the busiest device pulls less than under FedAvg, so the models differ clearly
+    moved = lambda weights: np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(weights, start)))  # noqa: E731
+    difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(nova, avg)))
+    assert difference > 0.05 * moved(avg)
+
+
+def test_fednova_learns_under_quantity_skew(make_federation):
+    snapshot = finished(make_federation(num_devices=4, train_samples=1200, test_samples=500, strategy="fednova",
+                                        partition="quantity", quantity_alpha=0.5))
+    sizes = {d.samples for d in snapshot.history[-1].devices}
+    assert len(sizes) > 1  # unequal sizes, so unequal local steps
     assert snapshot.history[-1].global_accuracy > 0.5, snapshot.history[-1].global_accuracy

@@ -10,6 +10,7 @@ from engine.strategies.bulyan import Bulyan
 from engine.strategies.fedavg import FedAvg
 from engine.strategies.fedavgm import FedAvgM
 from engine.strategies.fedmedian import FedMedian
+from engine.strategies.fednova import FedNova
 from engine.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from engine.strategies.fedprox import FedProx
 from engine.strategies.fedtrimmedavg import FedTrimmedAvg
@@ -21,7 +22,7 @@ STRATEGIES: Mapping[str, type[Strategy]] = MappingProxyType(
         cls.name: cls
         for cls in (
             FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan,
-            QFedAvg,
+            QFedAvg, FedNova,
         )
     }
 )
@@ -78,6 +79,7 @@ __all__ = [
     "FedAvg",
     "FedAvgM",
     "FedMedian",
+    "FedNova",
     "FedOpt",
     "FedProx",
     "FedTrimmedAvg",
