@@ -144,14 +144,6 @@ def qfedavg_step(
 # --- Normalised averaging: FedNova (Wang et al. 2020) --------------------------------------------------
 
 
-def local_step_norm(steps: int, momentum: float = 0.0) -> float:
-    """``||a||_1`` of FedNova for ``steps`` local SGD steps: ``steps`` for plain SGD, and with momentum rho
-    ``(steps - rho (1 - rho^steps) / (1 - rho)) / (1 - rho)`` (Wang et al. 2020, Section 4)."""
-    if momentum == 0:
-        return float(steps)
-    return (steps - momentum * (1 - momentum**steps) / (1 - momentum)) / (1 - momentum)
-
-
 def fednova_step(
     global_weights: Weights, local_models: Sequence[Weights], shares: Sequence[float], norms: Sequence[float]
 ) -> Weights:
@@ -174,3 +166,34 @@ def fednova_step(
                         for pi, ai, m in zip(p, a, local_models))
         for layer, g in enumerate(global_weights)
     ]
+
+
+# --- Control variates: SCAFFOLD (Karimireddy et al. 2020) ---------------------------------------------
+
+
+def scaffold_step(
+    global_weights: Weights,
+    local_models: Sequence[Weights],
+    control: Weights,
+    control_deltas: Sequence[Weights],
+    num_devices: int,
+    server_learning_rate: float,
+) -> tuple[Weights, Weights]:
+    """SCAFFOLD's server step (Algorithm 1): ``x + lr_g * mean(y_i - x)`` and ``c + sum(delta c_i) / N``.
+
+    ``N`` is the number of devices in the federation, so ``c`` stays the mean of every device's control
+    variate when only some of them take part in a round.
+    """
+    if not local_models:
+        raise ValueError("nothing to aggregate")
+    count = len(local_models)
+    new_weights = [
+        np.asarray(g, np.float64)
+        + server_learning_rate * sum(np.asarray(m[layer], np.float64) - g for m in local_models) / count
+        for layer, g in enumerate(global_weights)
+    ]
+    new_control = [
+        np.asarray(c, np.float64) + sum(np.asarray(d[layer], np.float64) for d in control_deltas) / num_devices
+        for layer, c in enumerate(control)
+    ]
+    return new_weights, new_control

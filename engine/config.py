@@ -146,8 +146,12 @@ class FederationConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def problems(self, model_names: tuple[str, ...] = BUILTIN_MODELS) -> list[str]:
-        """Every reason this configuration cannot run, in words a user can act on."""
+    def problems(self, model_names: tuple[str, ...] = BUILTIN_MODELS, devices_known: bool = True) -> list[str]:
+        """Every reason this configuration cannot run, in words a user can act on.
+
+        ``devices_known=False`` skips the strategy's device-count conditions (e.g. Krum's n > 2f+2) where the
+        devices only announce themselves at run time (Flower); rounds with too few updates are then reported.
+        """
         found = []
 
         def need(condition: bool, message: str) -> None:
@@ -159,7 +163,7 @@ class FederationConfig:
         need(self.strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.strategy in STRATEGIES:
             found.extend(strategy_problems(self.strategy, self.strategy_params))
-            if self.num_devices >= 1 and 0 < self.fraction <= 1:
+            if devices_known and self.num_devices >= 1 and 0 < self.fraction <= 1:
                 found.extend(strategy_device_problems(self.strategy, self.strategy_params, self.devices_per_round))
         need(self.partition in PARTITION_SCHEMES, f"partition must be one of {', '.join(PARTITION_SCHEMES)}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}")
@@ -202,6 +206,11 @@ class FederationConfig:
                  "(use FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam or FedYogi)")
             need(self.noise_multiplier == 0,
                  f"central DP noise is added to the mean update; {self.strategy} does not use a mean")
+            need(self.noise_multiplier > 0 or not self.uses_dp,
+                 f"with local DP noise the updates are averaged uniformly; {self.strategy} needs each update")
+        if self.strategy in STRATEGIES and STRATEGIES[self.strategy].needs_sgd:
+            need(self.optimizer == "sgd",
+                 f"{self.strategy}'s control variates assume local SGD; use --optimizer sgd (e.g. --lr 0.05)")
         if self.strategy in STRATEGIES and STRATEGIES[self.strategy].needs_received_loss:
             need(self.local_test_fraction > 0,
                  f"{self.strategy} weighs devices by their loss on their local test split; the local test share "
@@ -211,8 +220,8 @@ class FederationConfig:
                  "more shards than training samples")
         return found
 
-    def validate(self, model_names: tuple[str, ...] = BUILTIN_MODELS) -> "FederationConfig":
-        found = self.problems(model_names)
+    def validate(self, model_names: tuple[str, ...] = BUILTIN_MODELS, devices_known: bool = True) -> "FederationConfig":
+        found = self.problems(model_names, devices_known)
         if found:
             raise ConfigError(found)
         return self

@@ -135,6 +135,7 @@ class Federation(FederationBackend):
         self._started_at: float | None = None
         self._closed = False
         self.strategy = build_strategy(config.strategy, config.strategy_params)
+        self.strategy.bind(config.num_devices)
         self.store = store
         self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
         self._runner = RoundRunner(
@@ -167,6 +168,8 @@ class Federation(FederationBackend):
         total = None if more_rounds is None else len(history) + more_rounds
         federation = cls(config.with_changes(rounds=total), dataset, registry, progress, store=store, run_id=run_id)
         federation._restore(history, store.load_checkpoint(run_id, len(history)) if history else None)
+        for device_id, state in store.load_device_states(run_id, len(history)).items():
+            federation.devices[device_id].restore_state(state)
         return federation
 
     def _restore(self, history: list[RoundResult], checkpoint: Checkpoint | None) -> None:
@@ -365,6 +368,9 @@ class Federation(FederationBackend):
         if self.store is None:
             return ""
         try:
+            states = {d.device_id: d.state() for d in self.devices if d.state()}
+            if states and not self.config.secure_aggregation:  # under secure aggregation nothing per device
+                self.store.save_device_states(self.run_id, result.round, states)
             self.store.record_round(
                 self.run_id, result, weights, strategy_state(self.strategy), private=self.config.secure_aggregation
             )

@@ -14,6 +14,7 @@ from devices.codec import decode_delta, encode_delta
 from devices.cohort import Outcome, plan_cohorts
 from devices.device import Device
 from devices.messages import (
+    ControlVariate,
     DeviceUpdate,
     EncodedUpdate,
     PrivacySettings,
@@ -51,6 +52,8 @@ def local_training_instructions(
     config: FederationConfig, strategy: Strategy, server_round: int, device_id: int, weights: Weights, **transport
 ) -> TrainInstructions:
     """What a device is asked to do this round; ``transport`` adds privacy, compression or masking settings."""
+    options = strategy.local_options()
+    control = ControlVariate(options.control_variate, config.momentum) if options.control_variates else None
     return TrainInstructions(
         server_round=server_round,
         weights=weights,
@@ -58,7 +61,8 @@ def local_training_instructions(
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         seed=device_seed(config.seed, server_round, device_id),
-        proximal_mu=strategy.local_options().proximal_mu,
+        proximal_mu=options.proximal_mu,
+        control=control,
         **transport,
     )
 
@@ -233,7 +237,8 @@ class RoundRunner:
         if problem is not None:
             return None, problem
         model = [(w + d).astype(np.float32) for w, d in zip(weights, delta)]
-        return DeviceUpdate(update.device_id, model, update.num_samples, update.metrics), None
+        return DeviceUpdate(update.device_id, model, update.num_samples, update.metrics,
+                            control_delta=update.control_delta), None
 
     def add_central_noise(self, server_round: int, mean_delta: Weights, count: int) -> Weights:
         """DP-FedAvg: Gaussian noise of stddev z * C / n on the mean of n clipped updates."""

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from engine.config import FederationConfig
+from engine.config import ConfigError, FederationConfig
+from engine.strategies import STRATEGIES
 
 # Defaults for keys missing from a run config; pyproject.toml sets the same values.
 RUN_DEFAULTS: dict[str, Any] = {
@@ -109,7 +110,7 @@ def federation_config(
     run_config: Mapping[str, Any], num_devices: int, data_dir: str | None = None
 ) -> FederationConfig:
     """The engine configuration described by a Flower run config, validated."""
-    return FederationConfig(
+    config = FederationConfig(
         dataset=str(_get(run_config, "dataset")),
         data_dir=data_dir,
         model=str(_get(run_config, "model")),
@@ -133,7 +134,11 @@ def federation_config(
         train_samples=_optional_positive(_get(run_config, "train-samples")),
         test_samples=_optional_positive(_get(run_config, "test-samples")),
         faults=parse_faults(_get(run_config, "faults")),
-    ).validate()
+    )
+    reason = STRATEGIES[config.strategy].in_process_only if config.strategy in STRATEGIES else ""
+    if reason:
+        raise ConfigError([f"{config.strategy} runs in-process only: {reason}"])
+    return config.validate(devices_known=False)  # nodes announce themselves: too few updates are reported per round
 
 
 @dataclass(frozen=True)

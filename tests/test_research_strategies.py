@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 
 from devices.device import Device, DeviceData
-from devices.messages import DeviceMetrics, DeviceUpdate, TrainInstructions
+from devices.messages import ControlVariate, DeviceMetrics, DeviceUpdate, TrainInstructions
+from devices.scaffold import control_correction, local_work, updated_control
+from devices.stacked import StackedReplica
 from devices.trainer import ModelReplica, OptimizerSpec
-from engine.aggregation import fednova_step, local_step_norm, qfedavg_step
-from engine.config import FederationConfig
+from engine.aggregation import fednova_step, qfedavg_step, scaffold_step
+from engine.config import ConfigError, FederationConfig
+from engine.federation import Federation
 from engine.models import ModelRegistry
 from engine.results import RunStatus
+from engine.store import RunStore
 from engine.strategies import AggregationSkipped, FedAvg, FedNova, QFedAvg
 
 
@@ -77,10 +81,10 @@ def test_fednova_step_by_hand():
     np.testing.assert_allclose(fednova_step(one(0.0), [one(1.0), one(2.0)], [1, 3], [3, 3])[0], [1.75])
 
 
-def test_local_step_norm_with_momentum():
-    assert local_step_norm(5) == 5.0
+def test_local_work_with_momentum():
+    assert local_work(5) == 5.0
     # rho = 0.5, 2 steps: a = (1 - 0.25, 1 - 0.5) / 0.5 = (1.5, 1) -> 2.5 = (2 - 0.5 * 0.75 / 0.5) / 0.5
-    assert local_step_norm(2, 0.5) == pytest.approx(2.5)
+    assert local_work(2, 0.5) == pytest.approx(2.5)
 
 
 def test_fednova_normalises_real_devices_with_unequal_local_steps(fashion):
@@ -115,3 +119,97 @@ def test_fednova_learns_under_quantity_skew(make_federation):
     sizes = {d.samples for d in snapshot.history[-1].devices}
     assert len(sizes) > 1  # unequal sizes, so unequal local steps
     assert snapshot.history[-1].global_accuracy > 0.5, snapshot.history[-1].global_accuracy
+
+
+# --- SCAFFOLD --------------------------------------------------------------------------------------------
+
+
+def test_scaffold_server_step_by_hand():
+    # x = 0, models 1 and 3: mean move 2, lr_g 0.5 -> 1; c = 1, changes 0.5 and 1.5 over N = 4 -> 1 + 2 / 4
+    weights, control = scaffold_step(one(0.0), [one(1.0), one(3.0)], one(1.0), [one(0.5), one(1.5)], 4, 0.5)
+    np.testing.assert_allclose(weights[0], [1.0])
+    np.testing.assert_allclose(control[0], [1.5])
+
+
+def test_scaffold_device_control_update_by_hand():
+    # option II: c_i+ = c_i - c + (x - y) / (K lr) = 0.1 - 0.2 + (1 - 0.5) / (5 * 0.1) = 0.9, change 0.8
+    instructions = TrainInstructions(1, one(1.0), learning_rate=0.1, control=ControlVariate(one(0.2)))
+    new, change = updated_control(instructions, one(0.1), one(0.5), steps=5)
+    np.testing.assert_allclose(new[0], [0.9], rtol=1e-6)
+    np.testing.assert_allclose(change[0], [0.8], rtol=1e-6)
+    # first round: c and c_i are zero, so c_i+ is the mean local gradient (x - y) / (K lr)
+    first = TrainInstructions(1, one(1.0), learning_rate=0.1, control=ControlVariate())
+    np.testing.assert_allclose(updated_control(first, None, one(0.5), steps=5)[0][0], [1.0])
+    np.testing.assert_allclose(control_correction(ControlVariate(one(0.2)), one(0.5))[0], [-0.3], rtol=1e-6)
+    assert control_correction(None, one(0.5)) is None and control_correction(ControlVariate(), None) is None
+
+
+def test_the_correction_shifts_each_sgd_step_one_by_one_and_stacked(fashion):
+    """Plain SGD, one step: the corrected model is the uncorrected one minus lr * (c - c_i), in both paths."""
+    build = lambda: ModelRegistry().build("mlp", (28, 28, 1), 10)  # noqa: E731
+    replica = ModelReplica(build, OptimizerSpec("sgd", 0.0))
+    start = replica.get_weights()
+    rng = np.random.default_rng(0)
+    corrections = [[rng.normal(0, 0.1, w.shape).astype(np.float32) for w in start] for _ in range(2)]
+    x, y = fashion.x_train[:32], fashion.y_train[:32]
+
+    def one_by_one(correction):
+        replica.set_weights(start)
+        replica.reset_optimizer(0.1)
+        replica.train(x, y, epochs=1, batch_size=32, seed=0, correction=correction)
+        return replica.get_weights()
+
+    plain = one_by_one(None)
+    for correction in corrections:
+        for got, base, c in zip(one_by_one(correction), plain, correction):
+            np.testing.assert_allclose(got, base - 0.1 * c, atol=1e-5)
+    stack = StackedReplica(build, OptimizerSpec("sgd", 0.0), width=2)
+    stack.load(start)
+    stack.reset_optimizer(0.1)
+    stack.train([(x, y), (x, y)], epochs=1, batch_size=32, seeds=[0, 0], corrections=corrections)
+    for device, correction in zip(stack.get_weights(), corrections):
+        for got, base, c in zip(device, plain, correction):
+            np.testing.assert_allclose(got, base - 0.1 * c, atol=1e-5)
+
+
+def test_scaffold_learns_and_a_resume_keeps_the_device_control_variates(fashion, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    config = FederationConfig(model="mlp", num_devices=4, train_samples=1200, test_samples=500, rounds=2,
+                              strategy="scaffold", optimizer="sgd", learning_rate=0.05)
+    federation = Federation(config, dataset=fashion, store=store)
+    try:
+        snapshot = finished(federation)
+        controls = {d.device_id: d.state()["control"] for d in federation.devices}
+        server = federation.strategy._control
+    finally:
+        federation.close()
+    assert snapshot.history[-1].global_accuracy > 0.5, snapshot.history[-1].global_accuracy
+    assert all(np.any(c[0] != 0) for c in controls.values())
+    # the server's c is the mean of the devices' c_i (all took part in every round)
+    np.testing.assert_allclose(server[0], np.mean([c[0] for c in controls.values()], axis=0), atol=1e-6)
+    # SCAFFOLD sends a control-variate change as large as the model next to every update
+    assert snapshot.history[-1].bytes_up > 2 * sum(w.nbytes for w in federation.global_weights) * 4 * 0.99
+    resumed = Federation.reopen(store, federation.run_id, 1, dataset=fashion)
+    try:
+        for device in resumed.devices:
+            for got, want in zip(device.state()["control"], controls[device.device_id]):
+                np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(resumed.strategy._control[0], server[0])
+        assert finished(resumed).round == 3
+    finally:
+        resumed.close()
+
+
+def test_scaffold_needs_local_sgd():
+    problems = FederationConfig(strategy="scaffold").problems()
+    assert any("scaffold's control variates assume local SGD; use --optimizer sgd" in p for p in problems)
+    assert not FederationConfig(strategy="scaffold", optimizer="sgd").problems()
+
+
+def test_flower_runs_refuse_scaffold_and_check_krum_per_round():
+    from flower_app.config import RUN_DEFAULTS, federation_config
+
+    with pytest.raises(ConfigError, match="scaffold runs in-process only: its devices keep a control variate"):
+        federation_config({**RUN_DEFAULTS, "strategy": "scaffold", "optimizer": "sgd"}, num_devices=3)
+    # nodes announce themselves at run time, so Krum's n > 2f+2 is checked per round, not up front
+    assert federation_config({**RUN_DEFAULTS, "strategy": "krum"}, num_devices=2).strategy == "krum"

@@ -44,7 +44,8 @@ def w(*values: float) -> list[np.ndarray]:
 
 def updates(*models: list[np.ndarray], samples: list[int] | None = None) -> list[DeviceUpdate]:
     counts = samples or [1] * len(models)
-    return [DeviceUpdate(i, model, n, METRICS) for i, (model, n) in enumerate(zip(models, counts))]
+    return [DeviceUpdate(i, model, n, METRICS, control_delta=[np.zeros_like(a) for a in model])
+            for i, (model, n) in enumerate(zip(models, counts))]
 
 
 def step(strategy: Strategy, server_round: int, global_weights: list[np.ndarray], mean: list[np.ndarray]):
@@ -58,7 +59,7 @@ def step(strategy: Strategy, server_round: int, global_weights: list[np.ndarray]
 def test_all_strategies_are_registered_in_order():
     assert tuple(STRATEGIES) == (
         "fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
-        "krum", "multikrum", "bulyan", "qfedavg", "fednova",
+        "krum", "multikrum", "bulyan", "qfedavg", "fednova", "scaffold",
     )
     for name, cls in STRATEGIES.items():
         assert cls.name == name and cls.title and cls.summary and cls.__doc__
@@ -297,7 +298,7 @@ def test_every_problem_is_reported_at_once():
 def test_unknown_strategy_lists_the_known_ones():
     assert strategy_problems("fedsgd") == [
         "unknown strategy 'fedsgd'; choose one of fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, "
-        "fedtrimmedavg, krum, multikrum, bulyan, qfedavg, fednova"
+        "fedtrimmedavg, krum, multikrum, bulyan, qfedavg, fednova, scaffold"
     ]
     with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose one of fedavg, fedavgm"):
         build_strategy("fedsgd")

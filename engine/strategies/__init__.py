@@ -16,13 +16,14 @@ from engine.strategies.fedprox import FedProx
 from engine.strategies.fedtrimmedavg import FedTrimmedAvg
 from engine.strategies.krum import Krum, MultiKrum
 from engine.strategies.qfedavg import QFedAvg
+from engine.strategies.scaffold import Scaffold
 
 STRATEGIES: Mapping[str, type[Strategy]] = MappingProxyType(
     {
         cls.name: cls
         for cls in (
             FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan,
-            QFedAvg, FedNova,
+            QFedAvg, FedNova, Scaffold,
         )
     }
 )
@@ -87,6 +88,7 @@ __all__ = [
     "Krum",
     "MultiKrum",
     "QFedAvg",
+    "Scaffold",
     "LocalOptions",
     "Strategy",
     "UnknownStrategyError",

@@ -30,6 +30,8 @@ class LocalOptions:
     """What a strategy asks of the devices' local training."""
 
     proximal_mu: float = 0.0  # FedProx: weight of (mu/2)||w - w_global||^2 in the local objective
+    control_variates: bool = False  # SCAFFOLD: send the server control variate, correct the local gradients
+    control_variate: Weights | None = None  # SCAFFOLD's server control variate c (None: still zero)
 
 
 def hyperparameter(default: float, help: str, bounds: Bounds = Bounds(), integer: bool = False) -> Any:
@@ -65,6 +67,8 @@ class Strategy(ABC):
     summary: ClassVar[str] = ""
     linear: ClassVar[bool] = False
     needs_received_loss: ClassVar[bool] = False  # uses each device's loss of the model it received
+    needs_sgd: ClassVar[bool] = False  # its device-side math assumes local SGD
+    in_process_only: ClassVar[str] = ""  # why it cannot run on Flower yet ("" when it can)
 
     def __post_init__(self) -> None:
         problems = self.parameter_problems({f.name: getattr(self, f.name) for f in self._hyperparameter_fields()})
@@ -73,6 +77,9 @@ class Strategy(ABC):
 
     def local_options(self) -> LocalOptions:
         return LocalOptions()
+
+    def bind(self, num_devices: int) -> None:
+        """Told once how many devices the federation has (SCAFFOLD's server step needs it)."""
 
     def device_problems(self, devices_per_round: int) -> list[str]:
         """Why this strategy cannot work with ``devices_per_round`` updates a round, one message each; [] if fine."""

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from devices.messages import DeviceUpdate, Weights
-from engine.aggregation import as_float32, fednova_step, local_step_norm
+from devices.scaffold import local_work  # FedNova's ||a||_1, shared with SCAFFOLD's devices
+from engine.aggregation import as_float32, fednova_step
 from engine.strategies.base import FRACTION, Strategy, hyperparameter
 
 
@@ -32,6 +33,6 @@ class FedNova(Strategy):
     )
 
     def aggregate(self, server_round: int, global_weights: Weights, updates: Sequence[DeviceUpdate]) -> Weights:
-        norms = [local_step_norm(max(u.metrics.steps, 1), self.local_momentum) for u in updates]
+        norms = [local_work(max(u.metrics.steps, 1), self.local_momentum) for u in updates]
         return as_float32(fednova_step(global_weights, [u.weights for u in updates],
                                        [u.num_samples for u in updates], norms))
