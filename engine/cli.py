@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="share of each tensor's entries sent with --compression topk")
 
     output = run.add_argument_group("output")
+    output.add_argument("--config", metavar="FILE", default=None,
+                        help="read the settings from a TOML file (every FederationConfig field by name, e.g. "
+                             "num_devices = 4); options given here override it")
     add_output_options(output)
     output.add_argument("--label", default="", help="a name for the run in the run list")
     output.add_argument("--no-save", action="store_true", help="do not record the run in the runs directory")
@@ -182,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(command_parser=runs)
     add_runs_dir(runs)
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
+    runs.add_argument("--show", metavar="RUN_ID", default=None,
+                      help="print a run's full configuration as TOML, which run --config accepts")
 
     metrics = commands.add_parser("metrics", help="print a run's per-round metrics as CSV or JSON")
     metrics.set_defaults(command_parser=metrics)
@@ -360,6 +365,13 @@ def resume_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def runs_command(args: argparse.Namespace, out: TextIO) -> int:
+    if args.show:
+        from engine.experiments import config_to_toml
+
+        config = RunStore(args.runs_dir).load_config(args.show)
+        header = f"run {args.show}; run it again with: python -m engine run --config FILE"
+        print(config_to_toml(config, header), file=out, end="")
+        return 0
     runs = RunStore(args.runs_dir).list_runs()
     if args.json:
         for run in runs:
@@ -431,9 +443,35 @@ COMMANDS = {
 }
 
 
+def option_dest(name: str) -> str:
+    """The argparse destination of ``FederationConfig`` field ``name`` (its declared flag, else --name)."""
+    from dataclasses import fields
+
+    spec = next(f.metadata["setting"] for f in fields(FederationConfig) if f.name == name)
+    return (spec.flag or "--" + name.replace("_", "-"))[2:].replace("-", "_")
+
+
+def with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> argparse.Namespace:
+    """Parse again with the ``--config`` file's values as the defaults, so options on the command line win."""
+    from engine.experiments import load_config
+
+    config = load_config(args.config)
+    defaults = {}
+    for name, value in config.to_dict().items():
+        dest = option_dest(name)
+        defaults[dest] = list(value.items()) if isinstance(value, dict) else value
+    args.command_parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run" and args.config:
+        try:
+            args = with_config_file(parser, args, argv)
+        except ConfigError as error:
+            args.command_parser.error(str(error))
     if args.command == "run":
         problems = config_from_args(args).problems()
         if problems:
