@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read the settings from a TOML file (every FederationConfig field by name, e.g. "
                              "num_devices = 4); options given here override it")
     add_output_options(output)
+    output.add_argument("--tensorboard", metavar="DIR", default=None,
+                        help="write TensorBoard event files (global and per-device metrics, bytes, epsilon) to "
+                             "DIR/RUN_ID; view them with: tensorboard --logdir DIR")
     output.add_argument("--label", default="", help="a name for the run in the run list")
     output.add_argument("--no-save", action="store_true", help="do not record the run in the runs directory")
 
@@ -208,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", default=None, help="destination path (default: inside the run's folder)")
     export.add_argument("--data-dir", default=None, help="data folder, for the int8 representative images")
     add_runs_dir(export)
+
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of configurations from a TOML file and compare them",
+        description="Run every combination of a sweep file's [grid] on top of its [base] settings, one after "
+                    "another, record each run, and print a comparison table (final and best accuracy, rounds "
+                    "to the target accuracy, bytes sent, epsilon).",
+    )
+    sweep.set_defaults(command_parser=sweep)
+    sweep.add_argument("sweep_file", metavar="SWEEP_TOML")
+    sweep.add_argument("--no-save", action="store_true", help="do not record the runs in the runs directory")
+    add_output_options(sweep)
 
     delete = commands.add_parser("delete", help="delete a stored run, or all of them")
     delete.set_defaults(command_parser=delete)
@@ -265,6 +279,7 @@ def config_from_args(args: argparse.Namespace) -> FederationConfig:
         secure_aggregation=args.secure_aggregation,
         compression=args.compression,
         topk_fraction=args.topk_fraction,
+        tensorboard=args.tensorboard,
     )
 
 
@@ -429,6 +444,25 @@ def delete_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def sweep_command(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.sweep import load_sweep, run_sweep, table
+
+    sweep = load_sweep(args.sweep_file)
+    names = [name for name, _ in sweep.points[0].values]
+    print(f"{len(sweep.points)} runs: {', '.join(p.label[len('sweep '):] for p in sweep.points)}", file=sys.stderr)
+
+    def on_row(row: dict) -> None:
+        if args.json:
+            print(json.dumps(row), file=out, flush=True)
+        else:
+            print(f"run {row['run_id'] or '-'}: final accuracy {row['final_accuracy']}", file=sys.stderr, flush=True)
+
+    rows = run_sweep(sweep, None if args.no_save else RunStore(args.runs_dir), on_row, progress_to_stderr)
+    if not args.json:
+        print(table(rows, names, sweep.target), file=out)
+    return 0
+
+
 def progress_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -440,6 +474,7 @@ COMMANDS = {
     "metrics": metrics_command,
     "export": export_command,
     "delete": delete_command,
+    "sweep": sweep_command,
 }
 
 
@@ -467,6 +502,13 @@ def with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace, 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        from engine.sweep import load_sweep
+
+        try:
+            load_sweep(args.sweep_file)  # every point checked before anything runs
+        except ConfigError as error:
+            args.command_parser.error(str(error))
     if args.command == "run" and args.config:
         try:
             args = with_config_file(parser, args, argv)

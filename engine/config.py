@@ -126,6 +126,10 @@ class FederationConfig:
     topk_fraction: float = setting(0.01, group="privacy", label="Top-k fraction kept",
                                    bounds=Bounds(0.0, 1.0, low_inclusive=False, high_inclusive=True),
                                    help="share of each tensor's entries sent with --compression topk")
+    # -- tracking ------------------------------------------------------------------------------
+    tensorboard: str | None = setting(None, group="output", label="TensorBoard folder",
+                                      help="write TensorBoard event files (global and per-device metrics, bytes, "
+                                           "epsilon) to a folder per run under this one")
 
     @property
     def uses_dp(self) -> bool:

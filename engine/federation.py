@@ -34,6 +34,7 @@ from engine.rounds import RoundRunner, ServerTestSet
 from engine.store import Checkpoint, RunStore
 from engine.strategies import build_strategy
 from engine.strategies.base import Strategy
+from engine.tracking import TensorBoardLog
 
 WAIT_POLL_SECONDS = 0.5
 
@@ -138,6 +139,10 @@ class Federation(FederationBackend):
         self.strategy.bind(config.num_devices)
         self.store = store
         self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
+        self._tensorboard = None
+        if config.tensorboard:
+            run_name = self.run_id or time.strftime("run-%Y%m%d-%H%M%S")
+            self._tensorboard = TensorBoardLog(config.tensorboard, run_name)
         self._runner = RoundRunner(
             config,
             self.devices,
@@ -221,6 +226,8 @@ class Federation(FederationBackend):
         with self._lock:
             self._closed = True
         self._pool.shutdown()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
     def _activity_changed(self) -> None:
         self._control.poke()  # wake a run waiting for devices
@@ -364,7 +371,12 @@ class Federation(FederationBackend):
         self._set_state(RunStatus.RUNNING, summary)
 
     def _save_round(self, weights: Weights, result: RoundResult) -> str:
-        """Persist the round if this run has a store; a storage error is reported, not fatal."""
+        """Persist the round (run store, TensorBoard) where asked; a storage error is reported, not fatal."""
+        try:
+            if self._tensorboard is not None:
+                self._tensorboard.write(result)
+        except OSError as error:
+            return f" Could not write TensorBoard events ({error}); training goes on."
         if self.store is None:
             return ""
         try:

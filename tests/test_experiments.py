@@ -67,3 +67,52 @@ def test_cli_options_override_the_file_and_runs_show_prints_a_config_that_run_ac
     again = tmp_path / "again.toml"
     again.write_text(shown.getvalue())
     assert load_config(again) == stored
+
+
+def test_a_sweep_runs_the_grid_records_every_run_and_prints_the_table(data_dir, tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    path = tmp_path / "sweep.toml"
+    path.write_text('target = 0.5\n[base]\nmodel = "mlp"\nnum_devices = 3\nrounds = 1\ntrain_samples = 600\n'
+                    'test_samples = 200\n[grid]\nstrategy = ["fedavg", "fedmedian"]\nlocal_epochs = [1, 2]\n')
+    out = io.StringIO()
+    assert cli_main(["sweep", str(path), "--runs-dir", runs], out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["run", "id", "strategy", "local_epochs", "final", "best", "to", "0.5", "MB",
+                                "epsilon"]
+    assert [line.split()[1:3] for line in lines[1:]] == [["fedavg", "1"], ["fedavg", "2"], ["fedmedian", "1"],
+                                                          ["fedmedian", "2"]]
+    stored = RunStore(runs).list_runs()
+    assert len(stored) == 4 and {r.label for r in stored} >= {"sweep strategy=fedmedian local_epochs=2"}
+    assert {line.split()[0] for line in lines[1:]} == {r.run_id for r in stored}
+
+
+def test_an_impossible_sweep_point_stops_the_sweep_before_anything_runs(tmp_path, capsys):
+    path = tmp_path / "sweep.toml"
+    path.write_text('[base]\nnum_devices = 4\n[grid]\nstrategy = ["fedavg", "bulyan"]\n')
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["sweep", str(path), "--no-save"])
+    assert exited.value.code == 2
+    assert "(strategy=bulyan): bulyan with f=1 needs at least 4f+3" in capsys.readouterr().err
+
+
+def test_tensorboard_event_files_hold_the_round_scalars(data_dir, tmp_path):
+    import tensorflow as tf
+
+    out = io.StringIO()
+    assert cli_main(["run", "--model", "mlp", "--devices", "3", "--train-samples", "600", "--test-samples", "200",
+                     "--rounds", "2", "--clip", "1", "--local-noise", "0.5", "--tensorboard", str(tmp_path / "tb"),
+                     "--json", "--runs-dir", str(tmp_path / "runs")], out=out) == 0
+    run_id = json.loads(out.getvalue().splitlines()[-1])["run_id"]
+    files = list((tmp_path / "tb" / run_id).glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    scalars: dict[str, dict[int, float]] = {}
+    for event in tf.compat.v1.train.summary_iterator(str(files[0])):
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    rounds = [json.loads(line) for line in out.getvalue().splitlines()[:-1]]
+    for tag in ("global/accuracy", "bytes/up", "bytes/down", "privacy/epsilon", "device/0/accuracy",
+                "device/2/loss"):
+        assert set(scalars[tag]) == {1, 2}, tag
+    assert scalars["global/accuracy"][2] == pytest.approx(rounds[1]["global_accuracy"])
+    assert scalars["privacy/epsilon"][2] == pytest.approx(rounds[1]["epsilon"]) and rounds[1]["epsilon"] > 0
+    assert scalars["bytes/up"][1] == rounds[0]["bytes_up"]
