@@ -14,9 +14,9 @@ from engine.aggregation import fednova_step, qfedavg_step, scaffold_step
 from engine.config import ConfigError, FederationConfig
 from engine.federation import Federation
 from engine.models import ModelRegistry
-from engine.results import RunStatus
 from engine.store import RunStore
 from engine.strategies import AggregationSkipped, FedAvg, FedNova, QFedAvg
+from tests.conftest import run_to_finish
 
 
 def metrics(received_loss: float = 1.0, steps: int = 1) -> DeviceMetrics:
@@ -25,13 +25,6 @@ def metrics(received_loss: float = 1.0, steps: int = 1) -> DeviceMetrics:
 
 def one(*values: float) -> list[np.ndarray]:
     return [np.array(values, np.float32)]
-
-
-def finished(federation):
-    federation.start()
-    snapshot = federation.wait(timeout=180)
-    assert snapshot.status is RunStatus.FINISHED, snapshot.message
-    return snapshot
 
 
 # --- q-FedAvg ------------------------------------------------------------------------------------------
@@ -66,7 +59,7 @@ def test_qfedavg_strategy_uses_the_received_loss_and_needs_it():
 
 @pytest.mark.parametrize("strategy", ["qfedavg"])  # krum, multikrum, bulyan: tests/test_robust.py
 def test_new_strategies_learn_on_a_small_iid_run(make_federation, strategy):
-    snapshot = finished(make_federation(num_devices=4, train_samples=1200, test_samples=500, strategy=strategy))
+    snapshot = run_to_finish(make_federation(num_devices=4, train_samples=1200, test_samples=500, strategy=strategy))
     assert snapshot.history[-1].global_accuracy > 0.5, snapshot.history[-1].global_accuracy
 
 
@@ -114,7 +107,7 @@ def test_fednova_normalises_real_devices_with_unequal_local_steps(fashion):
 
 
 def test_fednova_learns_under_quantity_skew(make_federation):
-    snapshot = finished(make_federation(num_devices=4, train_samples=1200, test_samples=500, strategy="fednova",
+    snapshot = run_to_finish(make_federation(num_devices=4, train_samples=1200, test_samples=500, strategy="fednova",
                                         partition="quantity", quantity_alpha=0.5))
     sizes = {d.samples for d in snapshot.history[-1].devices}
     assert len(sizes) > 1  # unequal sizes, so unequal local steps
@@ -178,7 +171,7 @@ def test_scaffold_learns_and_a_resume_keeps_the_device_control_variates(fashion,
                               strategy="scaffold", optimizer="sgd", learning_rate=0.05)
     federation = Federation(config, dataset=fashion, store=store)
     try:
-        snapshot = finished(federation)
+        snapshot = run_to_finish(federation)
         controls = {d.device_id: d.state()["control"] for d in federation.devices}
         server = federation.strategy._control
     finally:
@@ -195,7 +188,7 @@ def test_scaffold_learns_and_a_resume_keeps_the_device_control_variates(fashion,
             for got, want in zip(device.state()["control"], controls[device.device_id]):
                 np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(resumed.strategy._control[0], server[0])
-        assert finished(resumed).round == 3
+        assert run_to_finish(resumed).round == 3
     finally:
         resumed.close()
 

@@ -8,7 +8,6 @@ import pytest
 from devices.messages import DeviceMetrics, DeviceUpdate
 from engine.cli import main as cli_main
 from engine.config import FederationConfig
-from engine.results import RunStatus
 from engine.robust import (
     bulyan,
     bulyan_selection,
@@ -19,6 +18,7 @@ from engine.robust import (
     unflatten_like,
 )
 from engine.strategies import AggregationSkipped, Bulyan, Krum, MultiKrum, build_strategy, strategy_problems
+from tests.conftest import run_to_finish
 
 METRICS = DeviceMetrics(0, 0, 0, 0, 0, 0, 0, 0)
 LINE = [0.0, 1.0, 2.0, 10.0, 100.0]  # five one-weight models
@@ -130,17 +130,10 @@ def test_cli_rejects_too_few_devices_with_exit_2(capsys):
 # --- real runs ------------------------------------------------------------------------------------------
 
 
-def finished(federation):
-    federation.start()
-    snapshot = federation.wait(timeout=180)
-    assert snapshot.status is RunStatus.FINISHED, snapshot.message
-    return snapshot
-
-
 def test_krum_multikrum_and_bulyan_hold_where_fedavg_breaks_under_a_scaling_attack(make_federation):
     accuracy = {}
     for strategy in ("fedavg", "krum", "multikrum", "bulyan"):
-        snapshot = finished(make_federation(num_devices=7, train_samples=2100, test_samples=500, faults={3: "scale"},
+        snapshot = run_to_finish(make_federation(num_devices=7, train_samples=2100, test_samples=500, faults={3: "scale"},
                                             strategy=strategy, strategy_params={"f": 1} if strategy != "fedavg" else {}))
         accuracy[strategy] = snapshot.history[-1].global_accuracy
     # measured: fedavg 0.09, krum 0.63 (one device's model), multikrum 0.72, bulyan 0.69
@@ -151,7 +144,7 @@ def test_krum_multikrum_and_bulyan_hold_where_fedavg_breaks_under_a_scaling_atta
 def test_a_round_with_too_few_updates_is_reported_and_keeps_the_model(make_federation):
     federation = make_federation(num_devices=5, train_samples=1000, rounds=1, faults={4: "crash"}, strategy="krum")
     before = federation.global_weights
-    snapshot = finished(federation)
+    snapshot = run_to_finish(federation)
     result = snapshot.history[0]
     assert result.devices == ()
     assert sorted(p.kind for p in result.problems) == ["failed"] + ["not aggregated"] * 4
