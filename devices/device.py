@@ -49,13 +49,15 @@ class Device:
         self._control: Weights | None = None  # SCAFFOLD: this device's control variate c_i (None: zero)
 
     def state(self) -> dict[str, Weights]:
-        """What this device remembers between rounds (kept in the run store so a resume keeps it)."""
-        found = {"control": self._control, "residual": self._residual}
-        return {name: value for name, value in found.items() if value is not None}
+        """What this device must remember between rounds (kept in the run store so a resume keeps it).
+
+        SCAFFOLD's control variate only: top-k's error-feedback residual is not kept (a resume restarts it
+        at zero), since storing it for every device every round would cost a model per device per round.
+        """
+        return {} if self._control is None else {"control": self._control}
 
     def restore_state(self, state: dict[str, Weights]) -> None:
         self._control = state.get("control")
-        self._residual = state.get("residual")
 
     def correction(self, instructions: TrainInstructions) -> Weights | None:
         """SCAFFOLD's gradient correction ``c - c_i`` for this round, or None when the round uses none."""

@@ -7,7 +7,7 @@ import numpy as np
 from devices.messages import ControlVariate, TrainInstructions, Weights
 
 
-def local_work(steps: int, momentum: float) -> float:
+def local_work(steps: int, momentum: float = 0.0) -> float:
     """How far ``steps`` local SGD steps move per unit gradient, in steps: ``steps`` for plain SGD, FedNova's
     ``||a||_1 = (steps - rho (1 - rho^steps) / (1 - rho)) / (1 - rho)`` with momentum rho."""
     if momentum == 0:
