@@ -197,8 +197,6 @@ class FederationConfig:
                  "(use FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam or FedYogi)")
             need(self.noise_multiplier == 0,
                  f"central DP noise is added to the mean update; {self.strategy} does not use a mean")
-            need(self.noise_multiplier > 0 or not self.uses_dp,
-                 f"with local DP noise the updates are averaged uniformly; {self.strategy} needs each update")
         if self.strategy in STRATEGIES and STRATEGIES[self.strategy].needs_sgd:
             need(self.optimizer == "sgd",
                  f"{self.strategy}'s control variates assume local SGD; use --optimizer sgd (e.g. --lr 0.05)")
