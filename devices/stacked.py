@@ -29,6 +29,7 @@ from devices.trainer import (
     TrainResult,
     batch_plan,
     batches_per_epoch,
+    with_correction,
     with_proximal_term,
 )
 
@@ -85,6 +86,7 @@ class StackedReplica:
         self._variables = [tf.Variable(tf.zeros([width, *w.shape])) for w in template.weights]
         self._anchors = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
         self._proximal_mu = tf.Variable(0.0, trainable=False)
+        self._corrections = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
         self.optimizer = LocalOptimizer(optimizer, self._variables)
         images = tf.TensorSpec([None, *self._image_shape], tf.uint8)
         labels = tf.TensorSpec([None], tf.int32)
@@ -108,6 +110,13 @@ class StackedReplica:
             stacked = tf.broadcast_to(tf.constant(value, tf.float32), variable.shape)
             variable.assign(stacked)
             anchor.assign(stacked)
+
+    def _load_corrections(self, corrections: Sequence[Weights | None]) -> None:
+        for layer, variable in enumerate(self._corrections):
+            variable.assign(np.stack([
+                np.zeros(variable.shape[1:], np.float32) if c is None else np.asarray(c[layer], np.float32)
+                for c in corrections
+            ]))
 
     def get_weights(self) -> list[Weights]:
         """Each device's weights, in ``model.weights`` order."""
@@ -141,7 +150,7 @@ class StackedReplica:
                 per_sample, correct = self._losses(images[step], labels[step], mask[step])
                 loss_sums = tf.reduce_sum(per_sample, axis=1)
                 loss = tf.reduce_sum(loss_sums / tf.maximum(count, 1.0))
-            gradients = tape.gradient(loss, variables)
+            gradients = with_correction(tape.gradient(loss, variables), self._corrections)
             gradients = with_proximal_term(gradients, variables, self._anchors, self._proximal_mu)
             self._apply(gradients, training=count > 0)
             loss_total += loss_sums
@@ -180,10 +189,15 @@ class StackedReplica:
         seeds: Sequence[int],
         checkpoint: StackCheckpoint = lambda steps: None,
         proximal_mu: float = 0.0,
+        corrections: Sequence[Weights | None] | None = None,
     ) -> list[TrainResult]:
-        """Train device ``d`` on ``samples[d]`` with shuffling seed ``seeds[d]``, all at once, in place."""
+        """Train device ``d`` on ``samples[d]`` with shuffling seed ``seeds[d]``, all at once, in place.
+
+        ``corrections[d]`` (SCAFFOLD's ``c - c_i`` of device d, or None) is added to its every gradient.
+        """
         started = time.perf_counter()
         self._proximal_mu.assign(proximal_mu)
+        self._load_corrections(corrections or [None] * self.width)
         plans = [batch_plan(len(y), epochs, batch_size, seed) for (_, y), seed in zip(samples, seeds)]
         x, y, offsets = concatenated(samples)
         total_steps = max(len(p) for p in plans)

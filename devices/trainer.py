@@ -92,6 +92,11 @@ class LocalOptimizer:
         self.optimizer.apply_gradients(zip(gradients, variables))
 
 
+def with_correction(gradients, corrections):
+    """SCAFFOLD's corrected gradient ``g - c_i + c``: ``corrections`` hold ``c - c_i`` (zeros otherwise)."""
+    return [g + c for g, c in zip(gradients, corrections)]
+
+
 def with_proximal_term(gradients, variables, anchors, mu):
     """Add the gradient of FedProx's (mu/2)||w - w_received||^2; skipped at run time when mu is 0."""
     return tf.cond(
@@ -99,6 +104,12 @@ def with_proximal_term(gradients, variables, anchors, mu):
         lambda: [g + mu * (v - a) for g, v, a in zip(gradients, variables, anchors)],
         lambda: list(gradients),
     )
+
+
+def trainable_positions(model: keras.Model) -> list[int]:
+    """Where each trainable variable sits in ``model.weights`` (the order of ``get_weights``)."""
+    positions = {id(v): i for i, v in enumerate(model.weights)}
+    return [positions[id(v)] for v in model.trainable_variables]
 
 
 class ModelReplica:
@@ -110,6 +121,10 @@ class ModelReplica:
         # FedProx: the weights received this round and the proximal weight mu
         self._anchors = [tf.Variable(v.value, trainable=False) for v in self.model.trainable_variables]
         self._proximal_mu = tf.Variable(0.0, trainable=False)
+        # SCAFFOLD: c - c_i for each trainable variable (zeros for every other strategy)
+        self._corrections = [tf.Variable(tf.zeros_like(v.value), trainable=False)
+                             for v in self.model.trainable_variables]
+        self._trainable_positions = trainable_positions(self.model)
         self.steps_per_call = steps_per_call
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
         image = tf.TensorSpec([None, *self.model.input_shape[1:-1]], tf.uint8)
@@ -160,7 +175,7 @@ class ModelReplica:
             with tf.GradientTape() as tape:
                 _, loss_sum, correct = self._forward_loss(xb, yb, training=True)
                 loss = loss_sum / tf.cast(end - start, tf.float32)
-            gradients = tape.gradient(loss, variables)
+            gradients = with_correction(tape.gradient(loss, variables), self._corrections)
             self.optimizer.apply(with_proximal_term(gradients, variables, self._anchors, self._proximal_mu), variables)
             loss_total += loss_sum
             correct_total += correct
@@ -184,10 +199,16 @@ class ModelReplica:
         seed: int,
         checkpoint: Checkpoint = lambda steps: None,
         proximal_mu: float = 0.0,
+        correction: Weights | None = None,
     ) -> TrainResult:
-        """Train the current weights on (x, y) in place; ``checkpoint`` runs between chunks."""
+        """Train the current weights on (x, y) in place; ``checkpoint`` runs between chunks.
+
+        ``correction`` (SCAFFOLD's ``c - c_i``, shaped like :meth:`get_weights`) is added to every gradient.
+        """
         started = time.perf_counter()
         self._proximal_mu.assign(proximal_mu)
+        for variable, position in zip(self._corrections, self._trainable_positions):
+            variable.assign(tf.zeros_like(variable) if correction is None else correction[position])
         total_steps = batches_per_epoch(len(x), batch_size) * epochs
         x_t, y_t = tf.constant(x), tf.constant(y, tf.int32)
         order = tf.constant(epoch_orders(len(x), epochs, seed))

@@ -34,6 +34,7 @@ from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore
 from engine.transport import InProcessTransport
 from engine.strategies import build_strategy
+from engine.tracking import TensorBoardLog
 
 WAIT_POLL_SECONDS = 0.5
 
@@ -103,8 +104,13 @@ class Federation(FederationBackend):
         self._started_at: float | None = None
         self._closed = False
         self.strategy = build_strategy(config.strategy, config.strategy_params)
+        self.strategy.bind(config.num_devices)
         self.store = store
         self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
+        self._tensorboard = None
+        if config.tensorboard:
+            run_name = self.run_id or time.strftime("run-%Y%m%d-%H%M%S")
+            self._tensorboard = TensorBoardLog(config.tensorboard, run_name)
         self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
         self._runner = RoundRunner(
             config,
@@ -134,6 +140,8 @@ class Federation(FederationBackend):
         total = None if more_rounds is None else len(history) + more_rounds
         federation = cls(config.with_changes(rounds=total), dataset, registry, progress, store=store, run_id=run_id)
         federation._restore(history, store.load_checkpoint(run_id, len(history)) if history else None)
+        for device_id, state in store.load_device_states(run_id, len(history)).items():
+            federation.devices[device_id].restore_state(state)
         return federation
 
     def _restore(self, history: list[RoundResult], checkpoint: Checkpoint | None) -> None:
@@ -185,6 +193,8 @@ class Federation(FederationBackend):
         with self._lock:
             self._closed = True
         self._pool.shutdown()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
     def _activity_changed(self) -> None:
         self._control.poke()  # wake a run waiting for devices
@@ -328,10 +338,18 @@ class Federation(FederationBackend):
         self._set_state(RunStatus.RUNNING, summary)
 
     def _save_round(self, weights: Weights, result: RoundResult) -> str:
-        """Persist the round if this run has a store; a storage error is reported, not fatal."""
+        """Persist the round (run store, TensorBoard) where asked; a storage error is reported, not fatal."""
+        try:
+            if self._tensorboard is not None:
+                self._tensorboard.write(result)
+        except OSError as error:
+            return f" Could not write TensorBoard events ({error}); training goes on."
         if self.store is None:
             return ""
         try:
+            states = {d.device_id: d.state() for d in self.devices if d.state()}
+            if states and not self.config.secure_aggregation:  # under secure aggregation nothing per device
+                self.store.save_device_states(self.run_id, result.round, states)
             self.store.record_round(
                 self.run_id, result, weights, strategy_state(self.strategy), private=self.config.secure_aggregation
             )

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from devices.messages import DeviceUpdate, EncodedUpdate, TrainInstructions, Weights, weights_nbytes
+from devices.messages import ControlVariate, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights, weights_nbytes
 from devices.secure_aggregation import SecureAggregationPlan, mask_sum, unflatten, unmask_total
 from devices.trainer import ModelReplica
 from engine.aggregation import update_problem
@@ -18,7 +18,7 @@ from engine.config import FederationConfig
 from engine.metrics import confusion_matrix
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
 from engine.setup import ServerTestSet
-from engine.strategies.base import Strategy
+from engine.strategies.base import AggregationSkipped, Strategy
 from engine.transport import Reply, Transport
 from engine.transport_checks import decode_update, masked_problem, reply_problem
 
@@ -41,6 +41,8 @@ def local_training_instructions(
     **transport,
 ) -> TrainInstructions:
     """What a device is asked to do this round; ``transport`` adds privacy, compression or masking settings."""
+    options = strategy.local_options()
+    control = ControlVariate(options.control_variate, config.momentum) if options.control_variates else None
     return TrainInstructions(
         server_round=server_round,
         weights=weights,
@@ -48,7 +50,8 @@ def local_training_instructions(
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         seed=device_seed(config.seed, server_round, device_id),
-        proximal_mu=strategy.local_options().proximal_mu,
+        proximal_mu=options.proximal_mu,
+        control=control,
         **transport,
     )
 
@@ -183,7 +186,8 @@ class RoundRunner:
         model, problem = decode_update(update, weights)
         if problem is not None:
             return None, problem
-        return DeviceUpdate(update.device_id, model, update.num_samples, update.metrics), None
+        return DeviceUpdate(update.device_id, model, update.num_samples, update.metrics,
+                            control_delta=update.control_delta), None
 
     def aggregate_plain(
         self, server_round: int, weights: Weights, arrivals: Arrivals
@@ -200,7 +204,11 @@ class RoundRunner:
             accepted.append(encoded)
         if not valid:
             return weights, []
-        return self.aggregation.aggregate(server_round, weights, valid), accepted
+        try:
+            return self.aggregation.aggregate(server_round, weights, valid), accepted
+        except AggregationSkipped as skipped:  # e.g. too few updates for Krum's guarantee
+            arrivals.problems.extend(DeviceProblem(u.device_id, "not aggregated", str(skipped)) for u in valid)
+            return weights, []
 
     def aggregate_secure(
         self, server_round: int, weights: Weights, arrivals: Arrivals, plans: dict[int, SecureAggregationPlan]

@@ -63,6 +63,7 @@ from engine.results import (
     RunStatus,
     Snapshot,
 )
+from engine.strategies import STRATEGIES
 from flower_app.config import config_run_values, federation_config
 from flower_app.loopback import CONNECTION, LocalDeployment, processes_tagged, run_config_arg
 
@@ -80,6 +81,8 @@ def unsupported(config: FederationConfig) -> list[str]:
         problems.append("secure aggregation is simulated in-process only (Flower's SecAgg+ is not wired in yet)")
     if any(factor != 1.0 for factor in config.slowdowns.values()):
         problems.append("simulated device slowdowns have no meaning for real processes (they take the time they take)")
+    if config.strategy in STRATEGIES and STRATEGIES[config.strategy].in_process_only:
+        problems.append(f"{config.strategy} runs in-process only: {STRATEGIES[config.strategy].in_process_only}")
     if config.num_devices > MAX_DEVICES:
         problems.append(
             f"{config.num_devices} devices is too many for Flower on this machine "

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from engine.config import FederationConfig
+from engine.config import ConfigError, FederationConfig
 from engine.settings import declared_settings, kinds
+from engine.strategies import STRATEGIES
 
 UNTIL_STOPPED_ROUNDS = 1_000_000  # rounds=None ("until stopped"): Flower needs a number
 
@@ -112,7 +113,11 @@ def federation_config(
     not the run config's: the deployment decides them.
     """
     values = config_values(run_config) | {"num_devices": int(num_devices), "data_dir": data_dir}
-    return FederationConfig(**values).validate()
+    config = FederationConfig(**values)
+    reason = STRATEGIES[config.strategy].in_process_only if config.strategy in STRATEGIES else ""
+    if reason:
+        raise ConfigError([f"{config.strategy} runs in-process only: {reason}"])
+    return config.validate(devices_known=False)  # nodes announce themselves: too few updates are reported per round
 
 
 @dataclass(frozen=True)
