@@ -9,6 +9,7 @@ from data.datasets import DATASET_NAMES
 from data.partition import PARTITION_SCHEMES, PartitionSpec
 from devices.codec import COMPRESSIONS
 from devices.faults import FAULTS
+from engine.precision import PRECISIONS
 from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, setting
 from engine.strategies import STRATEGIES, strategy_problems
 
@@ -91,6 +92,18 @@ class FederationConfig:
     xla: bool = setting(False, group="speed", label="Compile stacks with XLA",
                         help="compile stacks of dense-only models (e.g. the MLP) with XLA: faster rounds after "
                              "a compile of a few seconds")
+    precision: str = setting("auto", group="speed", label="Training precision", choices=PRECISIONS,
+                             help="device training precision: bfloat16 computes in bfloat16 with float32 master "
+                                  "weights (the server's model, aggregation and exports stay float32); auto picks "
+                                  "bfloat16 only where the CPU has native bfloat16 (AVX512-BF16 or AMX)")
+    eval_samples: int | None = setting(None, group="speed", label="Test samples evaluated per round (0 = all)",
+                                       bounds=AT_LEAST_ONE,
+                                       help="evaluate the global model each round on a fixed random sample of this "
+                                            "many server test samples, and on all of them every --full-eval-every "
+                                            "rounds and after the last round (default: all, every round)")
+    full_eval_every: int = setting(10, group="speed", label="Full test-set evaluation every N rounds",
+                                   bounds=AT_LEAST_ONE,
+                                   help="with --eval-samples: rounds between evaluations on the whole test set")
     # -- unreliable and malicious devices -------------------------------------------------------
     faults: dict[int, str] = setting(default_factory=dict, group="behaviour", label="Faulty devices", flag="--fault",
                                      help="simulate a faulty device: crash (raises mid-round), nan (sends NaN "
@@ -174,6 +187,9 @@ class FederationConfig:
         need(self.train_samples is None or self.train_samples >= self.num_devices,
              "training samples must be at least the number of devices")
         need(self.test_samples is None or self.test_samples >= 1, "test samples must be at least 1")
+        need(self.eval_samples is None or self.eval_samples >= 1, "test samples evaluated per round must be at least 1")
+        need(self.full_eval_every >= 1, "full test-set evaluation interval must be at least 1 round")
+        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for device, fault in self.faults.items():
             need(0 <= device < self.num_devices, f"fault set for device {device}, which does not exist")
             need(fault in FAULTS, f"fault {fault!r} must be one of {', '.join(FAULTS)}")

@@ -30,7 +30,10 @@ from engine.config import FederationConfig
 from engine.control import RunControl
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
-from engine.rounds import RoundRunner, ServerTestSet
+from engine.evaluation import ServerTestSet
+from engine.hardware import cpu_info
+from engine.precision import precision_note, resolve_precision
+from engine.rounds import RoundRunner
 from engine.store import Checkpoint, RunStore
 from engine.strategies import build_strategy
 from engine.strategies.base import Strategy
@@ -106,11 +109,17 @@ class Federation(FederationBackend):
 
         optimizer = OptimizerSpec(config.optimizer, config.momentum)
 
-        def make_replica() -> ModelReplica:
+        self.precision = resolve_precision(config.precision, cpu_info().native_bf16)
+        precision = self.precision.precision
+
+        def make_replica() -> ModelReplica:  # the server's models: float32 whatever the devices compute in
             return ModelReplica(build_model, optimizer)
 
+        def make_device_replica() -> ModelReplica:
+            return ModelReplica(build_model, optimizer, precision=precision)
+
         def make_stack(width: int) -> StackedReplica:
-            return StackedReplica(build_model, optimizer, width, xla=config.xla)
+            return StackedReplica(build_model, optimizer, width, xla=config.xla, precision=precision)
 
         keras.utils.set_random_seed(config.seed)  # reproducible initial global model
         evaluator = make_replica()
@@ -118,8 +127,9 @@ class Federation(FederationBackend):
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
         self._weights: Weights = evaluator.get_weights()
-        stacks, self.training_note = training_mode(evaluator.model, config)
-        self._pool = WorkerPool(make_replica, config.workers, make_stack if stacks else None)
+        stacks, mode_note = training_mode(evaluator.model, config)
+        self.training_note = f"{mode_note} {precision_note(self.precision)}"
+        self._pool = WorkerPool(make_device_replica, config.workers, make_stack if stacks else None)
         self._control = RunControl()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -321,6 +331,7 @@ class Federation(FederationBackend):
                     active = [i for i, on in enumerate(self._active) if on]
                     server_round = len(self._history) + 1
                     weights = self._weights
+                    last = server_round == self._total_rounds
                 if len(active) < self.config.min_devices:
                     self._set_state(
                         RunStatus.WAITING,
@@ -329,7 +340,7 @@ class Federation(FederationBackend):
                     control.wait(WAIT_POLL_SECONDS)
                     continue
                 self._begin_round(server_round)
-                new_weights, result = self._runner.run(server_round, weights, active, control.checkpoint)
+                new_weights, result = self._runner.run(server_round, weights, active, control.checkpoint, last)
                 self._finish_round(new_weights, result)
             self._end(RunStatus.FINISHED, f"Finished {len(self._history)} rounds.")
         except TrainingStopped:

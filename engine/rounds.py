@@ -27,6 +27,7 @@ from devices.secure_aggregation import SecureAggregationPlan, mask_sum, unflatte
 from devices.trainer import ModelReplica, TrainingStopped
 from engine.aggregation import update_problem, weighted_average
 from engine.config import FederationConfig
+from engine.evaluation import RoundTestSets, ServerTestSet
 from engine.metrics import confusion_matrix
 from engine.privacy import PrivacyAccountant
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
@@ -74,13 +75,6 @@ def task_outcomes(future: Future, count: int) -> list[Outcome]:
     return result if isinstance(result, list) else [result]
 
 
-@dataclass(frozen=True)
-class ServerTestSet:
-    x: np.ndarray
-    y: np.ndarray
-    num_classes: int
-
-
 @dataclass
 class Arrivals:
     """What came back from the devices of one round."""
@@ -109,6 +103,7 @@ class RoundRunner:
         self.evaluator = evaluator
         self.strategy = strategy
         self.test_set = test_set
+        self.test_sets = RoundTestSets.of(test_set, config.eval_samples, config.full_eval_every, config.seed)
         self.on_status = on_status
         self.on_progress = on_progress
         self.accountant = PrivacyAccountant(config.dp_delta) if config.uses_dp else None
@@ -289,11 +284,14 @@ class RoundRunner:
         return self.strategy.from_mean(server_round, weights, [w + d for w, d in zip(weights, noisy)]), arrivals.updates
 
     # -- evaluation and the whole round ----------------------------------------------------
-    def evaluate(self, weights: Weights) -> tuple[float, float, np.ndarray]:
-        """Global loss, accuracy and confusion matrix on the server's held-out test set."""
+    def evaluate(
+        self, weights: Weights, server_round: int = 0, last: bool = True
+    ) -> tuple[float, float, np.ndarray, int]:
+        """Global loss, accuracy, confusion matrix and samples used, on the server's test set or its sample."""
+        test = self.test_sets.for_round(server_round, last)
         self.evaluator.set_weights(weights)
-        loss, accuracy, predicted = self.evaluator.evaluate(self.test_set.x, self.test_set.y)
-        return loss, accuracy, confusion_matrix(self.test_set.y, predicted, self.test_set.num_classes)
+        loss, accuracy, predicted = self.evaluator.evaluate(test.x, test.y)
+        return loss, accuracy, confusion_matrix(test.y, predicted, test.num_classes), len(test.y)
 
     def spend_privacy(self, sampling_rate: float) -> float | None:
         """Compose this round's mechanism into the accountant; epsilon so far (None without DP)."""
@@ -309,8 +307,10 @@ class RoundRunner:
             self.spend_privacy(result.sampling_rate)
 
     def run(
-        self, server_round: int, weights: Weights, active: Sequence[int], checkpoint: Callable[[int], None]
+        self, server_round: int, weights: Weights, active: Sequence[int], checkpoint: Callable[[int], None],
+        last: bool = False,
     ) -> tuple[Weights, RoundResult]:
+        """One round; ``last`` (the run's final round) evaluates on the whole test set."""
         started = time.perf_counter()
         selected = self.select(server_round, active)
         answering, dropped = self.drop_out(server_round, selected)
@@ -323,7 +323,7 @@ class RoundRunner:
         else:
             new_weights, accepted = self.aggregate_plain(server_round, weights, arrivals)
         epsilon = self.spend_privacy(len(selected) / len(active))
-        loss, accuracy, confusion = self.evaluate(new_weights)
+        loss, accuracy, confusion, test_samples = self.evaluate(new_weights, server_round, last)
         finished = time.perf_counter()
         download = len(encode_delta(weights, "none")[0])
         return new_weights, RoundResult(
@@ -342,6 +342,7 @@ class RoundRunner:
             epsilon=epsilon,
             raw_bytes_up=weights_nbytes(weights) * len(arrivals.updates),
             sampling_rate=len(selected) / len(active),
+            test_samples=test_samples,
         )
 
     def _device_result(self, update: EncodedUpdate) -> DeviceRoundResult:

@@ -133,6 +133,7 @@ def federation_config(
         train_samples=_optional_positive(_get(run_config, "train-samples")),
         test_samples=_optional_positive(_get(run_config, "test-samples")),
         faults=parse_faults(_get(run_config, "faults")),
+        precision="float32",  # Flower's devices train in float32 (devices.trainer.ModelReplica's default)
     ).validate()
 
 
