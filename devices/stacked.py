@@ -24,6 +24,7 @@ from devices.precision import compute_dtype
 from devices.stacked_layers import compiles_well, forward, stack_plan
 from devices.trainer import (
     EVAL_BATCH,
+    KERAS_RNG_LOCK,
     LocalOptimizer,
     ModelBuilder,
     OptimizerSpec,
@@ -79,7 +80,8 @@ class StackedReplica:
         """``xla`` compiles the step loop with XLA where that helps (dense-only models): faster rounds
         after a compile of a few seconds per width. ``precision`` ``bfloat16`` computes in bfloat16 on
         float32 master weights (mixed precision)."""
-        template = build_model()
+        with KERAS_RNG_LOCK:
+            template = build_model()
         self._compute_dtype = compute_dtype(precision)
         self.width = width
         self.steps_per_call = steps_per_call

@@ -10,6 +10,7 @@ pause or a stop takes effect.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -25,6 +26,9 @@ ModelBuilder = Callable[[], keras.Model]
 Checkpoint = Callable[[int], None]
 
 EVAL_BATCH = 2048
+# Keras draws initial weights from process-wide random state. Models are built in several threads (workers,
+# warm-ups, other federations), so building one and seeding-then-building the initial global model take turns.
+KERAS_RNG_LOCK = threading.RLock()
 
 
 class TrainingStopped(Exception):
@@ -109,7 +113,8 @@ class ModelReplica:
         self, build_model: ModelBuilder, optimizer: OptimizerSpec, steps_per_call: int = 25, precision: str = "float32"
     ):
         """``precision`` ``bfloat16`` trains in mixed precision: float32 weights, bfloat16 compute."""
-        self.model = in_precision(build_model(), precision)
+        with KERAS_RNG_LOCK:
+            self.model = in_precision(build_model(), precision)
         self.optimizer = LocalOptimizer(optimizer, self.model.trainable_variables)
         # FedProx: the weights received this round and the proximal weight mu
         self._anchors = [tf.Variable(v.value, trainable=False) for v in self.model.trainable_variables]

@@ -28,6 +28,36 @@ def weighted_average(weight_lists: Sequence[Weights], coefficients: Sequence[flo
     ]
 
 
+class MeanDelta:
+    """The weighted mean of many updates' deltas, accumulated one update at a time in place.
+
+    The server adds each decoded delta into one float64 sum per layer as it
+    arrives, so no device's model is ever materialised and memory stays at
+    one model whatever the number of updates. ``mean()`` equals
+    ``weighted_average(deltas, coefficients)`` up to float64 rounding.
+    """
+
+    def __init__(self, reference: Weights):
+        self._sums = [np.zeros(np.shape(w), np.float64) for w in reference]
+        self._scratch = [np.empty(np.shape(w), np.float64) for w in reference]
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, delta: Weights, coefficient: float) -> None:
+        if coefficient < 0:
+            raise ValueError(f"coefficients must be non-negative, got {coefficient}")
+        for total, scratch, layer in zip(self._sums, self._scratch, delta):
+            np.multiply(layer, coefficient, out=scratch)
+            total += scratch
+        self.total += coefficient
+        self.count += 1
+
+    def mean(self) -> Weights:
+        if self.total <= 0:
+            raise ValueError("nothing to average (no update, or all coefficients zero)")
+        return [total / self.total for total in self._sums]
+
+
 def update_problem(weights: Weights, reference: Weights) -> str | None:
     """Why an update cannot be aggregated against ``reference`` (shapes, non-finite values), or None."""
     if len(weights) != len(reference):

@@ -92,7 +92,8 @@ class FederationConfig:
     xla: bool = setting(False, group="speed", label="Compile stacks with XLA",
                         help="compile stacks of dense-only models (e.g. the MLP) with XLA: faster rounds after "
                              "a compile of a few seconds")
-    precision: str = setting("auto", group="speed", label="Training precision", choices=PRECISIONS,
+    # float32 by default: bfloat16 changes results (in the third significant digit), so it is asked for
+    precision: str = setting("float32", group="speed", label="Training precision", choices=PRECISIONS,
                              help="device training precision: bfloat16 computes in bfloat16 with float32 master "
                                   "weights (the server's model, aggregation and exports stay float32); auto picks "
                                   "bfloat16 only where the CPU has native bfloat16 (AVX512-BF16 or AMX)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from concurrent.futures import wait
 from dataclasses import fields
 from functools import partial
 from typing import Callable
@@ -24,7 +25,7 @@ from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.stacked import StackedReplica
 from devices.stacked_layers import NotStackable, compiles_well, stack_plan
-from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
+from devices.trainer import KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
@@ -121,8 +122,9 @@ class Federation(FederationBackend):
         def make_stack(width: int) -> StackedReplica:
             return StackedReplica(build_model, optimizer, width, xla=config.xla, precision=precision)
 
-        keras.utils.set_random_seed(config.seed)  # reproducible initial global model
-        evaluator = make_replica()
+        with KERAS_RNG_LOCK:  # reproducible initial global model, whatever other threads are building
+            keras.utils.set_random_seed(config.seed)
+            evaluator = make_replica()
         self._predictor = make_replica()
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
@@ -157,6 +159,9 @@ class Federation(FederationBackend):
             self._set_device_status,
             self._set_device_progress,
         )
+        # build and trace what round 1 needs in the background: "create" returns at once, round 1 waits if needed
+        self._warm_up = threading.Thread(target=self._warm_up_models, name="federation-warm-up", daemon=True)
+        self._warm_up.start()
 
     @classmethod
     def reopen(
@@ -187,6 +192,19 @@ class Federation(FederationBackend):
                 restore_strategy_state(self.strategy, checkpoint.strategy_state)
             self._message = f"Resumed after round {len(history)}: press start to continue."
         self._runner.replay(history)
+
+    def _warm_up_models(self) -> None:
+        """Build and trace the stacks (or replicas) and the server's evaluation that the first round will use."""
+        try:
+            runner, test = self._runner, self._runner.test_set
+            selected = runner.select(1, range(len(self.devices)))
+            instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
+            widths = [len(group) for group in runner.training_groups(instructions)]
+            futures = self._pool.warm_up(widths, self.dataset.image_shape[:-1], self.config.batch_size)
+            runner.evaluator.evaluate(test.x[:1], test.y[:1])
+            wait(futures)
+        except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
+            pass
 
     # -- control ------------------------------------------------------------------
     def start(self) -> None:
@@ -325,6 +343,7 @@ class Federation(FederationBackend):
         if self.store is not None:
             self.store.set_status(self.run_id, RunStatus.RUNNING.value)
         try:
+            self._warm_up.join()  # normally long done; in a script that starts at once, round 1 needs it anyway
             while self._rounds_left():
                 control.checkpoint()
                 with self._lock:

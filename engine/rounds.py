@@ -25,7 +25,7 @@ from devices.pool import WorkerPool
 from devices.privacy import add_gaussian_noise
 from devices.secure_aggregation import SecureAggregationPlan, mask_sum, unflatten, unmask_total
 from devices.trainer import ModelReplica, TrainingStopped
-from engine.aggregation import update_problem, weighted_average
+from engine.aggregation import MeanDelta, update_problem
 from engine.config import FederationConfig
 from engine.evaluation import RoundTestSets, ServerTestSet
 from engine.metrics import confusion_matrix
@@ -241,6 +241,8 @@ class RoundRunner:
         self, server_round: int, weights: Weights, arrivals: Arrivals
     ) -> tuple[Weights, list[EncodedUpdate]]:
         """Decode and validate each update, then let the strategy aggregate the valid ones."""
+        if self.strategy.linear or self.config.uses_dp:
+            return self.aggregate_mean(server_round, weights, arrivals)
         valid: list[DeviceUpdate] = []
         accepted = []
         for encoded in arrivals.updates:
@@ -253,11 +255,30 @@ class RoundRunner:
             accepted.append(encoded)
         if not valid:
             return weights, []
-        if not self.config.uses_dp:
-            return self.strategy.aggregate(server_round, weights, valid), accepted
-        mean = weighted_average([u.weights for u in valid], [1.0] * len(valid))
-        mean_delta = [m - w for m, w in zip(mean, weights)]
-        noisy = self.add_central_noise(server_round, mean_delta, len(valid))
+        return self.strategy.aggregate(server_round, weights, valid), accepted
+
+    def aggregate_mean(
+        self, server_round: int, weights: Weights, arrivals: Arrivals
+    ) -> tuple[Weights, list[EncodedUpdate]]:
+        """Strategies of the mean (and DP-FedAvg): each valid delta is added into one running mean as decoded.
+
+        Sample-weighted, or uniform under DP (which bounds each device's
+        influence); central DP noise goes on the mean delta.
+        """
+        mean = MeanDelta(weights)
+        accepted = []
+        for encoded in arrivals.updates:
+            delta = decode_delta(encoded.payload)
+            problem = update_problem(delta, weights)
+            if problem is not None:
+                arrivals.problems.append(DeviceProblem(encoded.device_id, "rejected", problem))
+                self.on_status(encoded.device_id, DeviceStatus.REJECTED, problem)
+                continue
+            mean.add(delta, 1.0 if self.config.uses_dp else float(encoded.num_samples))
+            accepted.append(encoded)
+        if not accepted or mean.total <= 0:
+            return weights, []
+        noisy = self.add_central_noise(server_round, mean.mean(), len(accepted)) if self.config.uses_dp else mean.mean()
         return self.strategy.from_mean(server_round, weights, [w + d for w, d in zip(weights, noisy)]), accepted
 
     def aggregate_secure(
