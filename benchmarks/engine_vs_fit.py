@@ -28,19 +28,9 @@ import os
 import statistics
 import time
 
-from benchmarks.child import peak_rss_mb, run_child
+from benchmarks.child import next_round, peak_rss_mb, run_child
 
 BASE = dict(num_devices=10, partition="iid", local_epochs=1, batch_size=32, local_test_fraction=0.0)
-
-
-def next_round(federation):
-    """Run exactly one more round of ``federation`` and return its result."""
-    federation.set_rounds(len(federation.snapshot().history) + 1)
-    federation.start()
-    snapshot = federation.wait()
-    if snapshot.status.value == "failed":
-        raise RuntimeError(snapshot.message)
-    return snapshot.history[-1]
 
 
 def reference_model(model_name: str):

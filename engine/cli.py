@@ -15,6 +15,7 @@ from data.partition import PARTITION_SCHEMES
 from devices.codec import COMPRESSIONS
 from engine.config import BUILTIN_MODELS, OPTIMIZERS, ConfigError, FederationConfig
 from engine.results import RoundResult, RunStatus, Snapshot
+from engine.settings import declared_settings
 from engine.store import RunNotFound, RunStore
 from engine.strategies import STRATEGIES
 
@@ -136,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--xla", action="store_true",
                           help="compile stacks of dense-only models (e.g. the MLP) with XLA: faster rounds after "
                                "a compile of a few seconds")
+    # hand-wired until the CLI is generated from the FederationConfig metadata (engine.settings)
+    for name in ("precision", "eval_samples", "full_eval_every"):
+        spec = next(s for f, s in declared_settings(FederationConfig) if f.name == name)
+        option = dict(choices=spec.choices) if spec.choices else dict(type=positive_int)
+        training.add_argument("--" + name.replace("_", "-"), default=getattr(DEFAULTS, name), help=spec.help, **option)
 
     devices = run.add_argument_group("unreliable and malicious devices")
     devices.add_argument("--fault", type=parse_fault, action="append", default=[], metavar="DEVICE=FAULT",
@@ -249,6 +255,9 @@ def config_from_args(args: argparse.Namespace) -> FederationConfig:
         workers=args.workers,
         stack_width=args.stack_width,
         xla=args.xla,
+        precision=args.precision,
+        eval_samples=args.eval_samples,
+        full_eval_every=args.full_eval_every,
         faults=dict(args.fault),
         slowdowns=dict(args.slowdown),
         dropout=args.dropout,
@@ -269,6 +278,7 @@ def round_json(result: RoundResult) -> dict:
         "global_accuracy": result.global_accuracy,
         "global_loss": result.global_loss,
         "seconds": result.seconds,
+        "test_samples": result.test_samples,
         "bytes_down": result.bytes_down,
         "bytes_up": result.bytes_up,
         "compression_ratio": result.compression_ratio,

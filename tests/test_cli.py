@@ -27,11 +27,13 @@ SMALL = ["--model", "mlp", "--devices", "3", "--train-samples", "1500", "--test-
 
 
 def test_json_output_has_one_object_per_round_and_a_summary(data_dir):
-    result = run_cli("run", *SMALL, "--json")
+    result = run_cli("run", *SMALL, "--json", "--eval-samples", "200", "--precision", "auto")
     assert result.returncode == 0, result.stderr
+    assert "Training in " in result.stderr  # the precision the devices train in, and why
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     rounds, summary = lines[:-1], lines[-1]
     assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["test_samples"] for r in rounds] == [200, 500]  # a sample each round, the whole test set last
     for record in rounds:
         assert {"global_accuracy", "global_loss", "seconds", "devices"} <= set(record)
         assert [d["id"] for d in record["devices"]] == [0, 1, 2]
@@ -74,6 +76,8 @@ def test_help_explains_every_option():
         (["--fraction", "1.5"], "sampling fraction"),
         (["--fault", "x"], "DEVICE=FAULT"),
         (["--lr", "abc"], "invalid float"),
+        (["--precision", "half"], "invalid choice"),
+        (["--eval-samples", "0"], "positive integer"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args, message):
