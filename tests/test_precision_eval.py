@@ -68,4 +68,4 @@ def test_impossible_evaluation_and_precision_settings_are_explained():
     with pytest.raises(ConfigError) as error:
         FederationConfig(eval_samples=0, full_eval_every=0, precision="half").validate()
     text = str(error.value)
-    assert "evaluated per round" in text and "full test-set evaluation" in text and "'half'" in text
+    assert "evaluated per round" in text and "Full test-set evaluation" in text and "'half'" in text
