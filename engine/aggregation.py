@@ -9,32 +9,12 @@ import numpy as np
 from devices.messages import Weights
 
 
-def weighted_average(weight_lists: Sequence[Weights], coefficients: Sequence[float]) -> Weights:
-    """Per-layer average of ``weight_lists`` with ``coefficients`` normalised to sum to one.
+class RunningMean:
+    """A weighted mean of many weight lists (models or deltas), accumulated one at a time in place.
 
-    FedAvg uses the devices' sample counts as coefficients (McMahan et al. 2017).
-    """
-    if not weight_lists:
-        raise ValueError("nothing to average")
-    factors = np.asarray(coefficients, dtype=np.float64)
-    if factors.shape != (len(weight_lists),) or np.any(factors < 0) or factors.sum() <= 0:
-        raise ValueError("need one non-negative coefficient per update, not all zero")
-    factors = factors / factors.sum()
-    return [
-        np.tensordot(factors, np.stack([weights[layer] for weights in weight_lists]), axes=1).astype(
-            weight_lists[0][layer].dtype
-        )
-        for layer in range(len(weight_lists[0]))
-    ]
-
-
-class MeanDelta:
-    """The weighted mean of many updates' deltas, accumulated one update at a time in place.
-
-    The server adds each decoded delta into one float64 sum per layer as it
-    arrives, so no device's model is ever materialised and memory stays at
-    one model whatever the number of updates. ``mean()`` equals
-    ``weighted_average(deltas, coefficients)`` up to float64 rounding.
+    Each list is added into one float64 sum per layer, so memory stays at
+    two models whatever the number of updates (no stacked copy of 100 models,
+    no float64 copy of the stack): what :func:`weighted_average` uses.
     """
 
     def __init__(self, reference: Weights):
@@ -56,6 +36,22 @@ class MeanDelta:
         if self.total <= 0:
             raise ValueError("nothing to average (no update, or all coefficients zero)")
         return [total / self.total for total in self._sums]
+
+
+def weighted_average(weight_lists: Sequence[Weights], coefficients: Sequence[float]) -> Weights:
+    """Per-layer average of ``weight_lists`` with ``coefficients`` normalised to sum to one.
+
+    FedAvg uses the devices' sample counts as coefficients (McMahan et al. 2017).
+    """
+    if not weight_lists:
+        raise ValueError("nothing to average")
+    factors = np.asarray(coefficients, dtype=np.float64)
+    if factors.shape != (len(weight_lists),) or np.any(factors < 0) or factors.sum() <= 0:
+        raise ValueError("need one non-negative coefficient per update, not all zero")
+    mean = RunningMean(weight_lists[0])  # in place: no stacked copy of every model, no float64 copy of the stack
+    for weights, factor in zip(weight_lists, factors):
+        mean.add(weights, float(factor))
+    return [layer.astype(np.asarray(reference).dtype) for layer, reference in zip(mean.mean(), weight_lists[0])]
 
 
 def update_problem(weights: Weights, reference: Weights) -> str | None:

@@ -13,15 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ServerTestSet:
-    x: np.ndarray
-    y: np.ndarray
-    num_classes: int
-
-    def subset(self, indices: np.ndarray) -> "ServerTestSet":
-        return ServerTestSet(self.x[indices], self.y[indices], self.num_classes)
+from engine.setup import ServerTestSet
 
 
 def evaluation_sample(num_test: int, eval_samples: int | None, seed: int) -> np.ndarray | None:
@@ -47,7 +39,7 @@ class RoundTestSets:
     @classmethod
     def of(cls, test_set: ServerTestSet, eval_samples: int | None, full_eval_every: int, seed: int) -> "RoundTestSets":
         indices = evaluation_sample(len(test_set.y), eval_samples, seed)
-        return cls(test_set, test_set if indices is None else test_set.subset(indices), full_eval_every)
+        return cls(test_set, test_set if indices is None else ServerTestSet(test_set.x[indices], test_set.y[indices], test_set.num_classes), full_eval_every)
 
     def for_round(self, server_round: int, last: bool) -> ServerTestSet:
         if self.sample is self.full or evaluates_everything(server_round, last, self.full_eval_every):
