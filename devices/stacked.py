@@ -20,9 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from devices.messages import Weights
+from devices.precision import compute_dtype
 from devices.stacked_layers import compiles_well, forward, stack_plan
 from devices.trainer import (
     EVAL_BATCH,
+    KERAS_RNG_LOCK,
     LocalOptimizer,
     ModelBuilder,
     OptimizerSpec,
@@ -74,11 +76,14 @@ class StackedReplica:
 
     def __init__(
         self, build_model: ModelBuilder, optimizer: OptimizerSpec, width: int, steps_per_call: int = 25,
-        xla: bool = False,
+        xla: bool = False, precision: str = "float32",
     ):
         """``xla`` compiles the step loop with XLA where that helps (dense-only models): faster rounds
-        after a compile of a few seconds per width."""
-        template = build_model()
+        after a compile of a few seconds per width. ``precision`` ``bfloat16`` computes in bfloat16 on
+        float32 master weights (mixed precision)."""
+        with KERAS_RNG_LOCK:
+            template = build_model()
+        self._compute_dtype = compute_dtype(precision)
         self.width = width
         self.steps_per_call = steps_per_call
         self._ops = stack_plan(template)
@@ -129,7 +134,10 @@ class StackedReplica:
     # -- compiled steps --------------------------------------------------------
     def _losses(self, images, labels, mask):
         """Per-sample cross-entropy ``[D, B]`` (masked) and correct predictions of each device's batch."""
-        logits = forward(self._ops, self._variables, tf.cast(images, tf.float32) / 255.0)
+        dtype = self._compute_dtype
+        weights = self._variables if dtype == tf.float32 else [tf.cast(v, dtype) for v in self._variables]
+        images = tf.cast(tf.cast(images, tf.float32) / 255.0, dtype)
+        logits = tf.cast(forward(self._ops, weights, images), tf.float32)  # the loss is float32 in any precision
         per_sample = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True) * mask
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32) * mask
         return per_sample, correct

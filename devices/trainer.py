@@ -10,6 +10,7 @@ pause or a stop takes effect.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -19,11 +20,15 @@ import numpy as np
 import tensorflow as tf
 
 from devices.messages import Weights
+from devices.precision import in_precision
 
 ModelBuilder = Callable[[], keras.Model]
 Checkpoint = Callable[[int], None]
 
 EVAL_BATCH = 2048
+# Keras draws initial weights from process-wide random state. Models are built in several threads (workers,
+# warm-ups, other federations), so building one and seeding-then-building the initial global model take turns.
+KERAS_RNG_LOCK = threading.RLock()
 
 
 class TrainingStopped(Exception):
@@ -115,8 +120,12 @@ def trainable_positions(model: keras.Model) -> list[int]:
 class ModelReplica:
     """One model, one optimizer and their compiled train/evaluate functions."""
 
-    def __init__(self, build_model: ModelBuilder, optimizer: OptimizerSpec, steps_per_call: int = 25):
-        self.model = build_model()
+    def __init__(
+        self, build_model: ModelBuilder, optimizer: OptimizerSpec, steps_per_call: int = 25, precision: str = "float32"
+    ):
+        """``precision`` ``bfloat16`` trains in mixed precision: float32 weights, bfloat16 compute."""
+        with KERAS_RNG_LOCK:
+            self.model = in_precision(build_model(), precision)
         self.optimizer = LocalOptimizer(optimizer, self.model.trainable_variables)
         # FedProx: the weights received this round and the proximal weight mu
         self._anchors = [tf.Variable(v.value, trainable=False) for v in self.model.trainable_variables]
@@ -155,7 +164,7 @@ class ModelReplica:
     # -- compiled steps ----------------------------------------------------
     def _forward_loss(self, x_uint8, y, training):
         images = tf.expand_dims(tf.cast(x_uint8, tf.float32) / 255.0, -1)
-        logits = self.model(images, training=training)
+        logits = tf.cast(self.model(images, training=training), tf.float32)  # the loss is float32 in any precision
         loss_sum = self._loss(y, logits)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
         return logits, loss_sum, correct
@@ -187,7 +196,7 @@ class ModelReplica:
         return loss_sum, tf.argmax(logits, -1, output_type=tf.int32)
 
     def _predict_impl(self, images):
-        return tf.nn.softmax(self.model(tf.expand_dims(images, -1), training=False))
+        return tf.nn.softmax(tf.cast(self.model(tf.expand_dims(images, -1), training=False), tf.float32))
 
     # -- public API ----------------------------------------------------------
     def train(

@@ -9,6 +9,35 @@ import numpy as np
 from devices.messages import Weights
 
 
+class RunningMean:
+    """A weighted mean of many weight lists (models or deltas), accumulated one at a time in place.
+
+    Each list is added into one float64 sum per layer, so memory stays at
+    two models whatever the number of updates (no stacked copy of 100 models,
+    no float64 copy of the stack): what :func:`weighted_average` uses.
+    """
+
+    def __init__(self, reference: Weights):
+        self._sums = [np.zeros(np.shape(w), np.float64) for w in reference]
+        self._scratch = [np.empty(np.shape(w), np.float64) for w in reference]
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, delta: Weights, coefficient: float) -> None:
+        if coefficient < 0:
+            raise ValueError(f"coefficients must be non-negative, got {coefficient}")
+        for total, scratch, layer in zip(self._sums, self._scratch, delta):
+            np.multiply(layer, coefficient, out=scratch)
+            total += scratch
+        self.total += coefficient
+        self.count += 1
+
+    def mean(self) -> Weights:
+        if self.total <= 0:
+            raise ValueError("nothing to average (no update, or all coefficients zero)")
+        return [total / self.total for total in self._sums]
+
+
 def weighted_average(weight_lists: Sequence[Weights], coefficients: Sequence[float]) -> Weights:
     """Per-layer average of ``weight_lists`` with ``coefficients`` normalised to sum to one.
 
@@ -19,13 +48,10 @@ def weighted_average(weight_lists: Sequence[Weights], coefficients: Sequence[flo
     factors = np.asarray(coefficients, dtype=np.float64)
     if factors.shape != (len(weight_lists),) or np.any(factors < 0) or factors.sum() <= 0:
         raise ValueError("need one non-negative coefficient per update, not all zero")
-    factors = factors / factors.sum()
-    return [
-        np.tensordot(factors, np.stack([weights[layer] for weights in weight_lists]), axes=1).astype(
-            weight_lists[0][layer].dtype
-        )
-        for layer in range(len(weight_lists[0]))
-    ]
+    mean = RunningMean(weight_lists[0])  # in place: no stacked copy of every model, no float64 copy of the stack
+    for weights, factor in zip(weight_lists, factors):
+        mean.add(weights, float(factor))
+    return [layer.astype(np.asarray(reference).dtype) for layer, reference in zip(mean.mean(), weight_lists[0])]
 
 
 def update_problem(weights: Weights, reference: Weights) -> str | None:

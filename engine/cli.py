@@ -156,6 +156,7 @@ def round_json(result: RoundResult) -> dict:
         "global_accuracy": result.global_accuracy,
         "global_loss": result.global_loss,
         "seconds": result.seconds,
+        "test_samples": result.test_samples,
         "bytes_down": result.bytes_down,
         "bytes_up": result.bytes_up,
         "compression_ratio": result.compression_ratio,

@@ -9,6 +9,7 @@ from data.datasets import DATASET_NAMES, TRAIN_SET_SIZES
 from data.partition import PARTITION_SCHEMES, PartitionSpec
 from devices.codec import COMPRESSIONS
 from devices.faults import FAULTS
+from engine.precision import PRECISIONS
 from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, field_problems, setting
 from engine.strategies import STRATEGIES, strategy_device_problems, strategy_problems
 
@@ -91,6 +92,19 @@ class FederationConfig:
     xla: bool = setting(False, group="speed", label="Compile stacks with XLA",
                         help="compile stacks of dense-only models (e.g. the MLP) with XLA: faster rounds after "
                              "a compile of a few seconds")
+    # float32 by default: bfloat16 changes results (in the third significant digit), so it is asked for
+    precision: str = setting("float32", group="speed", label="Training precision", choices=PRECISIONS,
+                             help="device training precision: bfloat16 computes in bfloat16 with float32 master "
+                                  "weights (the server's model, aggregation and exports stay float32); auto picks "
+                                  "bfloat16 only where the CPU has native bfloat16 (AVX512-BF16 or AMX)")
+    eval_samples: int | None = setting(None, group="speed", label="Test samples evaluated per round (0 = all)",
+                                       bounds=AT_LEAST_ONE,
+                                       help="evaluate the global model each round on a fixed random sample of this "
+                                            "many server test samples, and on all of them every --full-eval-every "
+                                            "rounds and after the last round (default: all, every round)")
+    full_eval_every: int = setting(10, group="speed", label="Full test-set evaluation every N rounds",
+                                   bounds=AT_LEAST_ONE,
+                                   help="with --eval-samples: rounds between evaluations on the whole test set")
     # -- unreliable and malicious devices -------------------------------------------------------
     faults: dict[int, str] = setting(default_factory=dict, group="behaviour", label="Faulty devices", flag="--fault",
                                      metavar="DEVICE=FAULT",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from concurrent.futures import wait
 from functools import partial
 from typing import Callable
 
@@ -22,12 +23,14 @@ from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.stacked import StackedReplica
 from devices.stacked_layers import NotStackable, compiles_well, stack_plan
-from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
+from devices.trainer import KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
+from engine.hardware import cpu_info
+from engine.precision import precision_note, resolve_precision
 from engine.rounds import RoundRunner
 from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
 from engine.composition import restore_strategy_state, strategy_state
@@ -75,20 +78,28 @@ class Federation(FederationBackend):
 
         optimizer = OptimizerSpec(config.optimizer, config.momentum)
 
-        def make_replica() -> ModelReplica:
+        self.precision = resolve_precision(config.precision, cpu_info().native_bf16)
+        precision = self.precision.precision
+
+        def make_replica() -> ModelReplica:  # the server's models: float32 whatever the devices compute in
             return ModelReplica(build_model, optimizer)
 
-        def make_stack(width: int) -> StackedReplica:
-            return StackedReplica(build_model, optimizer, width, xla=config.xla)
+        def make_device_replica() -> ModelReplica:
+            return ModelReplica(build_model, optimizer, precision=precision)
 
-        keras.utils.set_random_seed(config.seed)  # reproducible initial global model
-        evaluator = make_replica()
+        def make_stack(width: int) -> StackedReplica:
+            return StackedReplica(build_model, optimizer, width, xla=config.xla, precision=precision)
+
+        with KERAS_RNG_LOCK:  # reproducible initial global model, whatever other threads are building
+            keras.utils.set_random_seed(config.seed)
+            evaluator = make_replica()
         self._predictor = make_replica()
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
         self._weights: Weights = evaluator.get_weights()
-        stacks, self.training_note = training_mode(evaluator.model, config)
-        self._pool = WorkerPool(make_replica, config.workers, make_stack if stacks else None)
+        stacks, mode_note = training_mode(evaluator.model, config)
+        self.training_note = f"{mode_note} {precision_note(self.precision)}"
+        self._pool = WorkerPool(make_device_replica, config.workers, make_stack if stacks else None)
         self._control = RunControl()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -120,6 +131,9 @@ class Federation(FederationBackend):
             server_test_set(self.dataset, config),
             self._set_device_status,
         )
+        # build and trace what round 1 needs in the background: "create" returns at once, round 1 waits if needed
+        self._warm_up = threading.Thread(target=self._warm_up_models, name="federation-warm-up", daemon=True)
+        self._warm_up.start()
 
     @classmethod
     def reopen(
@@ -152,6 +166,19 @@ class Federation(FederationBackend):
                 restore_strategy_state(self.strategy, checkpoint.strategy_state)
             self._message = f"Resumed after round {len(history)}: press start to continue."
         self._runner.replay(history)
+
+    def _warm_up_models(self) -> None:
+        """Build and trace the stacks (or replicas) and the server's evaluation that the first round will use."""
+        try:
+            runner, test = self._runner, self._runner.test_set
+            selected = runner.select(1, range(len(self.devices)))
+            instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
+            widths = [len(group) for group in self.transport.training_groups(instructions)]
+            futures = self._pool.warm_up(widths, self.dataset.image_shape[:-1], self.config.batch_size)
+            runner.evaluator.evaluate(test.x[:1], test.y[:1])
+            wait(futures)
+        except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
+            pass
 
     # -- control ------------------------------------------------------------------
     def start(self) -> None:
@@ -292,12 +319,14 @@ class Federation(FederationBackend):
         if self.store is not None:
             self.store.set_status(self.run_id, RunStatus.RUNNING.value)
         try:
+            self._warm_up.join()  # normally long done; in a script that starts at once, round 1 needs it anyway
             while self._rounds_left():
                 control.checkpoint()
                 with self._lock:
                     active = [i for i, on in enumerate(self._active) if on]
                     server_round = len(self._history) + 1
                     weights = self._weights
+                    last = server_round == self._total_rounds
                 if len(active) < self.config.min_devices:
                     self._set_state(
                         RunStatus.WAITING,
@@ -306,7 +335,7 @@ class Federation(FederationBackend):
                     control.wait(WAIT_POLL_SECONDS)
                     continue
                 self._begin_round(server_round)
-                new_weights, result = self._runner.run(server_round, weights, active, control.checkpoint)
+                new_weights, result = self._runner.run(server_round, weights, active, control.checkpoint, last)
                 self._finish_round(new_weights, result)
             self._end(RunStatus.FINISHED, f"Finished {len(self._history)} rounds.")
         except TrainingStopped:

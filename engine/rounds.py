@@ -15,6 +15,7 @@ from devices.trainer import ModelReplica
 from engine.aggregation import update_problem
 from engine.composition import Aggregation, build_aggregation
 from engine.config import FederationConfig
+from engine.evaluation import RoundTestSets
 from engine.metrics import confusion_matrix
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
 from engine.setup import ServerTestSet
@@ -88,6 +89,7 @@ class RoundRunner:
         self.strategy = strategy
         self.aggregation = build_aggregation(strategy, config)
         self.test_set = test_set
+        self.test_sets = RoundTestSets.of(test_set, config.eval_samples, config.full_eval_every, config.seed)
         self.on_status = on_status
 
     # -- selection -------------------------------------------------------------------
@@ -241,11 +243,14 @@ class RoundRunner:
         return self.aggregation.from_mean(server_round, weights, mean, len(survivors)), delivered
 
     # -- evaluation and the whole round ----------------------------------------------------
-    def evaluate(self, weights: Weights) -> tuple[float, float, np.ndarray]:
-        """Global loss, accuracy and confusion matrix on the server's held-out test set."""
+    def evaluate(
+        self, weights: Weights, server_round: int = 0, last: bool = True
+    ) -> tuple[float, float, np.ndarray, int]:
+        """Global loss, accuracy, confusion matrix and samples used, on the server's test set or its sample."""
+        test = self.test_sets.for_round(server_round, last)
         self.evaluator.set_weights(weights)
-        loss, accuracy, predicted = self.evaluator.evaluate(self.test_set.x, self.test_set.y)
-        return loss, accuracy, confusion_matrix(self.test_set.y, predicted, self.test_set.num_classes)
+        loss, accuracy, predicted = self.evaluator.evaluate(test.x, test.y)
+        return loss, accuracy, confusion_matrix(test.y, predicted, test.num_classes), len(test.y)
 
     def spend_privacy(self, sampling_rate: float) -> float | None:
         """Compose this round's mechanism into the accountant; epsilon so far (None without DP)."""
@@ -257,8 +262,10 @@ class RoundRunner:
             self.spend_privacy(result.sampling_rate)
 
     def run(
-        self, server_round: int, weights: Weights, active: Sequence[int], checkpoint: Callable[[int], None]
+        self, server_round: int, weights: Weights, active: Sequence[int], checkpoint: Callable[[int], None],
+        last: bool = False,
     ) -> tuple[Weights, RoundResult]:
+        """One round; ``last`` (the run's final round) evaluates on the whole test set."""
         started = time.perf_counter()
         selected = self.select(server_round, active)
         answering, dropped = self.drop_out(server_round, selected)
@@ -271,7 +278,7 @@ class RoundRunner:
         else:
             new_weights, accepted = self.aggregate_plain(server_round, weights, arrivals)
         epsilon = self.spend_privacy(len(selected) / len(active))
-        loss, accuracy, confusion = self.evaluate(new_weights)
+        loss, accuracy, confusion, test_samples = self.evaluate(new_weights, server_round, last)
         finished = time.perf_counter()
         return new_weights, RoundResult(
             round=server_round,
@@ -289,6 +296,7 @@ class RoundRunner:
             epsilon=epsilon,
             raw_bytes_up=weights_nbytes(weights) * len(arrivals.updates),
             sampling_rate=len(selected) / len(active),
+            test_samples=test_samples,
         )
 
     def _device_result(self, update: EncodedUpdate) -> DeviceRoundResult:

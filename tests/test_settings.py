@@ -144,7 +144,7 @@ UNUSUAL = FederationConfig(
     optimizer="sgd", momentum=0.5, min_devices=2, fraction=0.5, seed=5, workers=3, stack_width=2, xla=True,
     faults={1: "nan", 3: "crash"}, slowdowns={0: 2.5}, dropout=0.1, round_deadline=4.0, clip_norm=1.5,
     noise_multiplier=0.3, local_noise_multiplier=0.2, dp_delta=1e-6, secure_aggregation=True, compression="q8",
-    topk_fraction=0.2, tensorboard="/tmp/tb",
+    topk_fraction=0.2, tensorboard="/tmp/tb", precision="bfloat16", eval_samples=100, full_eval_every=2,
 )
 
 
