@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from dataclasses import asdict
 from typing import Sequence, TextIO
 
-from data.datasets import DATASET_NAMES, DatasetUnavailableError, load_dataset
+from data.errors import DataError, DatasetUnavailableError
 from data.partition import PARTITION_SCHEMES
+from data.sources import load_source
+from data.spec import COLOR_MODES, TASK_CHOICES
 from devices.codec import COMPRESSIONS
-from engine.config import BUILTIN_MODELS, OPTIMIZERS, ConfigError, FederationConfig
+from engine.config import OPTIMIZERS, ConfigError, FederationConfig
+from engine.data_fit import data_problem
+from engine.model_defaults import GENERAL_DEFAULTS, ModelError, TrainingDefaults, describe_defaults, training_defaults
 from engine.results import RoundResult, RunStatus, Snapshot
 from engine.store import RunNotFound, RunStore
 from engine.strategies import STRATEGIES
@@ -85,18 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Local training defaults: each device trains with a fresh Adam optimizer (lr 0.002) every "
                "round, batch 32, 1 local epoch. With them the CNN on 10 IID devices reaches about 0.88 "
                "test accuracy on Fashion-MNIST after 5 rounds. Data: --data-dir or $FL_DATA_DIR, "
-               "otherwise Keras downloads the data set on first use.",
+               "otherwise Keras downloads the data set on first use; or --dataset PATH for your own data. "
+               + describe_defaults() + " A --model FILE.py is imported and run: only pass a local file you trust.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run.set_defaults(command_parser=run)
     data = run.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULTS.dataset, help="image data set")
+    data.add_argument("--dataset", default=DEFAULTS.dataset, help=field_help("dataset"))
+    # -- bring your own data (hand wiring until the CLI is generated from the settings metadata) --
+    data.add_argument("--image-size", type=positive_int, default=None, help=field_help("image_size"))
+    data.add_argument("--color", choices=COLOR_MODES, default=DEFAULTS.color, help=field_help("color"))
+    data.add_argument("--target", default=None, help=field_help("target"))
+    data.add_argument("--task", choices=TASK_CHOICES, default=DEFAULTS.task, help=field_help("task"))
+    data.add_argument("--device-column", default=None, help=field_help("device_column"))
     data.add_argument("--data-dir", default=None,
                       help="folder with the IDX .gz files (default: $FL_DATA_DIR, else download with Keras)")
-    data.add_argument("--devices", type=positive_int, default=DEFAULTS.num_devices, help="number of devices")
+    data.add_argument("--devices", type=positive_int, default=None,
+                      help=f"number of devices (default: {DEFAULTS.num_devices}, or the data's own with "
+                           "--partition natural)")
     data.add_argument("--partition", choices=PARTITION_SCHEMES, default=DEFAULTS.partition,
-                      help="how the training set is split: iid, dirichlet (label skew), "
-                           "shards (k label shards per device), quantity (unequal sizes)")
+                      help=field_help("partition"))
     data.add_argument("--alpha", type=float, default=DEFAULTS.alpha,
                       help="Dirichlet concentration for --partition dirichlet (smaller: more skew)")
     data.add_argument("--shards-per-device", type=positive_int, default=DEFAULTS.shards_per_device,
@@ -111,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="share of each device's data kept as its local test split")
 
     training = run.add_argument_group("training")
-    training.add_argument("--model", choices=BUILTIN_MODELS, default=DEFAULTS.model, help="model architecture")
+    training.add_argument("--model", default=DEFAULTS.model, help=field_help("model"))
+    training.add_argument("--model-weights", default=None, help=field_help("model_weights"))
     training.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULTS.strategy, help=strategy_help())
     training.add_argument("--strategy-param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                           help="override a strategy hyper-parameter, e.g. proximal_mu=0.1; repeatable")
@@ -120,10 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--local-epochs", type=positive_int, default=DEFAULTS.local_epochs,
                           help="local epochs per round")
     training.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="local batch size")
-    training.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer,
-                          help="local optimizer (fresh state each round)")
-    training.add_argument("--lr", type=float, default=DEFAULTS.learning_rate, help="local learning rate")
-    training.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="local SGD momentum")
+    # unset: the model's and task's own defaults (engine.model_defaults), listed below
+    training.add_argument("--optimizer", choices=OPTIMIZERS, default=argparse.SUPPRESS,
+                          help=f"local optimizer, fresh state each round (default: {GENERAL_DEFAULTS.optimizer}, "
+                               "or the model's own, see below)")
+    training.add_argument("--lr", type=float, default=argparse.SUPPRESS,
+                          help=f"local learning rate (default: {GENERAL_DEFAULTS.learning_rate:g}, or the model's own)")
+    training.add_argument("--momentum", type=float, default=argparse.SUPPRESS,
+                          help=f"local SGD momentum (default: {GENERAL_DEFAULTS.momentum:g})")
     training.add_argument("--min-devices", type=positive_int, default=DEFAULTS.min_devices,
                           help="minimum devices per round; fewer active devices means waiting")
     training.add_argument("--fraction", type=float, default=DEFAULTS.fraction,
@@ -222,12 +240,27 @@ def add_output_options(group) -> None:
     add_runs_dir(group)
 
 
-def config_from_args(args: argparse.Namespace) -> FederationConfig:
+def field_help(name: str) -> str:
+    """The help declared on the FederationConfig field ``name``."""
+    return FederationConfig.__dataclass_fields__[name].metadata["setting"].help
+
+
+def config_from_args(
+    args: argparse.Namespace, defaults: TrainingDefaults = GENERAL_DEFAULTS, devices: int | None = None
+) -> FederationConfig:
+    """The run's configuration; unset training options take ``defaults`` (the model's), unset
+    ``--devices`` the data's own device count (``devices``) or the default."""
     return FederationConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
+        image_size=args.image_size,
+        color=args.color,
+        target=args.target,
+        task=args.task,
+        device_column=args.device_column,
         model=args.model,
-        num_devices=args.devices,
+        model_weights=args.model_weights,
+        num_devices=args.devices or devices or DEFAULTS.num_devices,
         partition=args.partition,
         alpha=args.alpha,
         shards_per_device=args.shards_per_device,
@@ -235,9 +268,9 @@ def config_from_args(args: argparse.Namespace) -> FederationConfig:
         rounds=args.rounds,
         local_epochs=args.local_epochs,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
-        optimizer=args.optimizer,
-        momentum=args.momentum,
+        learning_rate=getattr(args, "lr", defaults.learning_rate),
+        optimizer=getattr(args, "optimizer", defaults.optimizer),
+        momentum=getattr(args, "momentum", defaults.momentum),
         min_devices=args.min_devices,
         fraction=args.fraction,
         seed=args.seed,
@@ -263,19 +296,26 @@ def config_from_args(args: argparse.Namespace) -> FederationConfig:
     )
 
 
+def finite(value: float | None) -> float | None:
+    """``value``, or None where JSON has no number (NaN: no accuracy for a regression)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def round_json(result: RoundResult) -> dict:
     return {
         "round": result.round,
-        "global_accuracy": result.global_accuracy,
+        "global_accuracy": finite(result.global_accuracy),
         "global_loss": result.global_loss,
+        "global_mae": result.global_mae,
+        "global_r2": finite(result.global_r2),
         "seconds": result.seconds,
         "bytes_down": result.bytes_down,
         "bytes_up": result.bytes_up,
         "compression_ratio": result.compression_ratio,
         "epsilon": result.epsilon,
         "devices": [
-            {"id": d.device_id, "samples": d.samples, "accuracy": d.accuracy, "loss": d.loss,
-             "train_accuracy": d.train_accuracy, "train_loss": d.train_loss}
+            {"id": d.device_id, "samples": d.samples, "accuracy": finite(d.accuracy), "loss": d.loss,
+             "train_accuracy": finite(d.train_accuracy), "train_loss": d.train_loss}
             for d in result.devices
         ],
         "problems": [{"id": p.device_id, "kind": p.kind, "reason": p.reason} for p in result.problems],
@@ -283,8 +323,9 @@ def round_json(result: RoundResult) -> dict:
 
 
 def summary_json(snapshot: Snapshot) -> dict:
-    accuracies = [r.global_accuracy for r in snapshot.history]
-    return {
+    regression = bool(snapshot.history) and snapshot.history[-1].is_regression
+    accuracies = [] if regression else [r.global_accuracy for r in snapshot.history]
+    summary = {
         "summary": True,
         "status": snapshot.status.value,
         "rounds": snapshot.round,
@@ -293,18 +334,31 @@ def summary_json(snapshot: Snapshot) -> dict:
         "seconds": snapshot.elapsed,
         "message": snapshot.message,
     }
+    if regression:
+        last = snapshot.history[-1]
+        summary.update(final_mse=last.global_loss, final_mae=last.global_mae, final_r2=finite(last.global_r2))
+    return summary
 
 
 TABLE_HEADER = f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'seconds':>7}  {'devices':>7}  device accuracy (min / mean / max)  problems"
+REGRESSION_HEADER = (f"{'round':>5}  {'mse':>9}  {'mae':>8}  {'r2':>7}  {'seconds':>7}  {'devices':>7}  "
+                     "device mse (min / mean / max)  problems")
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f} / {sum(values) / len(values):.3f} / {max(values):.3f}" if values else "-"
 
 
 def round_row(result: RoundResult) -> str:
-    accs = [d.accuracy for d in result.devices]
-    spread = f"{min(accs):.3f} / {sum(accs) / len(accs):.3f} / {max(accs):.3f}" if accs else "-"
     problems = ", ".join(f"#{p.device_id} {p.kind}" for p in result.problems) or "-"
     epsilon = f"  epsilon {result.epsilon:.2f}" if result.epsilon is not None else ""
+    if result.is_regression:
+        losses = [d.loss for d in result.devices]
+        return (f"{result.round:>5}  {result.global_loss:>9.4f}  {result.global_mae:>8.4f}  {result.global_r2:>7.4f}  "
+                f"{result.seconds:>7.2f}  {len(result.devices):>7}  {spread(losses):<29}  {problems}{epsilon}")
+    accs = spread([d.accuracy for d in result.devices])
     return (f"{result.round:>5}  {result.global_accuracy:>8.4f}  {result.global_loss:>7.4f}  "
-            f"{result.seconds:>7.2f}  {len(result.devices):>7}  {spread:<34}  {problems}{epsilon}")
+            f"{result.seconds:>7.2f}  {len(result.devices):>7}  {accs:<34}  {problems}{epsilon}")
 
 
 def follow(federation, as_json: bool, out: TextIO) -> int:
@@ -314,7 +368,8 @@ def follow(federation, as_json: bool, out: TextIO) -> int:
         if federation.run_id:
             print(f"run {federation.run_id}", file=out, flush=True)
         print(federation.training_note, file=sys.stderr, flush=True)
-        print(TABLE_HEADER, file=out, flush=True)
+        regression = federation.dataset.task == "regression"
+        print(REGRESSION_HEADER if regression else TABLE_HEADER, file=out, flush=True)
     federation.start()
     last_message = ""
     try:
@@ -344,9 +399,20 @@ def follow(federation, as_json: bool, out: TextIO) -> int:
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     from engine.federation import Federation  # deferred: TensorFlow import is slow, --help should not be
 
+    draft = config_from_args(args)
+    dataset = load_source(draft.dataset, draft.data_dir, draft.source_options, progress_to_stderr)
+    config = config_from_args(args, training_defaults(draft.model, dataset.task), len(dataset.group_names) or None)
+    problem = config.problems() or ([data_problem(dataset, config)] if data_problem(dataset, config) else [])
+    if problem:
+        raise DataError("; ".join(problem))
     store = None if args.no_save else RunStore(args.runs_dir)
-    federation = Federation(config_from_args(args), progress=progress_to_stderr, store=store, label=args.label)
+    federation = Federation(config, dataset=dataset, progress=progress_to_stderr, store=store, label=args.label)
     return follow(federation, args.json, out)
+
+
+def stored_dataset(config: FederationConfig, data_dir: str | None):
+    """The data set a stored run trained on, read the same way again."""
+    return load_source(config.dataset, data_dir or config.data_dir, config.source_options, progress_to_stderr)
 
 
 def resume_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -354,7 +420,7 @@ def resume_command(args: argparse.Namespace, out: TextIO) -> int:
 
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
-    dataset = load_dataset(config.dataset, args.data_dir or config.data_dir, progress_to_stderr)
+    dataset = stored_dataset(config, args.data_dir)
     federation = Federation.reopen(store, args.run_id, args.rounds, dataset=dataset, progress=progress_to_stderr)
     return follow(federation, args.json, out)
 
@@ -392,8 +458,8 @@ def export_command(args: argparse.Namespace, out: TextIO) -> int:
     destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
     representative = None
     if args.format == "tflite-int8":
-        dataset = load_dataset(config.dataset, args.data_dir or config.data_dir, progress_to_stderr)
-        representative = dataset.x_train[:200].astype("float32") / 255.0
+        dataset = stored_dataset(config, args.data_dir)
+        representative = dataset.x_train[:200].astype("float32") / (255.0 if dataset.is_image else 1.0)
     path = export_model(config.model, checkpoint.weights, args.format, destination, representative)
     print(path, file=out)
     return 0
@@ -441,6 +507,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     try:
         return COMMANDS[args.command](args, out)
     except (DatasetUnavailableError, RunNotFound, FileNotFoundError) as error:
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        return 1
+    except (DataError, ModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (RunNotFound, FileNotFoundError) as error:
         print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 1
     except ConfigError as error:

@@ -17,17 +17,21 @@ from typing import Callable
 import keras
 import numpy as np
 
-from data.datasets import Dataset, load_dataset
-from data.partition import label_histogram, partition, split_local_test
+from data.datasets import Dataset
+from data.errors import DataError
+from data.partition import label_histogram, partition, split_local_test, target_histogram
+from data.sources import load_source
 from devices.device import Device, DeviceData
 from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.stacked import StackedReplica
 from devices.stacked_layers import NotStackable, compiles_well, stack_plan
-from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
+from devices.trainer import ModelReplica, OptimizerSpec, SampleSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
+from engine.data_fit import data_problem
+from engine.model_defaults import ModelError
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
 from engine.rounds import RoundRunner, ServerTestSet
@@ -40,11 +44,18 @@ WAIT_POLL_SECONDS = 0.5
 
 def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
     """Give each device its own copy of its partition, split into local train and test parts."""
+    problem = data_problem(dataset, config)
+    if problem:
+        raise DataError(problem)
     rng = np.random.default_rng(config.seed)
     pool = np.arange(len(dataset.y_train))
     if config.train_samples is not None and config.train_samples < len(pool):
         pool = np.sort(rng.choice(pool, size=config.train_samples, replace=False))
-    parts = partition(dataset.y_train[pool], config.num_devices, config.partition_spec, config.seed)
+    groups = None if dataset.train_groups is None else dataset.train_groups[pool]
+    try:
+        parts = partition(dataset.y_train[pool], config.num_devices, config.partition_spec, config.seed, groups)
+    except ValueError as error:
+        raise DataError(str(error)) from None
     devices = []
     for device_id, part in enumerate(parts):
         train, test = split_local_test(pool[part], config.local_test_fraction, rng)
@@ -80,7 +91,21 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, Weights]) -> Non
 
 def server_test_set(dataset: Dataset, config: FederationConfig) -> ServerTestSet:
     count = min(config.test_samples or len(dataset.y_test), len(dataset.y_test))
-    return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes)
+    return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes, dataset.task)
+
+
+def sample_spec(dataset: Dataset) -> SampleSpec:
+    """How the devices' stored samples of ``dataset`` feed the model."""
+    dtype = "uint8" if dataset.x_train.dtype == np.uint8 else "float32"
+    return SampleSpec(tuple(dataset.x_train.shape[1:]), dtype, dataset.task)
+
+
+def data_histogram(dataset: Dataset, devices: list[Device]) -> np.ndarray:
+    """Per device: samples of each class, or of each target bin for a regression."""
+    targets = [d.data.y_train for d in devices]
+    if dataset.task == "regression":
+        return target_histogram(targets, dataset.y_train)[0]
+    return label_histogram(targets, dataset.num_classes)
 
 
 class Federation(FederationBackend):
@@ -96,24 +121,28 @@ class Federation(FederationBackend):
         run_id: str | None = None,
         label: str = "",
     ):
-        registry = registry or ModelRegistry()
+        registry = registry or ModelRegistry(config.model_weights)
         self.config = config.validate(registry.names())
-        self.dataset = dataset or load_dataset(config.dataset, config.data_dir, progress)
+        self.dataset = dataset or load_source(config.dataset, config.data_dir, config.source_options, progress)
         self.devices = build_devices(self.dataset, config)
-        self.label_histogram = label_histogram([d.data.y_train for d in self.devices], self.dataset.num_classes)
+        self.label_histogram = data_histogram(self.dataset, self.devices)
 
-        build_model = partial(registry.build, config.model, self.dataset.image_shape, self.dataset.num_classes)
-
+        build_model = partial(registry.build, config.model, self.dataset.input_shape, self.dataset.num_classes)
         optimizer = OptimizerSpec(config.optimizer, config.momentum)
+        samples = sample_spec(self.dataset)
 
         def make_replica() -> ModelReplica:
-            return ModelReplica(build_model, optimizer)
+            return ModelReplica(build_model, optimizer, samples=samples)
 
         def make_stack(width: int) -> StackedReplica:
-            return StackedReplica(build_model, optimizer, width, xla=config.xla)
+            return StackedReplica(build_model, optimizer, width, xla=config.xla, samples=samples)
 
         keras.utils.set_random_seed(config.seed)  # reproducible initial global model
-        evaluator = make_replica()
+        try:
+            evaluator = make_replica()
+        except (ModelError, ValueError) as error:  # a model that does not fit the data's shape
+            raise ModelError(f"model {config.model!r} cannot be built for inputs {self.dataset.input_shape}: "
+                             f"{str(error).splitlines()[0]}") from None
         self._predictor = make_replica()
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1

@@ -27,7 +27,7 @@ from devices.secure_aggregation import SecureAggregationPlan, mask_sum, unflatte
 from devices.trainer import ModelReplica, TrainingStopped
 from engine.aggregation import update_problem, weighted_average
 from engine.config import FederationConfig
-from engine.metrics import confusion_matrix
+from engine.metrics import RegressionScores, confusion_matrix, regression_scores
 from engine.privacy import PrivacyAccountant
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
 from engine.strategies.base import Strategy
@@ -79,6 +79,7 @@ class ServerTestSet:
     x: np.ndarray
     y: np.ndarray
     num_classes: int
+    task: str = "classification"
 
 
 @dataclass
@@ -289,11 +290,14 @@ class RoundRunner:
         return self.strategy.from_mean(server_round, weights, [w + d for w, d in zip(weights, noisy)]), arrivals.updates
 
     # -- evaluation and the whole round ----------------------------------------------------
-    def evaluate(self, weights: Weights) -> tuple[float, float, np.ndarray]:
-        """Global loss, accuracy and confusion matrix on the server's held-out test set."""
+    def evaluate(self, weights: Weights) -> tuple[float, float, np.ndarray, RegressionScores | None]:
+        """Global loss, accuracy and confusion matrix on the server's held-out test set; for a
+        regression the loss is the MSE, accuracy NaN, the confusion empty, plus MSE/MAE/R²."""
         self.evaluator.set_weights(weights)
         loss, accuracy, predicted = self.evaluator.evaluate(self.test_set.x, self.test_set.y)
-        return loss, accuracy, confusion_matrix(self.test_set.y, predicted, self.test_set.num_classes)
+        if self.test_set.task == "regression":
+            return loss, accuracy, np.zeros((0, 0), np.int64), regression_scores(self.test_set.y, predicted)
+        return loss, accuracy, confusion_matrix(self.test_set.y, predicted, self.test_set.num_classes), None
 
     def spend_privacy(self, sampling_rate: float) -> float | None:
         """Compose this round's mechanism into the accountant; epsilon so far (None without DP)."""
@@ -323,7 +327,7 @@ class RoundRunner:
         else:
             new_weights, accepted = self.aggregate_plain(server_round, weights, arrivals)
         epsilon = self.spend_privacy(len(selected) / len(active))
-        loss, accuracy, confusion = self.evaluate(new_weights)
+        loss, accuracy, confusion, scores = self.evaluate(new_weights)
         finished = time.perf_counter()
         download = len(encode_delta(weights, "none")[0])
         return new_weights, RoundResult(
@@ -342,6 +346,8 @@ class RoundRunner:
             epsilon=epsilon,
             raw_bytes_up=weights_nbytes(weights) * len(arrivals.updates),
             sampling_rate=len(selected) / len(active),
+            global_mae=scores.mae if scores else None,
+            global_r2=scores.r2 if scores else None,
         )
 
     def _device_result(self, update: EncodedUpdate) -> DeviceRoundResult:
