@@ -9,6 +9,7 @@ photo never costs its full decoded size twice.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +60,26 @@ def _center_square(size: tuple[int, int]) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def decode(path: Path, side: int) -> np.ndarray:
-    """The image at ``path`` as uint8 RGB (side, side, 3): centre square, transparency on white."""
+def decode(source: Path | bytes, side: int) -> np.ndarray:
+    """The image at ``source`` (a path, or a file's bytes) as uint8 RGB (side, side, 3): centre square,
+    transparency on white. Bytes are checked against the size limits before decoding."""
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) > MAX_FILE_BYTES or not source:
+            raise UnreadableImage(f"{len(source)} bytes is outside 1 byte..{MAX_FILE_BYTES // 2**20} MB")
+        source = io.BytesIO(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                with Image.open(source) as image:
+                    if image.size[0] * image.size[1] > MAX_PIXELS:
+                        raise UnreadableImage(f"{image.size[0]}x{image.size[1]} is more than {MAX_PIXELS} pixels")
+            except UnreadableImage:
+                raise
+            except Exception as error:  # noqa: BLE001 - Pillow plugins raise many types
+                raise UnreadableImage(f"not a readable image ({type(error).__name__})") from None
+        source.seek(0)
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.draft("RGB", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that still covers side
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:

@@ -30,6 +30,7 @@ class Preprocessing:
     std: tuple[float, ...] = ()
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)  # text column -> its one-hot values
     note: str = ""  # one sentence a user can read
+    input_shape: tuple[int, ...] = (28, 28, 1)  # the model's input (set when training starts)
 
     @property
     def channels(self) -> int:
@@ -42,7 +43,7 @@ class Preprocessing:
     def from_json(cls, text: str) -> "Preprocessing":
         raw = json.loads(text)
         raw["categories"] = {k: tuple(v) for k, v in raw.get("categories", {}).items()}
-        for key in ("class_names", "feature_names", "numeric_columns", "mean", "std"):
+        for key in ("class_names", "feature_names", "numeric_columns", "mean", "std", "input_shape"):
             raw[key] = tuple(raw.get(key, ()))
         return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 

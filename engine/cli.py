@@ -14,7 +14,7 @@ from typing import Sequence, TextIO
 from data.errors import DataError, DatasetUnavailableError
 from data.partition import PARTITION_SCHEMES
 from data.sources import load_source
-from data.spec import COLOR_MODES, TASK_CHOICES
+from data.spec import COLOR_MODES, TASK_CHOICES, Preprocessing
 from devices.codec import COMPRESSIONS
 from engine.config import OPTIMIZERS, ConfigError, FederationConfig
 from engine.data_fit import data_problem
@@ -456,11 +456,14 @@ def export_command(args: argparse.Namespace, out: TextIO) -> int:
     checkpoint = store.load_checkpoint(args.run_id, args.round)
     name = f"round-{checkpoint.round:05d}-{default_filename(config.model, args.format)}"
     destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
+    spec_file = store.run_dir(args.run_id) / "preprocessing.json"  # engine.federation.PREPROCESSING_FILE
+    spec = Preprocessing.from_json(spec_file.read_text()) if spec_file.is_file() else None
     representative = None
     if args.format == "tflite-int8":
         dataset = stored_dataset(config, args.data_dir)
         representative = dataset.x_train[:200].astype("float32") / (255.0 if dataset.is_image else 1.0)
-    path = export_model(config.model, checkpoint.weights, args.format, destination, representative)
+    path = export_model(config.model, checkpoint.weights, args.format, destination, representative,
+                        preprocessing=spec)
     print(path, file=out)
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import partial
 from typing import Callable
 
@@ -21,6 +21,7 @@ from data.datasets import Dataset
 from data.errors import DataError
 from data.partition import label_histogram, partition, split_local_test, target_histogram
 from data.sources import load_source
+from data.spec import Preprocessing
 from devices.device import Device, DeviceData
 from devices.messages import Weights
 from devices.pool import WorkerPool
@@ -40,6 +41,7 @@ from engine.strategies import build_strategy
 from engine.strategies.base import Strategy
 
 WAIT_POLL_SECONDS = 0.5
+PREPROCESSING_FILE = "preprocessing.json"
 
 
 def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
@@ -98,6 +100,13 @@ def sample_spec(dataset: Dataset) -> SampleSpec:
     """How the devices' stored samples of ``dataset`` feed the model."""
     dtype = "uint8" if dataset.x_train.dtype == np.uint8 else "float32"
     return SampleSpec(tuple(dataset.x_train.shape[1:]), dtype, dataset.task)
+
+
+def save_preprocessing(store: RunStore, run_id: str, spec: Preprocessing) -> None:
+    """The run's preprocessing, next to its checkpoints, for exports and predictions of its models."""
+    folder = store.run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PREPROCESSING_FILE).write_text(spec.to_json())
 
 
 def data_histogram(dataset: Dataset, devices: list[Device]) -> np.ndarray:
@@ -166,6 +175,10 @@ class Federation(FederationBackend):
         self.strategy = build_strategy(config.strategy, config.strategy_params)
         self.store = store
         self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
+        self.preprocessing = replace(self.dataset.preprocessing, input_shape=self.dataset.input_shape,
+                                     task=self.dataset.task, class_names=self.dataset.class_names)
+        if store is not None:
+            save_preprocessing(store, self.run_id, self.preprocessing)
         self._runner = RoundRunner(
             config,
             self.devices,

@@ -105,3 +105,46 @@ def test_a_user_model_file_from_the_cli(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert '"final_accuracy": 1.0' in result.stdout or '"final_accuracy": 0.9' in result.stdout, result.stdout
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def test_export_carries_the_preprocessing_and_predict_uses_it(tmp_path, runs_dir):
+    from PIL import Image
+
+    from data.prepare import read_sidecar
+    from engine.store import RunStore
+
+    root = colour_only_folder(tmp_path / "hues", per_class=40, side=12)
+    store = RunStore(runs_dir)
+    config = FederationConfig(dataset=str(root), model="mlp", num_devices=2, rounds=2)
+    federation = Federation(config, store=store)
+    federation.run_to_end()
+    exported = run_module("engine", "export", federation.run_id, "--format", "keras", "--output",
+                          str(tmp_path / "hues.keras"), "--runs-dir", str(runs_dir))
+    assert exported.returncode == 0, exported.stderr
+    spec = read_sidecar(tmp_path / "hues.keras")
+    assert spec.color == "rgb" and spec.image_size == 12 and spec.class_names == ("green", "red")
+    Image.new("RGB", (300, 200), (210, 5, 5)).save(tmp_path / "red-photo.jpg")  # a big colour upload
+    predicted = run_module("engine.predict", str(tmp_path / "hues.keras"), str(tmp_path / "red-photo.jpg"))
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.startswith(f"{tmp_path / 'red-photo.jpg'}: red ("), predicted.stdout
+
+
+def test_a_tabular_row_predicts_its_value(tmp_path):
+    from data.prepare import table_input
+    from engine.export import export_model
+    from engine.predict import load_classifier
+
+    import pandas as pd
+
+    federation, _ = train(str(linear_csv(tmp_path / "l.csv")), rounds=3, model="linear", target="y",
+                          num_devices=2)
+    path = export_model("linear", federation.global_weights, "tflite", tmp_path / "l.tflite",
+                        preprocessing=federation.preprocessing)
+    row = table_input(pd.DataFrame({"x": [1.0], "phone": ["phone-0"]}), federation.preprocessing)
+    value = float(load_classifier(path).predict(row)[0, 0])
+    assert abs(value - 8.0) < 0.3, value  # 5 * 1 + 3
