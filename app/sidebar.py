@@ -8,25 +8,30 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from data.datasets import DATASET_NAMES
 from data.partition import PARTITION_SCHEMES
 from devices.codec import COMPRESSIONS
 from engine.config import BUILTIN_MODELS, OPTIMIZERS, FederationConfig
 from engine.strategies import STRATEGIES
 from app import state
+from app.data_source import read_data_source
 from app.defaults import default_config
+from engine.model_defaults import describe_defaults
 from app.setup_helpers import MALICIOUS_KINDS, PICK_MODES, faults_for, slowdowns_for, strategy_values
 
 if TYPE_CHECKING:
     from engine.federation import Federation
 
-DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST (clothing)", "mnist": "MNIST (digits)"}
-MODEL_LABELS = {"cnn": "CNN (small convolutional net)", "mlp": "MLP (2 hidden layers)"}
+OWN_MODEL = "own file"
+MODEL_CHOICES = (*BUILTIN_MODELS, OWN_MODEL)
+MODEL_LABELS = {"cnn": "CNN (small convolutional net)", "mlp": "MLP (2 hidden layers)",
+                "linear": "Linear (linear / logistic regression)", "mobilenetv2": "MobileNetV2 (colour images)",
+                OWN_MODEL: "Your own model file (.py)"}
 PARTITION_LABELS = {
     "iid": "IID (every device sees all classes)",
     "dirichlet": "Dirichlet label skew",
     "shards": "Shards (few classes per device)",
     "quantity": "Quantity skew (unequal sizes)",
+    "natural": "Natural (the data's own devices)",
 }
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD with momentum"}
 COMPRESSION_LABELS = {
@@ -83,8 +88,7 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
     """Render the setup widgets and turn their values into a configuration (not validated)."""
     bar = st.sidebar
     bar.subheader("Data")
-    dataset = bar.selectbox("Data set", DATASET_NAMES, index=_index(DATASET_NAMES, defaults.dataset),
-                            format_func=DATASET_LABELS.get, key="setup_dataset")
+    data_fields = read_data_source(bar, defaults)
     train_samples = bar.number_input(
         "Training samples to use (0 = all 60,000)", min_value=0, max_value=60_000, step=1000,
         value=defaults.train_samples or 0, key="setup_train_samples",
@@ -110,8 +114,11 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
                                           key="setup_quantity_alpha")
 
     bar.subheader("Training")
-    model = bar.selectbox("Model", BUILTIN_MODELS, index=_index(BUILTIN_MODELS, defaults.model),
-                          format_func=MODEL_LABELS.get, key="setup_model")
+    model = bar.selectbox("Model", MODEL_CHOICES, index=_index(MODEL_CHOICES, defaults.model),
+                          format_func=MODEL_LABELS.get, key="setup_model", help=describe_defaults())
+    if model == OWN_MODEL:
+        model = bar.text_input("Model file (.py with build(input_shape, num_classes))", key="setup_model_file",
+                               help="Runs that file's code: only a file on this machine that you trust.").strip()
     until_stopped = bar.checkbox("Run until stopped", value=defaults.rounds is None, key="setup_until_stopped")
     rounds = bar.number_input("Rounds", min_value=1, max_value=10_000, value=defaults.rounds or 5,
                               disabled=until_stopped, key="setup_rounds",
@@ -166,7 +173,7 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
     extra = _read_strategy_privacy(defaults, int(num_devices), int(seed))
     faults = extra.pop("faults") | {int(d): "nan" for d in nan_devices} | {int(d): "crash" for d in crash_devices}
     return FederationConfig(
-        dataset=dataset, data_dir=data_dir.strip() or None, model=model, num_devices=int(num_devices),
+        **data_fields, data_dir=data_dir.strip() or None, model=model, num_devices=int(num_devices),
         partition=partition, alpha=float(alpha), shards_per_device=int(shards), quantity_alpha=float(quantity_alpha),
         rounds=None if until_stopped else int(rounds), local_epochs=int(local_epochs), batch_size=int(batch_size),
         learning_rate=float(learning_rate), optimizer=optimizer, momentum=float(momentum),
@@ -269,7 +276,8 @@ def _apply_button(setup: Setup, federation: Federation | None) -> None:
     bar = st.sidebar
     if federation is None:
         label, allowed, note = "Create federation", setup.valid, None
-    elif same_setup(setup.config, federation.config) and state.backend_of(federation) == state.selected_backend():
+    elif same_setup(setup.config, state.requested_config(federation)) \
+            and state.backend_of(federation) == state.selected_backend():
         label, allowed, note = "Apply setup", False, "The federation matches this setup."
     elif has_run(federation):
         label, allowed, note = "Apply setup", False, None

@@ -109,12 +109,13 @@ def save_preprocessing(store: RunStore, run_id: str, spec: Preprocessing) -> Non
     (folder / PREPROCESSING_FILE).write_text(spec.to_json())
 
 
-def data_histogram(dataset: Dataset, devices: list[Device]) -> np.ndarray:
-    """Per device: samples of each class, or of each target bin for a regression."""
+def data_histogram(dataset: Dataset, devices: list[Device]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Per device: samples of each class, or of each target bin for a regression; and the column names."""
     targets = [d.data.y_train for d in devices]
     if dataset.task == "regression":
-        return target_histogram(targets, dataset.y_train)[0]
-    return label_histogram(targets, dataset.num_classes)
+        counts, edges = target_histogram(targets, dataset.y_train)
+        return counts, tuple(f"{low:.3g}..{high:.3g}" for low, high in zip(edges[:-1], edges[1:]))
+    return label_histogram(targets, dataset.num_classes), dataset.class_names
 
 
 class Federation(FederationBackend):
@@ -134,7 +135,7 @@ class Federation(FederationBackend):
         self.config = config.validate(registry.names())
         self.dataset = dataset or load_source(config.dataset, config.data_dir, config.source_options, progress)
         self.devices = build_devices(self.dataset, config)
-        self.label_histogram = data_histogram(self.dataset, self.devices)
+        self.label_histogram, self.histogram_labels = data_histogram(self.dataset, self.devices)
 
         build_model = partial(registry.build, config.model, self.dataset.input_shape, self.dataset.num_classes)
         optimizer = OptimizerSpec(config.optimizer, config.momentum)

@@ -2,7 +2,7 @@
 
 | model | task | optimizer | learning rate |
 |---|---|---|---|
-| linear | regression | SGD, momentum 0.9 | 0.05 |
+| linear | regression | SGD, no momentum | 0.2 |
 | linear | classification | Adam | 0.05 |
 | mlp | regression | Adam | 0.005 |
 | mobilenetv2 | classification | Adam | 0.001 |
@@ -35,7 +35,7 @@ class TrainingDefaults:
 
 
 DEFAULTS = {
-    ("linear", "regression"): TrainingDefaults("sgd", 0.05, 0.9, "plain gradient descent on the squared error"),
+    ("linear", "regression"): TrainingDefaults("sgd", 0.2, 0.0, "plain gradient descent on the squared error"),
     ("linear", "classification"): TrainingDefaults("adam", 0.05, 0.9, "logistic regression"),
     ("mobilenetv2", "classification"): TrainingDefaults("adam", 0.001, 0.9, "a deep net from scratch"),
     ("mlp", "regression"): TrainingDefaults("adam", 0.005, 0.9, ""),
