@@ -12,11 +12,10 @@ from dataclasses import asdict
 from typing import Sequence, TextIO
 
 from data.errors import DataError, DatasetUnavailableError
-from data.partition import PARTITION_SCHEMES
 from data.sources import load_source
-from data.spec import COLOR_MODES, TASK_CHOICES, Preprocessing
-from devices.codec import COMPRESSIONS
-from engine.config import OPTIMIZERS, ConfigError, FederationConfig
+from data.spec import Preprocessing
+from engine.cli_options import DefaultsHelpFormatter, OneLineParser, add_setting_options, one_line, setting_values
+from engine.config import ConfigError, FederationConfig
 from engine.data_fit import data_problem
 from engine.model_defaults import GENERAL_DEFAULTS, ModelError, TrainingDefaults, describe_defaults, training_defaults
 from engine.results import RoundResult, RunStatus, Snapshot
@@ -33,7 +32,10 @@ def default_runs_dir() -> str:
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
@@ -46,29 +48,6 @@ def rounds_value(text: str) -> int | None:
     return positive_int(text)
 
 
-def parse_fault(text: str) -> tuple[int, str]:
-    device, _, fault = text.partition("=")
-    if not device.isdigit() or not fault:
-        raise argparse.ArgumentTypeError(f"expected DEVICE=FAULT such as 3=crash, got {text!r}")
-    return int(device), fault
-
-
-def parse_slowdown(text: str) -> tuple[int, float]:
-    device, _, factor = text.partition("=")
-    try:
-        return int(device), float(factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected DEVICE=FACTOR such as 3=5, got {text!r}") from None
-
-
-def parse_param(text: str) -> tuple[str, float]:
-    name, _, value = text.partition("=")
-    try:
-        return name.strip(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER such as proximal_mu=0.01, got {text!r}") from None
-
-
 def strategy_help() -> str:
     lines = []
     for name, cls in STRATEGIES.items():
@@ -78,8 +57,8 @@ def strategy_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine",
+    parser = OneLineParser(
+        prog="fl-watch" if os.path.basename(sys.argv[0]) == "fl-watch" else "python -m engine",
         description="Run federated learning on simulated devices, headless.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -92,93 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                "test accuracy on Fashion-MNIST after 5 rounds. Data: --data-dir or $FL_DATA_DIR, "
                "otherwise Keras downloads the data set on first use; or --dataset PATH for your own data. "
                + describe_defaults() + " A --model FILE.py is imported and run: only pass a local file you trust.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     run.set_defaults(command_parser=run)
-    data = run.add_argument_group("data")
-    data.add_argument("--dataset", default=DEFAULTS.dataset, help=field_help("dataset"))
-    # -- bring your own data (hand wiring until the CLI is generated from the settings metadata) --
-    data.add_argument("--image-size", type=positive_int, default=None, help=field_help("image_size"))
-    data.add_argument("--color", choices=COLOR_MODES, default=DEFAULTS.color, help=field_help("color"))
-    data.add_argument("--target", default=None, help=field_help("target"))
-    data.add_argument("--task", choices=TASK_CHOICES, default=DEFAULTS.task, help=field_help("task"))
-    data.add_argument("--device-column", default=None, help=field_help("device_column"))
-    data.add_argument("--data-dir", default=None,
-                      help="folder with the IDX .gz files (default: $FL_DATA_DIR, else download with Keras)")
-    data.add_argument("--devices", type=positive_int, default=None,
-                      help=f"number of devices (default: {DEFAULTS.num_devices}, or the data's own with "
-                           "--partition natural)")
-    data.add_argument("--partition", choices=PARTITION_SCHEMES, default=DEFAULTS.partition,
-                      help=field_help("partition"))
-    data.add_argument("--alpha", type=float, default=DEFAULTS.alpha,
-                      help="Dirichlet concentration for --partition dirichlet (smaller: more skew)")
-    data.add_argument("--shards-per-device", type=positive_int, default=DEFAULTS.shards_per_device,
-                      help="label shards per device for --partition shards")
-    data.add_argument("--quantity-alpha", type=float, default=DEFAULTS.quantity_alpha,
-                      help="Dirichlet concentration of device sizes for --partition quantity")
-    data.add_argument("--train-samples", type=positive_int, default=None,
-                      help="use a random subset of this many training samples (quick runs)")
-    data.add_argument("--test-samples", type=positive_int, default=None,
-                      help="evaluate the global model on the first N test samples (default: all)")
-    data.add_argument("--local-test-fraction", type=float, default=DEFAULTS.local_test_fraction,
-                      help="share of each device's data kept as its local test split")
-
-    training = run.add_argument_group("training")
-    training.add_argument("--model", default=DEFAULTS.model, help=field_help("model"))
-    training.add_argument("--model-weights", default=None, help=field_help("model_weights"))
-    training.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULTS.strategy, help=strategy_help())
-    training.add_argument("--strategy-param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
-                          help="override a strategy hyper-parameter, e.g. proximal_mu=0.1; repeatable")
-    training.add_argument("--rounds", type=rounds_value, default=DEFAULTS.rounds,
-                          help="federated rounds (0: until interrupted)")
-    training.add_argument("--local-epochs", type=positive_int, default=DEFAULTS.local_epochs,
-                          help="local epochs per round")
-    training.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="local batch size")
-    # unset: the model's and task's own defaults (engine.model_defaults), listed below
-    training.add_argument("--optimizer", choices=OPTIMIZERS, default=argparse.SUPPRESS,
-                          help=f"local optimizer, fresh state each round (default: {GENERAL_DEFAULTS.optimizer}, "
-                               "or the model's own, see below)")
-    training.add_argument("--lr", type=float, default=argparse.SUPPRESS,
-                          help=f"local learning rate (default: {GENERAL_DEFAULTS.learning_rate:g}, or the model's own)")
-    training.add_argument("--momentum", type=float, default=argparse.SUPPRESS,
-                          help=f"local SGD momentum (default: {GENERAL_DEFAULTS.momentum:g})")
-    training.add_argument("--min-devices", type=positive_int, default=DEFAULTS.min_devices,
-                          help="minimum devices per round; fewer active devices means waiting")
-    training.add_argument("--fraction", type=float, default=DEFAULTS.fraction,
-                          help="share of active devices sampled each round")
-    training.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for partition, sampling and init")
-    training.add_argument("--workers", type=positive_int, default=DEFAULTS.workers,
-                          help="threads training devices concurrently")
-    training.add_argument("--stack-width", type=positive_int, default=DEFAULTS.stack_width,
-                          help="devices trained together as one vectorised computation (1: one by one)")
-    training.add_argument("--xla", action="store_true",
-                          help="compile stacks of dense-only models (e.g. the MLP) with XLA: faster rounds after "
-                               "a compile of a few seconds")
-
-    devices = run.add_argument_group("unreliable and malicious devices")
-    devices.add_argument("--fault", type=parse_fault, action="append", default=[], metavar="DEVICE=FAULT",
-                         help="simulate a faulty device: crash (raises mid-round), nan (sends NaN weights), "
-                              "scale (sends its update flipped and x10), random (sends random weights); repeatable")
-    devices.add_argument("--slowdown", type=parse_slowdown, action="append", default=[], metavar="DEVICE=FACTOR",
-                         help="multiply a device's simulated compute time; repeatable")
-    devices.add_argument("--dropout", type=float, default=DEFAULTS.dropout,
-                         help="probability that a selected device does not answer in a round")
-    devices.add_argument("--deadline", type=float, default=None,
-                         help="round deadline in simulated seconds; slower devices are dropped as stragglers")
-
-    privacy = run.add_argument_group("privacy and compression")
-    privacy.add_argument("--clip", type=float, default=None, help="clip each device's update to this L2 norm")
-    privacy.add_argument("--noise", type=float, default=DEFAULTS.noise_multiplier,
-                         help="central DP noise multiplier z (needs --clip): stddev z*clip/devices on the mean")
-    privacy.add_argument("--local-noise", type=float, default=DEFAULTS.local_noise_multiplier,
-                         help="local DP noise multiplier (needs --clip): each device adds stddev z*clip")
-    privacy.add_argument("--dp-delta", type=float, default=DEFAULTS.dp_delta, help="delta for the reported epsilon")
-    privacy.add_argument("--secure-aggregation", action="store_true",
-                         help="simulated secure aggregation: the server only sees masked updates and their sum")
-    privacy.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULTS.compression,
-                         help="update compression: q8/q4 quantisation or top-k sparsification with error feedback")
-    privacy.add_argument("--topk-fraction", type=float, default=DEFAULTS.topk_fraction,
-                         help="share of each tensor's entries sent with --compression topk")
+    add_setting_options(run, FederationConfig, help_overrides={"strategy": strategy_help(), **MODEL_DEFAULT_HELP})
+    run.set_defaults(**{name: None for name in (*MODEL_DEFAULTED, "num_devices")})  # None: chosen after loading
 
     output = run.add_argument_group("output")
     add_output_options(output)
@@ -188,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser(
         "resume", help="continue a stored run from its last completed round",
         description="Continue a stored run from its last completed round, same devices and partition.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     resume.set_defaults(command_parser=resume)
     resume.add_argument("run_id", metavar="RUN_ID")
@@ -210,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="export a run's global model (.keras, SavedModel, TFLite)",
         description="Export the global model of a stored run for deployment.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     export.set_defaults(command_parser=export)
     export.add_argument("run_id", metavar="RUN_ID")
@@ -240,60 +137,31 @@ def add_output_options(group) -> None:
     add_runs_dir(group)
 
 
-def field_help(name: str) -> str:
-    """The help declared on the FederationConfig field ``name``."""
-    return FederationConfig.__dataclass_fields__[name].metadata["setting"].help
+MODEL_DEFAULTED = ("optimizer", "learning_rate", "momentum")
+"""Options that, when not given, take the model's and task's own defaults (engine.model_defaults)."""
+MODEL_DEFAULT_HELP = {
+    "optimizer": f"local optimizer, fresh state each round (default: {GENERAL_DEFAULTS.optimizer}, or the "
+                 "model's own, see below)",
+    "learning_rate": f"local learning rate (default: {GENERAL_DEFAULTS.learning_rate:g}, or the model's own)",
+    "momentum": f"local SGD momentum (default: {GENERAL_DEFAULTS.momentum:g}, or the model's own)",
+    "num_devices": f"number of devices (default: {DEFAULTS.num_devices}, or the data's own with --partition natural)",
+}
 
 
 def config_from_args(
     args: argparse.Namespace, defaults: TrainingDefaults = GENERAL_DEFAULTS, devices: int | None = None
 ) -> FederationConfig:
-    """The run's configuration; unset training options take ``defaults`` (the model's), unset
-    ``--devices`` the data's own device count (``devices``) or the default."""
-    return FederationConfig(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        image_size=args.image_size,
-        color=args.color,
-        target=args.target,
-        task=args.task,
-        device_column=args.device_column,
-        model=args.model,
-        model_weights=args.model_weights,
-        num_devices=args.devices or devices or DEFAULTS.num_devices,
-        partition=args.partition,
-        alpha=args.alpha,
-        shards_per_device=args.shards_per_device,
-        quantity_alpha=args.quantity_alpha,
-        rounds=args.rounds,
-        local_epochs=args.local_epochs,
-        batch_size=args.batch_size,
-        learning_rate=getattr(args, "lr", defaults.learning_rate),
-        optimizer=getattr(args, "optimizer", defaults.optimizer),
-        momentum=getattr(args, "momentum", defaults.momentum),
-        min_devices=args.min_devices,
-        fraction=args.fraction,
-        seed=args.seed,
-        strategy=args.strategy,
-        strategy_params=dict(args.strategy_param),
-        local_test_fraction=args.local_test_fraction,
-        train_samples=args.train_samples,
-        test_samples=args.test_samples,
-        workers=args.workers,
-        stack_width=args.stack_width,
-        xla=args.xla,
-        faults=dict(args.fault),
-        slowdowns=dict(args.slowdown),
-        dropout=args.dropout,
-        round_deadline=args.deadline,
-        clip_norm=args.clip,
-        noise_multiplier=args.noise,
-        local_noise_multiplier=args.local_noise,
-        dp_delta=args.dp_delta,
-        secure_aggregation=args.secure_aggregation,
-        compression=args.compression,
-        topk_fraction=args.topk_fraction,
-    )
+    """The ``run`` options as a configuration (not validated: see ``FederationConfig.problems``).
+
+    Training options not given take ``defaults`` (the model's); ``--devices`` not given, the data's own
+    device count (``devices``) or the default."""
+    values = setting_values(args, FederationConfig)
+    for name in MODEL_DEFAULTED:
+        if values[name] is None:
+            values[name] = getattr(defaults, name)
+    if values["num_devices"] is None:
+        values["num_devices"] = devices or DEFAULTS.num_devices
+    return FederationConfig(**values)
 
 
 def finite(value: float | None) -> float | None:
@@ -501,6 +369,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as python -m engine; also for the fl-watch script
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -513,11 +382,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 1
     except (DataError, ModelError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    except (RunNotFound, FileNotFoundError) as error:
-        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
-        return 1
     except ConfigError as error:
         args.command_parser.error(str(error))
     return 2
