@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.make_data import colour_only_folder, linear_csv
-from tests.test_app import APP_FILE, federation_of, metric, no_exceptions, plotly_keys, run_until
-
-BASE_ENV = {"FL_DEFAULT_DEVICES": "2", "FL_DEFAULT_MODEL": "mlp", "FL_DEFAULT_ROUNDS": "2", "FL_AUTO_CREATE": "1"}
+from tests.test_app import app_env, federation_of, make_app, metric, no_exceptions, plotly_keys, run_until  # noqa: F401
 
 
-@pytest.fixture
-def own_env(monkeypatch):
-    for name, value in BASE_ENV.items():
-        monkeypatch.setenv(name, value)
-    return monkeypatch
-
-
-@pytest.fixture
-def make_own_app(own_env):
-    from streamlit.testing.v1 import AppTest
-
-    apps = []
-
-    def make():
-        at = AppTest.from_file(APP_FILE, default_timeout=90)
-        apps.append(at)
-        return at
-
-    yield make
-    for at in apps:
-        if "federation" in at.session_state and at.session_state["federation"] is not None:
-            at.session_state["federation"].close()
-
-
-def test_a_colour_folder_trains_and_the_upload_panel_adapts(make_own_app, own_env, tmp_path):
+def test_a_colour_folder_trains_and_the_upload_panel_adapts(make_app, app_env, tmp_path):
     root = colour_only_folder(tmp_path / "hues", per_class=30, side=12)
-    own_env.setenv("FL_DEFAULT_DATASET", str(root))
-    at = make_own_app().run()
+    app_env.setenv("FL_DEFAULT_DATASET", str(root))
+    at = make_app().run()
     no_exceptions(at)
     federation = federation_of(at)
     assert federation.preprocessing.color == "rgb" and federation.dataset.class_names == ("green", "red")
@@ -48,10 +20,10 @@ def test_a_colour_folder_trains_and_the_upload_panel_adapts(make_own_app, own_en
     assert any("12×12 colour" in c.value for c in at.caption)  # the upload is prepared like the training images
 
 
-def test_a_csv_regression_from_the_setup_panel(make_own_app, own_env, tmp_path):
+def test_a_csv_regression_from_the_setup_panel(make_app, app_env, tmp_path):
     path = linear_csv(tmp_path / "phones.csv", devices=3, per_device=300)
-    own_env.setenv("FL_DEFAULT_DATASET", str(path))
-    at = make_own_app().run()
+    app_env.setenv("FL_DEFAULT_DATASET", str(path))
+    at = make_app().run()
     no_exceptions(at)
     assert any("needs --target" in e.value for e in at.error)  # a visible one-line notice, no traceback
     at.text_input(key="setup_target").set_value("y").run()
