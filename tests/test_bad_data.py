@@ -155,3 +155,13 @@ def test_bad_data_gets_one_line_and_exit_2(case, tmp_path, capsys):
     last = err.splitlines()[-1]
     assert expected in last, err
     assert "Traceback" not in err and len(last) < 400
+
+
+def test_flower_says_own_data_trains_in_process(tmp_path):
+    from engine.config import FederationConfig
+    from flower_app.backend import unsupported
+
+    folder = colour_only_folder(tmp_path / "f", per_class=2, side=8)
+    problems = unsupported(FederationConfig(dataset=str(folder), model="mlp", num_devices=2))
+    assert any("train in-process only" in p for p in problems)
+    assert unsupported(FederationConfig(model="mlp", num_devices=2)) == []
