@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from functools import partial
 from typing import Callable
 
@@ -18,11 +18,9 @@ import keras
 import numpy as np
 
 from data.datasets import Dataset
-from data.errors import DataError
-from data.partition import label_histogram, partition, split_local_test, target_histogram
+from data.partition import label_histogram, target_histogram
 from data.sources import load_source
 from data.spec import Preprocessing
-from devices.device import Device, DeviceData
 from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.stacked import StackedReplica
@@ -31,41 +29,18 @@ from devices.trainer import ModelReplica, OptimizerSpec, SampleSpec, TrainingSto
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
-from engine.data_fit import data_problem
 from engine.model_defaults import ModelError
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
-from engine.rounds import RoundRunner, ServerTestSet
+from engine.rounds import RoundRunner
+from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
+from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore
+from engine.transport import InProcessTransport
 from engine.strategies import build_strategy
-from engine.strategies.base import Strategy
 
 WAIT_POLL_SECONDS = 0.5
 PREPROCESSING_FILE = "preprocessing.json"
-
-
-def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
-    """Give each device its own copy of its partition, split into local train and test parts."""
-    problem = data_problem(dataset, config)
-    if problem:
-        raise DataError(problem)
-    rng = np.random.default_rng(config.seed)
-    pool = np.arange(len(dataset.y_train))
-    if config.train_samples is not None and config.train_samples < len(pool):
-        pool = np.sort(rng.choice(pool, size=config.train_samples, replace=False))
-    groups = None if dataset.train_groups is None else dataset.train_groups[pool]
-    try:
-        parts = partition(dataset.y_train[pool], config.num_devices, config.partition_spec, config.seed, groups)
-    except ValueError as error:
-        raise DataError(str(error)) from None
-    devices = []
-    for device_id, part in enumerate(parts):
-        train, test = split_local_test(pool[part], config.local_test_fraction, rng)
-        data = DeviceData(dataset.x_train[train], dataset.y_train[train], dataset.x_train[test], dataset.y_train[test])
-        devices.append(
-            Device(device_id, data, config.faults.get(device_id, "none"), config.slowdowns.get(device_id, 1.0))
-        )
-    return devices
 
 
 def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, str]:
@@ -81,21 +56,6 @@ def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, s
     return True, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."
 
 
-def strategy_state(strategy: Strategy) -> dict[str, Weights]:
-    """The strategy's server-side state (its ``init=False`` fields that hold weights)."""
-    return {f.name: getattr(strategy, f.name) for f in fields(strategy) if not f.init and getattr(strategy, f.name)}
-
-
-def restore_strategy_state(strategy: Strategy, state: dict[str, Weights]) -> None:
-    for name, value in state.items():
-        setattr(strategy, name, list(value))
-
-
-def server_test_set(dataset: Dataset, config: FederationConfig) -> ServerTestSet:
-    count = min(config.test_samples or len(dataset.y_test), len(dataset.y_test))
-    return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes, dataset.task)
-
-
 def sample_spec(dataset: Dataset) -> SampleSpec:
     """How the devices' stored samples of ``dataset`` feed the model."""
     dtype = "uint8" if dataset.x_train.dtype == np.uint8 else "float32"
@@ -109,7 +69,7 @@ def save_preprocessing(store: RunStore, run_id: str, spec: Preprocessing) -> Non
     (folder / PREPROCESSING_FILE).write_text(spec.to_json())
 
 
-def data_histogram(dataset: Dataset, devices: list[Device]) -> tuple[np.ndarray, tuple[str, ...]]:
+def data_histogram(dataset: Dataset, devices: list) -> tuple[np.ndarray, tuple[str, ...]]:
     """Per device: samples of each class, or of each target bin for a regression; and the column names."""
     targets = [d.data.y_train for d in devices]
     if dataset.task == "regression":
@@ -180,15 +140,14 @@ class Federation(FederationBackend):
                                      task=self.dataset.task, class_names=self.dataset.class_names)
         if store is not None:
             save_preprocessing(store, self.run_id, self.preprocessing)
+        self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
         self._runner = RoundRunner(
             config,
-            self.devices,
-            self._pool,
+            self.transport,
             evaluator,
             self.strategy,
             server_test_set(self.dataset, config),
             self._set_device_status,
-            self._set_device_progress,
         )
 
     @classmethod
