@@ -371,7 +371,9 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as python -m engine; also for the fl-watch script
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # point at the sub-command's --help, where the options are
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         problems = config_from_args(args).problems()
         if problems:

@@ -122,7 +122,8 @@ class FederationConfig:
                                           "weights), scale (sends its update flipped and x10), random (sends "
                                           "random weights)")
     slowdowns: dict[int, float] = setting(default_factory=dict, group="behaviour", label="Slow devices",
-                                          flag="--slowdown", metavar="DEVICE=FACTOR", help="multiply a device's simulated compute time")
+                                          flag="--slowdown", metavar="DEVICE=FACTOR",
+                                          help="multiply a device's simulated compute time")
     dropout: float = setting(0.0, group="behaviour", label="Dropout probability", bounds=FRACTION,
                              help="probability that a selected device does not answer in a round")
     round_deadline: float | None = setting(None, group="behaviour", label="Round deadline (simulated seconds)",
@@ -204,7 +205,7 @@ class FederationConfig:
         available = self.train_samples or TRAIN_SET_SIZES.get(self.dataset)
         need(available is None or self.num_devices <= available,
              f"{self.num_devices} devices need at least as many training samples, and there are "
-             f"{available} (use fewer devices or more --train-samples)")
+             f"{available} (use fewer devices or more training samples)")
         for device, fault in self.faults.items():
             need(0 <= device < self.num_devices, f"fault set for device {device}, which does not exist")
             need(fault in FAULTS, f"fault {fault!r} must be one of {', '.join(FAULTS)}")

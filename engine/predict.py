@@ -31,6 +31,7 @@ from data.datasets import CLASS_NAMES, DATASET_NAMES
 from data.errors import DataError
 from data.prepare import read_sidecar
 from data.preprocess import ImageError, preprocess_upload
+from engine.cli_options import OneLineParser
 from engine.predict_data import predict_files, result_line
 
 KERAS_BATCH = 1024
@@ -243,7 +244,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m engine.predict",
         description="Classify image files (PNG, JPEG, WebP, BMP, GIF) with an exported model: "
         "a .tflite file, a .keras file or a SavedModel directory.",

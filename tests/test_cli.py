@@ -67,7 +67,7 @@ def test_help_explains_every_option():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--partition", "zigzag"], "invalid choice"),
+        (["--partition", "zigzag"], "must be one of iid, dirichlet"),
         (["--devices", "0"], "Number of devices must be >= 1"),
         (["--devices", "3", "--min-devices", "5"], "minimum devices"),
         (["--partition", "dirichlet", "--alpha", "-1"], "alpha must be > 0"),
