@@ -67,12 +67,18 @@ def device_accuracy_series(history: Sequence[RoundResult],
     if devices is not None:
         device_ids = [d for d in device_ids if d in set(devices)]
     series: dict[int, list[float | None]] = {device_id: [] for device_id in device_ids}
+    regression = is_regression(history)
     for result in history:
-        by_device = {d.device_id: d.accuracy for d in result.devices}
+        by_device = {d.device_id: d.loss if regression else d.accuracy for d in result.devices}
         for device_id in device_ids:
             value = by_device.get(device_id)
             series[device_id].append(None if value is None or not np.isfinite(value) else float(value))
     return series
+
+
+def is_regression(history: Sequence[RoundResult]) -> bool:
+    """Whether the run is a regression: its charts show MSE and R² instead of accuracy."""
+    return bool(history) and history[-1].is_regression
 
 
 def per_class_accuracy(confusion: np.ndarray) -> list[float | None]:
@@ -85,10 +91,12 @@ def per_class_accuracy(confusion: np.ndarray) -> list[float | None]:
 def global_metrics_figure(history: Sequence[RoundResult]) -> go.Figure:
     """Server-side test accuracy and loss of the global model after each round, side by side."""
     rounds = rounds_of(history)
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy", "Loss"), horizontal_spacing=0.12)
+    regression = is_regression(history)
+    titles = ("R²", "Mean squared error") if regression else ("Accuracy", "Loss")
+    figure = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.12)
     figure.add_trace(
-        go.Scatter(x=rounds, y=[r.global_accuracy for r in history], mode=_line_mode(rounds),
-                   name="accuracy", line={"color": ACCURACY_COLOUR}),
+        go.Scatter(x=rounds, y=[r.global_r2 if regression else r.global_accuracy for r in history],
+                   mode=_line_mode(rounds), name="R²" if regression else "accuracy", line={"color": ACCURACY_COLOUR}),
         row=1, col=1,
     )
     figure.add_trace(
@@ -97,7 +105,8 @@ def global_metrics_figure(history: Sequence[RoundResult]) -> go.Figure:
         row=1, col=2,
     )
     figure.update_xaxes(title_text="round", dtick=1 if len(rounds) <= 20 else None)
-    figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
+    if not regression:
+        figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
     figure.update_yaxes(rangemode="tozero", row=1, col=2)
     return _layout(figure, "Global model on the server's test set", showlegend=False)
 
@@ -112,6 +121,9 @@ def device_accuracy_figure(history: Sequence[RoundResult], devices: Sequence[int
                        connectgaps=False, marker={"size": 6}, line={"color": device_colour(device_id), "width": 2})
         )
     figure.update_xaxes(title_text="round", dtick=1 if len(rounds) <= 20 else None)
+    if is_regression(history):
+        figure.update_yaxes(title_text="local mean squared error", rangemode="tozero")
+        return _layout(figure, "Each device's error on its own held-out data", legend={"title": {"text": "click to hide"}})
     figure.update_yaxes(title_text="local accuracy", range=[0, 1], tickformat=".0%")
     return _layout(figure, "Each device's accuracy on its own held-out data",
                    legend={"title": {"text": "click to hide"}})
@@ -121,6 +133,7 @@ def latest_device_accuracy_figure(result: RoundResult | None, devices: Sequence[
     """Bars: each contributing device's (of ``devices``, if given) local accuracy in ``result`` (the latest round)."""
     figure = go.Figure()
     title = "Latest round: accuracy per device"
+    regression = result is not None and result.is_regression
     if result is not None:
         wanted = None if devices is None else set(devices)
         devices = sorted((d for d in result.devices if wanted is None or d.device_id in wanted),
@@ -128,16 +141,20 @@ def latest_device_accuracy_figure(result: RoundResult | None, devices: Sequence[
         figure.add_trace(
             go.Bar(
                 x=[device_label(d.device_id) for d in devices],
-                y=[d.accuracy for d in devices],
-                text=[f"{d.accuracy:.0%}" for d in devices],
+                y=[d.loss if regression else d.accuracy for d in devices],
+                text=[f"{d.loss:.3g}" if regression else f"{d.accuracy:.0%}" for d in devices],
                 textposition="auto",
                 marker={"color": [device_colour(d.device_id) for d in devices]},
                 customdata=[d.samples for d in devices],
-                hovertemplate="%{x}: %{y:.1%} (%{customdata} samples)<extra></extra>",
+                hovertemplate="%{x}: %{y:.3g} (%{customdata} samples)<extra></extra>" if regression
+                else "%{x}: %{y:.1%} (%{customdata} samples)<extra></extra>",
             )
         )
-        title = f"Round {result.round}: accuracy per device"
+        title = f"Round {result.round}: {'mean squared error' if regression else 'accuracy'} per device"
     figure.update_xaxes(type="category")
+    if regression:
+        figure.update_yaxes(rangemode="tozero")
+        return _layout(figure, title, showlegend=False)
     figure.update_yaxes(range=[0, 1], tickformat=".0%")
     return _layout(figure, title, showlegend=False)
 

@@ -112,12 +112,16 @@ def render_status(snapshot: Snapshot) -> None:
     status_col.metric("Status", SHORT_STATUS.get(snapshot.status, snapshot.status.value.capitalize()))
     rounds_col.metric("Completed rounds", rounds_text(snapshot))
     time_col.metric("Elapsed", format_elapsed(snapshot.elapsed))
-    accuracy_col.metric(
+    if latest is not None and latest.is_regression:
+        accuracy_col.metric("Global R²", f"{latest.global_r2:.3f}", help=f"MSE {latest.global_loss:.4g}, "
+                            f"MAE {latest.global_mae:.4g} on the server's test set")
+    else:
+        accuracy_col.metric(
         "Global accuracy",
         "–" if latest is None else f"{latest.global_accuracy:.1%}",
         delta=None if latest is None or previous is None
         else f"{(latest.global_accuracy - previous.global_accuracy) * 100:+.1f} pts",
-    )
+        )
     if snapshot.status is RunStatus.RUNNING:
         st.progress(min(1.0, snapshot.round_progress), text=progress_text(snapshot))
     elif snapshot.total_rounds:

@@ -198,7 +198,8 @@ def render_label_distribution(federation: Federation) -> None:
     """Heatmap of each device's training labels (fixed for a federation) and what the split means."""
     heatmap_column, note_column = st.columns([3, 1], gap="medium", vertical_alignment="center")
     with heatmap_column:
-        figure = label_distribution_figure(federation.label_histogram, federation.dataset.class_names)
+        figure = label_distribution_figure(federation.label_histogram,
+                                           getattr(federation, "histogram_labels", federation.dataset.class_names))
         st.plotly_chart(figure, key="label_distribution", config={"displayModeBar": False})
         if len(federation.label_histogram) > MAX_HEATMAP_ROWS:
             st.caption(f"{len(federation.label_histogram)} devices: each row sums a group of consecutive devices.")

@@ -86,7 +86,7 @@ def main() -> None:
             st.rerun()  # redraw the setup panel and controls for the new federation
     federation = state.get_federation()
     if federation is not None and setup.valid and federation.snapshot().total_rounds != setup.config.rounds \
-            and sidebar.same_setup(setup.config, federation.config):
+            and sidebar.same_setup(setup.config, state.requested_config(federation)):
         federation.set_rounds(setup.config.rounds)  # rounds may change at any time, even mid-run
 
     if state.creation_error():

@@ -9,6 +9,7 @@ import streamlit as st
 
 from data.preprocess import PreprocessedImage, preprocess_upload
 from app.charts import probabilities_figure
+from app.predict_own import image_panel, table_panel
 from app.predict import Classification, classify_pixels, classify_upload, enlarge, pixels_of_test_image
 
 if TYPE_CHECKING:
@@ -96,6 +97,13 @@ def render(federation: Federation) -> None:
                        "guesses. Start training first.")
         else:
             st.caption(f"Classified by the global model after round {snapshot.round}.")
+        spec = getattr(federation, "preprocessing", None)
+        if spec is not None and spec.kind in ("image", "tabular"):  # one's own data: its own preprocessing
+            try:
+                (table_panel if spec.kind == "tabular" else image_panel)(federation, spec, untrained)
+            except Exception as error:  # keep the page alive whatever the model does
+                st.error(f"Prediction failed: {type(error).__name__}: {error}")
+            return
         upload_tab, test_tab = st.tabs(["Upload an image", "Random test image"])
         try:
             with upload_tab:

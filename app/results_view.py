@@ -86,6 +86,10 @@ def render_model_quality(snapshot: Snapshot, class_names: Sequence[str]) -> None
     if latest is None:
         st.info("The confusion matrix appears after the first round.")
         return
+    if latest.is_regression:
+        st.markdown(f"Round {latest.round} on the server's test set: mean squared error **{latest.global_loss:.4g}**, "
+                    f"mean absolute error **{latest.global_mae:.4g}**, R² **{latest.global_r2:.3f}**.")
+        return
     matrix, per_class = st.columns([3, 2], gap="medium")
     with matrix:
         st.plotly_chart(charts.confusion_figure(latest.confusion, class_names, latest.round), key="confusion",

@@ -27,12 +27,14 @@ from app.setup_helpers import (
 )
 
 DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST (clothing)", "mnist": "MNIST (digits)"}
-MODEL_LABELS = {"cnn": "CNN (small convolutional net)", "mlp": "MLP (2 hidden layers)"}
+MODEL_LABELS = {"cnn": "CNN (small convolutional net)", "mlp": "MLP (2 hidden layers)",
+                "linear": "Linear (linear / logistic regression)", "mobilenetv2": "MobileNetV2 (colour images)"}
 PARTITION_LABELS = {
     "iid": "IID (every device sees all classes)",
     "dirichlet": "Dirichlet label skew",
     "shards": "Shards (few classes per device)",
     "quantity": "Quantity skew (unequal sizes)",
+    "natural": "Natural (the data's own devices)",
 }
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD with momentum"}
 COMPRESSION_LABELS = {

@@ -106,7 +106,8 @@ def _apply_button(setup: Setup, federation: Federation | None) -> None:
     bar = st.sidebar
     if federation is None:
         label, allowed, note = "Create federation", setup.valid, None
-    elif same_setup(setup.config, federation.config) and state.backend_of(federation) == state.selected_backend():
+    elif same_setup(setup.config, state.requested_config(federation)) \
+            and state.backend_of(federation) == state.selected_backend():
         label, allowed, note = "Apply setup", False, "The federation matches this setup."
     elif has_run(federation):
         label, allowed, note = "Apply setup", False, None

@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Callable
 
 import streamlit as st
 
-from data.datasets import Dataset, DatasetUnavailableError, load_dataset
+from data.datasets import Dataset
+from data.errors import DataError
+from data.sources import load_source
+from data.spec import SourceOptions
+from engine.model_defaults import GENERAL_DEFAULTS, ModelError, training_defaults
 from engine.config import ConfigError, FederationConfig
 
 if TYPE_CHECKING:  # importing the federation pulls in TensorFlow; done lazily in create_federation
@@ -29,8 +33,8 @@ RESUME_KEY = "resume_request"
 class DatasetSlot:
     """Loads one data set at most once (thread-safe) and keeps it for every session."""
 
-    def __init__(self, name: str, data_dir: str | None):
-        self.name, self.data_dir = name, data_dir
+    def __init__(self, name: str, data_dir: str | None, options: SourceOptions = SourceOptions()):
+        self.name, self.data_dir, self.options = name, data_dir, options
         self._lock = threading.Lock()
         self._dataset: Dataset | None = None
 
@@ -38,14 +42,35 @@ class DatasetSlot:
         """The data set, loading it first (reporting through ``progress``) if needed."""
         with self._lock:
             if self._dataset is None:
-                self._dataset = load_dataset(self.name, self.data_dir, progress)
+                self._dataset = load_source(self.name, self.data_dir, self.options, progress)
             return self._dataset
 
 
-@st.cache_resource(show_spinner=False)
-def dataset_slot(name: str, data_dir: str | None) -> DatasetSlot:
-    """The shared slot for (name, data_dir); the slot, not this cache, does the slow load with live progress."""
-    return DatasetSlot(name, data_dir)
+@st.cache_resource(show_spinner=False, max_entries=8)
+def dataset_slot(name: str, data_dir: str | None, options: SourceOptions = SourceOptions()) -> DatasetSlot:
+    """The shared slot for (name, data_dir, options); the slot, not this cache, does the slow load with live
+    progress."""
+    return DatasetSlot(name, data_dir, options)
+
+
+def requested_config(federation: Federation) -> FederationConfig:
+    """The setup that built ``federation`` (its config may differ: natural device count, model defaults)."""
+    return getattr(federation, "requested_config", federation.config)
+
+
+def fit_to_data(config: FederationConfig, dataset: Dataset, report: Callable[[str], None]) -> FederationConfig:
+    """The natural partition takes the data's own devices; untouched training settings take the model's."""
+    if config.partition == "natural" and dataset.group_names:
+        count = len(dataset.group_names)
+        config = config.with_changes(num_devices=count, min_devices=min(config.min_devices, count))
+    defaults = training_defaults(config.model, dataset.task)
+    if (config.optimizer, config.learning_rate) == (GENERAL_DEFAULTS.optimizer, GENERAL_DEFAULTS.learning_rate) \
+            and defaults != GENERAL_DEFAULTS:
+        report(f"Using {config.model}'s defaults for a {dataset.task}: {defaults.optimizer}, "
+               f"learning rate {defaults.learning_rate:g}")
+        config = config.with_changes(optimizer=defaults.optimizer, learning_rate=defaults.learning_rate,
+                                     momentum=defaults.momentum)
+    return config
 
 
 class SessionFederations:
@@ -142,7 +167,8 @@ def create_federation(config: FederationConfig) -> Federation | None:
     with st.status(label + "...", expanded=True) as status:
         try:
             status.write(f"Loading the {config.dataset} data set...")
-            dataset = dataset_slot(config.dataset, config.data_dir).get(progress=status.write)
+            dataset = dataset_slot(config.dataset, config.data_dir, config.source_options).get(progress=status.write)
+            requested, config = config, fit_to_data(config, dataset, status.write)
             status.write(f"Splitting the data across {config.num_devices} devices and building the "
                          f"{config.model.upper()} model...")
             from app.runs import current_store, run_label
@@ -150,7 +176,7 @@ def create_federation(config: FederationConfig) -> Federation | None:
 
             federation = build(config, selected_backend(), dataset=dataset, store=current_store(),
                                label=run_label(config))
-        except DatasetUnavailableError as error:
+        except (DataError, ModelError) as error:  # one line on what is wrong with the data or model
             return _failed(status, str(error))
         except ConfigError as error:
             return _failed(status, "Invalid setup: " + "; ".join(error.problems))
@@ -159,6 +185,7 @@ def create_federation(config: FederationConfig) -> Federation | None:
         except Exception as error:  # never show a traceback; say what went wrong instead
             return _failed(status, f"Could not create the federation: {type(error).__name__}: {error}")
         status.update(label=f"Federation ready: {config.num_devices} devices.", state="complete", expanded=False)
+    federation.requested_config = requested  # what the setup panel said, before fitting it to the data
     _adopt(federation)
     return federation
 
@@ -189,11 +216,11 @@ def resume_run(run_id: str, more_rounds: int | None) -> Federation | None:
 
             store = current_store()
             config = store.load_config(run_id)
-            dataset = dataset_slot(config.dataset, config.data_dir).get(progress=status.write)
+            dataset = dataset_slot(config.dataset, config.data_dir, config.source_options).get(progress=status.write)
             federation = Federation.reopen(store, run_id, more_rounds=more_rounds, dataset=dataset)
         except (KeyError, FileNotFoundError) as error:  # RunNotFound is a KeyError
             return _failed(status, f"Cannot resume this run: {str(error).strip(chr(39))}")
-        except DatasetUnavailableError as error:
+        except (DataError, ModelError) as error:
             return _failed(status, str(error))
         except Exception as error:  # never show a traceback
             return _failed(status, f"Could not resume the run: {type(error).__name__}: {error}")

@@ -8,13 +8,16 @@ otherwise Keras downloads the data set as usual. When neither works,
 
 from __future__ import annotations
 
-import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from data.errors import DataError, DatasetUnavailableError
+from data.idx import check_pairs, read_checked
+from data.spec import BUILTIN_GREY, Preprocessing
 
 DATA_DIR_ENV = "FL_DATA_DIR"
 
@@ -37,13 +40,19 @@ DATASET_NAMES = tuple(CLASS_NAMES)
 TRAIN_SET_SIZES = {"fashion-mnist": 60_000, "mnist": 60_000}  # images in each standard training set
 
 
-class DatasetUnavailableError(RuntimeError):
-    """The data set is neither in a local folder nor downloadable."""
+__all__ = ["DataError", "Dataset", "DatasetUnavailableError", "load_dataset"]
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A labelled image data set: uint8 images (N, 28, 28) and int labels."""
+    """A data set split into train and test: inputs, targets and how they were prepared.
+
+    Inputs are uint8 images (N, H, W) for grey or (N, H, W, 3) for colour
+    (scaled by 1/255 when training), or float32 rows (N, features) already
+    standardised. Targets are int32 class indices (classification) or float32
+    values (regression). ``train_groups`` (natural partition) gives each
+    training sample's device, named by ``group_names``.
+    """
 
     name: str
     x_train: np.ndarray
@@ -51,28 +60,29 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: tuple[str, ...]
+    task: str = "classification"
+    preprocessing: Preprocessing = BUILTIN_GREY
+    train_groups: np.ndarray | None = field(default=None, repr=False, compare=False)
+    group_names: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        """Classes, or 1 output for a regression."""
+        return len(self.class_names) if self.task == "classification" else 1
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (*self.x_train.shape[1:3], 1)
+    def input_shape(self) -> tuple[int, ...]:
+        """The model's input shape: grey images get a channel axis."""
+        shape = tuple(self.x_train.shape[1:])
+        return (*shape, 1) if len(shape) == 2 else shape
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.input_shape
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one gzip-compressed IDX file (images or labels) into a uint8 array."""
-    with gzip.open(path, "rb") as handle:
-        raw = handle.read()
-    magic = int.from_bytes(raw[0:4], "big")
-    if magic == 2051:
-        count, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))
-        return np.frombuffer(raw, np.uint8, offset=16).reshape(count, rows, cols)
-    if magic == 2049:
-        count = int.from_bytes(raw[4:8], "big")
-        return np.frombuffer(raw, np.uint8, offset=8)[:count]
-    raise ValueError(f"{path} is not an IDX image or label file (magic number {magic})")
+    @property
+    def is_image(self) -> bool:
+        return self.x_train.ndim in (3, 4) and self.x_train.dtype == np.uint8
 
 
 def find_local_folder(name: str, data_dir: str | os.PathLike | None) -> Path | None:
@@ -105,12 +115,14 @@ def load_dataset(
 ) -> Dataset:
     """Load ``name`` from ``data_dir`` / ``$FL_DATA_DIR``, else download it with Keras."""
     if name not in CLASS_NAMES:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     report = progress or (lambda message: None)
     folder = find_local_folder(name, data_dir)
     if folder is not None:
         report(f"Reading {name} from {folder}")
-        arrays = tuple(read_idx(folder / IDX_FILES[key]) for key in IDX_FILES)
+        named = {key: read_checked(name, folder, file) for key, file in IDX_FILES.items()}
+        check_pairs(name, named)
+        arrays = tuple(named[key] for key in IDX_FILES)
     else:
         configured = data_dir or os.environ.get(DATA_DIR_ENV)
         if configured:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity")
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural")
+LABEL_SCHEMES = ("dirichlet", "shards")
+"""Schemes that need class labels (not usable for a regression)."""
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,23 @@ def shards(
     return [np.sort(np.concatenate([pieces[i] for i in row])) for row in dealt]
 
 
+def natural(groups: np.ndarray, num_devices: int) -> list[np.ndarray]:
+    """The data's own partition: device ``d`` gets the samples whose group is ``d``."""
+    return [np.flatnonzero(groups == device) for device in range(num_devices)]
+
+
 def partition(
-    labels: np.ndarray, num_devices: int, spec: PartitionSpec, seed: int
+    labels: np.ndarray, num_devices: int, spec: PartitionSpec, seed: int, groups: np.ndarray | None = None
 ) -> list[np.ndarray]:
-    """Split sample indices across ``num_devices`` devices according to ``spec``."""
+    """Split sample indices across ``num_devices`` devices according to ``spec``.
+
+    ``natural`` needs ``groups`` (each sample's device, from per-device folders or a device column).
+    """
+    if spec.scheme == "natural":
+        if groups is None:
+            raise ValueError("the natural partition needs per-device data (ROOT/devices/<device>/ folders "
+                             "or a CSV --device-column)")
+        return natural(groups, num_devices)
     if num_devices < 1:
         raise ValueError("need at least one device")
     if num_devices > len(labels):
@@ -130,3 +145,13 @@ def split_local_test(
 def label_histogram(device_labels: list[np.ndarray], num_classes: int) -> np.ndarray:
     """Samples of each class on each device, from each device's labels: shape (devices, classes)."""
     return np.stack([np.bincount(labels, minlength=num_classes) for labels in device_labels])
+
+
+def target_histogram(
+    device_targets: list[np.ndarray], all_targets: np.ndarray, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of each target bin on each device (devices, bins), over ``bins`` equal bins of all targets."""
+    low, high = float(np.min(all_targets)), float(np.max(all_targets))
+    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+    counts = [np.histogram(np.clip(t, low, edges[-1]), edges)[0] for t in device_targets]
+    return np.stack(counts), edges

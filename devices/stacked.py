@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -28,14 +27,16 @@ from devices.trainer import (
     LocalOptimizer,
     ModelBuilder,
     OptimizerSpec,
+    SampleSpec,
     TrainResult,
     batch_plan,
     batches_per_epoch,
+    sample_losses,
     with_correction,
     with_proximal_term,
 )
 
-Samples = tuple[np.ndarray, np.ndarray]  # uint8 images (n, height, width) and int labels (n,)
+Samples = tuple[np.ndarray, np.ndarray]  # stored samples (n, ...) and targets (n,)
 StackCheckpoint = Callable[[int], None]  # called with the steps the stack has done, between chunks
 
 
@@ -65,10 +66,11 @@ def in_order(num_samples: int, batch_size: int) -> np.ndarray:
     return plan.reshape(-1, batch_size)
 
 
-def concatenated(samples: Sequence[Samples]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def concatenated(samples: Sequence[Samples], target_dtype=np.int32) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """All devices' samples in one array each, and where each device's samples start."""
     offsets = np.cumsum([0] + [len(y) for _, y in samples[:-1]]).tolist()
-    return np.concatenate([x for x, _ in samples]), np.concatenate([y for _, y in samples]).astype(np.int32), offsets
+    targets = np.concatenate([y for _, y in samples]).astype(target_dtype)
+    return np.concatenate([x for x, _ in samples]), targets, offsets
 
 
 class StackedReplica:
@@ -76,25 +78,25 @@ class StackedReplica:
 
     def __init__(
         self, build_model: ModelBuilder, optimizer: OptimizerSpec, width: int, steps_per_call: int = 25,
-        xla: bool = False, precision: str = "float32",
+        xla: bool = False, samples: SampleSpec | None = None, precision: str = "float32",
     ):
         """``xla`` compiles the step loop with XLA where that helps (dense-only models): faster rounds
-        after a compile of a few seconds per width. ``precision`` ``bfloat16`` computes in bfloat16 on
-        float32 master weights (mixed precision)."""
+        after a compile of a few seconds per width. ``samples`` as for ``ModelReplica``. ``precision``
+        ``bfloat16`` computes in bfloat16 on float32 master weights (mixed precision)."""
         with KERAS_RNG_LOCK:
             template = build_model()
         self._compute_dtype = compute_dtype(precision)
+        self.samples = samples or SampleSpec.for_model(template)
         self.width = width
         self.steps_per_call = steps_per_call
         self._ops = stack_plan(template)
-        self._image_shape = tuple(template.input_shape[1:-1])
         self._variables = [tf.Variable(tf.zeros([width, *w.shape])) for w in template.weights]
         self._anchors = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
         self._proximal_mu = tf.Variable(0.0, trainable=False)
         self._corrections = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
         self.optimizer = LocalOptimizer(optimizer, self._variables)
-        images = tf.TensorSpec([None, *self._image_shape], tf.uint8)
-        labels = tf.TensorSpec([None], tf.int32)
+        images = tf.TensorSpec([None, *self.samples.shape], tf.as_dtype(self.samples.dtype))
+        labels = tf.TensorSpec([None], self.samples.target_dtype)
         chunk = tf.TensorSpec([width, None, None], tf.int32)
         self._train_chunk = tf.function(
             self._train_chunk_impl,
@@ -133,14 +135,13 @@ class StackedReplica:
 
     # -- compiled steps --------------------------------------------------------
     def _losses(self, images, labels, mask):
-        """Per-sample cross-entropy ``[D, B]`` (masked) and correct predictions of each device's batch."""
+        """Per-sample loss ``[D, B]`` (masked) and score (correct, or absolute error) of each device's batch."""
         dtype = self._compute_dtype
         weights = self._variables if dtype == tf.float32 else [tf.cast(v, dtype) for v in self._variables]
-        images = tf.cast(tf.cast(images, tf.float32) / 255.0, dtype)
-        logits = tf.cast(forward(self._ops, weights, images), tf.float32)  # the loss is float32 in any precision
-        per_sample = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True) * mask
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32) * mask
-        return per_sample, correct
+        inputs = tf.cast(self.samples.scaled(images), dtype)
+        outputs = tf.cast(forward(self._ops, weights, inputs), tf.float32)  # the loss is float32 in any precision
+        per_sample, score = sample_losses(self.samples.task, outputs, labels)
+        return per_sample * mask, score * mask
 
     def _train_chunk_impl(self, x, y, index, mask, num_steps):
         index, mask = tf.transpose(index, [1, 0, 2]), tf.transpose(mask, [1, 0, 2])  # step-major: contiguous steps
@@ -207,7 +208,7 @@ class StackedReplica:
         self._proximal_mu.assign(proximal_mu)
         self._load_corrections(corrections or [None] * self.width)
         plans = [batch_plan(len(y), epochs, batch_size, seed) for (_, y), seed in zip(samples, seeds)]
-        x, y, offsets = concatenated(samples)
+        x, y, offsets = concatenated(samples, self.samples.target_dtype.as_numpy_dtype)
         total_steps = max(len(p) for p in plans)
         # chunks of a few fixed lengths, so XLA compiles the step loop a few times, not once per device size
         chunk_steps = min(self.steps_per_call, 1 << max(total_steps - 1, 0).bit_length())
@@ -223,7 +224,7 @@ class StackedReplica:
         seconds = time.perf_counter() - started
         steps = [len(p) for p in plans]
         return [
-            TrainResult(loss=loss / max(seen, 1), accuracy=correct / max(seen, 1), steps=count,
+            TrainResult(loss=loss / max(seen, 1), accuracy=self._accuracy(correct, seen), steps=count,
                         seconds=seconds * count / max(sum(steps), 1))
             for loss, correct, seen, count in zip(*totals, steps)
         ]
@@ -233,7 +234,7 @@ class StackedReplica:
         counts = [len(y) for _, y in samples]
         if max(counts) == 0:
             return [(float("nan"), float("nan"))] * self.width
-        x, y, offsets = concatenated(samples)
+        x, y, offsets = concatenated(samples, self.samples.target_dtype.as_numpy_dtype)
         x_t, y_t = tf.constant(x), tf.constant(y)
         columns = min(max(counts), max(1, EVAL_BATCH // self.width))
         index, mask = stacked_batches([in_order(n, columns) for n in counts], offsets)
@@ -241,6 +242,9 @@ class StackedReplica:
         for step in range(index.shape[1]):
             totals += np.array([t.numpy() for t in self._evaluate_batch(x_t, y_t, index[:, step], mask[:, step])])
         return [
-            (loss / n, correct / n) if n else (float("nan"), float("nan"))
+            (loss / n, self._accuracy(correct, n)) if n else (float("nan"), float("nan"))
             for loss, correct, n in zip(*totals, counts)
         ]
+
+    def _accuracy(self, correct: float, seen: float) -> float:
+        return correct / max(seen, 1) if self.samples.task == "classification" else float("nan")

@@ -81,8 +81,8 @@ def stack_plan(model: keras.Model) -> tuple[StackedOp, ...]:
     """Translate ``model`` into stacked operations, or raise :class:`NotStackable` saying why."""
     if not isinstance(model, keras.Sequential):
         raise NotStackable(f"model {model.name!r} is not a keras.Sequential")
-    if model.input_shape[-1] != 1:
-        raise NotStackable("only single-channel image inputs are stacked")
+    if len(model.input_shape) == 4 and model.input_shape[-1] != 1:
+        raise NotStackable("only single-channel image inputs are stacked (colour images train one by one)")
     index = {id(w): i for i, w in enumerate(model.weights)}
     if any(not w.trainable for w in model.weights):
         raise NotStackable(f"model {model.name!r} has non-trainable weights (e.g. batch statistics)")
@@ -142,7 +142,8 @@ def spatial_to_flat(h: tf.Tensor, devices: int) -> tf.Tensor:
 
 
 def forward(ops: Sequence[StackedOp], weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
-    """Logits ``[D, B, classes]`` of each device's model on its own images ``[D, B, H, W]``."""
+    """Outputs ``[D, B, classes]`` of each device's model on its own images ``[D, B, H, W]`` (or rows
+    ``[D, B, features]``, when the model starts with ``Flatten``)."""
     devices = images.shape[0]
     h, device_major = images, True  # [D, B, H, W] until the first spatial layer or Flatten
     for op in ops:

@@ -29,6 +29,8 @@ EVAL_BATCH = 2048
 # Keras draws initial weights from process-wide random state. Models are built in several threads (workers,
 # warm-ups, other federations), so building one and seeding-then-building the initial global model take turns.
 KERAS_RNG_LOCK = threading.RLock()
+DEEP_MODEL_VARIABLES = 40
+"""Models with more trainable variables than this train one compiled step at a time."""
 
 
 class TrainingStopped(Exception):
@@ -48,6 +50,45 @@ class OptimizerSpec:
         if self.name == "adam":
             return keras.optimizers.Adam(learning_rate=0.001)
         raise ValueError(f"unknown optimizer {self.name!r}; choose sgd or adam")
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What a device's stored samples look like, and what the model learns from them.
+
+    ``shape`` is one stored sample (grey images (h, w), colour (h, w, 3), rows
+    (features,)); uint8 samples are scaled by 1/255, float32 ones used as
+    they are. Classification targets are int32 classes (cross-entropy on
+    logits); regression targets float32 values (squared error on the single
+    output). ``None`` (the default) means 28x28-style uint8 grey images for
+    the model's input and classification.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "uint8"
+    task: str = "classification"
+
+    @classmethod
+    def for_model(cls, model: keras.Model) -> "SampleSpec":
+        return cls(tuple(model.input_shape[1:-1]))
+
+    @property
+    def target_dtype(self):
+        return tf.float32 if self.task == "regression" else tf.int32
+
+    def scaled(self, x) -> tf.Tensor:
+        """Stored samples as float32 model inputs."""
+        values = tf.cast(x, tf.float32)
+        return values / 255.0 if self.dtype == "uint8" else values
+
+
+def sample_losses(task: str, outputs, y):
+    """Per-sample loss and score: cross-entropy and correctness, or squared and absolute error."""
+    if task == "regression":
+        error = outputs[..., 0] - y
+        return tf.square(error), tf.abs(error)
+    loss = keras.losses.sparse_categorical_crossentropy(y, outputs, from_logits=True)
+    return loss, tf.cast(tf.equal(tf.argmax(outputs, -1, output_type=tf.int32), y), tf.float32)
 
 
 @dataclass(frozen=True)
@@ -121,11 +162,13 @@ class ModelReplica:
     """One model, one optimizer and their compiled train/evaluate functions."""
 
     def __init__(
-        self, build_model: ModelBuilder, optimizer: OptimizerSpec, steps_per_call: int = 25, precision: str = "float32"
+        self, build_model: ModelBuilder, optimizer: OptimizerSpec, steps_per_call: int = 25,
+        samples: SampleSpec | None = None, precision: str = "float32",
     ):
         """``precision`` ``bfloat16`` trains in mixed precision: float32 weights, bfloat16 compute."""
         with KERAS_RNG_LOCK:
             self.model = in_precision(build_model(), precision)
+        self.samples = samples or SampleSpec.for_model(self.model)
         self.optimizer = LocalOptimizer(optimizer, self.model.trainable_variables)
         # FedProx: the weights received this round and the proximal weight mu
         self._anchors = [tf.Variable(v.value, trainable=False) for v in self.model.trainable_variables]
@@ -135,17 +178,20 @@ class ModelReplica:
                              for v in self.model.trainable_variables]
         self._trainable_positions = trainable_positions(self.model)
         self.steps_per_call = steps_per_call
-        self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
-        image = tf.TensorSpec([None, *self.model.input_shape[1:-1]], tf.uint8)
-        labels = tf.TensorSpec([None], tf.int32)
+        image = tf.TensorSpec([None, *self.samples.shape], tf.as_dtype(self.samples.dtype))
+        labels = tf.TensorSpec([None], self.samples.target_dtype)
         scalar = tf.TensorSpec([], tf.int32)
         self._train_steps = tf.function(
             self._train_steps_impl,
             input_signature=[image, labels, tf.TensorSpec([None], tf.int32), scalar, scalar, scalar, scalar],
         )
+        # a deep model's step loop takes minutes to compile (MobileNetV2: ~60 s, one step ~16 s)
+        self.step_by_step = len(self.model.trainable_variables) > DEEP_MODEL_VARIABLES
+        self._train_one = tf.function(self._step, input_signature=[image, labels, tf.TensorSpec([None], tf.int32),
+                                                                  scalar, scalar, scalar])
         self._evaluate_batch = tf.function(self._evaluate_batch_impl, input_signature=[image, labels])
         self._predict_batch = tf.function(
-            self._predict_impl, input_signature=[tf.TensorSpec([None, *self.model.input_shape[1:-1]], tf.float32)]
+            self._predict_impl, input_signature=[tf.TensorSpec([None, *self.samples.shape], tf.float32)]
         )
 
     # -- weights ---------------------------------------------------------
@@ -162,41 +208,62 @@ class ModelReplica:
         self.optimizer.reset(learning_rate)
 
     # -- compiled steps ----------------------------------------------------
-    def _forward_loss(self, x_uint8, y, training):
-        images = tf.expand_dims(tf.cast(x_uint8, tf.float32) / 255.0, -1)
-        logits = tf.cast(self.model(images, training=training), tf.float32)  # the loss is float32 in any precision
-        loss_sum = self._loss(y, logits)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
-        return logits, loss_sum, correct
+    def _model_inputs(self, values):
+        return tf.reshape(values, [-1, *self.model.input_shape[1:]])
+
+    def _forward_loss(self, x, y, training):
+        """Outputs, summed loss and summed score (correct predictions, or absolute errors) of a batch."""
+        outputs = self.model(self._model_inputs(self.samples.scaled(x)), training=training)
+        outputs = tf.cast(outputs, tf.float32)  # the loss is float32 in any precision
+        losses, scores = sample_losses(self.samples.task, outputs, y)
+        return outputs, tf.reduce_sum(losses), tf.reduce_sum(scores)
+
+    def _step(self, x, y, order, samples_per_epoch, batch_size, step):
+        """One local step at ``step`` of the epochs' orders: summed loss, score and batch size."""
+        steps_per_epoch = (samples_per_epoch + batch_size - 1) // batch_size
+        epoch_start = (step // steps_per_epoch) * samples_per_epoch
+        start = epoch_start + (step % steps_per_epoch) * batch_size
+        end = tf.minimum(start + batch_size, epoch_start + samples_per_epoch)
+        batch = order[start:end]
+        xb, yb = tf.gather(x, batch), tf.gather(y, batch)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            _, loss_sum, correct = self._forward_loss(xb, yb, training=True)
+            loss = loss_sum / tf.cast(end - start, tf.float32)
+        gradients = with_correction(tape.gradient(loss, variables), self._corrections)
+        self.optimizer.apply(with_proximal_term(gradients, variables, self._anchors, self._proximal_mu), variables)
+        return loss_sum, correct, end - start
 
     def _train_steps_impl(self, x, y, order, samples_per_epoch, batch_size, first_step, num_steps):
-        steps_per_epoch = (samples_per_epoch + batch_size - 1) // batch_size
         loss_total = tf.constant(0.0)
         correct_total = tf.constant(0.0)
         seen = tf.constant(0)
-        variables = self.model.trainable_variables
         for step in tf.range(first_step, first_step + num_steps):
-            epoch_start = (step // steps_per_epoch) * samples_per_epoch
-            start = epoch_start + (step % steps_per_epoch) * batch_size
-            end = tf.minimum(start + batch_size, epoch_start + samples_per_epoch)
-            batch = order[start:end]
-            xb, yb = tf.gather(x, batch), tf.gather(y, batch)
-            with tf.GradientTape() as tape:
-                _, loss_sum, correct = self._forward_loss(xb, yb, training=True)
-                loss = loss_sum / tf.cast(end - start, tf.float32)
-            gradients = with_correction(tape.gradient(loss, variables), self._corrections)
-            self.optimizer.apply(with_proximal_term(gradients, variables, self._anchors, self._proximal_mu), variables)
+            loss_sum, correct, count = self._step(x, y, order, samples_per_epoch, batch_size, step)
             loss_total += loss_sum
             correct_total += correct
-            seen += end - start
+            seen += count
         return loss_total, correct_total, seen
 
-    def _evaluate_batch_impl(self, x, y):
-        logits, loss_sum, _ = self._forward_loss(x, y, training=False)
-        return loss_sum, tf.argmax(logits, -1, output_type=tf.int32)
+    def _run_steps(self, x, y, order, samples, batch_size, first, count):
+        """``count`` steps from ``first``: in one compiled loop, or step by step for deep models."""
+        if not self.step_by_step:
+            return self._train_steps(x, y, order, samples, batch_size, first, count)
+        totals = [0.0, 0.0, 0]
+        for step in range(first, first + count):
+            for i, value in enumerate(self._train_one(x, y, order, samples, batch_size, step)):
+                totals[i] += value
+        return totals
 
-    def _predict_impl(self, images):
-        return tf.nn.softmax(tf.cast(self.model(tf.expand_dims(images, -1), training=False), tf.float32))
+    def _evaluate_batch_impl(self, x, y):
+        outputs, loss_sum, _ = self._forward_loss(x, y, training=False)
+        if self.samples.task == "regression":
+            return loss_sum, outputs[:, 0]
+        return loss_sum, tf.cast(tf.argmax(outputs, -1, output_type=tf.int32), tf.float32)
+
+    def _predict_impl(self, inputs):
+        outputs = tf.cast(self.model(self._model_inputs(inputs), training=False), tf.float32)
+        return outputs if self.samples.task == "regression" else tf.nn.softmax(outputs)
 
     # -- public API ----------------------------------------------------------
     def train(
@@ -219,27 +286,33 @@ class ModelReplica:
         for variable, position in zip(self._corrections, self._trainable_positions):
             variable.assign(tf.zeros_like(variable) if correction is None else correction[position])
         total_steps = batches_per_epoch(len(x), batch_size) * epochs
-        x_t, y_t = tf.constant(x), tf.constant(y, tf.int32)
+        x_t, y_t = tf.constant(x), tf.constant(y, self.samples.target_dtype)
         order = tf.constant(epoch_orders(len(x), epochs, seed))
         loss_total = correct_total = 0.0
         seen = 0
         for first in range(0, total_steps, self.steps_per_call):
             checkpoint(first)
             count = min(self.steps_per_call, total_steps - first)
-            loss, correct, num = self._train_steps(x_t, y_t, order, len(x), batch_size, first, count)
+            loss, correct, num = self._run_steps(x_t, y_t, order, len(x), batch_size, first, count)
             loss_total += float(loss)
             correct_total += float(correct)
             seen += int(num)
         checkpoint(total_steps)
         return TrainResult(
             loss=loss_total / max(seen, 1),
-            accuracy=correct_total / max(seen, 1),
+            accuracy=self._accuracy(correct_total, seen),
             steps=total_steps,
             seconds=time.perf_counter() - started,
         )
 
+    def _accuracy(self, correct: float, seen: int) -> float:
+        return correct / max(seen, 1) if self.samples.task == "classification" else float("nan")
+
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
-        """Mean loss, accuracy and the predicted labels of the current weights on (x, y)."""
+        """Mean loss, accuracy (NaN for a regression) and the predictions of the current weights on (x, y).
+
+        Predictions are class indices (int32) or, for a regression, predicted values (float32).
+        """
         if len(x) == 0:
             return float("nan"), float("nan"), np.zeros(0, np.int32)
         loss_total = 0.0
@@ -249,8 +322,12 @@ class ModelReplica:
             loss_total += float(loss)
             predictions.append(predicted.numpy())
         predicted = np.concatenate(predictions)
+        if self.samples.task == "regression":
+            return loss_total / len(x), float("nan"), predicted
+        predicted = predicted.astype(np.int32)
         return loss_total / len(x), float(np.mean(predicted == y)), predicted
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities for float images in [0, 1] of shape (n, height, width)."""
+        """Class probabilities (or predicted values, shape (n, 1)) for float inputs already scaled, e.g.
+        images in [0, 1] of shape (n, height, width[, 3]) or standardised rows (n, features)."""
         return self._predict_batch(np.asarray(images, np.float32)).numpy()

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from dataclasses import asdict
 from typing import Sequence, TextIO
 
-from data.datasets import DatasetUnavailableError, load_dataset
-from engine.cli_options import DefaultsHelpFormatter, OneLineParser, add_setting_options, setting_values
+from data.errors import DataError, DatasetUnavailableError
+from data.sources import load_source
+from data.spec import Preprocessing
+from engine.cli_options import DefaultsHelpFormatter, OneLineParser, add_setting_options, one_line, setting_values
 from engine.config import ConfigError, FederationConfig
+from engine.data_fit import data_problem
+from engine.model_defaults import GENERAL_DEFAULTS, ModelError, TrainingDefaults, describe_defaults, training_defaults
 from engine.results import RoundResult, RunStatus, Snapshot
+from engine.settings import declared_settings
 from engine.store import RunNotFound, RunStore
 from engine.strategies import STRATEGIES
 
+DEFAULTS = FederationConfig()
 POLL_SECONDS = 0.1
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")  # engine.export.FORMATS, without importing TF
 
@@ -63,11 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Local training defaults: each device trains with a fresh Adam optimizer (lr 0.002) every "
                "round, batch 32, 1 local epoch. With them the CNN on 10 IID devices reaches about 0.88 "
                "test accuracy on Fashion-MNIST after 5 rounds. Data: --data-dir or $FL_DATA_DIR, "
-               "otherwise Keras downloads the data set on first use.",
+               "otherwise Keras downloads the data set on first use; or --dataset PATH for your own data. "
+               + describe_defaults() + " A --model FILE.py is imported and run: only pass a local file you trust.",
         formatter_class=DefaultsHelpFormatter,
     )
     run.set_defaults(command_parser=run)
-    add_setting_options(run, FederationConfig, help_overrides={"strategy": strategy_help()})
+    add_setting_options(run, FederationConfig, help_overrides={"strategy": strategy_help(), **model_default_help()})
+    run.set_defaults(**{name: None for name in (*MODEL_DEFAULTED, "num_devices")})  # None: chosen after loading
 
     output = run.add_argument_group("output")
     output.add_argument("--config", metavar="FILE", default=None,
@@ -145,16 +154,50 @@ def add_output_options(group) -> None:
     add_runs_dir(group)
 
 
-def config_from_args(args: argparse.Namespace) -> FederationConfig:
-    """The ``run`` options as a configuration (not validated: see ``FederationConfig.problems``)."""
-    return FederationConfig(**setting_values(args, FederationConfig))
+MODEL_DEFAULTED = ("optimizer", "learning_rate", "momentum")
+"""Options that, when not given, take the model's and task's own defaults (engine.model_defaults)."""
+MODEL_DEFAULT_HELP = {
+    "optimizer": f" (default: {GENERAL_DEFAULTS.optimizer}, or the model's own, see below)",
+    "learning_rate": f" (default: {GENERAL_DEFAULTS.learning_rate:g}, or the model's own)",
+    "momentum": f" (default: {GENERAL_DEFAULTS.momentum:g}, or the model's own)",
+    "num_devices": f" (default: {DEFAULTS.num_devices}, or the data's own with --partition natural)",
+}
+"""What these options' help adds to their declared help: where their default comes from."""
+
+
+def model_default_help() -> dict[str, str]:
+    declared = {f.name: spec.help for f, spec in declared_settings(FederationConfig)}
+    return {name: declared[name] + suffix for name, suffix in MODEL_DEFAULT_HELP.items()}
+
+
+def config_from_args(
+    args: argparse.Namespace, defaults: TrainingDefaults = GENERAL_DEFAULTS, devices: int | None = None
+) -> FederationConfig:
+    """The ``run`` options as a configuration (not validated: see ``FederationConfig.problems``).
+
+    Training options not given take ``defaults`` (the model's); ``--devices`` not given, the data's own
+    device count (``devices``) or the default."""
+    values = setting_values(args, FederationConfig)
+    for name in MODEL_DEFAULTED:
+        if values[name] is None:
+            values[name] = getattr(defaults, name)
+    if values["num_devices"] is None:
+        values["num_devices"] = devices or DEFAULTS.num_devices
+    return FederationConfig(**values)
+
+
+def finite(value: float | None) -> float | None:
+    """``value``, or None where JSON has no number (NaN: no accuracy for a regression)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def round_json(result: RoundResult) -> dict:
     return {
         "round": result.round,
-        "global_accuracy": result.global_accuracy,
+        "global_accuracy": finite(result.global_accuracy),
         "global_loss": result.global_loss,
+        "global_mae": result.global_mae,
+        "global_r2": finite(result.global_r2),
         "seconds": result.seconds,
         "test_samples": result.test_samples,
         "bytes_down": result.bytes_down,
@@ -162,8 +205,8 @@ def round_json(result: RoundResult) -> dict:
         "compression_ratio": result.compression_ratio,
         "epsilon": result.epsilon,
         "devices": [
-            {"id": d.device_id, "samples": d.samples, "accuracy": d.accuracy, "loss": d.loss,
-             "train_accuracy": d.train_accuracy, "train_loss": d.train_loss}
+            {"id": d.device_id, "samples": d.samples, "accuracy": finite(d.accuracy), "loss": d.loss,
+             "train_accuracy": finite(d.train_accuracy), "train_loss": d.train_loss}
             for d in result.devices
         ],
         "problems": [{"id": p.device_id, "kind": p.kind, "reason": p.reason} for p in result.problems],
@@ -171,8 +214,9 @@ def round_json(result: RoundResult) -> dict:
 
 
 def summary_json(snapshot: Snapshot) -> dict:
-    accuracies = [r.global_accuracy for r in snapshot.history]
-    return {
+    regression = bool(snapshot.history) and snapshot.history[-1].is_regression
+    accuracies = [] if regression else [r.global_accuracy for r in snapshot.history]
+    summary = {
         "summary": True,
         "status": snapshot.status.value,
         "rounds": snapshot.round,
@@ -181,18 +225,31 @@ def summary_json(snapshot: Snapshot) -> dict:
         "seconds": snapshot.elapsed,
         "message": snapshot.message,
     }
+    if regression:
+        last = snapshot.history[-1]
+        summary.update(final_mse=last.global_loss, final_mae=last.global_mae, final_r2=finite(last.global_r2))
+    return summary
 
 
 TABLE_HEADER = f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'seconds':>7}  {'devices':>7}  device accuracy (min / mean / max)  problems"
+REGRESSION_HEADER = (f"{'round':>5}  {'mse':>9}  {'mae':>8}  {'r2':>7}  {'seconds':>7}  {'devices':>7}  "
+                     "device mse (min / mean / max)  problems")
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f} / {sum(values) / len(values):.3f} / {max(values):.3f}" if values else "-"
 
 
 def round_row(result: RoundResult) -> str:
-    accs = [d.accuracy for d in result.devices]
-    spread = f"{min(accs):.3f} / {sum(accs) / len(accs):.3f} / {max(accs):.3f}" if accs else "-"
     problems = ", ".join(f"#{p.device_id} {p.kind}" for p in result.problems) or "-"
     epsilon = f"  epsilon {result.epsilon:.2f}" if result.epsilon is not None else ""
+    if result.is_regression:
+        losses = [d.loss for d in result.devices]
+        return (f"{result.round:>5}  {result.global_loss:>9.4f}  {result.global_mae:>8.4f}  {result.global_r2:>7.4f}  "
+                f"{result.seconds:>7.2f}  {len(result.devices):>7}  {spread(losses):<29}  {problems}{epsilon}")
+    accs = spread([d.accuracy for d in result.devices])
     return (f"{result.round:>5}  {result.global_accuracy:>8.4f}  {result.global_loss:>7.4f}  "
-            f"{result.seconds:>7.2f}  {len(result.devices):>7}  {spread:<34}  {problems}{epsilon}")
+            f"{result.seconds:>7.2f}  {len(result.devices):>7}  {accs:<34}  {problems}{epsilon}")
 
 
 def follow(federation, as_json: bool, out: TextIO) -> int:
@@ -202,7 +259,8 @@ def follow(federation, as_json: bool, out: TextIO) -> int:
         if federation.run_id:
             print(f"run {federation.run_id}", file=out, flush=True)
         print(federation.training_note, file=sys.stderr, flush=True)
-        print(TABLE_HEADER, file=out, flush=True)
+        regression = federation.dataset.task == "regression"
+        print(REGRESSION_HEADER if regression else TABLE_HEADER, file=out, flush=True)
     federation.start()
     last_message = ""
     try:
@@ -232,9 +290,20 @@ def follow(federation, as_json: bool, out: TextIO) -> int:
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     from engine.federation import Federation  # deferred: TensorFlow import is slow, --help should not be
 
+    draft = config_from_args(args)
+    dataset = load_source(draft.dataset, draft.data_dir, draft.source_options, progress_to_stderr)
+    config = config_from_args(args, training_defaults(draft.model, dataset.task), len(dataset.group_names) or None)
+    problem = config.problems() or ([data_problem(dataset, config)] if data_problem(dataset, config) else [])
+    if problem:
+        raise DataError("; ".join(problem))
     store = None if args.no_save else RunStore(args.runs_dir)
-    federation = Federation(config_from_args(args), progress=progress_to_stderr, store=store, label=args.label)
+    federation = Federation(config, dataset=dataset, progress=progress_to_stderr, store=store, label=args.label)
     return follow(federation, args.json, out)
+
+
+def stored_dataset(config: FederationConfig, data_dir: str | None):
+    """The data set a stored run trained on, read the same way again."""
+    return load_source(config.dataset, data_dir or config.data_dir, config.source_options, progress_to_stderr)
 
 
 def resume_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -242,7 +311,7 @@ def resume_command(args: argparse.Namespace, out: TextIO) -> int:
 
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
-    dataset = load_dataset(config.dataset, args.data_dir or config.data_dir, progress_to_stderr)
+    dataset = stored_dataset(config, args.data_dir)
     federation = Federation.reopen(store, args.run_id, args.rounds, dataset=dataset, progress=progress_to_stderr)
     return follow(federation, args.json, out)
 
@@ -285,11 +354,14 @@ def export_command(args: argparse.Namespace, out: TextIO) -> int:
     checkpoint = store.load_checkpoint(args.run_id, args.round)
     name = f"round-{checkpoint.round:05d}-{default_filename(config.model, args.format)}"
     destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
+    spec_file = store.run_dir(args.run_id) / "preprocessing.json"  # engine.federation.PREPROCESSING_FILE
+    spec = Preprocessing.from_json(spec_file.read_text()) if spec_file.is_file() else None
     representative = None
     if args.format == "tflite-int8":
-        dataset = load_dataset(config.dataset, args.data_dir or config.data_dir, progress_to_stderr)
-        representative = dataset.x_train[:200].astype("float32") / 255.0
-    path = export_model(config.model, checkpoint.weights, args.format, destination, representative)
+        dataset = stored_dataset(config, args.data_dir)
+        representative = dataset.x_train[:200].astype("float32") / (255.0 if dataset.is_image else 1.0)
+    path = export_model(config.model, checkpoint.weights, args.format, destination, representative,
+                        preprocessing=spec)
     print(path, file=out)
     return 0
 
@@ -384,6 +456,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     except (DatasetUnavailableError, RunNotFound, FileNotFoundError) as error:
         print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 1
+    except (DataError, ModelError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
     except ConfigError as error:
         args.command_parser.error(str(error))
     return 2

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 
-from data.datasets import DATASET_NAMES, TRAIN_SET_SIZES
+from data.datasets import TRAIN_SET_SIZES
 from data.partition import PARTITION_SCHEMES, PartitionSpec
+from data.sources import source_problem
+from data.spec import COLOR_MODES, TASK_CHOICES, SourceOptions
 from devices.codec import COMPRESSIONS
 from devices.faults import FAULTS
 from engine.precision import PRECISIONS
 from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, field_problems, setting
 from engine.strategies import STRATEGIES, strategy_device_problems, strategy_problems
 
-BUILTIN_MODELS = ("cnn", "mlp")
+BUILTIN_MODELS = ("cnn", "mlp", "linear", "mobilenetv2")
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -30,8 +33,23 @@ class FederationConfig:
     """Everything that defines a federated run. Defaults reach ~0.89 on Fashion-MNIST in 5 rounds."""
 
     # -- data -------------------------------------------------------------------------
-    dataset: str = setting("fashion-mnist", group="data", label="Data set", choices=DATASET_NAMES,
-                           help="image data set")
+    dataset: str = setting("fashion-mnist", group="data", label="Data set",
+                           help="a built-in data set (fashion-mnist, mnist) or a path: an image folder "
+                                "(ROOT/<class>/*, ROOT/train|test/<class>/*, ROOT/devices/<device>/<class>/*), "
+                                "a .csv (with --target) or an .npz (x_train, y_train[, x_test, y_test])")
+    image_size: int | None = setting(None, group="data", label="Image side (pixels)",
+                                     bounds=Bounds(8.0, 512.0, high_inclusive=True), help="side images of a folder are resized to (default: the median side, "
+                                          "at most 64)")
+    color: str = setting("auto", group="data", label="Colour mode", choices=COLOR_MODES,
+                         help="images in colour (rgb), grey, or auto (colour when the images are)")
+    target: str | None = setting(None, group="data", label="Target column (CSV)",
+                                 help="the CSV column to predict")
+    task: str = setting("auto", group="data", label="Task", choices=TASK_CHOICES,
+                        help="classification or regression (auto: classification for text or few-valued "
+                             "integer targets, regression for real values)")
+    device_column: str | None = setting(None, group="data", label="Device column (CSV)",
+                                        help="CSV column naming each row's device: a natural partition "
+                                             "(--partition natural)")
     data_dir: str | None = setting(None, group="data", label="Data folder (IDX files)",
                                    help="folder with the IDX .gz files (default: $FL_DATA_DIR, else download with Keras)")
     train_samples: int | None = setting(None, group="data", label="Training samples to use (0 = all)",
@@ -48,7 +66,8 @@ class FederationConfig:
     partition: str = setting("iid", group="devices", label="How data is split across devices",
                              choices=PARTITION_SCHEMES,
                              help="how the training set is split: iid, dirichlet (label skew), "
-                                  "shards (k label shards per device), quantity (unequal sizes)")
+                                  "shards (k label shards per device), quantity (unequal sizes), natural "
+                                  "(the data's own devices: per-device folders or a CSV device column)")
     alpha: float = setting(0.5, group="devices", label="Dirichlet alpha (smaller = more skew)", bounds=POSITIVE,
                            help="Dirichlet concentration for --partition dirichlet (smaller: more skew)")
     shards_per_device: int = setting(2, group="devices", label="Shards per device", bounds=AT_LEAST_ONE,
@@ -57,7 +76,12 @@ class FederationConfig:
                                     bounds=POSITIVE,
                                     help="Dirichlet concentration of device sizes for --partition quantity")
     # -- training ------------------------------------------------------------------------
-    model: str = setting("cnn", group="training", label="Model", help="model architecture")
+    model: str = setting("cnn", group="training", label="Model",
+                         help="cnn, mlp, linear (linear/logistic regression), mobilenetv2 (colour images, from "
+                              "scratch), or a path to your own model.py defining build(input_shape, num_classes) "
+                              "(runs that file's code: only a local file you trust)")
+    model_weights: str | None = setting(None, group="training", label="MobileNetV2 weights file",
+                                        help="local MobileNetV2 weights without the top (nothing is downloaded)")
     strategy: str = setting("fedavg", group="training", label="Aggregation strategy", choices=lambda: tuple(STRATEGIES),
                             help="aggregation strategy")
     strategy_params: dict[str, float] = setting(default_factory=dict, group="training", label="Strategy parameters",
@@ -157,6 +181,12 @@ class FederationConfig:
         return min(self.num_devices, max(self.min_devices, math.ceil(self.fraction * self.num_devices)))
 
     @property
+    def source_options(self) -> SourceOptions:
+        """How to read a data set given by path."""
+        return SourceOptions(self.image_size, self.color, self.target, self.task, self.device_column,
+                             seed=self.seed)
+
+    @property
     def partition_spec(self) -> PartitionSpec:
         return PartitionSpec(self.partition, self.alpha, self.shards_per_device, self.quantity_alpha)
 
@@ -184,7 +214,12 @@ class FederationConfig:
         def valid(*names: str) -> bool:
             return not any(name in bad for name in names)
 
-        need(self.model in model_names, f"model must be one of {', '.join(model_names)}")
+        dataset_problem = source_problem(self.dataset)
+        need(dataset_problem is None, dataset_problem or "")
+        if self.model.endswith(".py"):
+            need(os.path.isfile(os.path.expanduser(self.model)), f"model file {self.model} does not exist")
+        else:
+            need(self.model in model_names, f"model must be one of {', '.join(model_names)} or a .py file")
         if valid("strategy", "strategy_params"):
             found.extend(strategy_problems(self.strategy, self.strategy_params))
         if not valid("num_devices", "train_samples", "dataset", "min_devices", "shards_per_device",

@@ -9,7 +9,7 @@ curve compares like with like; every round records how many samples it used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class RoundTestSets:
     @classmethod
     def of(cls, test_set: ServerTestSet, eval_samples: int | None, full_eval_every: int, seed: int) -> "RoundTestSets":
         indices = evaluation_sample(len(test_set.y), eval_samples, seed)
-        return cls(test_set, test_set if indices is None else ServerTestSet(test_set.x[indices], test_set.y[indices], test_set.num_classes), full_eval_every)
+        return cls(test_set, test_set if indices is None else replace(test_set, x=test_set.x[indices], y=test_set.y[indices]), full_eval_every)
 
     def for_round(self, server_round: int, last: bool) -> ServerTestSet:
         if self.sample is self.full or evaluates_everything(server_round, last, self.full_eval_every):

@@ -37,6 +37,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from data.prepare import write_sidecar
+from data.spec import Preprocessing
 from engine.models import ModelRegistry
 
 FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")
@@ -50,9 +52,10 @@ _SUFFIXES = {"keras": ".keras", "saved_model": "", "tflite": ".tflite", "tflite-
 def build_inference_model(
     model_name: str,
     weights: Sequence[np.ndarray],
-    input_shape: tuple[int, int, int] = (28, 28, 1),
+    input_shape: tuple[int, ...] = (28, 28, 1),
     num_classes: int = 10,
     registry: ModelRegistry | None = None,
+    task: str = "classification",
 ) -> keras.Model:
     """The registry's ``model_name`` with ``weights`` loaded, followed by a Softmax layer.
 
@@ -66,8 +69,10 @@ def build_inference_model(
     except ValueError as error:
         raise ValueError(f"the weights do not fit model {model_name!r}: {error}") from None
     image = keras.Input(tuple(input_shape), dtype="float32", name="image")
+    if task == "regression":  # the predicted value, as it is
+        return keras.Model(image, base(image), name=f"{Path(model_name).stem}_inference")
     probabilities = keras.layers.Softmax(name="probabilities")(base(image))
-    return keras.Model(image, probabilities, name=f"{model_name}_inference")
+    return keras.Model(image, probabilities, name=f"{Path(model_name).stem}_inference")
 
 
 def export_keras(model: keras.Model, path: str | os.PathLike) -> Path:
@@ -151,23 +156,36 @@ def export_model(
     destination: str | os.PathLike,
     representative_images: np.ndarray | None = None,
     *,
-    input_shape: tuple[int, int, int] = (28, 28, 1),
+    input_shape: tuple[int, ...] = (28, 28, 1),
     num_classes: int = 10,
     registry: ModelRegistry | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> Path:
     """Build the inference model of ``model_name`` with ``weights`` and export it as ``format``.
 
     ``destination`` is the file (``.keras`` / ``.tflite``) or the SavedModel
     directory to write; ``tflite-int8`` needs ``representative_images``.
+    ``preprocessing`` (the data set's own) sets the input shape, outputs and
+    task, and is written next to the model as ``DESTINATION.preprocessing.json``
+    so ``engine.predict`` prepares inputs the same way.
     """
     _check_format(format)
     Path(destination).parent.mkdir(parents=True, exist_ok=True)
-    model = build_inference_model(model_name, weights, input_shape, num_classes, registry)
+    task = "classification"
+    if preprocessing is not None:
+        input_shape, task = preprocessing.input_shape, preprocessing.task
+        num_classes = len(preprocessing.class_names) if task == "classification" else 1
+    model = build_inference_model(model_name, weights, input_shape, num_classes, registry, task)
     if format == "keras":
-        return export_keras(model, destination)
-    if format == "saved_model":
-        return export_saved_model(model, destination)
-    return export_tflite(model, destination, int8=format == "tflite-int8", representative_images=representative_images)
+        path = export_keras(model, destination)
+    elif format == "saved_model":
+        path = export_saved_model(model, destination)
+    else:
+        path = export_tflite(model, destination, int8=format == "tflite-int8",
+                            representative_images=representative_images)
+    if preprocessing is not None:
+        write_sidecar(path, preprocessing)
+    return path
 
 
 # -- helpers ---------------------------------------------------------------------------

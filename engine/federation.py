@@ -11,22 +11,26 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import wait
+from dataclasses import replace
 from functools import partial
 from typing import Callable
 
 import keras
 import numpy as np
 
-from data.datasets import Dataset, load_dataset
-from data.partition import label_histogram
+from data.datasets import Dataset
+from data.partition import label_histogram, target_histogram
+from data.sources import load_source
+from data.spec import Preprocessing
 from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.stacked import StackedReplica
 from devices.stacked_layers import NotStackable, compiles_well, stack_plan
-from devices.trainer import KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
+from devices.trainer import KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, SampleSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
+from engine.model_defaults import ModelError
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
 from engine.hardware import cpu_info
@@ -40,6 +44,7 @@ from engine.strategies import build_strategy
 from engine.tracking import TensorBoardLog
 
 WAIT_POLL_SECONDS = 0.5
+PREPROCESSING_FILE = "preprocessing.json"
 
 
 def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, str]:
@@ -55,6 +60,28 @@ def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, s
     return True, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."
 
 
+def sample_spec(dataset: Dataset) -> SampleSpec:
+    """How the devices' stored samples of ``dataset`` feed the model."""
+    dtype = "uint8" if dataset.x_train.dtype == np.uint8 else "float32"
+    return SampleSpec(tuple(dataset.x_train.shape[1:]), dtype, dataset.task)
+
+
+def save_preprocessing(store: RunStore, run_id: str, spec: Preprocessing) -> None:
+    """The run's preprocessing, next to its checkpoints, for exports and predictions of its models."""
+    folder = store.run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PREPROCESSING_FILE).write_text(spec.to_json())
+
+
+def data_histogram(dataset: Dataset, devices: list) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Per device: samples of each class, or of each target bin for a regression; and the column names."""
+    targets = [d.data.y_train for d in devices]
+    if dataset.task == "regression":
+        counts, edges = target_histogram(targets, dataset.y_train)
+        return counts, tuple(f"{low:.3g}..{high:.3g}" for low, high in zip(edges[:-1], edges[1:]))
+    return label_histogram(targets, dataset.num_classes), dataset.class_names
+
+
 class Federation(FederationBackend):
     """A federated run: create it, then ``start`` it; it trains in its own thread."""
 
@@ -68,31 +95,35 @@ class Federation(FederationBackend):
         run_id: str | None = None,
         label: str = "",
     ):
-        registry = registry or ModelRegistry()
+        registry = registry or ModelRegistry(config.model_weights)
         self.config = config.validate(registry.names())
-        self.dataset = dataset or load_dataset(config.dataset, config.data_dir, progress)
+        self.dataset = dataset or load_source(config.dataset, config.data_dir, config.source_options, progress)
         self.devices = build_devices(self.dataset, config)
-        self.label_histogram = label_histogram([d.data.y_train for d in self.devices], self.dataset.num_classes)
+        self.label_histogram, self.histogram_labels = data_histogram(self.dataset, self.devices)
 
-        build_model = partial(registry.build, config.model, self.dataset.image_shape, self.dataset.num_classes)
-
+        build_model = partial(registry.build, config.model, self.dataset.input_shape, self.dataset.num_classes)
         optimizer = OptimizerSpec(config.optimizer, config.momentum)
+        samples = sample_spec(self.dataset)
 
         self.precision = resolve_precision(config.precision, cpu_info().native_bf16)
         precision = self.precision.precision
 
         def make_replica() -> ModelReplica:  # the server's models: float32 whatever the devices compute in
-            return ModelReplica(build_model, optimizer)
+            return ModelReplica(build_model, optimizer, samples=samples)
 
         def make_device_replica() -> ModelReplica:
-            return ModelReplica(build_model, optimizer, precision=precision)
+            return ModelReplica(build_model, optimizer, samples=samples, precision=precision)
 
         def make_stack(width: int) -> StackedReplica:
-            return StackedReplica(build_model, optimizer, width, xla=config.xla, precision=precision)
+            return StackedReplica(build_model, optimizer, width, xla=config.xla, samples=samples, precision=precision)
 
         with KERAS_RNG_LOCK:  # reproducible initial global model, whatever other threads are building
             keras.utils.set_random_seed(config.seed)
-            evaluator = make_replica()
+            try:
+                evaluator = make_replica()
+            except (ModelError, ValueError) as error:  # a model that does not fit the data's shape
+                raise ModelError(f"model {config.model!r} cannot be built for inputs {self.dataset.input_shape}: "
+                                 f"{str(error).splitlines()[0]}") from None
         self._predictor = make_replica()
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
@@ -122,6 +153,10 @@ class Federation(FederationBackend):
         if config.tensorboard:
             run_name = self.run_id or time.strftime("run-%Y%m%d-%H%M%S")
             self._tensorboard = TensorBoardLog(config.tensorboard, run_name)
+        self.preprocessing = replace(self.dataset.preprocessing, input_shape=self.dataset.input_shape,
+                                     task=self.dataset.task, class_names=self.dataset.class_names)
+        if store is not None:
+            save_preprocessing(store, self.run_id, self.preprocessing)
         self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
         self._runner = RoundRunner(
             config,

@@ -28,8 +28,11 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from data.datasets import CLASS_NAMES, DATASET_NAMES
+from data.errors import DataError
+from data.prepare import read_sidecar
 from data.preprocess import ImageError, preprocess_upload
 from engine.cli_options import OneLineParser
+from engine.predict_data import predict_files, result_line
 
 KERAS_BATCH = 1024
 """Images per forward pass for the Keras and SavedModel classifiers."""
@@ -45,11 +48,11 @@ class Classifier(Protocol):
 
 
 def _as_batch(images: np.ndarray) -> np.ndarray:
-    """Float32 images (n, h, w) or (n, h, w, c) as an (n, h, w, c) batch."""
+    """Float32 images (n, h, w) or (n, h, w, c) as an (n, h, w, c) batch; feature rows (n, f) as they are."""
     batch = np.asarray(images, dtype=np.float32)
     if batch.ndim == 3:
         return batch[..., None]
-    if batch.ndim == 4:
+    if batch.ndim in (2, 4):
         return batch
     raise ValueError(f"expected images of shape (n, height, width), got {batch.shape}")
 
@@ -249,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         "2 the model could not be loaded.",
     )
     parser.add_argument("model", metavar="MODEL", help="exported model: .tflite, .keras or a SavedModel directory")
-    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files to classify")
+    parser.add_argument("images", metavar="IMAGE", nargs="+",
+                        help="image files to classify (CSV files of feature rows for a model of a CSV data set, "
+                             "whose MODEL.preprocessing.json says so)")
     parser.add_argument("--classes", choices=DATASET_NAMES, default="fashion-mnist",
                         help="data set the model was trained on, for the class names (default: fashion-mnist)")
     parser.add_argument("--top", type=_positive_int, default=1, metavar="N", help="show the N most likely classes (default: 1)")
@@ -271,6 +276,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"error: cannot load model {args.model}: {message}", file=sys.stderr)
         return 2
+
+    try:
+        spec = read_sidecar(args.model)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if spec is not None and spec.kind != "idx":  # one's own data: its own preprocessing (engine.predict_data)
+        results = predict_files(classifier, spec, args.images, args.top)
+        if args.json:
+            print(json.dumps({"model": str(args.model), "results": results}, indent=2))
+        for result in results if not args.json else ():
+            print(f"{result['file']}: error: {result['error']}" if "error" in result else result_line(result),
+                  file=sys.stderr if "error" in result else sys.stdout)
+        return 1 if any("error" in result for result in results) else 0
 
     results: list[dict] = []
     pixels: list[np.ndarray] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -71,6 +72,18 @@ class RoundResult:
     raw_bytes_up: int = 0  # what the same updates would take as plain float32
     sampling_rate: float = 1.0  # selected / active devices (for privacy accounting)
     test_samples: int = 0  # server test samples the global model was evaluated on (0: not recorded)
+    global_mae: float | None = None  # regression only: global_loss is then the MSE
+    global_r2: float | None = None
+
+    @property
+    def is_regression(self) -> bool:
+        return self.global_mae is not None
+
+    @property
+    def score(self) -> float:
+        """The task's headline score, higher is better: accuracy, or R² for a regression (0 when undefined)."""
+        value = self.global_r2 if self.is_regression else self.global_accuracy
+        return value if value is not None and math.isfinite(value) else 0.0
 
     @property
     def compression_ratio(self) -> float:

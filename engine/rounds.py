@@ -16,7 +16,7 @@ from engine.aggregation import update_problem
 from engine.composition import Aggregation, build_aggregation
 from engine.config import FederationConfig
 from engine.evaluation import RoundTestSets
-from engine.metrics import confusion_matrix
+from engine.metrics import RegressionScores, confusion_matrix, regression_scores
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
 from engine.setup import ServerTestSet
 from engine.strategies.base import AggregationSkipped, Strategy
@@ -245,12 +245,15 @@ class RoundRunner:
     # -- evaluation and the whole round ----------------------------------------------------
     def evaluate(
         self, weights: Weights, server_round: int = 0, last: bool = True
-    ) -> tuple[float, float, np.ndarray, int]:
-        """Global loss, accuracy, confusion matrix and samples used, on the server's test set or its sample."""
+    ) -> tuple[float, float, np.ndarray, int, RegressionScores | None]:
+        """Global loss, accuracy, confusion matrix and samples used, on the server's test set or its sample;
+        for a regression the loss is the MSE, accuracy NaN, the confusion empty, plus MSE/MAE/R²."""
         test = self.test_sets.for_round(server_round, last)
         self.evaluator.set_weights(weights)
         loss, accuracy, predicted = self.evaluator.evaluate(test.x, test.y)
-        return loss, accuracy, confusion_matrix(test.y, predicted, test.num_classes), len(test.y)
+        if test.task == "regression":
+            return loss, accuracy, np.zeros((0, 0), np.int64), len(test.y), regression_scores(test.y, predicted)
+        return loss, accuracy, confusion_matrix(test.y, predicted, test.num_classes), len(test.y), None
 
     def spend_privacy(self, sampling_rate: float) -> float | None:
         """Compose this round's mechanism into the accountant; epsilon so far (None without DP)."""
@@ -278,7 +281,7 @@ class RoundRunner:
         else:
             new_weights, accepted = self.aggregate_plain(server_round, weights, arrivals)
         epsilon = self.spend_privacy(len(selected) / len(active))
-        loss, accuracy, confusion, test_samples = self.evaluate(new_weights, server_round, last)
+        loss, accuracy, confusion, test_samples, scores = self.evaluate(new_weights, server_round, last)
         finished = time.perf_counter()
         return new_weights, RoundResult(
             round=server_round,
@@ -297,6 +300,8 @@ class RoundRunner:
             raw_bytes_up=weights_nbytes(weights) * len(arrivals.updates),
             sampling_rate=len(selected) / len(active),
             test_samples=test_samples,
+            global_mae=scores.mae if scores else None,
+            global_r2=scores.r2 if scores else None,
         )
 
     def _device_result(self, update: EncodedUpdate) -> DeviceRoundResult:

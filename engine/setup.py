@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.datasets import Dataset
+from data.errors import DataError
 from data.partition import partition, split_local_test
 from engine.config import FederationConfig
+from engine.data_fit import data_problem
 
 
 @dataclass(frozen=True)
@@ -21,15 +23,24 @@ class ServerTestSet:
     x: np.ndarray
     y: np.ndarray
     num_classes: int
+    task: str = "classification"
 
 
-def device_indices(labels: np.ndarray, config: FederationConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each device's (local train, local test) indices into the training set: NumPy only, no TensorFlow."""
+def device_indices(
+    labels: np.ndarray, config: FederationConfig, groups: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each device's (local train, local test) indices into the training set: NumPy only, no TensorFlow.
+
+    ``groups`` (each sample's device) serves the natural partition."""
     rng = np.random.default_rng(config.seed)
     pool = np.arange(len(labels))
     if config.train_samples is not None and config.train_samples < len(pool):
         pool = np.sort(rng.choice(pool, size=config.train_samples, replace=False))
-    parts = partition(labels[pool], config.num_devices, config.partition_spec, config.seed)
+    try:
+        parts = partition(labels[pool], config.num_devices, config.partition_spec, config.seed,
+                          None if groups is None else groups[pool])
+    except ValueError as error:
+        raise DataError(str(error)) from None
     return [split_local_test(pool[part], config.local_test_fraction, rng) for part in parts]
 
 
@@ -37,8 +48,11 @@ def build_devices(dataset: Dataset, config: FederationConfig) -> list:
     """Give each device (``devices.device.Device``) its own copy of its partition, split into train and test."""
     from devices.device import Device, DeviceData  # TensorFlow: only for those who train
 
+    problem = data_problem(dataset, config)
+    if problem:
+        raise DataError(problem)
     devices = []
-    for device_id, (train, test) in enumerate(device_indices(dataset.y_train, config)):
+    for device_id, (train, test) in enumerate(device_indices(dataset.y_train, config, dataset.train_groups)):
         data = DeviceData(dataset.x_train[train], dataset.y_train[train], dataset.x_train[test], dataset.y_train[test])
         devices.append(
             Device(device_id, data, config.faults.get(device_id, "none"), config.slowdowns.get(device_id, 1.0))
@@ -49,4 +63,4 @@ def build_devices(dataset: Dataset, config: FederationConfig) -> list:
 def server_test_set(dataset: Dataset, config: FederationConfig) -> ServerTestSet:
     """The server's held-out slice of the test set (``test_samples`` first samples, or all)."""
     count = min(config.test_samples or len(dataset.y_test), len(dataset.y_test))
-    return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes)
+    return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes, dataset.task)

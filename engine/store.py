@@ -181,7 +181,7 @@ class RunStore:
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, result.round, result.global_accuracy, result.global_loss, result.seconds,
+                (run_id, result.round, result.score, result.global_loss, result.seconds,
                  result.bytes_down, result.bytes_up, result.epsilon, json.dumps(record)),
             )
             if not private:
@@ -193,8 +193,7 @@ class RunStore:
                 "UPDATE runs SET rounds = ?, final_accuracy = ?,"
                 " best_round = CASE WHEN best_accuracy IS NULL OR ? > best_accuracy THEN ? ELSE best_round END,"
                 " best_accuracy = MAX(COALESCE(best_accuracy, ?), ?) WHERE run_id = ?",
-                (result.round, result.global_accuracy, result.global_accuracy, result.round,
-                 result.global_accuracy, result.global_accuracy, run_id),
+                (result.round, result.score, result.score, result.round, result.score, result.score, run_id),
             )
         self._prune_checkpoints(run_id)
 

@@ -53,7 +53,8 @@ from typing import Callable
 import numpy as np
 
 from engine.backend_base import FederationBackend
-from engine.config import ConfigError, FederationConfig
+from data.datasets import DATASET_NAMES
+from engine.config import BUILTIN_MODELS, ConfigError, FederationConfig
 from engine.results import (
     DeviceProblem,
     DeviceRoundResult,
@@ -77,6 +78,9 @@ WEIGHTS_FILE_VARIABLE = "FL_FLOWER_WEIGHTS_FILE"  # flower_app.server_app reads 
 def unsupported(config: FederationConfig) -> list[str]:
     """Why ``config`` cannot run on Flower (empty: it can): only what real processes cannot do."""
     problems = []
+    if config.dataset not in DATASET_NAMES or config.model not in BUILTIN_MODELS[:2]:
+        problems.append("one's own data sets and the linear, MobileNetV2 and file models train in-process only "
+                        "(Flower runs use the built-in sets with the CNN or MLP)")
     if config.secure_aggregation:
         problems.append("secure aggregation is simulated in-process only (Flower's SecAgg+ is not wired in yet)")
     if any(factor != 1.0 for factor in config.slowdowns.values()):

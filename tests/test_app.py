@@ -369,10 +369,10 @@ def test_build_failures_are_explained_and_keep_the_old_federation(make_app, monk
     at = make_app().run()
     old = federation_of(at)
 
-    def unavailable(name, data_dir=None, progress=None):
+    def unavailable(name, data_dir=None, options=None, progress=None):
         raise DatasetUnavailableError(f"Could not load {name}: no local copy and no internet.")
 
-    monkeypatch.setattr("app.state.load_dataset", unavailable)  # a new data folder means a fresh load
+    monkeypatch.setattr("app.state.load_source", unavailable)  # a new data folder means a fresh load
     at.text_input(key="setup_data_dir").set_value(str(tmp_path)).run()
     at.button(key="apply").click().run()
     no_exceptions(at)

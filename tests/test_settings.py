@@ -48,7 +48,7 @@ BAD_OPTIONS = [
     (["--workers", "0"], "must be >= 1"),
     (["--train-samples", "-5"], "must be >= 1"),
     (["--partition", "zigzag"], "must be one of iid, dirichlet, shards, quantity"),
-    (["--dataset", "cifar"], "must be one of fashion-mnist, mnist"),
+    (["--dataset", "cifar"], "is neither a built-in name (fashion-mnist, mnist)"),
     (["--compression", "zip"], "must be one of none, q8"),
     (["--model", "resnet"], "model must be one of cnn, mlp"),
     (["--strategy", "fedfoo"], "must be one of fedavg"),
@@ -145,6 +145,7 @@ UNUSUAL = FederationConfig(
     faults={1: "nan", 3: "crash"}, slowdowns={0: 2.5}, dropout=0.1, round_deadline=4.0, clip_norm=1.5,
     noise_multiplier=0.3, local_noise_multiplier=0.2, dp_delta=1e-6, secure_aggregation=True, compression="q8",
     topk_fraction=0.2, tensorboard="/tmp/tb", precision="bfloat16", eval_samples=100, full_eval_every=2,
+    image_size=20, color="grey", target="label", task="classification", device_column="site", model_weights="/w.h5",
 )
 
 
@@ -188,11 +189,11 @@ def test_config_to_cli_options_to_config_is_the_identity():
 def test_env_defaults_are_parsed_and_checked_like_the_cli():
     env = {"FL_DEFAULT_DEVICES": "4", "FL_DEFAULT_ROUNDS": "0", "FL_DEFAULT_TRAIN_SAMPLES": "2000",
            "FL_DEFAULT_CLIP_NORM": "1.5", "FL_DEFAULT_XLA": "yes", "FL_DEFAULT_PARTITION": "shards",
-           "FL_DEFAULT_LEARNING_RATE": "nan", "FL_DEFAULT_SEED": "-1", "FL_DEFAULT_DATASET": "cifar"}
+           "FL_DEFAULT_LEARNING_RATE": "nan", "FL_DEFAULT_SEED": "-1", "FL_DEFAULT_OPTIMIZER": "rmsprop"}
     config, warnings = default_config(env)
     assert (config.num_devices, config.rounds, config.train_samples, config.clip_norm, config.xla,
             config.partition) == (4, None, 2000, 1.5, True, "shards")
-    assert (config.learning_rate, config.seed, config.dataset) == (0.002, 0, "fashion-mnist")  # ignored
+    assert (config.learning_rate, config.seed, config.optimizer) == (0.002, 0, "adam")  # ignored
     assert len(warnings) == 3 and all(w.startswith("Ignored FL_DEFAULT_") for w in warnings)
     assert "Learning rate must be a finite number" in " ".join(warnings)
     assert default_config({"FL_DEFAULT_NUM_DEVICES": "6"})[0].num_devices == 6  # the generated name works too

@@ -1,0 +1,43 @@
+"""The dashboard on one's own data (AppTest): a colour image folder and a CSV regression with device column."""
+
+from __future__ import annotations
+
+from tests.make_data import colour_only_folder, linear_csv
+from tests.test_app import app_env, federation_of, make_app, metric, no_exceptions, plotly_keys, run_until  # noqa: F401
+
+
+def test_a_colour_folder_trains_and_the_upload_panel_adapts(make_app, app_env, tmp_path):
+    root = colour_only_folder(tmp_path / "hues", per_class=30, side=12)
+    app_env.setenv("FL_DEFAULT_DATASET", str(root))
+    at = make_app().run()
+    no_exceptions(at)
+    federation = federation_of(at)
+    assert federation.preprocessing.color == "rgb" and federation.dataset.class_names == ("green", "red")
+    at.button(key="start").click().run()
+    run_until(at, lambda s: s.round >= 2)
+    at.run()
+    assert float(metric(at, "Global accuracy").rstrip("%")) > 90
+    assert any("12×12 colour" in c.value for c in at.caption)  # the upload is prepared like the training images
+
+
+def test_a_csv_regression_from_the_setup_panel(make_app, app_env, tmp_path):
+    path = linear_csv(tmp_path / "phones.csv", devices=3, per_device=300)
+    app_env.setenv("FL_DEFAULT_DATASET", str(path))
+    at = make_app().run()
+    no_exceptions(at)
+    assert any("needs --target" in e.value for e in at.error)  # a visible one-line notice, no traceback
+    at.text_input(key="setup_target").set_value("y").run()
+    at.text_input(key="setup_device_column").set_value("phone").run()
+    at.selectbox(key="setup_partition").set_value("natural").run()
+    at.selectbox(key="setup_model").set_value("linear").run()
+    at.button(key="apply").click().run()
+    no_exceptions(at)
+    federation = federation_of(at)
+    assert federation.config.num_devices == 3 and federation.config.optimizer == "sgd"  # the model's defaults
+    at.button(key="start").click().run()
+    run_until(at, lambda s: s.round >= 2)
+    at.run()
+    assert float(metric(at, "Global R²")) > 0.9
+    assert {"global_metrics", "device_accuracy", "label_distribution"} <= plotly_keys(at)
+    assert any(n.key == "feature_x" for n in at.number_input)  # the feature form of the prediction panel
+    assert any("Predicted" in m.value for m in at.markdown)
