@@ -14,8 +14,9 @@ from data.datasets import DATASET_NAMES, DatasetUnavailableError, load_dataset
 from data.partition import PARTITION_SCHEMES
 from devices.codec import COMPRESSIONS
 from engine.config import BUILTIN_MODELS, OPTIMIZERS, ConfigError, FederationConfig
+from engine.errors import UserError, one_line
 from engine.results import RoundResult, RunStatus, Snapshot
-from engine.store import RunNotFound, RunStore
+from engine.store import RunStore
 from engine.strategies import STRATEGIES
 
 DEFAULTS = FederationConfig()
@@ -310,19 +311,24 @@ def round_row(result: RoundResult) -> str:
 def follow(federation, as_json: bool, out: TextIO) -> int:
     """Start ``federation``, print each round as it completes, and a summary at the end."""
     printed = len(federation.snapshot().history)
+    federation.start()  # records a new run, so its id is known from here on
     if not as_json:
         if federation.run_id:
             print(f"run {federation.run_id}", file=out, flush=True)
         print(federation.training_note, file=sys.stderr, flush=True)
         print(TABLE_HEADER, file=out, flush=True)
-    federation.start()
     last_message = ""
+    save_problems: tuple[str, ...] = ()
     try:
         while True:
             snapshot = federation.snapshot()
             for result in snapshot.history[printed:]:
                 print(json.dumps(round_json(result)) if as_json else round_row(result), file=out, flush=True)
             printed = len(snapshot.history)
+            for problem in snapshot.save_problems:
+                if problem not in save_problems:
+                    print(f"warning: {problem}", file=sys.stderr, flush=True)
+            save_problems = snapshot.save_problems
             if snapshot.status is RunStatus.WAITING and snapshot.message != last_message:
                 print(snapshot.message, file=sys.stderr, flush=True)
             last_message = snapshot.message
@@ -383,11 +389,15 @@ def metrics_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def export_command(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.export import default_filename, export_model
+    from engine.export import check_destination, default_filename, export_model
 
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
+    if args.output:
+        check_destination(args.format, args.output)  # before loading anything
     checkpoint = store.load_checkpoint(args.run_id, args.round)
+    if checkpoint.note:
+        print(f"warning: {checkpoint.note}", file=sys.stderr)
     name = f"round-{checkpoint.round:05d}-{default_filename(config.model, args.format)}"
     destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
     representative = None
@@ -412,9 +422,15 @@ def delete_command(args: argparse.Namespace, out: TextIO) -> int:
         if input(f"Delete {what} in {args.runs_dir}? [y/N] ").strip().lower() != "y":
             print("nothing deleted", file=out)
             return 0
-    store.delete_all() if args.all else store.delete_run(args.run_id)
-    print(f"deleted {what}", file=out)
-    return 0
+    if not args.all:
+        store.delete_run(args.run_id)  # refused while the run trains
+        print(f"deleted {what}", file=out)
+        return 0
+    kept = store.delete_all()
+    for run_id in kept:
+        print(f"kept run {run_id}: it is being trained", file=sys.stderr)
+    print("deleted every run" + (f" but {len(kept)}" if kept else ""), file=out)
+    return 1 if kept else 0
 
 
 def progress_to_stderr(message: str) -> None:
@@ -440,9 +456,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             args.command_parser.error("; ".join(problems))
     try:
         return COMMANDS[args.command](args, out)
-    except (DatasetUnavailableError, RunNotFound, FileNotFoundError) as error:
-        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
-        return 1
     except ConfigError as error:
         args.command_parser.error(str(error))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # every runtime error ends here, as one line; FL_DEBUG=1 shows the traceback
+        if os.environ.get("FL_DEBUG"):
+            raise
+        expected = isinstance(error, (UserError, DatasetUnavailableError, OSError))
+        hint = "" if expected else " (unexpected: run with FL_DEBUG=1 for the traceback)"
+        print(f"error: {one_line(error)}{hint}", file=sys.stderr)
+        return 1
     return 2

@@ -37,6 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from engine.errors import UserError
 from engine.models import ModelRegistry
 
 FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")
@@ -45,6 +46,23 @@ REPRESENTATIVE_SAMPLES = 200
 """Images the int8 converter calibrates activation ranges on."""
 
 _SUFFIXES = {"keras": ".keras", "saved_model": "", "tflite": ".tflite", "tflite-int8": ".tflite"}
+
+
+class ExportError(UserError, ValueError):
+    """The export cannot be written where or as asked; the message says what is allowed."""
+
+
+def check_destination(format: str, destination: str | os.PathLike) -> None:
+    """Refuse a destination that cannot hold ``format``, before any model is built."""
+    _check_format(format)
+    path = Path(destination)
+    if format == "keras" and path.suffix != ".keras":
+        raise ExportError(f"a Keras model file must end in .keras, not {path.name!r}: "
+                          f"e.g. {path.with_suffix('.keras').name}, or choose --format tflite / saved_model")
+    if format != "saved_model" and path.is_dir():
+        raise ExportError(f"{path} is a folder; give a file name for the {format} export")
+    if format == "saved_model" and path.is_file():
+        raise ExportError(f"{path} is a file; a SavedModel is a folder: give a folder name")
 
 
 def build_inference_model(
@@ -73,8 +91,7 @@ def build_inference_model(
 def export_keras(model: keras.Model, path: str | os.PathLike) -> Path:
     """Save ``model`` as a ``.keras`` file at ``path`` (atomically)."""
     path = Path(path)
-    if path.suffix != ".keras":
-        raise ValueError(f"a Keras model file must end in .keras, not {path.name!r}")
+    check_destination("keras", path)
     temporary = _temporary_sibling(path, suffix=".keras")  # Keras insists on the suffix
     try:
         keras.saving.save_model(model, temporary)
@@ -160,7 +177,7 @@ def export_model(
     ``destination`` is the file (``.keras`` / ``.tflite``) or the SavedModel
     directory to write; ``tflite-int8`` needs ``representative_images``.
     """
-    _check_format(format)
+    check_destination(format, destination)
     Path(destination).parent.mkdir(parents=True, exist_ok=True)
     model = build_inference_model(model_name, weights, input_shape, num_classes, registry)
     if format == "keras":
@@ -175,7 +192,7 @@ def export_model(
 
 def _check_format(format: str) -> None:
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
 
 
 def _image_spec(model: keras.Model, batch: int | None) -> tf.TensorSpec:

@@ -28,14 +28,16 @@ from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batche
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
+from engine.errors import one_line
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
 from engine.rounds import RoundRunner, ServerTestSet
-from engine.store import Checkpoint, RunStore
+from engine.store import Checkpoint, RunStore, StoreError
 from engine.strategies import build_strategy
 from engine.strategies.base import Strategy
 
 WAIT_POLL_SECONDS = 0.5
+MAX_SAVE_PROBLEMS = 20  # the snapshot keeps the latest storage failures, not every one of a long run
 
 
 def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
@@ -135,8 +137,10 @@ class Federation(FederationBackend):
         self._started_at: float | None = None
         self._closed = False
         self.strategy = build_strategy(config.strategy, config.strategy_params)
+        self._save_problems: list[str] = []
         self.store = store
-        self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
+        self.run_id = run_id  # a new run is recorded when it first starts training, not before
+        self._label = label
         self._runner = RoundRunner(
             config,
             self.devices,
@@ -165,8 +169,15 @@ class Federation(FederationBackend):
         history = store.load_history(run_id)
         config = store.load_config(run_id)
         total = None if more_rounds is None else len(history) + more_rounds
+        checkpoint = store.load_checkpoint(run_id) if history else None
+        if checkpoint is not None and checkpoint.round < len(history):  # the newest checkpoints are unreadable
+            store.rewind(run_id, checkpoint.round)
+            history = history[:checkpoint.round]
+            if progress is not None:
+                progress(f"{checkpoint.note}: rounds after {checkpoint.round} will be trained again.")
+        total = None if more_rounds is None else len(history) + more_rounds
         federation = cls(config.with_changes(rounds=total), dataset, registry, progress, store=store, run_id=run_id)
-        federation._restore(history, store.load_checkpoint(run_id, len(history)) if history else None)
+        federation._restore(history, checkpoint)
         return federation
 
     def _restore(self, history: list[RoundResult], checkpoint: Checkpoint | None) -> None:
@@ -175,7 +186,8 @@ class Federation(FederationBackend):
             if checkpoint is not None:
                 self._weights = checkpoint.weights
                 restore_strategy_state(self.strategy, checkpoint.strategy_state)
-            self._message = f"Resumed after round {len(history)}: press start to continue."
+            note = f" ({checkpoint.note}.)" if checkpoint is not None and checkpoint.note else ""
+            self._message = f"Resumed after round {len(history)}: press Continue to train on.{note}"
         self._runner.replay(history)
 
     # -- control ------------------------------------------------------------------
@@ -186,6 +198,12 @@ class Federation(FederationBackend):
                 raise RuntimeError("this federation was closed; create a new one")
             if self._thread is not None and self._thread.is_alive():
                 return
+            if self.store is not None and self.run_id is None:
+                try:
+                    self.run_id = self.store.create_run(self.config, self._label)
+                except StoreError as error:
+                    self._status, self._message = RunStatus.FAILED, f"Cannot record this run: {error}"
+                    return
             self._control = RunControl()
             self._status, self._message = RunStatus.RUNNING, "Starting..."
             self._started_at = time.perf_counter()
@@ -254,6 +272,7 @@ class Federation(FederationBackend):
                 ),
                 history=tuple(self._history),
                 model_version=len(self._history),
+                save_problems=tuple(self._save_problems),
             )
 
     @property
@@ -311,10 +330,23 @@ class Federation(FederationBackend):
             return self._total_rounds is None or len(self._history) < self._total_rounds
 
     def _run(self) -> None:
-        control = self._control
-        if self.store is not None:
-            self.store.set_status(self.run_id, RunStatus.RUNNING.value)
+        """The round loop, holding the run's lease so no other federation trains or deletes it meanwhile."""
         try:
+            lease = self.store.lease(self.run_id) if self.store is not None else None
+        except StoreError as error:
+            self._end(RunStatus.FAILED, f"Cannot train: {error}.", record=False)
+            return
+        try:
+            self._rounds()
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _rounds(self) -> None:
+        control = self._control
+        try:
+            if self.store is not None:
+                self.store.set_status(self.run_id, RunStatus.RUNNING.value)
             while self._rounds_left():
                 control.checkpoint()
                 with self._lock:
@@ -334,8 +366,8 @@ class Federation(FederationBackend):
             self._end(RunStatus.FINISHED, f"Finished {len(self._history)} rounds.")
         except TrainingStopped:
             self._end(RunStatus.STOPPED, f"Stopped after {len(self._history)} completed rounds.")
-        except Exception as error:  # keep the app alive and say what happened
-            self._end(RunStatus.FAILED, f"Training failed: {type(error).__name__}: {error}")
+        except Exception as error:  # keep the app alive and say what happened, in one line
+            self._end(RunStatus.FAILED, f"Training failed: {one_line(error)}")
 
     def _begin_round(self, server_round: int) -> None:
         with self._lock:
@@ -368,16 +400,19 @@ class Federation(FederationBackend):
             self.store.record_round(
                 self.run_id, result, weights, strategy_state(self.strategy), private=self.config.secure_aggregation
             )
-        except (OSError, sqlite3.Error) as error:
-            return f" Could not save this round ({error}); training goes on."
+        except (OSError, sqlite3.Error, StoreError) as error:
+            problem = f"Round {result.round} was not saved ({one_line(error)}); training goes on."
+            with self._lock:
+                self._save_problems = [*self._save_problems, problem][-MAX_SAVE_PROBLEMS:]
+            return " " + problem
         return ""
 
-    def _end(self, status: RunStatus, message: str) -> None:
-        if self.store is not None:
+    def _end(self, status: RunStatus, message: str, record: bool = True) -> None:
+        if self.store is not None and record:
             try:
                 self.store.set_status(self.run_id, status.value)
-            except (OSError, sqlite3.Error) as error:
-                message += f" (could not save the run status: {error})"
+            except (OSError, sqlite3.Error, StoreError) as error:
+                message += f" (could not save the run status: {one_line(error)})"
         with self._lock:
             if self._started_at is not None:
                 self._elapsed_before += time.perf_counter() - self._started_at
