@@ -15,13 +15,14 @@ from data.partition import PARTITION_SCHEMES
 from devices.codec import COMPRESSIONS
 from engine.config import BUILTIN_MODELS, OPTIMIZERS, ConfigError, FederationConfig
 from engine.errors import UserError, one_line
+from engine.export_paths import FORMATS, check_destination, default_filename
 from engine.results import RoundResult, RunStatus, Snapshot
 from engine.store import RunStore
 from engine.strategies import STRATEGIES
 
 DEFAULTS = FederationConfig()
 POLL_SECONDS = 0.1
-EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")  # engine.export.FORMATS, without importing TF
+EXPORT_FORMATS = FORMATS  # engine.export's, without importing TensorFlow
 
 
 def default_runs_dir() -> str:
@@ -348,18 +349,18 @@ def follow(federation, as_json: bool, out: TextIO) -> int:
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    store = None if args.no_save else RunStore(args.runs_dir)  # a bad runs folder fails before TensorFlow loads
     from engine.federation import Federation  # deferred: TensorFlow import is slow, --help should not be
 
-    store = None if args.no_save else RunStore(args.runs_dir)
     federation = Federation(config_from_args(args), progress=progress_to_stderr, store=store, label=args.label)
     return follow(federation, args.json, out)
 
 
 def resume_command(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.federation import Federation
-
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
+    from engine.federation import Federation
+
     dataset = load_dataset(config.dataset, args.data_dir or config.data_dir, progress_to_stderr)
     federation = Federation.reopen(store, args.run_id, args.rounds, dataset=dataset, progress=progress_to_stderr)
     return follow(federation, args.json, out)
@@ -389,8 +390,6 @@ def metrics_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def export_command(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.export import check_destination, default_filename, export_model
-
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
     if args.output:
@@ -400,6 +399,8 @@ def export_command(args: argparse.Namespace, out: TextIO) -> int:
         print(f"warning: {checkpoint.note}", file=sys.stderr)
     name = f"round-{checkpoint.round:05d}-{default_filename(config.model, args.format)}"
     destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
+    from engine.export import export_model  # deferred: TensorFlow is slow to import, needed only from here
+
     representative = None
     if args.format == "tflite-int8":
         dataset = load_dataset(config.dataset, args.data_dir or config.data_dir, progress_to_stderr)

@@ -37,33 +37,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from engine.errors import UserError
+from engine.export_paths import FORMATS, ExportError, check_destination, check_format, default_filename  # noqa: F401
 from engine.models import ModelRegistry
-
-FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")
 
 REPRESENTATIVE_SAMPLES = 200
 """Images the int8 converter calibrates activation ranges on."""
-
-_SUFFIXES = {"keras": ".keras", "saved_model": "", "tflite": ".tflite", "tflite-int8": ".tflite"}
-
-
-class ExportError(UserError, ValueError):
-    """The export cannot be written where or as asked; the message says what is allowed."""
-
-
-def check_destination(format: str, destination: str | os.PathLike) -> None:
-    """Refuse a destination that cannot hold ``format``, before any model is built."""
-    _check_format(format)
-    path = Path(destination)
-    if format == "keras" and path.suffix != ".keras":
-        raise ExportError(f"a Keras model file must end in .keras, not {path.name!r}: "
-                          f"e.g. {path.with_suffix('.keras').name}, or choose --format tflite / saved_model")
-    if format != "saved_model" and path.is_dir():
-        raise ExportError(f"{path} is a folder; give a file name for the {format} export")
-    if format == "saved_model" and path.is_file():
-        raise ExportError(f"{path} is a file; a SavedModel is a folder: give a folder name")
-
 
 def build_inference_model(
     model_name: str,
@@ -154,13 +132,6 @@ def export_tflite(
     return path
 
 
-def default_filename(model_name: str, format: str) -> str:
-    """A conventional file (or folder) name for an export, e.g. ``cnn-int8.tflite``."""
-    _check_format(format)
-    stem = f"{model_name}-int8" if format == "tflite-int8" else model_name
-    return f"{stem}_saved_model" if format == "saved_model" else stem + _SUFFIXES[format]
-
-
 def export_model(
     model_name: str,
     weights: Sequence[np.ndarray],
@@ -188,11 +159,6 @@ def export_model(
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def _check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
 
 
 def _image_spec(model: keras.Model, batch: int | None) -> tf.TensorSpec:
