@@ -27,7 +27,7 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 
@@ -88,6 +88,11 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 SQLITE_HEADER = b"SQLite format 3\x00"
 INTERRUPTED = "interrupted"
 """Status of a run recorded as running whose training process is gone (killed, crashed, machine off)."""
+
+
+def short_id(run_id: str) -> str:
+    """The random tail of a run id (``e027c4`` of ``20261201-083830-e027c4``): tells runs of one day apart."""
+    return run_id.rsplit("-", 1)[-1]
 
 
 class StoreError(UserError):
@@ -466,10 +471,12 @@ class RunStore:
         finally:
             lease.release()
 
-    def delete_all(self) -> list[str]:
-        """Delete every run that is not training; returns the ids of the runs kept because they train."""
+    def delete_all(self, keep: Collection[str] = ()) -> list[str]:
+        """Delete every run not in ``keep`` and not training; returns the ids of the runs kept as training."""
         kept = []
         for run in self.list_runs():
+            if run.run_id in keep:
+                continue
             try:
                 self.delete_run(run.run_id)
             except RunBusy:
