@@ -16,6 +16,7 @@ from devices.codec import COMPRESSIONS
 from engine.config import BUILTIN_MODELS, OPTIMIZERS, ConfigError, FederationConfig
 from engine.errors import UserError, one_line
 from engine.export_paths import FORMATS, check_destination, default_filename
+from engine.native_logs import filtered_stderr
 from engine.results import RoundResult, RunStatus, Snapshot
 from engine.store import RunStore
 from engine.strategies import STRATEGIES
@@ -456,7 +457,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         if problems:
             args.command_parser.error("; ".join(problems))
     try:
-        return COMMANDS[args.command](args, out)
+        with filtered_stderr(enabled=not os.environ.get("FL_DEBUG")):
+            return COMMANDS[args.command](args, out)
     except ConfigError as error:
         args.command_parser.error(str(error))
     except KeyboardInterrupt:

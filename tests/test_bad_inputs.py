@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.native_logs import is_noise
 from tests.conftest import PROJECT_ROOT
 
 TRACEBACK = "Traceback (most recent call last)"
@@ -132,6 +133,7 @@ def test_run_store_and_cli_cases(case: Case, stored_run, tmp_path):
     args = [arg.format(runs=runs, run=run_id, tmp=tmp_path) for arg in case.args]
     result = run_module(case.module, *args)
     assert_one_line_reason(result, case.reason, case.code)
+    assert not [line for line in result.stderr.splitlines() if is_noise(line.encode())]  # no absl/oneDNN chatter
     if "damaged" in case.reason:
         assert (runs / "runs.sqlite").read_bytes() == index_before  # never overwritten
     if case.args[0] == "resume":
