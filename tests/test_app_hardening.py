@@ -11,6 +11,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -133,3 +134,24 @@ def test_a_damaged_run_index_is_explained_on_the_runs_page(make_app, app_env, tm
     no_exceptions(at)
     assert any("is damaged" in e.value and "move it aside" in e.value for e in at.error)
     assert (runs / "runs.sqlite").read_bytes() == b"this is not a database" * 100
+
+
+def test_captions_say_what_happened_not_a_misleading_figure():
+    from app.charts import per_class_accuracy_figure, traffic_caption
+    from app.devices_view import card_caption
+    from engine.results import DeviceState, DeviceStatus
+    from tests.test_app import make, round_result
+
+    plain = make(type(round_result(1, {0: 0.5})), **{**round_result(3, {0: 0.5}).__dict__,
+                                                        "bytes_up": 1000, "raw_bytes_up": 1000, "bytes_down": 900})
+    assert "uncompressed float32" in traffic_caption(plain) and "×" not in traffic_caption(plain)
+    squeezed = make(type(plain), **{**plain.__dict__, "bytes_up": 250})
+    assert "4.0× smaller than float32" in traffic_caption(squeezed)
+
+    confusion = np.array([[5, 0], [5, 0]])  # class 1 is never right
+    (bars,) = per_class_accuracy_figure(confusion, ["a", "b"]).data
+    assert list(bars.text) == ["100%", "0%"] and bars.textposition == "outside"
+
+    leaving = DeviceState(device_id=2, active=False, status=DeviceStatus.TRAINING, samples=1200)
+    assert card_caption(leaving) == "1,200 samples · leaves after this round"
+    assert "leaves" not in card_caption(DeviceState(2, False, DeviceStatus.INACTIVE, 1200))
