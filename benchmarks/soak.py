@@ -4,8 +4,8 @@
     python -m benchmarks.soak --stack-width 1 --no-save --rounds 100
     python -m benchmarks.soak --trace              # also the Python allocations that grew the most
 
-A small real workload (MLP, 4 devices, 800 Fashion-MNIST samples, 200 test
-images) trains for ``--rounds`` rounds, polled like the CLI polls it. After each
+A small real workload (MLP, the engine's default 10 devices on 2 worker threads,
+1,000 Fashion-MNIST samples, 200 test images) trains for ``--rounds`` rounds, polled like the CLI polls it. After each
 round the resident set size (RSS, /proc/self/statm) is recorded; the slope of a
 least-squares line through rounds ``--warmup``.. end is printed, in MB per round,
 with a JSON line. Target: below 0.05 MB/round over 200 rounds (memory is flat;
@@ -39,15 +39,15 @@ def slope(rounds: list[int], values: list[float]) -> float:
     return float(np.polyfit(np.asarray(rounds, float), np.asarray(values, float), 1)[0])
 
 
-def soak(rounds: int, stack_width: int, save: bool, data_dir: str | None) -> list[float]:
+def soak(rounds: int, stack_width: int, save: bool, data_dir: str | None, devices: int, workers: int) -> list[float]:
     """RSS after each of ``rounds`` rounds of a small real federation."""
     from data.datasets import load_dataset
     from engine.config import FederationConfig
     from engine.federation import Federation
     from engine.store import RunStore
 
-    config = FederationConfig(model="mlp", num_devices=4, train_samples=800, test_samples=200, rounds=rounds,
-                              stack_width=stack_width, workers=1)
+    config = FederationConfig(model="mlp", num_devices=devices, train_samples=100 * devices, test_samples=200,
+                              rounds=rounds, stack_width=stack_width, workers=workers)
     dataset = load_dataset(config.dataset, data_dir)
     with tempfile.TemporaryDirectory(prefix="soak-runs-") as folder:
         store = RunStore(folder) if save else None
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20, help="rounds left out of the slope (allocator warm-up)")
     parser.add_argument("--stack-width", type=int, default=4)
+    parser.add_argument("--devices", type=int, default=10, help="devices, 100 training samples each")
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-save", action="store_true", help="do not record the run (no store)")
     parser.add_argument("--data-dir", default=os.environ.get("FL_DATA_DIR"))
     parser.add_argument("--trace", action="store_true", help="tracemalloc: the Python allocations that grew most")
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.trace:
         tracemalloc.start(12)
-    memory = soak(args.rounds, args.stack_width, not args.no_save, args.data_dir)
+    memory = soak(args.rounds, args.stack_width, not args.no_save, args.data_dir, args.devices, args.workers)
     measured = list(range(args.warmup + 1, args.rounds + 1))
     per_round = slope(measured, memory[args.warmup:])
     verdict = "flat" if per_round < TARGET_MB_PER_ROUND else "GROWING"
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         for stat in tracemalloc.take_snapshot().statistics("traceback")[:8]:
             print(f"{stat.size / 1024:9.1f} KiB in {stat.count:6d} blocks: {stat.traceback.format()[-1].strip()}")
     print(json.dumps({"benchmark": "soak", "rounds": args.rounds, "warmup": args.warmup,
-                      "stack_width": args.stack_width, "save": not args.no_save,
+                      "devices": args.devices, "workers": args.workers, "stack_width": args.stack_width,
+                      "save": not args.no_save,
                       "rss_start_mb": round(memory[args.warmup - 1], 1), "rss_end_mb": round(memory[-1], 1),
                       "slope_mb_per_round": round(per_round, 5), "target_mb_per_round": TARGET_MB_PER_ROUND}))
     return 0
