@@ -167,13 +167,7 @@ class LocalDeployment:
         )
         wait_for_port(self.port, self.startup_timeout, superlink)
         for index, node_config in enumerate(self.node_configs):
-            config = " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())
-            self._start(
-                f"supernode-{index}",
-                ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                 "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", config],
-                f"supernode-{index}-home",
-            )
+            self._start_supernode(index, node_config)
         cli_home = self.workdir / "cli-home"
         cli_home.mkdir(parents=True, exist_ok=True)
         (cli_home / "config.toml").write_text(
@@ -181,6 +175,21 @@ class LocalDeployment:
             f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
         return self
+
+    def _start_supernode(self, index: int, node_config: Mapping[str, object]) -> subprocess.Popen:
+        config = " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())
+        return self._start(
+            f"supernode-{index}",
+            ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+             "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", config],
+            f"supernode-{index}-home",
+        )
+
+    def add_supernode(self, node_config: Mapping[str, object]) -> str:
+        """Start one more SuperNode while the deployment runs (a device joining mid-run); its process name."""
+        index = len([name for name in self.processes if name.startswith("supernode-")])
+        self._start_supernode(index, node_config)
+        return f"supernode-{index}"
 
     def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run the ``flwr`` CLI from the project root against this deployment."""

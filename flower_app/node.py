@@ -3,7 +3,8 @@
 Flower runs each message in a fresh ClientApp process, so in practice the
 cache below serves one message; it matters when several messages share a
 process (tests, ``--isolation process`` setups) and keeps a node from ever
-building its device twice.
+building its device twice. Top-k error feedback (the device's residual) lives
+as long as that process.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 from data.datasets import CLASS_NAMES, load_dataset
 from data.partition import split_local_test
 from devices.device import Device, DeviceData
-from devices.messages import DeviceUpdate, TrainInstructions
+from devices.messages import DeviceUpdate, EncodedUpdate, TrainInstructions
 from devices.trainer import ModelReplica, OptimizerSpec
-from engine.federation import build_devices
+from engine.setup import build_devices
 from engine.models import ModelRegistry
 from flower_app.config import NodeSpec, federation_config, parse_faults
 from flower_app.image_folder import load_image_folder
@@ -37,6 +38,10 @@ class LocalNode:
     def fit(self, instructions: TrainInstructions) -> DeviceUpdate:
         """One round of local training: exactly the in-process engine's ``Device.fit``."""
         return self.device.fit(instructions, self.replica, checkpoint=lambda steps: None)
+
+    def respond(self, instructions: TrainInstructions) -> EncodedUpdate:
+        """Train, then clip, noise and compress the update as instructed: what the server receives."""
+        return self.device.respond(instructions, self.replica, checkpoint=lambda steps: None)
 
 
 def _device(spec: NodeSpec) -> Device:
