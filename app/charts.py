@@ -204,11 +204,12 @@ def per_class_accuracy_figure(confusion: np.ndarray, class_names: Sequence[str])
     figure = go.Figure(
         go.Bar(
             x=[0 if v is None else v for v in values], y=names, orientation="h",
-            text=["n/a" if v is None else f"{v:.0%}" for v in values], textposition="auto",
+            # outside the bar, so a class the model never gets right still shows "0%"
+            text=["n/a" if v is None else f"{v:.0%}" for v in values], textposition="outside", cliponaxis=False,
             marker={"color": ACCURACY_COLOUR}, hovertemplate="%{y}: %{x:.1%}<extra></extra>",
         )
     )
-    figure.update_xaxes(range=[0, 1], tickformat=".0%")
+    figure.update_xaxes(range=[0, 1.12], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1])
     figure.update_yaxes(type="category", autorange="reversed")
     return _layout(figure, "Accuracy per class", height=420, showlegend=False)
 
@@ -267,7 +268,21 @@ def bytes_figure(history: Sequence[RoundResult]) -> go.Figure:
     figure.update_xaxes(title_text="round", dtick=1 if len(rounds) <= 20 else None)
     figure.update_yaxes(title_text="bytes", rangemode="tozero")
     ratio = series["compression_ratio"][-1] if history else 1.0
-    return _layout(figure, f"Communication (latest up-link compression {ratio:.1f}×)", barmode="group")
+    title = "Communication (no compression)" if is_uncompressed(ratio) else \
+        f"Communication (latest up-link compression {ratio:.1f}×)"
+    return _layout(figure, title, barmode="group")
+
+
+def is_uncompressed(ratio: float) -> bool:
+    """Whether the up-link compression ratio is 1 (plain float32 updates, up to serialisation overhead)."""
+    return abs(ratio - 1.0) < 0.05
+
+
+def traffic_caption(result: RoundResult) -> str:
+    """One line on a round's traffic; the ratio to float32 only when the updates were compressed."""
+    ratio = result.compression_ratio
+    how = "uncompressed float32" if is_uncompressed(ratio) else f"{ratio:.1f}× smaller than float32"
+    return f"Round {result.round}: {result.bytes_up:,} B up ({how}), {result.bytes_down:,} B down."
 
 
 def privacy_figure(history: Sequence[RoundResult]) -> go.Figure:

@@ -67,7 +67,14 @@ def _device_card(federation: Federation, device: DeviceState) -> None:
         status = device.status.value
         st.badge(status, color=STATUS_COLOURS.get(status, "gray"), icon=STATUS_ICONS.get(status, ":material/info:"),
                  help=device.detail or None)
-        st.caption(f"{device.samples:,} samples" + (f" · {device.detail[:80]}" if device.detail else ""))
+        st.caption(card_caption(device))
+
+
+def card_caption(device: DeviceState) -> str:
+    """Samples, and for a device switched off mid-round that it still finishes this round."""
+    leaving = not device.active and device.status is DeviceStatus.TRAINING
+    return (f"{device.samples:,} samples" + (" · leaves after this round" if leaving else "")
+            + (f" · {device.detail[:80]}" if device.detail else ""))
 
 
 def _device_grid(federation: Federation, snapshot: Snapshot) -> None:

@@ -24,6 +24,7 @@ INTRO = (
     "server averages their updates into a new global model. Set up the federation in the sidebar, then "
     "start training and watch it learn."
 )
+LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 DRAWN_AT_KEY = "page_drawn_at"
 MIN_REDRAW_SECONDS = 1.0  # at most one full redraw per second for new rounds, however fast rounds are
 
@@ -67,10 +68,23 @@ def training_page(federation, setup) -> None:
     st.fragment(predict_view.render)(federation)  # uploads and picks redraw only this part
 
 
+def exposure_warning(address: str | None) -> str | None:
+    """A warning when the server listens beyond this machine (``server.address`` is not a loopback one)."""
+    address = (address or "").strip()
+    if address in LOCAL_ADDRESSES:
+        return None
+    where = f"address {address}" if address else "every network interface"
+    return (f"This dashboard listens on {where}: other machines can open it and control training, without "
+            "TLS or a login. Restart it with `--server.address localhost` unless that is what you want.")
+
+
 def main() -> None:
     keep_keras_session()  # Streamlit would otherwise reset Keras after every rerun, slowing training a lot
     st.set_page_config(page_title="Federated learning dashboard", page_icon=":material/hub:", layout="wide")
     st.title("Federated learning dashboard")
+    exposed = exposure_warning(st.get_option("server.address"))
+    if exposed:
+        st.warning(exposed, icon=":material/public:")
     page = st.radio("Page", [runs_view.LIVE_PAGE, runs_view.RUNS_PAGE], key=runs_view.PAGE_KEY, horizontal=True,
                     label_visibility="collapsed",
                     format_func={runs_view.LIVE_PAGE: "Live training", runs_view.RUNS_PAGE: "Recorded runs"}.get)

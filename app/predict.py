@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from data.preprocess import ImageError, PreprocessedImage, preprocess_upload
+from data.preprocess import NOTHING_TO_CLASSIFY, ImageError, PreprocessedImage, preprocess_upload
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # float images (n, 28, 28) in [0, 1] -> probabilities (n, classes)
 
@@ -42,6 +42,7 @@ class UploadOutcome:
     error: str | None = None
     inverted: bool = False  # the upload had a light background and was inverted
     original_size: tuple[int, int] | None = None
+    preview: Image.Image | None = None  # what was read, as an 8-bit picture any browser shows
 
 
 def classify_pixels(pixels: np.ndarray, predict: Predictor, class_names: Sequence[str]) -> Classification:
@@ -57,15 +58,22 @@ def classify_upload(
     class_names: Sequence[str],
     preprocess: Callable[[bytes], PreprocessedImage] = preprocess_upload,
 ) -> UploadOutcome:
-    """Preprocess uploaded bytes like Fashion-MNIST and classify them; bad uploads give ``error`` instead."""
+    """Preprocess uploaded bytes like Fashion-MNIST and classify them.
+
+    Bad uploads give ``error`` instead, and so do blank ones (a white page, one
+    pixel): their all-black input is not presented as a prediction.
+    """
     try:
         image = preprocess(data)
     except ImageError as error:
         return UploadOutcome(error=str(error))
+    if image.blank:
+        return UploadOutcome(error=NOTHING_TO_CLASSIFY, original_size=image.original_size, preview=image.preview)
     return UploadOutcome(
         classification=classify_pixels(image.pixels, predict, class_names),
         inverted=image.inverted,
         original_size=image.original_size,
+        preview=image.preview,
     )
 
 

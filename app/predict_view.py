@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from data.preprocess import PreprocessedImage, preprocess_upload
 from app.charts import probabilities_figure
 from app.predict_own import image_panel, table_panel
-from app.predict import Classification, classify_pixels, classify_upload, enlarge, pixels_of_test_image
+from app.predict import Classification, UploadOutcome, classify_pixels, classify_upload, enlarge, pixels_of_test_image
 
 if TYPE_CHECKING:
     from engine.federation import Federation
@@ -30,16 +31,20 @@ def _pick_test_image(count: int) -> None:
     st.session_state[TEST_INDEX_KEY] = int(np.random.default_rng().integers(count))
 
 
-def _show(classification: Classification, untrained: bool, source: str, original: bytes | None = None,
+def _preview(preview: Image.Image | None, size: tuple[int, int] | None) -> None:
+    """What was read from the upload (a PNG any browser shows, whatever the upload's format or depth)."""
+    caption = "Your upload" + (f" ({size[0]}×{size[1]})" if size else "")
+    if preview is not None:
+        st.image(preview, caption=caption, width=min(IMAGE_WIDTH, max(preview.width, 28)))
+
+
+def _show(classification: Classification, untrained: bool, source: str, original: UploadOutcome | None = None,
           true_label: str | None = None) -> None:
     """Input pictures on the left, the predicted class and all probabilities on the right."""
     upload_column, input_column, result = st.columns([1, 1, 2], gap="medium")
     if original is not None:
         with upload_column:
-            try:
-                st.image(original, caption="Your upload", width=IMAGE_WIDTH)
-            except Exception:  # the browser may not render every format; the model input is what matters
-                st.caption("(the upload cannot be previewed)")
+            _preview(original.preview, original.original_size)
     with input_column if original is not None else upload_column:
         st.image(enlarge(classification.pixels), caption="What the model sees: 28×28 grayscale", width=IMAGE_WIDTH)
     with result, st.container(key=f"prediction-{source}"):
@@ -65,11 +70,12 @@ def _upload_tab(federation: Federation, untrained: bool) -> None:
     outcome = classify_upload(data, federation.predict, federation.dataset.class_names, preprocess=_preprocess)
     if outcome.error is not None:
         st.error(outcome.error)
+        _preview(outcome.preview, outcome.original_size)
         return
     if outcome.inverted:
         st.caption("Light background detected: the image was inverted to match the training data "
                    "(light object on black).")
-    _show(outcome.classification, untrained, "upload", original=data)
+    _show(outcome.classification, untrained, "upload", original=outcome)
 
 
 def _test_tab(federation: Federation, untrained: bool) -> None:

@@ -67,9 +67,7 @@ def render_rounds_detail(history: Sequence[RoundResult], prefix: str = "") -> No
         communication = st.container()
     with communication:
         st.plotly_chart(charts.bytes_figure(history), key=f"{prefix}bytes", config=CHART_CONFIG)
-        latest = history[-1]
-        st.caption(f"Round {latest.round}: {latest.bytes_up:,} B up ({latest.compression_ratio:.1f}× smaller than "
-                   f"float32), {latest.bytes_down:,} B down.")
+        st.caption(charts.traffic_caption(history[-1]))
     rows = charts.problems_table(history, PROBLEM_ROUNDS)
     if rows:
         st.markdown(f"**Devices left out of the last {min(PROBLEM_ROUNDS, len(history))} rounds**")

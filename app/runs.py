@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.config import FederationConfig
-from engine.store import RunStore, RunSummary
+from engine.store import RunStore, RunSummary, short_id
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -30,8 +30,8 @@ def current_store() -> RunStore:
     return run_store(runs_dir())
 
 
-def run_label(config: FederationConfig) -> str:
-    """A short human label for a run started from the dashboard."""
+def run_label(config: FederationConfig, samples: int | None = None) -> str:
+    """A short human label for a run started from the dashboard (``samples``: training images used)."""
     extras = [config.strategy]
     if config.uses_dp:
         extras.append("DP")
@@ -39,7 +39,9 @@ def run_label(config: FederationConfig) -> str:
         extras.append("secure agg")
     if config.compression != "none":
         extras.append(config.compression)
-    return f"{config.model.upper()} · {config.num_devices} devices · {config.partition} · {', '.join(extras)}"
+    count = config.train_samples or samples
+    sized = f" · {count:,} samples" if count else ""
+    return f"{config.model.upper()} · {config.num_devices} devices{sized} · {config.partition} · {', '.join(extras)}"
 
 
 def short_date(created: str) -> str:
@@ -53,7 +55,12 @@ def short_date(created: str) -> str:
 def run_title(run: RunSummary) -> str:
     """One line naming a run in selections."""
     label = run.label or f"{run.model} on {run.dataset}"
-    return f"{short_date(run.created)} · {label} · {run.rounds} rounds ({run.run_id[:8]})"
+    return f"{short_id(run.run_id)} · {short_date(run.created)} · {label} · {run.rounds} rounds"
+
+
+def percent(value: float | None) -> float:
+    """An accuracy as a percentage for the runs table (NaN, shown empty, when there is none yet)."""
+    return float("nan") if value is None else 100.0 * value
 
 
 def runs_table(runs: Sequence[RunSummary]) -> pd.DataFrame:
@@ -61,6 +68,7 @@ def runs_table(runs: Sequence[RunSummary]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "run": [r.run_id for r in runs],
+            "id": [short_id(r.run_id) for r in runs],
             "date": [short_date(r.created) for r in runs],
             "label": [r.label for r in runs],
             "data set": [r.dataset for r in runs],
@@ -68,10 +76,10 @@ def runs_table(runs: Sequence[RunSummary]) -> pd.DataFrame:
             "partition": [r.partition for r in runs],
             "devices": [r.num_devices for r in runs],
             "rounds": [r.rounds for r in runs],
-            "final accuracy": [r.final_accuracy for r in runs],
-            "best accuracy": [r.best_accuracy for r in runs],
+            "final accuracy": [percent(r.final_accuracy) for r in runs],
+            "best accuracy": [percent(r.best_accuracy) for r in runs],
             "status": [r.status for r in runs],
         },
-        columns=["run", "date", "label", "data set", "strategy", "partition", "devices", "rounds",
+        columns=["run", "id", "date", "label", "data set", "strategy", "partition", "devices", "rounds",
                  "final accuracy", "best accuracy", "status"],
     )

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.store import RunStore, RunSummary
+from engine.errors import UserError, one_line
+from engine.store import RunStore, RunSummary, short_id
 from engine.strategies import STRATEGIES
 from app import charts, results_view, state
 from app.runs import current_store, run_title, runs_table
@@ -23,6 +24,7 @@ EXPORT_FORMATS = {
     "tflite-int8": ("TFLite int8-quantised (.tflite)", ".tflite"),
     "saved_model": ("TensorFlow SavedModel (.zip)", ".zip"),
 }
+DELETE_ERROR_KEY = "runs_delete_error"  # why the last deletion was refused (a run training in another tab)
 EXPORT_KEY = "runs_exported_model"  # (run id, round, format, file name, bytes) of the latest export
 
 
@@ -36,7 +38,7 @@ def _resume(store: RunStore, run_id: str, more_rounds: int) -> None:
     try:
         config = store.load_config(run_id)
         done = len(store.load_history(run_id))
-    except (KeyError, FileNotFoundError):
+    except (KeyError, FileNotFoundError, UserError):
         config = None  # resume_run explains it
     if config is not None:
         config = config.with_changes(rounds=done + more_rounds)
@@ -47,12 +49,19 @@ def _resume(store: RunStore, run_id: str, more_rounds: int) -> None:
 
 
 def _delete(store: RunStore, run_id: str) -> None:
-    if run_id == "*":
-        for run in store.list_runs():
-            if run.run_id != _live_run_id():
-                store.delete_run(run.run_id)
-    else:
-        store.delete_run(run_id)
+    """Button callback; runs that train (here or in another tab or process) are kept, and it says so."""
+    st.session_state.pop(DELETE_ERROR_KEY, None)
+    try:
+        if run_id == "*":
+            live = _live_run_id()
+            kept = store.delete_all(keep=[live] if live else [])
+            if kept:
+                st.session_state[DELETE_ERROR_KEY] = (f"Kept {len(kept)} run(s) that are training: "
+                                                      f"{', '.join(map(short_id, kept))}.")
+        else:
+            store.delete_run(run_id)
+    except UserError as error:
+        st.session_state[DELETE_ERROR_KEY] = f"Not deleted: {error}"
     st.session_state.pop(CONFIRM_KEY, None)
     st.session_state.pop(EXPORT_KEY, None)
 
@@ -67,7 +76,7 @@ def export_bytes(store: RunStore, run_id: str, round_number: int, fmt: str) -> t
     if fmt == "tflite-int8":
         dataset = state.dataset_slot(config.dataset, config.data_dir).get(progress=lambda _: None)
         representative = dataset.x_train[:200].astype("float32") / 255.0
-    name = f"{config.model}-{run_id[:8]}-round{round_number}"
+    name = f"{config.model}-{short_id(run_id)}-round{round_number}"
     with tempfile.TemporaryDirectory() as folder:
         if fmt == "saved_model":
             exported = export_model(config.model, checkpoint.weights, fmt, Path(folder) / name)
@@ -83,11 +92,10 @@ def _prepare_export(store: RunStore, run_id: str, round_number: int, fmt: str) -
     try:
         file_name, data = export_bytes(store, run_id, round_number, fmt)
         st.session_state[EXPORT_KEY] = (run_id, round_number, fmt, file_name, data)
-    except (KeyError, FileNotFoundError) as error:
-        st.session_state[EXPORT_KEY] = (run_id, round_number, fmt, None, f"Cannot export: {error}")
+    except (KeyError, FileNotFoundError, UserError) as error:
+        st.session_state[EXPORT_KEY] = (run_id, round_number, fmt, None, f"Cannot export: {one_line(error)}")
     except Exception as error:  # never a traceback
-        st.session_state[EXPORT_KEY] = (run_id, round_number, fmt, None,
-                                        f"Export failed: {type(error).__name__}: {error}")
+        st.session_state[EXPORT_KEY] = (run_id, round_number, fmt, None, f"Export failed: {one_line(error)}")
 
 
 def _compare(store: RunStore, runs: list[RunSummary]) -> None:
@@ -149,10 +157,12 @@ def _delete_controls(store: RunStore, run: RunSummary) -> None:
                   on_click=st.session_state.__setitem__, args=(CONFIRM_KEY, run.run_id))
         st.button("Delete all runs", key="runs_delete_all", icon=":material/delete_sweep:",
                   on_click=st.session_state.__setitem__, args=(CONFIRM_KEY, "*"))
+    if st.session_state.get(DELETE_ERROR_KEY):
+        st.warning(st.session_state[DELETE_ERROR_KEY])
     pending = st.session_state.get(CONFIRM_KEY)
     if pending in (run.run_id, "*"):
         what = "all recorded runs" + (" (except the live federation's)" if live else "") if pending == "*" \
-            else f"run {run.run_id[:8]}"
+            else f"run {short_id(run.run_id)} ({run.label or run.model})"
         st.warning(f"Delete {what}? This cannot be undone.")
         with st.container(horizontal=True):
             st.button("Yes, delete", key="runs_confirm", type="primary", on_click=_delete, args=(store, pending))
@@ -192,13 +202,13 @@ def render() -> None:
         st.dataframe(runs_table(runs), hide_index=True, width="stretch", key="runs_table",
                      column_config={
                          "run": None,
-                         "final accuracy": st.column_config.NumberColumn(format="percent"),
-                         "best accuracy": st.column_config.NumberColumn(format="percent"),
+                         "final accuracy": st.column_config.NumberColumn(format="%.1f%%"),
+                         "best accuracy": st.column_config.NumberColumn(format="%.1f%%"),
                      })
         _compare(store, runs)
         st.divider()
         _open(store, runs)
-    except (KeyError, FileNotFoundError) as error:  # RunNotFound is a KeyError: e.g. deleted by another tab
-        st.error(f"That run is no longer available: {str(error).strip(chr(39))}")
-    except Exception as error:  # a broken store folder, etc.
-        st.error(f"Could not read the recorded runs: {type(error).__name__}: {error}")
+    except UserError as error:  # a damaged run index, a run deleted by another tab: says what to do
+        st.error(str(error))
+    except Exception as error:  # never a traceback
+        st.error(f"Could not read the recorded runs: {one_line(error)}")

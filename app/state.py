@@ -19,6 +19,8 @@ from data.sources import load_source
 from data.spec import SourceOptions
 from engine.model_defaults import GENERAL_DEFAULTS, ModelError, training_defaults
 from engine.config import ConfigError, FederationConfig
+from engine.errors import UserError, one_line
+from engine.store import short_id
 
 if TYPE_CHECKING:  # importing the federation pulls in TensorFlow; done lazily in create_federation
     from engine.federation import Federation
@@ -175,15 +177,17 @@ def create_federation(config: FederationConfig) -> Federation | None:
             from engine.backends import create_federation as build  # imports TensorFlow (slow the first time)
 
             federation = build(config, selected_backend(), dataset=dataset, store=current_store(),
-                               label=run_label(config))
+                               label=run_label(config, len(dataset.y_train)))
         except (DataError, ModelError) as error:  # one line on what is wrong with the data or model
             return _failed(status, str(error))
         except ConfigError as error:
             return _failed(status, "Invalid setup: " + "; ".join(error.problems))
+        except UserError as error:  # e.g. a damaged run index: the message says what to do
+            return _failed(status, str(error))
         except ValueError as error:  # e.g. a partition that cannot give every device enough samples
             return _failed(status, f"This setup cannot be built: {error}")
         except Exception as error:  # never show a traceback; say what went wrong instead
-            return _failed(status, f"Could not create the federation: {type(error).__name__}: {error}")
+            return _failed(status, f"Could not create the federation: {one_line(error)}")
         status.update(label=f"Federation ready: {config.num_devices} devices.", state="complete", expanded=False)
     federation.requested_config = requested  # what the setup panel said, before fitting it to the data
     _adopt(federation)
@@ -209,7 +213,7 @@ def take_resume_request() -> tuple[str, int | None] | None:
 def resume_run(run_id: str, more_rounds: int | None) -> Federation | None:
     """Reopen a recorded run (same devices, its history and last checkpoint) as this session's federation."""
     st.session_state.pop(ERROR_KEY, None)
-    with st.status(f"Reopening run {run_id[:8]}...", expanded=True) as status:
+    with st.status(f"Reopening run {short_id(run_id)}...", expanded=True) as status:
         try:
             from app.runs import current_store
             from engine.federation import Federation
@@ -217,14 +221,15 @@ def resume_run(run_id: str, more_rounds: int | None) -> Federation | None:
             store = current_store()
             config = store.load_config(run_id)
             dataset = dataset_slot(config.dataset, config.data_dir, config.source_options).get(progress=status.write)
-            federation = Federation.reopen(store, run_id, more_rounds=more_rounds, dataset=dataset)
-        except (KeyError, FileNotFoundError) as error:  # RunNotFound is a KeyError
-            return _failed(status, f"Cannot resume this run: {str(error).strip(chr(39))}")
+            federation = Federation.reopen(store, run_id, more_rounds=more_rounds, dataset=dataset,
+                                           progress=status.write)
+        except UserError as error:  # no such run, no intact checkpoint, a damaged index
+            return _failed(status, f"Cannot resume this run: {error}")
         except (DataError, ModelError) as error:
             return _failed(status, str(error))
         except Exception as error:  # never show a traceback
-            return _failed(status, f"Could not resume the run: {type(error).__name__}: {error}")
-        status.update(label=f"Run {run_id[:8]} reopened at round {federation.snapshot().round}.", state="complete",
+            return _failed(status, f"Could not resume the run: {one_line(error)}")
+        status.update(label=f"Run {short_id(run_id)} reopened at round {federation.snapshot().round}.", state="complete",
                       expanded=False)
     _adopt(federation)
     return federation

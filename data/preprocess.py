@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import Final
@@ -31,6 +33,23 @@ MAX_PIXELS: Final = 40_000_000
 
 ACCEPTED_FORMATS: Final = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 """Pillow format names ``load_image`` will open ("JPEG" also opens multi-picture MPO photos)."""
+
+WORK_SIDE: Final = 2048
+"""Uploads are shrunk while decoding (JPEG DCT scaling, then box reduction) to at most this longest side.
+
+Far above the 28x28 model input and the 512-pixel object mask, so the result is the same, while a
+40-megapixel photo needs its 8-bit decode and a 2048-pixel copy instead of several float copies.
+"""
+
+PREVIEW_SIDE: Final = 512
+"""Longest side of the preview of what was read (:attr:`PreprocessedImage.preview`)."""
+
+PREVIEW_MAX_ASPECT: Final = 8
+"""A preview thinner than 1:8 (a 30000x8 ribbon) is centred on a grey canvas of that aspect ratio."""
+
+NOTHING_TO_CLASSIFY: Final = (
+    "There is nothing to classify: the image is blank or uniform (no object stands out from its background)."
+)
 
 MODEL_SIZE: Final = 28
 """Side of a Fashion-MNIST image, in pixels."""
@@ -68,6 +87,23 @@ class PreprocessedImage:
     original_mode: str  # Pillow mode of the decoded upload, e.g. "RGB", "RGBA", "CMYK"
     inverted: bool  # True when the background was light and the image was inverted
     pixels: np.ndarray  # (28, 28) float32 in [0, 1], light object on black
+    blank: bool = False  # nothing stood out from the background: there is no object to classify
+    preview: Image.Image | None = None  # 8-bit RGB picture of what was read, at most PREVIEW_SIDE wide
+
+
+def read_limited(path: str | os.PathLike, limit: int = MAX_UPLOAD_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; never reads more than ``limit + 1``.
+
+    Raises :class:`ImageError` for devices, pipes and folders (``/dev/zero`` would never end) and
+    for files over the limit, and ``OSError`` when the file cannot be opened.
+    """
+    with open(path, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ImageError("This is not a regular file (a device, pipe or folder); give an image file.")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ImageError(f"The file is too large (over {limit / 2**20:.0f} MB); the limit is {limit // 2**20} MB.")
+    return data
 
 
 def load_image(data: bytes) -> Image.Image:
@@ -79,6 +115,11 @@ def load_image(data: bytes) -> Image.Image:
     area is checked against :data:`MAX_PIXELS` before any pixel is decoded, so a
     decompression bomb costs nothing.
     """
+    return _decode(data, max_side=None)[0]
+
+
+def _decode(data: bytes, max_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`load_image`, shrunk while decoding to at most ``max_side``; also the full upright size."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"load_image expects bytes, not {type(data).__name__}")
     size = len(data)
@@ -108,19 +149,54 @@ def load_image(data: bytes) -> Image.Image:
                 f"The image is truncated or corrupt and cannot be decoded ({error})."
             ) from None
         _check_dimensions(image.size)
+        full_size = _upright_size(image)
         try:
             image.seek(0)  # animated GIF / WebP: the first frame
+            if max_side is not None and image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale
+                image.draft(None, _scaled_size(image.size, max_side))
             image.load()
         except Exception as error:  # noqa: BLE001 - OSError, SyntaxError, zlib.error...
             raise ImageError(
                 f"The image is truncated or corrupt and cannot be decoded ({error})."
             ) from None
+    if max_side is not None:
+        image = _reduced(image, max_side)
     try:
         upright = ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - bad EXIF must not reject a good picture
         upright = image.copy()
     _check_dimensions(upright.size)
-    return upright
+    return upright, full_size
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed: EXIF orientations 5-8 swap the axes."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - bad EXIF is ignored, as by exif_transpose
+        orientation = 1
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _scaled_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    factor = max(size) / max_side
+    return (max(1, math.ceil(size[0] / factor)), max(1, math.ceil(size[1] / factor))) if factor > 1 else size
+
+
+def _reduced(image: Image.Image, max_side: int) -> Image.Image:
+    """Box-average ``image`` by an integer factor so its longest side is at most ``max_side``."""
+    factor = math.ceil(max(image.size) / max_side)
+    if factor <= 1:
+        return image
+    if image.mode.startswith("I;16"):  # Pillow cannot reduce 16-bit images directly
+        wide = np.asarray(image.convert("I").reduce(factor), dtype=np.int32)
+        return Image.fromarray(np.clip(wide, 0, 65535).astype(np.uint16))
+    if image.mode in ("1", "P", "PA"):  # palettes and bilevel cannot be averaged
+        image = image.convert("RGBA" if image.has_transparency_data else "L" if image.mode == "1" else "RGB")
+    reduced = image.reduce(factor)
+    reduced.info = image.info  # keeps the EXIF orientation and transparency for what follows
+    return reduced
 
 
 def _check_dimensions(size: tuple[int, int]) -> None:
@@ -283,12 +359,41 @@ def _without_specks(mask: np.ndarray) -> np.ndarray:
 
 
 def preprocess_upload(data: bytes) -> PreprocessedImage:
-    """Decode an upload and turn it into Fashion-MNIST-style model input."""
-    image = load_image(data)
-    pixels, inverted = _model_input(to_grayscale(image), MODEL_SIZE, DEFAULT_PAD_FRACTION)
+    """Decode an upload (shrunk to :data:`WORK_SIDE` while decoding) and turn it into model input.
+
+    ``blank`` says when nothing stands out from the background (a white page, a
+    single pixel): the all-black input must not be presented as a prediction.
+    """
+    image, full_size = _decode(data, max_side=WORK_SIDE)
+    gray = to_grayscale(image)
+    pixels, inverted = _model_input(gray, MODEL_SIZE, DEFAULT_PAD_FRACTION)
     return PreprocessedImage(
-        original_size=image.size, original_mode=image.mode, inverted=inverted, pixels=pixels
+        original_size=full_size, original_mode=image.mode, inverted=inverted, pixels=pixels,
+        blank=not pixels.any(), preview=preview_of(image, gray),
     )
+
+
+def preview_of(image: Image.Image, gray: np.ndarray) -> Image.Image:
+    """An 8-bit RGB picture of what was read, at most :data:`PREVIEW_SIDE` wide, never thinner than 1:8.
+
+    Colour modes keep their colours (transparency over white); 16- and 32-bit
+    images show their grayscale as read. Browsers need not display either.
+    """
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        picture = Image.fromarray(np.rint(gray * 255).astype(np.uint8)).convert("RGB")
+    elif image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        picture = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    else:
+        picture = image.convert("RGB")
+    picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.BOX)
+    width, height = picture.size
+    canvas_size = (max(width, -(-height // PREVIEW_MAX_ASPECT)), max(height, -(-width // PREVIEW_MAX_ASPECT)))
+    if canvas_size == picture.size:
+        return picture
+    canvas = Image.new("RGB", canvas_size, (128, 128, 128))
+    canvas.paste(picture, ((canvas_size[0] - width) // 2, (canvas_size[1] - height) // 2))
+    return canvas
 
 
 def render_on_background(

@@ -14,18 +14,21 @@ from typing import Sequence, TextIO
 from data.errors import DataError, DatasetUnavailableError
 from data.sources import load_source
 from data.spec import Preprocessing
-from engine.cli_options import DefaultsHelpFormatter, OneLineParser, add_setting_options, one_line, setting_values
+from engine.cli_options import DefaultsHelpFormatter, OneLineParser, add_setting_options, setting_values
 from engine.config import ConfigError, FederationConfig
 from engine.data_fit import data_problem
+from engine.errors import UserError, one_line
+from engine.export_paths import FORMATS, check_destination, default_filename
 from engine.model_defaults import GENERAL_DEFAULTS, ModelError, TrainingDefaults, describe_defaults, training_defaults
+from engine.native_logs import filtered_stderr
 from engine.results import RoundResult, RunStatus, Snapshot
 from engine.settings import declared_settings
-from engine.store import RunNotFound, RunStore
+from engine.store import RunStore
 from engine.strategies import STRATEGIES
 
 DEFAULTS = FederationConfig()
 POLL_SECONDS = 0.1
-EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")  # engine.export.FORMATS, without importing TF
+EXPORT_FORMATS = FORMATS  # engine.export's, without importing TensorFlow
 
 
 def default_runs_dir() -> str:
@@ -255,20 +258,25 @@ def round_row(result: RoundResult) -> str:
 def follow(federation, as_json: bool, out: TextIO) -> int:
     """Start ``federation``, print each round as it completes, and a summary at the end."""
     printed = len(federation.snapshot().history)
+    federation.start()  # records a new run, so its id is known from here on
     if not as_json:
         if federation.run_id:
             print(f"run {federation.run_id}", file=out, flush=True)
         print(federation.training_note, file=sys.stderr, flush=True)
         regression = federation.dataset.task == "regression"
         print(REGRESSION_HEADER if regression else TABLE_HEADER, file=out, flush=True)
-    federation.start()
     last_message = ""
+    save_problems: tuple[str, ...] = ()
     try:
         while True:
             snapshot = federation.snapshot()
             for result in snapshot.history[printed:]:
                 print(json.dumps(round_json(result)) if as_json else round_row(result), file=out, flush=True)
             printed = len(snapshot.history)
+            for problem in snapshot.save_problems:
+                if problem not in save_problems:
+                    print(f"warning: {problem}", file=sys.stderr, flush=True)
+            save_problems = snapshot.save_problems
             if snapshot.status is RunStatus.WAITING and snapshot.message != last_message:
                 print(snapshot.message, file=sys.stderr, flush=True)
             last_message = snapshot.message
@@ -288,6 +296,7 @@ def follow(federation, as_json: bool, out: TextIO) -> int:
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    store = None if args.no_save else RunStore(args.runs_dir)  # a bad runs folder fails before TensorFlow loads
     from engine.federation import Federation  # deferred: TensorFlow import is slow, --help should not be
 
     draft = config_from_args(args)
@@ -296,7 +305,6 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     problem = config.problems() or ([data_problem(dataset, config)] if data_problem(dataset, config) else [])
     if problem:
         raise DataError("; ".join(problem))
-    store = None if args.no_save else RunStore(args.runs_dir)
     federation = Federation(config, dataset=dataset, progress=progress_to_stderr, store=store, label=args.label)
     return follow(federation, args.json, out)
 
@@ -307,10 +315,10 @@ def stored_dataset(config: FederationConfig, data_dir: str | None):
 
 
 def resume_command(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.federation import Federation
-
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
+    from engine.federation import Federation
+
     dataset = stored_dataset(config, args.data_dir)
     federation = Federation.reopen(store, args.run_id, args.rounds, dataset=dataset, progress=progress_to_stderr)
     return follow(federation, args.json, out)
@@ -347,15 +355,19 @@ def metrics_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def export_command(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.export import default_filename, export_model
-
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
+    if args.output:
+        check_destination(args.format, args.output)  # before loading anything
     checkpoint = store.load_checkpoint(args.run_id, args.round)
+    if checkpoint.note:
+        print(f"warning: {checkpoint.note}", file=sys.stderr)
     name = f"round-{checkpoint.round:05d}-{default_filename(config.model, args.format)}"
     destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
     spec_file = store.run_dir(args.run_id) / "preprocessing.json"  # engine.federation.PREPROCESSING_FILE
     spec = Preprocessing.from_json(spec_file.read_text()) if spec_file.is_file() else None
+    from engine.export import export_model  # deferred: TensorFlow is slow to import, needed only from here
+
     representative = None
     if args.format == "tflite-int8":
         dataset = stored_dataset(config, args.data_dir)
@@ -379,9 +391,15 @@ def delete_command(args: argparse.Namespace, out: TextIO) -> int:
         if input(f"Delete {what} in {args.runs_dir}? [y/N] ").strip().lower() != "y":
             print("nothing deleted", file=out)
             return 0
-    store.delete_all() if args.all else store.delete_run(args.run_id)
-    print(f"deleted {what}", file=out)
-    return 0
+    if not args.all:
+        store.delete_run(args.run_id)  # refused while the run trains
+        print(f"deleted {what}", file=out)
+        return 0
+    kept = store.delete_all()
+    for run_id in kept:
+        print(f"kept run {run_id}: it is being trained", file=sys.stderr)
+    print("deleted every run" + (f" but {len(kept)}" if kept else ""), file=out)
+    return 1 if kept else 0
 
 
 def sweep_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -452,13 +470,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         if problems:
             args.command_parser.error("; ".join(problems))
     try:
-        return COMMANDS[args.command](args, out)
-    except (DatasetUnavailableError, RunNotFound, FileNotFoundError) as error:
-        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
-        return 1
-    except (DataError, ModelError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
+        with filtered_stderr(enabled=not os.environ.get("FL_DEBUG")):
+            return COMMANDS[args.command](args, out)
+    except (DataError, ModelError) as error:  # the data or the model does not fit the settings: a usage error
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1 if isinstance(error, DatasetUnavailableError) else 2
     except ConfigError as error:
         args.command_parser.error(str(error))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # every runtime error ends here, as one line; FL_DEBUG=1 shows the traceback
+        if os.environ.get("FL_DEBUG"):
+            raise
+        expected = isinstance(error, (UserError, DatasetUnavailableError, OSError))
+        hint = "" if expected else " (unexpected: run with FL_DEBUG=1 for the traceback)"
+        print(f"error: {one_line(error)}{hint}", file=sys.stderr)
+        return 1
     return 2

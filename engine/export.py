@@ -39,15 +39,11 @@ import tensorflow as tf
 
 from data.prepare import write_sidecar
 from data.spec import Preprocessing
+from engine.export_paths import FORMATS, ExportError, check_destination, check_format, default_filename  # noqa: F401
 from engine.models import ModelRegistry
-
-FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")
 
 REPRESENTATIVE_SAMPLES = 200
 """Images the int8 converter calibrates activation ranges on."""
-
-_SUFFIXES = {"keras": ".keras", "saved_model": "", "tflite": ".tflite", "tflite-int8": ".tflite"}
-
 
 def build_inference_model(
     model_name: str,
@@ -78,8 +74,7 @@ def build_inference_model(
 def export_keras(model: keras.Model, path: str | os.PathLike) -> Path:
     """Save ``model`` as a ``.keras`` file at ``path`` (atomically)."""
     path = Path(path)
-    if path.suffix != ".keras":
-        raise ValueError(f"a Keras model file must end in .keras, not {path.name!r}")
+    check_destination("keras", path)
     temporary = _temporary_sibling(path, suffix=".keras")  # Keras insists on the suffix
     try:
         keras.saving.save_model(model, temporary)
@@ -142,13 +137,6 @@ def export_tflite(
     return path
 
 
-def default_filename(model_name: str, format: str) -> str:
-    """A conventional file (or folder) name for an export, e.g. ``cnn-int8.tflite``."""
-    _check_format(format)
-    stem = f"{model_name}-int8" if format == "tflite-int8" else model_name
-    return f"{stem}_saved_model" if format == "saved_model" else stem + _SUFFIXES[format]
-
-
 def export_model(
     model_name: str,
     weights: Sequence[np.ndarray],
@@ -169,7 +157,7 @@ def export_model(
     task, and is written next to the model as ``DESTINATION.preprocessing.json``
     so ``engine.predict`` prepares inputs the same way.
     """
-    _check_format(format)
+    check_destination(format, destination)
     Path(destination).parent.mkdir(parents=True, exist_ok=True)
     task = "classification"
     if preprocessing is not None:
@@ -189,11 +177,6 @@ def export_model(
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def _check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
 
 
 def _image_spec(model: keras.Model, batch: int | None) -> tf.TensorSpec:

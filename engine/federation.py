@@ -30,6 +30,7 @@ from devices.trainer import KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, SampleS
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
+from engine.errors import one_line
 from engine.model_defaults import ModelError
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
@@ -38,13 +39,14 @@ from engine.precision import precision_note, resolve_precision
 from engine.rounds import RoundRunner
 from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
 from engine.composition import restore_strategy_state, strategy_state
-from engine.store import Checkpoint, RunStore
+from engine.store import Checkpoint, RunStore, StoreError
 from engine.transport import InProcessTransport
 from engine.strategies import build_strategy
 from engine.tracking import TensorBoardLog
 
 WAIT_POLL_SECONDS = 0.5
 PREPROCESSING_FILE = "preprocessing.json"
+MAX_SAVE_PROBLEMS = 20  # the snapshot keeps the latest storage failures, not every one of a long run
 
 
 def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, str]:
@@ -147,16 +149,16 @@ class Federation(FederationBackend):
         self._closed = False
         self.strategy = build_strategy(config.strategy, config.strategy_params)
         self.strategy.bind(config.num_devices)
+        self._save_problems: list[str] = []
         self.store = store
-        self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
+        self.run_id = run_id  # a new run is recorded when it first starts training, not before
+        self._label = label
         self._tensorboard = None
         if config.tensorboard:
             run_name = self.run_id or time.strftime("run-%Y%m%d-%H%M%S")
             self._tensorboard = TensorBoardLog(config.tensorboard, run_name)
         self.preprocessing = replace(self.dataset.preprocessing, input_shape=self.dataset.input_shape,
                                      task=self.dataset.task, class_names=self.dataset.class_names)
-        if store is not None:
-            save_preprocessing(store, self.run_id, self.preprocessing)
         self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
         self._runner = RoundRunner(
             config,
@@ -187,8 +189,15 @@ class Federation(FederationBackend):
         history = store.load_history(run_id)
         config = store.load_config(run_id)
         total = None if more_rounds is None else len(history) + more_rounds
+        checkpoint = store.load_checkpoint(run_id) if history else None
+        if checkpoint is not None and checkpoint.round < len(history):  # the newest checkpoints are unreadable
+            store.rewind(run_id, checkpoint.round)
+            history = history[:checkpoint.round]
+            if progress is not None:
+                progress(f"{checkpoint.note}: rounds after {checkpoint.round} will be trained again.")
+        total = None if more_rounds is None else len(history) + more_rounds
         federation = cls(config.with_changes(rounds=total), dataset, registry, progress, store=store, run_id=run_id)
-        federation._restore(history, store.load_checkpoint(run_id, len(history)) if history else None)
+        federation._restore(history, checkpoint)
         for device_id, state in store.load_device_states(run_id, len(history)).items():
             federation.devices[device_id].restore_state(state)
         return federation
@@ -199,7 +208,8 @@ class Federation(FederationBackend):
             if checkpoint is not None:
                 self._weights = checkpoint.weights
                 restore_strategy_state(self.strategy, checkpoint.strategy_state)
-            self._message = f"Resumed after round {len(history)}: press start to continue."
+            note = f" ({checkpoint.note}.)" if checkpoint is not None and checkpoint.note else ""
+            self._message = f"Resumed after round {len(history)}: press Continue to train on.{note}"
         self._runner.replay(history)
 
     def _warm_up_models(self) -> None:
@@ -223,6 +233,13 @@ class Federation(FederationBackend):
                 raise RuntimeError("this federation was closed; create a new one")
             if self._thread is not None and self._thread.is_alive():
                 return
+            if self.store is not None and self.run_id is None:
+                try:
+                    self.run_id = self.store.create_run(self.config, self._label)
+                    save_preprocessing(self.store, self.run_id, self.preprocessing)
+                except (StoreError, OSError) as error:
+                    self._status, self._message = RunStatus.FAILED, f"Cannot record this run: {error}"
+                    return
             self._control = RunControl()
             self._status, self._message = RunStatus.RUNNING, "Starting..."
             self._started_at = time.perf_counter()
@@ -293,6 +310,7 @@ class Federation(FederationBackend):
                 ),
                 history=tuple(self._history),
                 model_version=len(self._history),
+                save_problems=tuple(self._save_problems),
             )
 
     @property
@@ -350,10 +368,23 @@ class Federation(FederationBackend):
             return self._total_rounds is None or len(self._history) < self._total_rounds
 
     def _run(self) -> None:
-        control = self._control
-        if self.store is not None:
-            self.store.set_status(self.run_id, RunStatus.RUNNING.value)
+        """The round loop, holding the run's lease so no other federation trains or deletes it meanwhile."""
         try:
+            lease = self.store.lease(self.run_id) if self.store is not None else None
+        except StoreError as error:
+            self._end(RunStatus.FAILED, f"Cannot train: {error}.", record=False)
+            return
+        try:
+            self._rounds()
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _rounds(self) -> None:
+        control = self._control
+        try:
+            if self.store is not None:
+                self.store.set_status(self.run_id, RunStatus.RUNNING.value)
             self._warm_up.join()  # normally long done; in a script that starts at once, round 1 needs it anyway
             while self._rounds_left():
                 control.checkpoint()
@@ -375,8 +406,8 @@ class Federation(FederationBackend):
             self._end(RunStatus.FINISHED, f"Finished {len(self._history)} rounds.")
         except TrainingStopped:
             self._end(RunStatus.STOPPED, f"Stopped after {len(self._history)} completed rounds.")
-        except Exception as error:  # keep the app alive and say what happened
-            self._end(RunStatus.FAILED, f"Training failed: {type(error).__name__}: {error}")
+        except Exception as error:  # keep the app alive and say what happened, in one line
+            self._end(RunStatus.FAILED, f"Training failed: {one_line(error)}")
 
     def _begin_round(self, server_round: int) -> None:
         with self._lock:
@@ -417,16 +448,19 @@ class Federation(FederationBackend):
             self.store.record_round(
                 self.run_id, result, weights, strategy_state(self.strategy), private=self.config.secure_aggregation
             )
-        except (OSError, sqlite3.Error) as error:
-            return f" Could not save this round ({error}); training goes on."
+        except (OSError, sqlite3.Error, StoreError) as error:
+            problem = f"Round {result.round} was not saved ({one_line(error)}); training goes on."
+            with self._lock:
+                self._save_problems = [*self._save_problems, problem][-MAX_SAVE_PROBLEMS:]
+            return " " + problem
         return ""
 
-    def _end(self, status: RunStatus, message: str) -> None:
-        if self.store is not None:
+    def _end(self, status: RunStatus, message: str, record: bool = True) -> None:
+        if self.store is not None and record:
             try:
                 self.store.set_status(self.run_id, status.value)
-            except (OSError, sqlite3.Error) as error:
-                message += f" (could not save the run status: {error})"
+            except (OSError, sqlite3.Error, StoreError) as error:
+                message += f" (could not save the run status: {one_line(error)})"
         with self._lock:
             if self._started_at is not None:
                 self._elapsed_before += time.perf_counter() - self._started_at

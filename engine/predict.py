@@ -2,7 +2,10 @@
 
     python -m engine.predict MODEL IMAGE [IMAGE ...] [--classes fashion-mnist|mnist] [--top 3] [--json]
 
-MODEL is a ``.tflite`` file, a ``.keras`` file or a SavedModel directory. Each
+MODEL is a ``.tflite`` file or a ``.keras`` file (loaded with Keras's safe
+mode). A TensorFlow SavedModel directory is accepted only with
+``--allow-saved-model``: running a SavedModel runs its graph, which can read and
+write files, so only use it for models you made yourself. Each
 image is preprocessed like an upload to the dashboard
 (``data.preprocess.preprocess_upload``: a photo of a dark object on a light
 background becomes a Fashion-MNIST-style 28x28 input) and classified; one line
@@ -30,7 +33,7 @@ import numpy as np
 from data.datasets import CLASS_NAMES, DATASET_NAMES
 from data.errors import DataError
 from data.prepare import read_sidecar
-from data.preprocess import ImageError, preprocess_upload
+from data.preprocess import NOTHING_TO_CLASSIFY, ImageError, preprocess_upload, read_limited
 from engine.cli_options import OneLineParser
 from engine.predict_data import predict_files, result_line
 
@@ -38,8 +41,12 @@ KERAS_BATCH = 1024
 """Images per forward pass for the Keras and SavedModel classifiers."""
 
 
+MODEL_SUFFIXES = (".keras", ".tflite")
+"""Model files accepted by default; SavedModel directories need ``allow_saved_model``."""
+
+
 class UnknownModelError(ValueError):
-    """The path exists but is not a .tflite file, a .keras file or a SavedModel directory."""
+    """The path exists but is not a model this command accepts (.tflite, .keras, an allowed SavedModel)."""
 
 
 class Classifier(Protocol):
@@ -208,26 +215,43 @@ class SavedModelClassifier:
         return np.concatenate(results)
 
 
-def load_classifier(path: str | os.PathLike) -> Classifier:
-    """A classifier for a ``.tflite`` file, a ``.keras`` file or a SavedModel directory.
+def load_classifier(path: str | os.PathLike, allow_saved_model: bool = False) -> Classifier:
+    """A classifier for a ``.tflite`` or ``.keras`` file, or (if allowed) a SavedModel directory.
 
-    Raises FileNotFoundError when ``path`` does not exist and UnknownModelError
-    (a ValueError) when it is none of the three.
+    A SavedModel runs its own graph, which may read and write files, so it is
+    refused unless ``allow_saved_model``. Raises FileNotFoundError when ``path``
+    does not exist and UnknownModelError (a ValueError) for anything else.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     if path.is_dir():
-        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
-            return SavedModelClassifier(path)
-        raise UnknownModelError(f"{path} is a directory but not a TensorFlow SavedModel (no saved_model.pb)")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if path.suffix == ".tflite" or head[4:8] == b"TFL3":  # the flatbuffer file identifier
+        if not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
+            raise UnknownModelError(f"{path} is a directory but not a TensorFlow SavedModel (no saved_model.pb)")
+        if not allow_saved_model:
+            raise UnknownModelError(
+                f"{path} is a TensorFlow SavedModel, which runs its own graph (it can read and write files): "
+                "pass --allow-saved-model if you made it yourself, or export the run as .keras or .tflite"
+            )
+        return SavedModelClassifier(path)
+    if path.suffix == ".tflite":
         return TFLiteClassifier(path)
-    if path.suffix == ".keras" or head[:2] == b"PK":  # a .keras file is a zip archive
+    if path.suffix == ".keras":
         return KerasClassifier(path)
-    raise UnknownModelError(f"{path} is not a .tflite or .keras model file")
+    raise UnknownModelError(f"{path} is not a model file this command accepts ({', '.join(MODEL_SUFFIXES)})")
+
+
+def read_model_input(path: str | os.PathLike) -> np.ndarray:
+    """The (28, 28) model input for an image file: read with a size limit, preprocessed like an upload.
+
+    Raises :class:`ImageError` with a message for the user when the file is too
+    large, not an image, or blank (nothing to classify), and ``OSError`` when it
+    cannot be opened.
+    """
+    image = preprocess_upload(read_limited(path))
+    if image.blank:
+        raise ImageError(NOTHING_TO_CLASSIFY)
+    return image.pixels
 
 
 # -- command line ------------------------------------------------------------------------
@@ -247,11 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m engine.predict",
         description="Classify image files (PNG, JPEG, WebP, BMP, GIF) with an exported model: "
-        "a .tflite file, a .keras file or a SavedModel directory.",
+        "a .tflite or .keras file (a SavedModel directory with --allow-saved-model).",
         epilog="Exit status: 0 all images classified, 1 some images could not be used, "
         "2 the model could not be loaded.",
     )
-    parser.add_argument("model", metavar="MODEL", help="exported model: .tflite, .keras or a SavedModel directory")
+    parser.add_argument("model", metavar="MODEL", help="exported model: a .tflite or .keras file")
     parser.add_argument("images", metavar="IMAGE", nargs="+",
                         help="image files to classify (CSV files of feature rows for a model of a CSV data set, "
                              "whose MODEL.preprocessing.json says so)")
@@ -259,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data set the model was trained on, for the class names (default: fashion-mnist)")
     parser.add_argument("--top", type=_positive_int, default=1, metavar="N", help="show the N most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    parser.add_argument("--allow-saved-model", action="store_true",
+                        help="also accept a TensorFlow SavedModel directory; it runs its own graph, which can read "
+                             "and write files, so only use it for models you made yourself")
     return parser
 
 
@@ -268,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     class_names = CLASS_NAMES[args.classes]
     try:
-        classifier = load_classifier(args.model)
+        classifier = load_classifier(args.model, allow_saved_model=args.allow_saved_model)
     except (FileNotFoundError, UnknownModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -295,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pixels: list[np.ndarray] = []
     for name in args.images:
         try:
-            pixels.append(preprocess_upload(Path(name).read_bytes()).pixels)
+            pixels.append(read_model_input(name))
             results.append({"file": name})
         except ImageError as error:
             results.append({"file": name, "error": str(error)})

@@ -118,6 +118,7 @@ class Snapshot:
     devices: tuple[DeviceState, ...]
     history: tuple[RoundResult, ...]
     model_version: int
+    save_problems: tuple[str, ...] = ()  # the latest rounds that could not be stored, one line each
 
     @property
     def latest(self) -> RoundResult | None:

@@ -20,20 +20,23 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import sqlite3
 import tempfile
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 
 from devices.messages import Weights
 from engine.config import FederationConfig
+from engine.errors import UserError
+from engine.lease import LeaseHeld, RunLease, holder_pid, is_leased
 from engine.results import DeviceProblem, DeviceRoundResult, RoundResult
 
 SCHEMA = """
@@ -78,8 +81,36 @@ CREATE TABLE IF NOT EXISTS device_rounds (
 """
 
 
-class RunNotFound(KeyError):
+CHECKPOINT_NAME = re.compile(r"round-(\d{5,})\.npz")
+"""The store's own checkpoint file names; anything else in a run folder (copies, notes) is ignored."""
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+"""What a run id may look like (the store makes ``20261201-083830-e027c4``); nothing that leaves the folder."""
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+INTERRUPTED = "interrupted"
+"""Status of a run recorded as running whose training process is gone (killed, crashed, machine off)."""
+
+
+def short_id(run_id: str) -> str:
+    """The random tail of a run id (``e027c4`` of ``20261201-083830-e027c4``): tells runs of one day apart."""
+    return run_id.rsplit("-", 1)[-1]
+
+
+class StoreError(UserError):
+    """The runs folder or its index cannot be used; the message says why and what to do."""
+
+
+class RunNotFound(StoreError, KeyError):
     """No run with that id in the store."""
+
+
+class RunBusy(StoreError):
+    """The run is being trained by an open federation (this or another process)."""
+
+
+class CheckpointError(StoreError, FileNotFoundError):
+    """No usable checkpoint for the round asked for."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +136,7 @@ class Checkpoint:
     round: int
     weights: Weights
     strategy_state: dict[str, Weights]
+    note: str = ""  # set when an unreadable or missing newer checkpoint was skipped: say so to the user
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -145,17 +177,57 @@ class RunStore:
     def __init__(self, root: str | os.PathLike = "runs", keep_last: int = 3):
         self.root = Path(root)
         self.keep_last = keep_last
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"the runs folder {self.root} is a file, not a folder: choose another folder "
+                             "(--runs-dir or FL_RUNS_DIR)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create the runs folder {self.root} ({error.strerror}): choose another "
+                             "folder (--runs-dir or FL_RUNS_DIR)") from None
+        self._check_index()
         with self._connect() as db:
             db.executescript(SCHEMA)
 
+    @property
+    def index_path(self) -> Path:
+        return self.root / "runs.sqlite"
+
+    def _check_index(self) -> None:
+        """Refuse a run index that is not an intact SQLite database, before anything writes to it."""
+        path = self.index_path
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+        if header != SQLITE_HEADER:
+            raise self._damaged("it is not an SQLite database")
+        with self._connect() as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise self._damaged(verdict)
+
+    def _damaged(self, why: str) -> StoreError:
+        path = self.index_path
+        return StoreError(
+            f"the run index {path} is damaged ({why}) and was left untouched: move it aside "
+            f"(mv {path} {path}.damaged) to start a new index, or choose another runs folder"
+        )
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.root / "runs.sqlite", timeout=30)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            with db:  # one transaction: committed on success, rolled back on error
-                yield db
+        """One connection and one transaction; SQLite errors become a :class:`StoreError` saying what to do."""
+        try:
+            with closing(sqlite3.connect(self.index_path, timeout=30)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA foreign_keys=ON")
+                with db:  # one transaction: committed on success, rolled back on error
+                    yield db
+        except sqlite3.DatabaseError as error:
+            text = str(error)
+            if any(word in text for word in ("not a database", "malformed", "corrupt")):
+                raise self._damaged(text) from None
+            raise StoreError(f"cannot use the run index {self.index_path}: {text}") from None
 
     # -- writing ------------------------------------------------------------------------
     def create_run(self, config: FederationConfig, label: str = "") -> str:
@@ -201,6 +273,39 @@ class RunStore:
         with self._connect() as db:
             db.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
 
+    def lease(self, run_id: str) -> RunLease:
+        """The exclusive right to train ``run_id``, held until released or this process ends."""
+        try:
+            return RunLease(self.run_dir(run_id))
+        except LeaseHeld:
+            raise RunBusy(self._busy(run_id, "it is already being trained")) from None
+
+    def is_live(self, run_id: str) -> bool:
+        """Whether an open federation (in any process) is training ``run_id`` right now."""
+        return is_leased(self.run_dir(run_id))
+
+    def _busy(self, run_id: str, what: str) -> str:
+        pid = holder_pid(self.run_dir(run_id))
+        by = f" by process {pid}" if pid and int(pid) != os.getpid() else " in this process" if pid else ""
+        return f"run {run_id}: {what}{by}; stop that training first"
+
+    def rewind(self, run_id: str, server_round: int) -> None:
+        """Forget the rounds after ``server_round`` (their model is lost), so training redoes them."""
+        with self._connect() as db:
+            db.execute("DELETE FROM rounds WHERE run_id = ? AND round > ?", (run_id, server_round))
+            db.execute("DELETE FROM device_rounds WHERE run_id = ? AND round > ?", (run_id, server_round))
+            last = db.execute("SELECT global_accuracy FROM rounds WHERE run_id = ? AND round = ?",
+                              (run_id, server_round)).fetchone()
+            best = db.execute("SELECT round, global_accuracy FROM rounds WHERE run_id = ?"
+                              " ORDER BY global_accuracy DESC, round LIMIT 1", (run_id,)).fetchone()
+            db.execute("UPDATE runs SET rounds = ?, final_accuracy = ?, best_round = ?, best_accuracy = ?"
+                       " WHERE run_id = ?", (server_round, last[0] if last else None, best[0] if best else None,
+                                             best[1] if best else None, run_id))
+        for later in self.checkpoint_rounds(run_id):
+            if later > server_round:  # unreadable: kept aside under a name the store ignores
+                path = self.checkpoint_path(run_id, later)
+                path.replace(path.with_name(path.name + ".unreadable"))
+
     def _write_checkpoint(self, run_id: str, server_round: int, weights: Weights, state: dict[str, Weights]) -> None:
         arrays = {f"weight_{i:04d}": w for i, w in enumerate(weights)}
         for name, tensors in state.items():
@@ -245,26 +350,41 @@ class RunStore:
 
     # -- reading ------------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
+        if not RUN_ID.fullmatch(run_id):
+            raise RunNotFound(f"no run {run_id!r} in {self.root} (run ids are letters, digits and dashes)")
         return self.root / run_id
 
     def checkpoint_path(self, run_id: str, server_round: int) -> Path:
         return self.run_dir(run_id) / "checkpoints" / f"round-{server_round:05d}.npz"
 
     def checkpoint_rounds(self, run_id: str) -> list[int]:
+        """Rounds that have a checkpoint file under the store's own naming, oldest first."""
         folder = self.run_dir(run_id) / "checkpoints"
-        return sorted(int(p.stem.split("-")[1]) for p in folder.glob("round-*.npz")) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        matches = (CHECKPOINT_NAME.fullmatch(path.name) for path in folder.iterdir())
+        return sorted(int(match.group(1)) for match in matches if match)
 
     def list_runs(self) -> list[RunSummary]:
         with self._connect() as db:
             rows = db.execute(f"SELECT {self._summary_columns()} FROM runs ORDER BY created DESC, run_id DESC")
-            return [self._summary(row) for row in rows.fetchall()]
+            return [self._settled(self._summary(row)) for row in rows.fetchall()]
 
     def summary(self, run_id: str) -> RunSummary:
         with self._connect() as db:
             row = db.execute(f"SELECT {self._summary_columns()} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFound(f"no run {run_id!r} in {self.root}")
-        return self._summary(row)
+        return self._settled(self._summary(row))
+
+    def _settled(self, run: RunSummary) -> RunSummary:
+        """A run recorded as running whose training process is gone (e.g. kill -9) becomes interrupted."""
+        if run.status != "running" or self.is_live(run.run_id):
+            return run
+        with self._connect() as db:
+            db.execute("UPDATE runs SET status = ? WHERE run_id = ? AND status = 'running'",
+                       (INTERRUPTED, run.run_id))
+        return replace(run, status=INTERRUPTED)
 
     def load_config(self, run_id: str) -> FederationConfig:
         with self._connect() as db:
@@ -283,20 +403,56 @@ class RunStore:
         return [round_from_record(json.loads(row[0])) for row in rows]
 
     def load_checkpoint(self, run_id: str, server_round: int | None = None) -> Checkpoint:
-        """The global model after ``server_round`` (default: the last completed round)."""
-        if server_round is None:
-            server_round = self.summary(run_id).rounds
+        """The global model after ``server_round``.
+
+        Without a round: the last completed round's, or if that checkpoint is
+        missing or unreadable (a truncated file), the newest intact older one,
+        with ``note`` saying so. Raises :class:`CheckpointError` naming the
+        checkpoints that exist when there is none to use.
+        """
+        if server_round is not None:
+            try:
+                return self._read_checkpoint(run_id, server_round)
+            except CheckpointError as error:
+                raise CheckpointError(f"{error}; {self._kept(run_id)}") from None
+        last = self.summary(run_id).rounds
+        if last == 0:
+            raise CheckpointError(f"run {run_id} has no completed round yet, so it has no model")
+        candidates = [last] + [r for r in reversed(self.checkpoint_rounds(run_id)) if r < last]
+        problem = ""
+        for candidate in candidates:
+            try:
+                checkpoint = self._read_checkpoint(run_id, candidate)
+            except CheckpointError as error:
+                problem = problem or str(error)
+                continue
+            if candidate == last:
+                return checkpoint
+            return replace(checkpoint, note=f"{problem}; using round {candidate}, the newest intact checkpoint")
+        raise CheckpointError(f"{problem} and no older checkpoint is intact, so the run's model is lost")
+
+    def _kept(self, run_id: str) -> str:
+        rounds = self.checkpoint_rounds(run_id)
+        return f"checkpoints kept: rounds {', '.join(map(str, rounds))}" if rounds else "no checkpoints are kept"
+
+    def _read_checkpoint(self, run_id: str, server_round: int) -> Checkpoint:
         path = self.checkpoint_path(run_id, server_round)
         if not path.is_file():
-            raise FileNotFoundError(f"run {run_id} has no checkpoint for round {server_round}")
-        with np.load(path) as archive:
-            names = sorted(archive.files)
-            weights = [archive[n] for n in names if n.startswith("weight_")]
-            state: dict[str, Weights] = {}
-            for name in names:
-                if name.startswith("state_"):
-                    key = name[len("state_"):].rsplit("_", 1)[0]
-                    state.setdefault(key, []).append(archive[name])
+            raise CheckpointError(f"run {run_id} has no checkpoint for round {server_round}")
+        try:
+            with np.load(path) as archive:
+                names = sorted(archive.files)
+                weights = [archive[n] for n in names if n.startswith("weight_")]
+                state: dict[str, Weights] = {}
+                for name in names:
+                    if name.startswith("state_"):
+                        key = name[len("state_"):].rsplit("_", 1)[0]
+                        state.setdefault(key, []).append(archive[name])
+        except Exception as error:  # noqa: BLE001 - zipfile, zlib, numpy and OS errors for a damaged file
+            raise CheckpointError(f"round {server_round}'s checkpoint of run {run_id} is unreadable "
+                                  f"({type(error).__name__}: {error})") from None
+        if not weights:
+            raise CheckpointError(f"round {server_round}'s checkpoint of run {run_id} holds no weights")
         return Checkpoint(server_round, weights, state)
 
     def device_accuracy(self, run_id: str) -> list[tuple[int, int, float]]:
@@ -318,8 +474,9 @@ class RunStore:
 
     def export_metrics(self, run_id: str, fmt: str = "csv") -> str:
         """Per-round metrics as CSV, or the full records (per-device metrics included) as JSON."""
+        summary = self.summary(run_id)  # raises RunNotFound for an unknown id, whatever the format
         if fmt == "json":
-            return json.dumps({"run": asdict(self.summary(run_id)),
+            return json.dumps({"run": asdict(summary),
                                "rounds": [r.to_json_dict() for r in self.load_history(run_id)]}, indent=1)
         table = self.metrics_table(run_id)
         out = io.StringIO()
@@ -330,13 +487,29 @@ class RunStore:
 
     # -- deleting -----------------------------------------------------------------------
     def delete_run(self, run_id: str) -> None:
-        with self._connect() as db:
-            db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
-        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+        """Delete a run; refused (:class:`RunBusy`) while it trains. Its lease is held meanwhile."""
+        try:
+            lease = RunLease(self.run_dir(run_id))
+        except LeaseHeld:
+            raise RunBusy(self._busy(run_id, "cannot delete it while it is being trained")) from None
+        try:
+            with self._connect() as db:
+                db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+        finally:
+            lease.release()
 
-    def delete_all(self) -> None:
+    def delete_all(self, keep: Collection[str] = ()) -> list[str]:
+        """Delete every run not in ``keep`` and not training; returns the ids of the runs kept as training."""
+        kept = []
         for run in self.list_runs():
-            self.delete_run(run.run_id)
+            if run.run_id in keep:
+                continue
+            try:
+                self.delete_run(run.run_id)
+            except RunBusy:
+                kept.append(run.run_id)
+        return kept
 
     @staticmethod
     def _summary_columns() -> str:

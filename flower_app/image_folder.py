@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.preprocess import ImageError, preprocess_upload
+from data.preprocess import ImageError, preprocess_upload, read_limited
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,11 +58,14 @@ def load_image_folder(folder: str | Path, class_names: Sequence[str]) -> tuple[n
             if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 continue
             try:
-                pixels = preprocess_upload(path.read_bytes()).pixels
-            except ImageError:
+                image = preprocess_upload(read_limited(path))  # never reads past the upload size limit
+            except (ImageError, OSError):
                 skipped.append(path.name)
                 continue
-            images.append(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8))
+            if image.blank:  # nothing to learn from
+                skipped.append(path.name)
+                continue
+            images.append(np.clip(np.rint(image.pixels * 255.0), 0, 255).astype(np.uint8))
             labels.append(label)
     if skipped:
         LOGGER.warning("skipped %d unreadable image(s) under %s: %s", len(skipped), root, ", ".join(skipped[:5]))

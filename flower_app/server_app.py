@@ -62,7 +62,7 @@ from engine.models import ModelRegistry
 from engine.results import DeviceStatus, RunStatus
 from engine.rounds import RoundRunner
 from engine.setup import server_test_set
-from engine.store import RunStore
+from engine.store import RunStore, StoreError
 from engine.strategies import build_strategy
 from flower_app import records
 from flower_app.config import server_settings
@@ -125,8 +125,9 @@ class RunRecorder:
         runs_dir = str(context.run_config.get("runs-dir", "") or "").strip()
         self.store = RunStore(Path(runs_dir).expanduser()) if runs_dir else None
         self.store_run_id: str | None = str(context.run_config.get("store-run-id", "") or "").strip() or None
+        self._lease = None
         if self.store is not None and self.store_run_id is not None:
-            self.store.set_status(self.store_run_id, RunStatus.RUNNING.value)
+            self._mark_running()
         for what, where in (("one JSON line per round", results_file), ("the global model", self.weights_path),
                             ("the run", self.store and self.store.root)):
             if where is not None:
@@ -141,7 +142,7 @@ class RunRecorder:
         if self.store is not None:
             try:
                 self._store_round(weights, result, transport, strategy)
-            except (OSError, sqlite3.Error) as error:  # as in-process: reported, training goes on
+            except (OSError, sqlite3.Error, StoreError) as error:  # as in-process: reported, training goes on
                 log(WARNING, "Could not record round %d in %s: %s", result.round, self.store.root, error)
 
     def _store_round(self, weights: Weights, result, transport: GridTransport, strategy) -> None:
@@ -149,13 +150,24 @@ class RunRecorder:
             devices = max(transport.nodes, default=0) + 1  # partition ids seen so far
             config = self.config.with_changes(num_devices=max(devices, self.config.min_devices))
             self.store_run_id = self.store.create_run(config, label=f"Flower run {self.run_id}")
-            self.store.set_status(self.store_run_id, RunStatus.RUNNING.value)
+            self._mark_running()
         self.store.record_round(self.store_run_id, result, weights, strategy_state(strategy),
                                 private=self.config.secure_aggregation)
+
+    def _mark_running(self) -> None:
+        """Hold the run's lease while training (else it would be listed as interrupted), then say running."""
+        try:
+            self._lease = self.store.lease(self.store_run_id)
+        except StoreError as error:
+            log(WARNING, "%s", error)
+        self.store.set_status(self.store_run_id, RunStatus.RUNNING.value)
 
     def end(self, status: RunStatus) -> None:
         if self.store is not None and self.store_run_id is not None:
             self.store.set_status(self.store_run_id, status.value)
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
 
 @app.main()

@@ -274,8 +274,10 @@ def app_env(monkeypatch):
 @pytest.fixture
 def make_app(app_env):
     """AppTest factory; every federation an app created is closed afterwards."""
+    from streamlit import config
     from streamlit.testing.v1 import AppTest
 
+    config.set_option("server.address", "localhost")  # as app/.streamlit/config.toml sets it (AppTest reads none)
     apps = []
 
     def make():

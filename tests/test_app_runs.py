@@ -97,7 +97,7 @@ def test_runs_table_and_widget_values():
     assert values["setup_fedprox_proximal_mu"] == 0.1 and values["setup_dp"] and values["setup_clip"] == 1.0
     assert values["setup_nan"] == [0] and values["setup_bad_count"] == 1 and values["setup_slow_mode"] == "first"
     assert "fedprox" in run_label(config) and "DP" in run_label(config)
-    assert list(runs_table([]).columns)[:3] == ["run", "date", "label"]
+    assert list(runs_table([]).columns)[:4] == ["run", "id", "date", "label"]
 
 
 # -- the app ------------------------------------------------------------------------------------------------------

@@ -162,8 +162,10 @@ def test_tflite_classifier_also_runs_models_with_a_dynamic_batch(exported, tmp_p
 def test_saved_model_and_keras_file_reload_to_the_same_probabilities(trained):
     from engine.predict import KerasClassifier, SavedModelClassifier, load_classifier
 
+    with pytest.raises(ValueError, match="--allow-saved-model"):  # a SavedModel runs its own graph: opt-in
+        load_classifier(trained["paths"]["saved_model"])
     for fmt, kind in (("keras", KerasClassifier), ("saved_model", SavedModelClassifier)):
-        classifier = load_classifier(trained["paths"][fmt])
+        classifier = load_classifier(trained["paths"][fmt], allow_saved_model=True)
         assert isinstance(classifier, kind)
         np.testing.assert_allclose(classifier.predict(trained["x_test"]), trained["reference"], rtol=1e-5, atol=1e-6)
 
@@ -192,7 +194,8 @@ def test_exporting_over_an_existing_export_replaces_it_completely(trained, tmp_p
     (saved / "stale.txt").write_text("from an older export")
     export_saved_model(model, saved)
     assert not (saved / "stale.txt").exists() and (saved / "saved_model.pb").is_file()
-    np.testing.assert_allclose(load_classifier(saved).predict(x), trained["reference"][:50], atol=1e-6)
+    np.testing.assert_allclose(load_classifier(saved, allow_saved_model=True).predict(x), trained["reference"][:50],
+                               atol=1e-6)
     assert leftovers(tmp_path) == []
 
 
