@@ -1,7 +1,26 @@
 """A whole Flower deployment on one machine: a SuperLink, N SuperNodes and ``flwr run``, over 127.0.0.1.
 
-Real processes with real network traffic, insecure (no TLS) and on free ports,
-for tests and measurements; see the README for a deployment across machines.
+Real processes with real network traffic, on free ports, for tests,
+measurements and trying it out; see the README for a deployment across
+machines. By default it is set up as a real deployment should be:
+
+* **TLS** everywhere (a test CA and server certificate from
+  ``scripts/make_certificates.sh``, made in ``workdir``);
+* **SuperNode authentication**: the SuperLink runs with
+  ``--enable-supernode-auth``, every SuperNode gets its own key pair, and its
+  public key is registered (``flwr supernode register``) before it starts;
+* **fast rounds**: each SuperNode runs in ``--isolation process`` next to one
+  long-lived ClientApp worker (``scripts/clientapp_worker.py``) that keeps
+  TensorFlow, its data and its model replica loaded across messages, the
+  SuperNode pulls every ``poll_seconds`` instead of 3 s
+  (``scripts/supernode.py``) and so does the ServerApp (``flower_app.polling``);
+* files named by the run config are confined to ``output_dir``
+  (``FL_FLOWER_OUTPUT_DIR`` of the ServerApp, see ``flower_app.output_dir``).
+
+``secure=False`` (``--insecure``) drops TLS and authentication for a quick
+local try; ``isolation="subprocess"`` is Flower's default (a new ClientApp
+process per message), kept for comparison.
+
 Every process gets its own ``FLWR_HOME`` under ``workdir`` (as if on its own
 machine) and is started in a new session, so :meth:`LocalDeployment.stop` can
 end each one with its whole process group. All of them, and everything they
@@ -28,9 +47,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from flower_app.output_dir import OUTPUT_DIR_VARIABLE
+from flower_app.polling import POLL_VARIABLE
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = PROJECT_ROOT / "scripts"
 TAG_VARIABLE = "FL_FLOWER_DEPLOYMENT"
 CONNECTION = "loopback"
+ISOLATION_MODES = ("process", "subprocess")
+DEFAULT_POLL_SECONDS = 0.1  # SuperNodes, ClientApp workers and the ServerApp (Flower: 3 s, 1 s, 3 s)
+
+
+def make_certificates(folder: Path, num_supernodes: int) -> None:
+    """A test CA, the SuperLink's certificate and one key pair per SuperNode (``scripts/make_certificates.sh``)."""
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "make_certificates.sh"), "--force", str(folder)], capture_output=True, text=True,
+        env={**os.environ, "SUPERNODE_KEYS": str(num_supernodes)}, timeout=60,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"make_certificates.sh failed: {result.stderr.strip()[-1000:]}")
 
 
 def free_port() -> int:
@@ -104,7 +139,13 @@ class LocalDeployment:
         node_configs: list[dict[str, object]] | None = None,
         project_root: Path = PROJECT_ROOT,
         startup_timeout: float = 60.0,
+        secure: bool = True,
+        isolation: str = "process",
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+        output_dir: str | Path | None = None,
     ):
+        if isolation not in ISOLATION_MODES:
+            raise ValueError(f"isolation must be one of {ISOLATION_MODES}; got {isolation!r}")
         self.workdir = Path(workdir).resolve()
         self.num_supernodes = num_supernodes
         data_dir = data_dir or os.environ.get("FL_DATA_DIR")
@@ -114,6 +155,11 @@ class LocalDeployment:
         ]
         self.project_root = project_root
         self.startup_timeout = startup_timeout
+        self.secure = secure
+        self.isolation = isolation
+        self.poll_seconds = poll_seconds
+        self.output_dir = Path(output_dir).resolve() if output_dir else self.workdir
+        self.certificates = self.workdir / "certificates"
         self.tag = uuid.uuid4().hex
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
@@ -133,6 +179,9 @@ class LocalDeployment:
                 "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                 "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
                 TAG_VARIABLE: self.tag,
+                OUTPUT_DIR_VARIABLE: str(self.output_dir),
+                POLL_VARIABLE: repr(self.poll_seconds),  # the ServerApp's grid
+                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": repr(self.poll_seconds),  # SuperExecs starting apps
             }
         )
         # The app's code reaches the processes inside the FAB that `flwr run` builds, not via PYTHONPATH.
@@ -158,29 +207,80 @@ class LocalDeployment:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "LocalDeployment":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        superlink = self._start(
-            "superlink",
-            ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
-             "--disable-runtime-dependency-installation"],
-            "superlink-home",
-        )
+        if self.secure:
+            make_certificates(self.certificates, self.num_supernodes)
+        superlink = self._start("superlink", self.superlink_command(), "superlink-home")
         wait_for_port(self.port, self.startup_timeout, superlink)
-        for index, node_config in enumerate(self.node_configs):
-            config = " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())
-            self._start(
-                f"supernode-{index}",
-                ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                 "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", config],
-                f"supernode-{index}-home",
-            )
+        self._write_cli_config()
+        if self.secure:
+            self.register_supernodes(range(len(self.node_configs)))
+        for index in range(len(self.node_configs)):
+            self.start_supernode(index)
+        return self
+
+    def superlink_command(self) -> list[str]:
+        # scripts/superlink.py: flower-superlink whose Control/Runtime APIs answer 127.0.0.1 only
+        command = [sys.executable, str(SCRIPTS / "superlink.py"), "--host", "127.0.0.1", "--port", str(self.port),
+                   "--disable-runtime-dependency-installation"]
+        if not self.secure:
+            return command + ["--insecure"]
+        return command + [
+            "--ssl-ca-certfile", str(self.certificates / "ca.crt"),
+            "--ssl-certfile", str(self.certificates / "server.crt"),
+            "--ssl-keyfile", str(self.certificates / "server.key"),
+            "--enable-supernode-auth",
+        ]
+
+    def _write_cli_config(self) -> None:
         cli_home = self.workdir / "cli-home"
         cli_home.mkdir(parents=True, exist_ok=True)
+        link = (f'root-certificates = "{self.certificates / "ca.crt"}"' if self.secure else "insecure = true")
         (cli_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\n{link}\n'
         )
-        return self
+
+    def register_supernodes(self, indices) -> None:
+        """``flwr supernode register`` each node's public key (in parallel: each is a CLI start-up)."""
+        commands = {i: ["flwr", "supernode", "register", str(self.certificates / f"supernode-{i}.pub"), CONNECTION]
+                    for i in indices}
+        running = {i: subprocess.Popen(c, cwd=self.project_root, env=self.env("cli-home"), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                   for i, c in commands.items()}
+        for index, process in running.items():
+            output = process.communicate(timeout=self.startup_timeout)[0]
+            if process.returncode != 0:
+                raise RuntimeError(f"registering supernode-{index} failed: {output[-1000:]}")
+
+    def supernode_command(self, index: int, runtime_port: int, key: Path | None = None,
+                          authenticate: bool = True) -> list[str]:
+        """SuperNode ``index``; secure deployments: with private ``key`` (default its own) unless not ``authenticate``."""
+        config = " ".join(f"{k}={toml_value(v)}" for k, v in self.node_configs[index].items())
+        command = [sys.executable, str(SCRIPTS / "supernode.py"), "--fleet-poll-interval", repr(self.poll_seconds),
+                   "--superlink", f"127.0.0.1:{self.port}", "--host", "127.0.0.1", "--port", str(runtime_port),
+                   "--node-config", config, "--isolation", self.isolation]
+        if not self.secure:
+            return command + ["--insecure"]
+        command += ["--root-certificates", str(self.certificates / "ca.crt")]
+        if not authenticate:
+            return command
+        return command + ["--auth-supernode-private-key", str(key or self.certificates / f"supernode-{index}")]
+
+    def start_supernode(self, index: int, key: Path | None = None, name: str | None = None,
+                        authenticate: bool = True) -> subprocess.Popen:
+        """Start SuperNode ``index`` and, in process isolation, its long-lived ClientApp worker."""
+        name = name or f"supernode-{index}"
+        runtime_port = free_port()
+        home = f"{name}-home"
+        supernode = self._start(name, self.supernode_command(index, runtime_port, key, authenticate), home)
+        if self.isolation == "process":
+            self._start(name.replace("supernode", "clientapp"), [
+                sys.executable, str(SCRIPTS / "clientapp_worker.py"), "--insecure",
+                "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--poll-interval", repr(self.poll_seconds),
+            ], home)
+        return supernode
 
     def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run the ``flwr`` CLI from the project root against this deployment."""
@@ -210,10 +310,14 @@ class LocalDeployment:
         (self.workdir / "flwr-run.log").write_text(output)
         match = re.search(r"Successfully started run (\d+)", output)
         rounds = []
-        results_file = run_config.get("results-file")
-        if results_file and Path(str(results_file)).exists():
-            rounds = [json.loads(line) for line in Path(str(results_file)).read_text().splitlines() if line]
+        results_file = self.output_file(str(run_config.get("results-file") or ""))
+        if results_file is not None and results_file.exists():
+            rounds = [json.loads(line) for line in results_file.read_text().splitlines() if line]
         return RunOutcome(int(match.group(1)) if match else None, process.returncode, seconds, output, rounds)
+
+    def output_file(self, name: str) -> Path | None:
+        """Where the ServerApp puts the file a run config names (relative names land in ``output_dir``)."""
+        return (self.output_dir / name).resolve() if name.strip() else None
 
     def run_status(self, run_id: int) -> str:
         """The run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""
@@ -250,6 +354,40 @@ class LocalDeployment:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class SimulationDeployment(LocalDeployment):
+    """The same app under Flower's simulation runtime: a ``--simulation`` SuperLink, no SuperNode processes.
+
+    ``flwr run`` on it runs the ServerApp with an in-memory grid and
+    ``num_supernodes`` virtual SuperNodes on Ray (``flwr[simulation]``); node
+    ``i`` gets the node config ``partition-id=i num-partitions=N``, so it
+    trains on the same partition as in-process device ``i``. The SuperLink
+    listens on 127.0.0.1 only (nothing but ``flwr run`` talks to it).
+    """
+
+    def __init__(self, workdir: str | Path, num_supernodes: int, cpus_per_node: int = 1, ray_cpus: int = 1,
+                 **kwargs):
+        super().__init__(workdir, num_supernodes, secure=False, **kwargs)
+        self.cpus_per_node = cpus_per_node  # Ray runs ray_cpus // cpus_per_node ClientApp actors at a time
+        self.ray_cpus = ray_cpus
+
+    def start(self) -> "SimulationDeployment":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        superlink = self._start("superlink", ["flower-superlink", "--simulation", "--insecure", "--host", "127.0.0.1",
+                                              "--port", str(self.port), "--disable-runtime-dependency-installation"],
+                                "superlink-home")
+        wait_for_port(self.port, self.startup_timeout, superlink)
+        self._write_cli_config()
+        with (self.workdir / "cli-home" / "config.toml").open("a") as config:
+            config.write(
+                f"\n[superlink.{CONNECTION}.options]\nnum-supernodes = {self.num_supernodes}\n"
+                f"\n[superlink.{CONNECTION}.options.backend.client-resources]\nnum-cpus = {self.cpus_per_node}\n"
+                f"\n[superlink.{CONNECTION}.options.backend.init-args]\nnum-cpus = {self.ray_cpus}\n"
+            )
+        return self
 
 
 def _terminate(process: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -309,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--workdir", default=None, help="default: a new folder under /tmp")
     parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument("--insecure", action="store_true",
+                        help="no TLS and no SuperNode authentication (quick local tries only)")
+    parser.add_argument("--isolation", choices=ISOLATION_MODES, default="process",
+                        help="process (default): one long-lived ClientApp worker per SuperNode; "
+                             "subprocess: Flower's default, a new ClientApp process per message")
     args = parser.parse_args(argv)
 
     import tempfile
@@ -317,9 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     run_config = {
         "num-server-rounds": args.rounds, "model": args.model, "train-samples": args.train_samples,
         "test-samples": args.test_samples, "min-devices": args.supernodes,
-        "results-file": str(workdir / "rounds.jsonl"),
+        "results-file": "rounds.jsonl",  # inside the deployment's output folder
     }
-    with LocalDeployment(workdir, args.supernodes) as deployment:
+    with LocalDeployment(workdir, args.supernodes, secure=not args.insecure, isolation=args.isolation) as deployment:
         outcome = deployment.run(run_config)
         left = deployment.stop()
     if outcome.returncode != 0 or len(outcome.rounds) != args.rounds:

@@ -75,7 +75,8 @@ def test_instructions_and_updates_survive_the_flower_records():
     assert records.update_from(content, device_id=7).device_id == 7  # the server's view wins
 
 
-def test_run_config_maps_onto_the_engine_config(tmp_path):
+def test_run_config_maps_onto_the_engine_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))  # run-config files must lie inside it
     config = federation_config({**RUN_DEFAULTS, "model": "mlp", "train-samples": 500, "faults": "1=nan",
                                 "strategy": "fedprox", "strategy-params": "proximal_mu=0.2"}, num_devices=3)
     assert (config.model, config.num_devices, config.train_samples, config.test_samples) == ("mlp", 3, 500, None)
@@ -181,7 +182,8 @@ def reply_to(message: Message, update: DeviceUpdate) -> Message:
     return Message(records.update_content(update), reply_to=message)
 
 
-def test_strategy_selects_like_the_engine_and_skips_deactivated_partitions(tmp_path, server_identity):
+def test_strategy_selects_like_the_engine_and_skips_deactivated_partitions(tmp_path, server_identity, monkeypatch):
+    monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))
     off = tmp_path / "off.txt"
     off.write_text("2")
     strategy = make_strategy(tmp_path, **{"deactivated-file": str(off), "fraction": 0.5})
