@@ -8,7 +8,8 @@ Messages it answers:
   folder), train the received global model on it exactly as the in-process
   engine does, and reply with the new weights, every ``DeviceMetrics`` field and
   ``setup-seconds`` (TensorFlow import, data loading and model building in this
-  process: Flower starts a fresh ClientApp process for every message).
+  process: paid every round when Flower starts a fresh ClientApp process per
+  message, once when a long-lived worker runs them, see ``flower_app.node``).
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,11 +47,11 @@ from pathlib import Path
 from typing import Mapping
 
 from flower_app.output_dir import OUTPUT_DIR_VARIABLE
+from flower_app.processes import TAG_VARIABLE, free_port, processes_tagged, terminate, terminate_all, wait_for_port
 from flower_app.polling import POLL_VARIABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = PROJECT_ROOT / "scripts"
-TAG_VARIABLE = "FL_FLOWER_DEPLOYMENT"
 CONNECTION = "loopback"
 ISOLATION_MODES = ("process", "subprocess")
 DEFAULT_POLL_SECONDS = 0.1  # SuperNodes, ClientApp workers and the ServerApp (Flower: 3 s, 1 s, 3 s)
@@ -68,25 +67,6 @@ def make_certificates(folder: Path, num_supernodes: int) -> None:
         raise RuntimeError(f"make_certificates.sh failed: {result.stderr.strip()[-1000:]}")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with code {process.returncode} before listening on {port}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.5)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout:g} s")
-
-
 def toml_value(value: object) -> str:
     """A run-config value as ``flwr run --run-config`` parses it (TOML)."""
     if isinstance(value, bool):
@@ -98,25 +78,6 @@ def toml_value(value: object) -> str:
 
 def run_config_arg(values: Mapping[str, object]) -> str:
     return " ".join(f"{key}={toml_value(value)}" for key, value in values.items())
-
-
-def processes_tagged(tag: str) -> list[int]:
-    """Pids of live processes whose environment carries ``TAG_VARIABLE=tag`` (Linux /proc)."""
-    needle = f"{TAG_VARIABLE}={tag}".encode()
-    found: list[int] = []
-    if not Path("/proc").is_dir():
-        return found  # not Linux: no way to look
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":  # a zombie has exited; only its parent's bookkeeping is left
-                    found.append(int(entry.name))
-        except (FileNotFoundError, PermissionError, ProcessLookupError, IndexError):
-            continue
-    return found
 
 
 @dataclass
@@ -303,7 +264,7 @@ class LocalDeployment:
         try:
             output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _terminate(process)
+            terminate(process)
             output = process.communicate()[0]
             raise TimeoutError(f"flwr run did not finish within {timeout:g} s:\n{output[-4000:]}") from None
         seconds = time.perf_counter() - started
@@ -331,8 +292,8 @@ class LocalDeployment:
     def stop(self, timeout: float = 15.0) -> list[int]:
         """End every process group, then return the pids of tagged processes still alive (killed)."""
         # SuperNodes first (they sign off at the SuperLink), then the SuperLink.
-        _terminate_all([p for name, p in self.processes.items() if name != "superlink"], timeout)
-        _terminate_all([p for name, p in self.processes.items() if name == "superlink"], timeout)
+        terminate_all([p for name, p in self.processes.items() if name != "superlink"], timeout)
+        terminate_all([p for name, p in self.processes.items() if name == "superlink"], timeout)
         for log in self._logs:
             log.close()
         deadline = time.monotonic() + timeout  # SuperExec/ServerApp/ClientApp notice their parent is gone
@@ -354,68 +315,6 @@ class LocalDeployment:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-class SimulationDeployment(LocalDeployment):
-    """The same app under Flower's simulation runtime: a ``--simulation`` SuperLink, no SuperNode processes.
-
-    ``flwr run`` on it runs the ServerApp with an in-memory grid and
-    ``num_supernodes`` virtual SuperNodes on Ray (``flwr[simulation]``); node
-    ``i`` gets the node config ``partition-id=i num-partitions=N``, so it
-    trains on the same partition as in-process device ``i``. The SuperLink
-    listens on 127.0.0.1 only (nothing but ``flwr run`` talks to it).
-    """
-
-    def __init__(self, workdir: str | Path, num_supernodes: int, cpus_per_node: int = 1, ray_cpus: int = 1,
-                 **kwargs):
-        super().__init__(workdir, num_supernodes, secure=False, **kwargs)
-        self.cpus_per_node = cpus_per_node  # Ray runs ray_cpus // cpus_per_node ClientApp actors at a time
-        self.ray_cpus = ray_cpus
-
-    def start(self) -> "SimulationDeployment":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        superlink = self._start("superlink", ["flower-superlink", "--simulation", "--insecure", "--host", "127.0.0.1",
-                                              "--port", str(self.port), "--disable-runtime-dependency-installation"],
-                                "superlink-home")
-        wait_for_port(self.port, self.startup_timeout, superlink)
-        self._write_cli_config()
-        with (self.workdir / "cli-home" / "config.toml").open("a") as config:
-            config.write(
-                f"\n[superlink.{CONNECTION}.options]\nnum-supernodes = {self.num_supernodes}\n"
-                f"\n[superlink.{CONNECTION}.options.backend.client-resources]\nnum-cpus = {self.cpus_per_node}\n"
-                f"\n[superlink.{CONNECTION}.options.backend.init-args]\nnum-cpus = {self.ray_cpus}\n"
-            )
-        return self
-
-
-def _terminate(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    _terminate_all([process], timeout)
-
-
-def _terminate_all(processes: list[subprocess.Popen], timeout: float = 15.0) -> None:
-    """SIGTERM each process's group, SIGKILL what is left of it after ``timeout``, and reap the processes.
-
-    Only groups of processes still running here are signalled: a reaped process's id is not ours any more.
-    """
-    running = [process for process in processes if process.poll() is None]
-    for process in running:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    for process in running:
-        try:
-            process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # the rest of its group, or itself if it ignored SIGTERM
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
 
 
 # -- measurement: the same workload over Flower and in-process ------------------------------------

@@ -41,8 +41,12 @@ def test_superlink_refuses_supernodes_that_are_not_registered(tmp_path, data_dir
         stranger = deployment.start_supernode(0, key=stranger_key, name="supernode-stranger")
         keyless = deployment.start_supernode(0, name="supernode-keyless", authenticate=False)
 
-        assert wait_for_exit(stranger, 60) not in (None, 0), deployment.log("supernode-stranger")[-2000:]
-        assert wait_for_exit(keyless, 60) not in (None, 0), deployment.log("supernode-keyless")[-2000:]
+        for name, process in (("supernode-stranger", stranger), ("supernode-keyless", keyless)):
+            code = wait_for_exit(process, 60)
+            log = deployment.log(name)
+            assert code not in (None, 0), log[-2000:]
+            assert "could not establish a connection to the SuperLink" in log, log[-2000:]  # refused, not broken
+        assert "must be registered" in deployment.log("supernode-keyless")
         deadline = time.monotonic() + 60
         while not (nodes := [n for n in connected_nodes(deployment) if n.get("status") == "online"]):
             assert time.monotonic() < deadline, connected_nodes(deployment)

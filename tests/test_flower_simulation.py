@@ -20,7 +20,8 @@ def test_the_app_runs_one_round_under_the_simulation_runtime(tmp_path, data_dir,
 
     from engine.federation import build_devices
     from flower_app.config import federation_config
-    from flower_app.loopback import SimulationDeployment, processes_tagged
+    from flower_app.processes import processes_tagged
+    from flower_app.simulation import SimulationDeployment
 
     with SimulationDeployment(tmp_path, NUM_SUPERNODES, data_dir=data_dir) as simulation:
         outcome = simulation.run(RUN_CONFIG, timeout=240)
