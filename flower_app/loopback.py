@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -215,13 +216,18 @@ class LocalDeployment:
             if process.returncode != 0:
                 raise RuntimeError(f"registering supernode-{index} failed: {output[-1000:]}")
 
-    def supernode_command(self, index: int, runtime_port: int, key: Path | None = None,
-                          authenticate: bool = True) -> list[str]:
-        """SuperNode ``index``; secure deployments: with private ``key`` (default its own) unless not ``authenticate``."""
+    def supernode_command(self, index: int, runtime_port: int, key: Path | None = None, authenticate: bool = True,
+                          runtime_secret: Path | None = None) -> list[str]:
+        """SuperNode ``index``; secure deployments: with private ``key`` (default its own) unless not ``authenticate``.
+
+        ``runtime_secret``: the file its ClientApp worker signs task requests with (process isolation).
+        """
         config = " ".join(f"{k}={toml_value(v)}" for k, v in self.node_configs[index].items())
         command = [sys.executable, str(SCRIPTS / "supernode.py"), "--fleet-poll-interval", repr(self.poll_seconds),
                    "--superlink", f"127.0.0.1:{self.port}", "--host", "127.0.0.1", "--port", str(runtime_port),
                    "--node-config", config, "--isolation", self.isolation]
+        if runtime_secret is not None:
+            command += ["--superexec-auth-secret-file", str(runtime_secret)]
         if not self.secure:
             return command + ["--insecure"]
         command += ["--root-certificates", str(self.certificates / "ca.crt")]
@@ -235,13 +241,25 @@ class LocalDeployment:
         name = name or f"supernode-{index}"
         runtime_port = free_port()
         home = f"{name}-home"
-        supernode = self._start(name, self.supernode_command(index, runtime_port, key, authenticate), home)
-        if self.isolation == "process":
+        secret = self._runtime_secret(home) if self.isolation == "process" else None
+        supernode = self._start(name, self.supernode_command(index, runtime_port, key, authenticate, secret), home)
+        if secret is not None:
             self._start(name.replace("supernode", "clientapp"), [
                 sys.executable, str(SCRIPTS / "clientapp_worker.py"), "--insecure",
                 "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--poll-interval", repr(self.poll_seconds),
+                "--superexec-auth-secret-file", str(secret),
             ], home)
         return supernode
+
+    def _runtime_secret(self, home: str) -> Path:
+        """A random secret (owner-only file) shared by a SuperNode and its worker: only they acquire its tasks."""
+        path = self.workdir / home / "superexec.secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(secrets.token_bytes(32))
+        return path
 
     def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run the ``flwr`` CLI from the project root against this deployment."""

@@ -22,7 +22,9 @@ is meant to run next to its SuperNode, on the same machine::
     python scripts/clientapp_worker.py --runtime-api-address 127.0.0.1:9094 --insecure
 
 (``--insecure`` is the local Runtime API of that SuperNode, which listens on
-127.0.0.1 only; the SuperNode's link to the SuperLink keeps its TLS.)
+127.0.0.1 only; the SuperNode's link to the SuperLink keeps its TLS.) Give
+both the same ``--superexec-auth-secret-file`` (random bytes, readable by their
+user only) so that no other local user can take the node's tasks.
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore import log
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.auth import load_superexec_auth_secret
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+)
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.tls import validate_and_resolve_root_certificates
@@ -52,6 +59,7 @@ from flwr.supernode.runtime import run_clientapp
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 COMPONENT = "flwr-clientapp"
+ACQUIRE_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})  # what the SuperNode checks the secret on
 # Flower waits 1 s (doubling to 10 s) before re-asking for a message part that has not reached the SuperNode
 # yet; the SuperNode is on this machine, so ask again sooner.
 PULL_BACKOFF = {"initial_backoff": 0.02, "backoff_cap": 0.2}
@@ -64,9 +72,13 @@ def fast_object_pulls() -> None:
 
 
 def runtime_client(args: argparse.Namespace, token: str | None = None) -> RuntimeHttpClient:
+    """The SuperNode's Runtime API: for one task (``token``), else for acquiring tasks (signed with the secret)."""
     interceptors = [RuntimeVersionHttpInterceptor(component_name=COMPONENT)]
     if token is not None:
         interceptors.append(RuntimeTokenHttpInterceptor(token))
+    elif args.superexec_auth_secret_file:
+        secret = load_superexec_auth_secret(args.superexec_auth_secret_file)
+        interceptors.append(SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=ACQUIRE_METHODS))
     return RuntimeHttpClient.from_server_address(
         server_address=args.runtime_api_address,
         insecure=args.insecure,
@@ -155,6 +167,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's --host:--port, e.g. 127.0.0.1:9094")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP to the SuperNode's local Runtime API")
     parser.add_argument("--root-certificates", default=None, help="CA certificate of the Runtime API (with TLS)")
+    parser.add_argument("--superexec-auth-secret-file", default=None,
+                        help="the secret file given to the SuperNode's --superexec-auth-secret-file: without it, any "
+                             "local user who reaches the Runtime API port could take this node's tasks")
     parser.add_argument("--poll-interval", type=float, default=0.05, help="seconds between task polls (default 0.05)")
     parser.add_argument("--token", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--fab-hash", default=None, help=argparse.SUPPRESS)

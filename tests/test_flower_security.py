@@ -118,3 +118,49 @@ def test_make_certificates_keeps_an_existing_ca_unless_forced(tmp_path):
     verified = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "server.crt")],
                               capture_output=True, text=True, timeout=30)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.timeout(120)
+def test_only_the_worker_with_the_secret_can_take_a_supernodes_tasks(tmp_path):
+    """A real SuperNode in process isolation: acquiring its tasks needs the secret its worker is given."""
+    import os
+    import sys
+
+    import httpx
+
+    from flower_app.processes import free_port, terminate, wait_for_port
+
+    worker = _load_script("clientapp_worker")
+    secret = tmp_path / "superexec.secret"
+    secret.write_bytes(os.urandom(32))
+    port = free_port()
+    supernode = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "supernode.py"), "--insecure", "--superlink", f"127.0.0.1:{free_port()}",
+         "--isolation", "process", "--host", "127.0.0.1", "--port", str(port),
+         "--superexec-auth-secret-file", str(secret), "--node-config", "partition-id=0 num-partitions=1"],
+        env={**os.environ, "FLWR_HOME": str(tmp_path / "home"), "FLWR_TELEMETRY_ENABLED": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for_port(port, 60, supernode)
+        request = worker.AcquireTaskRequest(supported_task_types=[worker.TaskType.CLIENT_APP])
+        options = ["--runtime-api-address", f"127.0.0.1:{port}", "--insecure"]
+        signed = worker.runtime_client(worker.parse_args([*options, "--superexec-auth-secret-file", str(secret)]))
+        assert not signed.AcquireTask(request).HasField("task")  # accepted: there is simply no work yet
+        anonymous = worker.RuntimeHttpClient.from_server_address(  # no retries: Flower's stop the process on a 401
+            server_address=f"127.0.0.1:{port}", insecure=True, root_certificates=None,
+            interceptors=[worker.RuntimeVersionHttpInterceptor(component_name=worker.COMPONENT)])
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            anonymous.AcquireTask(request)
+        assert refused.value.response.status_code in (401, 403)
+    finally:
+        terminate(supernode)
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
