@@ -34,6 +34,7 @@ CLASS_NAMES = {
 }
 
 DATASET_NAMES = tuple(CLASS_NAMES)
+TRAIN_SET_SIZES = {"fashion-mnist": 60_000, "mnist": 60_000}  # images in each standard training set
 
 
 class DatasetUnavailableError(RuntimeError):

@@ -10,15 +10,13 @@ import time
 from dataclasses import asdict
 from typing import Sequence, TextIO
 
-from data.datasets import DATASET_NAMES, DatasetUnavailableError, load_dataset
-from data.partition import PARTITION_SCHEMES
-from devices.codec import COMPRESSIONS
-from engine.config import BUILTIN_MODELS, OPTIMIZERS, ConfigError, FederationConfig
+from data.datasets import DatasetUnavailableError, load_dataset
+from engine.cli_options import DefaultsHelpFormatter, OneLineParser, add_setting_options, setting_values
+from engine.config import ConfigError, FederationConfig
 from engine.results import RoundResult, RunStatus, Snapshot
 from engine.store import RunNotFound, RunStore
 from engine.strategies import STRATEGIES
 
-DEFAULTS = FederationConfig()
 POLL_SECONDS = 0.1
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite-int8")  # engine.export.FORMATS, without importing TF
 
@@ -28,7 +26,10 @@ def default_runs_dir() -> str:
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
@@ -41,29 +42,6 @@ def rounds_value(text: str) -> int | None:
     return positive_int(text)
 
 
-def parse_fault(text: str) -> tuple[int, str]:
-    device, _, fault = text.partition("=")
-    if not device.isdigit() or not fault:
-        raise argparse.ArgumentTypeError(f"expected DEVICE=FAULT such as 3=crash, got {text!r}")
-    return int(device), fault
-
-
-def parse_slowdown(text: str) -> tuple[int, float]:
-    device, _, factor = text.partition("=")
-    try:
-        return int(device), float(factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected DEVICE=FACTOR such as 3=5, got {text!r}") from None
-
-
-def parse_param(text: str) -> tuple[str, float]:
-    name, _, value = text.partition("=")
-    try:
-        return name.strip(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER such as proximal_mu=0.01, got {text!r}") from None
-
-
 def strategy_help() -> str:
     lines = []
     for name, cls in STRATEGIES.items():
@@ -73,8 +51,8 @@ def strategy_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine",
+    parser = OneLineParser(
+        prog="fl-watch" if os.path.basename(sys.argv[0]) == "fl-watch" else "python -m engine",
         description="Run federated learning on simulated devices, headless.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -86,81 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                "round, batch 32, 1 local epoch. With them the CNN on 10 IID devices reaches about 0.88 "
                "test accuracy on Fashion-MNIST after 5 rounds. Data: --data-dir or $FL_DATA_DIR, "
                "otherwise Keras downloads the data set on first use.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     run.set_defaults(command_parser=run)
-    data = run.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULTS.dataset, help="image data set")
-    data.add_argument("--data-dir", default=None,
-                      help="folder with the IDX .gz files (default: $FL_DATA_DIR, else download with Keras)")
-    data.add_argument("--devices", type=positive_int, default=DEFAULTS.num_devices, help="number of devices")
-    data.add_argument("--partition", choices=PARTITION_SCHEMES, default=DEFAULTS.partition,
-                      help="how the training set is split: iid, dirichlet (label skew), "
-                           "shards (k label shards per device), quantity (unequal sizes)")
-    data.add_argument("--alpha", type=float, default=DEFAULTS.alpha,
-                      help="Dirichlet concentration for --partition dirichlet (smaller: more skew)")
-    data.add_argument("--shards-per-device", type=positive_int, default=DEFAULTS.shards_per_device,
-                      help="label shards per device for --partition shards")
-    data.add_argument("--quantity-alpha", type=float, default=DEFAULTS.quantity_alpha,
-                      help="Dirichlet concentration of device sizes for --partition quantity")
-    data.add_argument("--train-samples", type=positive_int, default=None,
-                      help="use a random subset of this many training samples (quick runs)")
-    data.add_argument("--test-samples", type=positive_int, default=None,
-                      help="evaluate the global model on the first N test samples (default: all)")
-    data.add_argument("--local-test-fraction", type=float, default=DEFAULTS.local_test_fraction,
-                      help="share of each device's data kept as its local test split")
-
-    training = run.add_argument_group("training")
-    training.add_argument("--model", choices=BUILTIN_MODELS, default=DEFAULTS.model, help="model architecture")
-    training.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULTS.strategy, help=strategy_help())
-    training.add_argument("--strategy-param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
-                          help="override a strategy hyper-parameter, e.g. proximal_mu=0.1; repeatable")
-    training.add_argument("--rounds", type=rounds_value, default=DEFAULTS.rounds,
-                          help="federated rounds (0: until interrupted)")
-    training.add_argument("--local-epochs", type=positive_int, default=DEFAULTS.local_epochs,
-                          help="local epochs per round")
-    training.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="local batch size")
-    training.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer,
-                          help="local optimizer (fresh state each round)")
-    training.add_argument("--lr", type=float, default=DEFAULTS.learning_rate, help="local learning rate")
-    training.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="local SGD momentum")
-    training.add_argument("--min-devices", type=positive_int, default=DEFAULTS.min_devices,
-                          help="minimum devices per round; fewer active devices means waiting")
-    training.add_argument("--fraction", type=float, default=DEFAULTS.fraction,
-                          help="share of active devices sampled each round")
-    training.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for partition, sampling and init")
-    training.add_argument("--workers", type=positive_int, default=DEFAULTS.workers,
-                          help="threads training devices concurrently")
-    training.add_argument("--stack-width", type=positive_int, default=DEFAULTS.stack_width,
-                          help="devices trained together as one vectorised computation (1: one by one)")
-    training.add_argument("--xla", action="store_true",
-                          help="compile stacks of dense-only models (e.g. the MLP) with XLA: faster rounds after "
-                               "a compile of a few seconds")
-
-    devices = run.add_argument_group("unreliable and malicious devices")
-    devices.add_argument("--fault", type=parse_fault, action="append", default=[], metavar="DEVICE=FAULT",
-                         help="simulate a faulty device: crash (raises mid-round), nan (sends NaN weights), "
-                              "scale (sends its update flipped and x10), random (sends random weights); repeatable")
-    devices.add_argument("--slowdown", type=parse_slowdown, action="append", default=[], metavar="DEVICE=FACTOR",
-                         help="multiply a device's simulated compute time; repeatable")
-    devices.add_argument("--dropout", type=float, default=DEFAULTS.dropout,
-                         help="probability that a selected device does not answer in a round")
-    devices.add_argument("--deadline", type=float, default=None,
-                         help="round deadline in simulated seconds; slower devices are dropped as stragglers")
-
-    privacy = run.add_argument_group("privacy and compression")
-    privacy.add_argument("--clip", type=float, default=None, help="clip each device's update to this L2 norm")
-    privacy.add_argument("--noise", type=float, default=DEFAULTS.noise_multiplier,
-                         help="central DP noise multiplier z (needs --clip): stddev z*clip/devices on the mean")
-    privacy.add_argument("--local-noise", type=float, default=DEFAULTS.local_noise_multiplier,
-                         help="local DP noise multiplier (needs --clip): each device adds stddev z*clip")
-    privacy.add_argument("--dp-delta", type=float, default=DEFAULTS.dp_delta, help="delta for the reported epsilon")
-    privacy.add_argument("--secure-aggregation", action="store_true",
-                         help="simulated secure aggregation: the server only sees masked updates and their sum")
-    privacy.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULTS.compression,
-                         help="update compression: q8/q4 quantisation or top-k sparsification with error feedback")
-    privacy.add_argument("--topk-fraction", type=float, default=DEFAULTS.topk_fraction,
-                         help="share of each tensor's entries sent with --compression topk")
+    add_setting_options(run, FederationConfig, help_overrides={"strategy": strategy_help()})
 
     output = run.add_argument_group("output")
     add_output_options(output)
@@ -170,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser(
         "resume", help="continue a stored run from its last completed round",
         description="Continue a stored run from its last completed round, same devices and partition.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     resume.set_defaults(command_parser=resume)
     resume.add_argument("run_id", metavar="RUN_ID")
@@ -192,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="export a run's global model (.keras, SavedModel, TFLite)",
         description="Export the global model of a stored run for deployment.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     export.set_defaults(command_parser=export)
     export.add_argument("run_id", metavar="RUN_ID")
@@ -223,44 +130,8 @@ def add_output_options(group) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> FederationConfig:
-    return FederationConfig(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        model=args.model,
-        num_devices=args.devices,
-        partition=args.partition,
-        alpha=args.alpha,
-        shards_per_device=args.shards_per_device,
-        quantity_alpha=args.quantity_alpha,
-        rounds=args.rounds,
-        local_epochs=args.local_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        optimizer=args.optimizer,
-        momentum=args.momentum,
-        min_devices=args.min_devices,
-        fraction=args.fraction,
-        seed=args.seed,
-        strategy=args.strategy,
-        strategy_params=dict(args.strategy_param),
-        local_test_fraction=args.local_test_fraction,
-        train_samples=args.train_samples,
-        test_samples=args.test_samples,
-        workers=args.workers,
-        stack_width=args.stack_width,
-        xla=args.xla,
-        faults=dict(args.fault),
-        slowdowns=dict(args.slowdown),
-        dropout=args.dropout,
-        round_deadline=args.deadline,
-        clip_norm=args.clip,
-        noise_multiplier=args.noise,
-        local_noise_multiplier=args.local_noise,
-        dp_delta=args.dp_delta,
-        secure_aggregation=args.secure_aggregation,
-        compression=args.compression,
-        topk_fraction=args.topk_fraction,
-    )
+    """The ``run`` options as a configuration (not validated: see ``FederationConfig.problems``)."""
+    return FederationConfig(**setting_values(args, FederationConfig))
 
 
 def round_json(result: RoundResult) -> dict:
@@ -432,6 +303,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as python -m engine; also for the fl-watch script
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from data.datasets import DATASET_NAMES
+from data.datasets import DATASET_NAMES, TRAIN_SET_SIZES
 from data.partition import PARTITION_SCHEMES, PartitionSpec
 from devices.codec import COMPRESSIONS
 from devices.faults import FAULTS
-from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, setting
+from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, field_problems, setting
 from engine.strategies import STRATEGIES, strategy_problems
 
 BUILTIN_MODELS = ("cnn", "mlp")
@@ -35,10 +35,10 @@ class FederationConfig:
                                    help="folder with the IDX .gz files (default: $FL_DATA_DIR, else download with Keras)")
     train_samples: int | None = setting(None, group="data", label="Training samples to use (0 = all)",
                                         bounds=AT_LEAST_ONE,
-                                        help="use a random subset of this many training samples (quick runs)")
+                                        help="use a random subset of this many training samples (quick runs; 0: all)")
     test_samples: int | None = setting(None, group="data", label="Server test samples (0 = all)",
                                        bounds=AT_LEAST_ONE,
-                                       help="evaluate the global model on the first N test samples (default: all)")
+                                       help="evaluate the global model on the first N test samples (0: all)")
     local_test_fraction: float = setting(0.1, group="data", label="Local test share", bounds=FRACTION,
                                          help="share of each device's data kept as its local test split")
     # -- devices and how the data is split ----------------------------------------------
@@ -60,7 +60,7 @@ class FederationConfig:
     strategy: str = setting("fedavg", group="training", label="Aggregation strategy", choices=lambda: tuple(STRATEGIES),
                             help="aggregation strategy")
     strategy_params: dict[str, float] = setting(default_factory=dict, group="training", label="Strategy parameters",
-                                                flag="--strategy-param",
+                                                flag="--strategy-param", metavar="NAME=VALUE",
                                                 help="override a strategy hyper-parameter, e.g. proximal_mu=0.1")
     rounds: int | None = setting(5, group="training", label="Rounds", bounds=AT_LEAST_ONE,
                                  help="federated rounds (0: until interrupted)")  # None: run until stopped
@@ -93,11 +93,12 @@ class FederationConfig:
                              "a compile of a few seconds")
     # -- unreliable and malicious devices -------------------------------------------------------
     faults: dict[int, str] = setting(default_factory=dict, group="behaviour", label="Faulty devices", flag="--fault",
+                                     metavar="DEVICE=FAULT",
                                      help="simulate a faulty device: crash (raises mid-round), nan (sends NaN "
                                           "weights), scale (sends its update flipped and x10), random (sends "
                                           "random weights)")
     slowdowns: dict[int, float] = setting(default_factory=dict, group="behaviour", label="Slow devices",
-                                          flag="--slowdown", help="multiply a device's simulated compute time")
+                                          flag="--slowdown", metavar="DEVICE=FACTOR", help="multiply a device's simulated compute time")
     dropout: float = setting(0.0, group="behaviour", label="Dropout probability", bounds=FRACTION,
                              help="probability that a selected device does not answer in a round")
     round_deadline: float | None = setting(None, group="behaviour", label="Round deadline (simulated seconds)",
@@ -142,62 +143,49 @@ class FederationConfig:
         return asdict(self)
 
     def problems(self, model_names: tuple[str, ...] = BUILTIN_MODELS) -> list[str]:
-        """Every reason this configuration cannot run, in words a user can act on."""
-        found = []
+        """Every reason this configuration cannot run, in words a user can act on.
+
+        Each field is checked against its declared type, bounds and choices
+        (:func:`engine.settings.field_problems`), then the combinations.
+        """
+        bad = field_problems(self)
+        found = list(bad.values())
 
         def need(condition: bool, message: str) -> None:
-            if not condition:
+            if not condition and message not in found:
                 found.append(message)
 
-        need(self.dataset in DATASET_NAMES, f"data set must be one of {', '.join(DATASET_NAMES)}")
+        def valid(*names: str) -> bool:
+            return not any(name in bad for name in names)
+
         need(self.model in model_names, f"model must be one of {', '.join(model_names)}")
-        need(self.strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}")
-        if self.strategy in STRATEGIES:
+        if valid("strategy", "strategy_params"):
             found.extend(strategy_problems(self.strategy, self.strategy_params))
-        need(self.partition in PARTITION_SCHEMES, f"partition must be one of {', '.join(PARTITION_SCHEMES)}")
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-        need(self.num_devices >= 1, "need at least 1 device")
-        need(self.rounds is None or self.rounds >= 1, "rounds must be at least 1 (or unlimited)")
-        need(self.local_epochs >= 1, "local epochs must be at least 1")
-        need(self.batch_size >= 1, "batch size must be at least 1")
-        need(self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning rate must be a positive number")
-        need(0 <= self.momentum < 1, "momentum must be in [0, 1)")
-        need(1 <= self.min_devices <= self.num_devices,
+        if not valid("num_devices", "train_samples", "dataset", "min_devices", "shards_per_device",
+                     "faults", "slowdowns", "clip_norm", "noise_multiplier", "local_noise_multiplier"):
+            return found  # the combinations below need usable values
+        need(self.min_devices <= self.num_devices,
              f"minimum devices per round must be between 1 and the number of devices ({self.num_devices})")
-        need(0 < self.fraction <= 1, "sampling fraction must be in (0, 1]")
-        need(self.alpha > 0, "Dirichlet alpha must be positive")
-        need(self.quantity_alpha > 0, "quantity-skew alpha must be positive")
-        need(self.shards_per_device >= 1, "shards per device must be at least 1")
-        need(0 <= self.local_test_fraction < 1, "local test fraction must be in [0, 1)")
-        need(self.workers >= 1, "workers must be at least 1")
-        need(self.stack_width >= 1, "devices per stack must be at least 1 (1 trains devices one by one)")
-        need(self.train_samples is None or self.train_samples >= self.num_devices,
-             "training samples must be at least the number of devices")
-        need(self.test_samples is None or self.test_samples >= 1, "test samples must be at least 1")
+        available = self.train_samples or TRAIN_SET_SIZES.get(self.dataset)
+        need(available is None or self.num_devices <= available,
+             f"{self.num_devices} devices need at least as many training samples, and there are "
+             f"{available} (use fewer devices or more --train-samples)")
         for device, fault in self.faults.items():
             need(0 <= device < self.num_devices, f"fault set for device {device}, which does not exist")
             need(fault in FAULTS, f"fault {fault!r} must be one of {', '.join(FAULTS)}")
         for device, slowdown in self.slowdowns.items():
             need(0 <= device < self.num_devices, f"slowdown set for device {device}, which does not exist")
-            need(slowdown > 0, f"device {device}'s slowdown must be positive")
-        need(0 <= self.dropout < 1, "dropout probability must be in [0, 1)")
-        need(self.round_deadline is None or self.round_deadline > 0, "round deadline must be positive")
-        need(self.clip_norm is None or self.clip_norm > 0, "clipping norm must be positive")
-        need(self.noise_multiplier >= 0 and self.local_noise_multiplier >= 0, "noise multipliers cannot be negative")
+            need(math.isfinite(slowdown) and slowdown > 0, f"device {device}'s slowdown must be a positive number")
         need(self.clip_norm is not None or (self.noise_multiplier == 0 and self.local_noise_multiplier == 0),
              "differential privacy noise needs a clipping norm (the noise is scaled to it)")
-        need(0 < self.dp_delta < 1, "DP delta must be in (0, 1)")
-        need(self.compression in COMPRESSIONS, f"compression must be one of {', '.join(COMPRESSIONS)}")
-        need(0 < self.topk_fraction <= 1, "top-k fraction must be in (0, 1]")
         if self.strategy in STRATEGIES and not STRATEGIES[self.strategy].linear:
             need(not self.secure_aggregation,
                  f"secure aggregation only reveals the sum of updates; {self.strategy} needs each update "
                  "(use FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam or FedYogi)")
             need(self.noise_multiplier == 0,
                  f"central DP noise is added to the mean update; {self.strategy} does not use a mean")
-        if self.partition == "shards":
-            need(self.num_devices * self.shards_per_device <= (self.train_samples or 60_000),
-                 "more shards than training samples")
+        if self.partition == "shards" and available is not None:
+            need(self.num_devices * self.shards_per_device <= available, "more shards than training samples")
         return found
 
     def validate(self, model_names: tuple[str, ...] = BUILTIN_MODELS) -> "FederationConfig":

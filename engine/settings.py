@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, Field, dataclass, fields
 from numbers import Real
-from typing import Any, Callable
+from types import UnionType
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,17 @@ class Bounds:
         """Plain words: ``> 0``, ``>= 0`` or ``in [0, 1)``."""
         if self.low is not None and self.high is not None:
             left, right = "[" if self.low_inclusive else "(", "]" if self.high_inclusive else ")"
-            return f"in {left}{self.low:g}, {self.high:g}{right}"
+            return f"in {left}{_number_text(self.low)}, {_number_text(self.high)}{right}"
         if self.low is not None:
-            return f"{'>=' if self.low_inclusive else '>'} {self.low:g}"
+            return f"{'>=' if self.low_inclusive else '>'} {_number_text(self.low)}"
         if self.high is not None:
-            return f"{'<=' if self.high_inclusive else '<'} {self.high:g}"
+            return f"{'<=' if self.high_inclusive else '<'} {_number_text(self.high)}"
         return "any finite number"
+
+
+def _number_text(number: float) -> str:
+    """``4294967295`` rather than ``4.29497e+09``; ``0.5`` as is."""
+    return str(int(number)) if float(number).is_integer() and abs(number) < 1e16 else f"{number:g}"
 
 
 POSITIVE = Bounds(low=0.0, low_inclusive=False)
@@ -60,7 +66,8 @@ class Setting:
     overrides the CLI option name (default ``--field-name``); ``choices`` is a
     tuple of allowed values, or a function returning them (registries that grow
     at run time); ``bounds`` the numeric range (checked after ``None``, which an
-    optional field allows).
+    optional field allows); ``metavar`` names the parts of a mapping's
+    ``KEY=VALUE`` items (e.g. ``DEVICE=FAULT``).
     """
 
     help: str
@@ -69,6 +76,7 @@ class Setting:
     bounds: Bounds | None = None
     choices: tuple[Any, ...] | Callable[[], tuple[Any, ...]] | None = None
     flag: str | None = None
+    metavar: str | None = None
 
     def allowed_choices(self) -> tuple[Any, ...] | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -83,12 +91,14 @@ def setting(
     bounds: Bounds | None = None,
     choices: tuple[Any, ...] | Callable[[], tuple[Any, ...]] | None = None,
     flag: str | None = None,
+    metavar: str | None = None,
     default_factory: Callable[[], Any] | Any = MISSING,
 ) -> Any:
     """A dataclass field carrying its :class:`Setting` metadata."""
     from dataclasses import field
 
-    meta = {"setting": Setting(help=help, group=group, label=label, bounds=bounds, choices=choices, flag=flag)}
+    meta = {"setting": Setting(help=help, group=group, label=label, bounds=bounds, choices=choices, flag=flag,
+                               metavar=metavar)}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -99,9 +109,14 @@ def declared_settings(cls: type) -> list[tuple[Field, Setting]]:
     return [(f, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata]
 
 
+def short_label(name: str, spec: Setting) -> str:
+    """The label without its parenthesised hint: ``Dirichlet alpha``, not ``Dirichlet alpha (smaller = ...)``."""
+    return (spec.label or name.replace("_", " ")).split(" (")[0]
+
+
 def value_problem(name: str, value: Any, spec: Setting) -> str | None:
     """Why ``value`` is not allowed for the setting ``name`` (None: it is)."""
-    label = spec.label or name.replace("_", " ")
+    label = short_label(name, spec)
     if value is None:
         return None
     choices = spec.allowed_choices()
@@ -113,3 +128,147 @@ def value_problem(name: str, value: Any, spec: Setting) -> str | None:
         if not spec.bounds.contains(float(value)):
             return f"{label} must be {spec.bounds.describe()}, got {value!r}"
     return None
+
+
+# -- what type a setting has, and its text form (CLI, environment, Flower run config) ------------
+NONE_WORDS = ("", "none", "0", "inf", "unlimited", "all")  # an optional count: "no limit"
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A setting's value type: ``base`` is bool, int, float, str or dict (then ``key`` and ``value`` types).
+
+    ``optional`` fields allow ``None``. For an optional number whose bounds
+    exclude 0, the text ``0`` (and ``none``, ``inf``, ``unlimited``, ``all``,
+    or nothing) means ``None``: "no limit" / "not set", as the dashboard's
+    "0 = all" widgets and Flower's run config (which has no null) write it.
+    """
+
+    base: type
+    optional: bool = False
+    key: type | None = None
+    value: type | None = None
+    bounds: Bounds | None = None
+    metavar: str = "KEY=VALUE"  # a mapping's items, e.g. DEVICE=FAULT
+
+    @property
+    def zero_is_none(self) -> bool:
+        return self.optional and self.base in (int, float) and self.bounds is not None \
+            and not self.bounds.contains(0.0)
+
+    def parse(self, text: str) -> Any:
+        """``text`` as a value of this kind; ``ValueError`` with a one-line reason when it is not one."""
+        text = str(text).strip()
+        if self.base is dict:
+            return dict(self._pair(item) for item in text.replace(",", " ").split())
+        if self.optional and (text.lower() in ("", "none") or (self.zero_is_none and text.lower() in NONE_WORDS)):
+            return None
+        return _scalar(self.base, text)
+
+    def _pair(self, item: str) -> tuple[Any, Any]:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key.strip() or not value.strip():
+                raise ValueError
+            return _scalar(self.key or str, key.strip()), _scalar(self.value or str, value.strip())
+        except ValueError:
+            raise ValueError(f"expected {self.metavar} ({_type_word(self.key)}={_type_word(self.value)}), "
+                             f"got {item!r}") from None
+
+    def plain(self, value: Any) -> bool | int | float | str:
+        """``value`` as a TOML scalar (Flower's run config): ``None`` -> 0 / "", a mapping -> ``"k=v,k=v"``."""
+        if self.base is dict:
+            return ",".join(f"{key}={_scalar_text(item)}" for key, item in sorted(value.items()))
+        if value is None:
+            return {int: 0, float: 0.0}.get(self.base, "")
+        return self.base(value)
+
+    def from_plain(self, value: Any) -> Any:
+        """The inverse of :meth:`plain`; also accepts text (``flwr run --run-config`` values)."""
+        if isinstance(value, str) or self.base is dict:
+            return self.parse(str(value))
+        if self.zero_is_none and value == 0:
+            return None
+        if self.base is bool and not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        if self.base is int and (isinstance(value, bool) or not float(value).is_integer()):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return self.base(value)
+
+
+def _type_word(kind: type | None) -> str:
+    return {int: "INTEGER", float: "NUMBER"}.get(kind, "TEXT")
+
+
+def _scalar(base: type, text: str) -> Any:
+    if base is bool:
+        if text.lower() in TRUE_WORDS + FALSE_WORDS:
+            return text.lower() in TRUE_WORDS
+        raise ValueError(f"expected true or false, got {text!r}")
+    if base is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {text!r}") from None
+    if base is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+    return text
+
+
+def _scalar_text(value: Any) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def kinds(cls: type) -> dict[str, Kind]:
+    """The :class:`Kind` of every declared field of ``cls``, read from its annotations."""
+    hints = get_type_hints(cls)
+    found = {}
+    for f, spec in declared_settings(cls):
+        hint, optional = hints[f.name], False
+        args = get_args(hint)
+        if isinstance(hint, UnionType) or get_origin(hint) is Union:
+            optional = type(None) in args
+            hint = next(a for a in args if a is not type(None))
+            args = get_args(hint)
+        base = get_origin(hint) or hint
+        if base not in (bool, int, float, str, dict):
+            raise TypeError(f"setting {f.name} has type {hint!r}; declared settings are bool, int, float, str "
+                            "or dict (optional allowed)")
+        key, value = (args if base is dict else (None, None))
+        found[f.name] = Kind(base, optional, key, value, spec.bounds, spec.metavar or "KEY=VALUE")
+    return found
+
+
+def type_problem(name: str, value: Any, kind: Kind, spec: Setting) -> str | None:
+    """Why ``value`` does not have the setting's type (None: it does); a float is no whole number, NaN no number."""
+    label = short_label(name, spec)
+    if value is None:
+        return None if kind.optional else f"{label} must be set"
+    if kind.base is dict:
+        return None if isinstance(value, dict) else f"{label} must be a mapping, got {value!r}"
+    if kind.base is bool:
+        return None if isinstance(value, bool) else f"{label} must be true or false, got {value!r}"
+    if kind.base in (int, float):
+        whole = kind.base is int
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+            return f"{label} must be a {'whole ' if whole else ''}number, got {value!r}"
+        if not math.isfinite(value):
+            return f"{label} must be a finite number, got {value!r}"
+        return None
+    return None if isinstance(value, str) else f"{label} must be text, got {value!r}"
+
+
+def field_problems(instance: Any) -> dict[str, str]:
+    """Each declared field of dataclass ``instance`` that breaks its type, bounds or choices, with the reason."""
+    found = {}
+    cls_kinds = kinds(type(instance))
+    for f, spec in declared_settings(type(instance)):
+        value = getattr(instance, f.name)
+        problem = type_problem(f.name, value, cls_kinds[f.name], spec) or value_problem(f.name, value, spec)
+        if problem:
+            found[f.name] = problem
+    return found

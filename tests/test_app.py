@@ -354,7 +354,7 @@ def test_invalid_setup_is_explained_in_place(make_app, app_env):
     no_exceptions(at)
     errors = " ".join(e.value for e in at.error)
     assert "Minimum devices per round must be between 1 and the number of devices (4)" in errors
-    assert "Learning rate must be a positive number" in errors
+    assert "Learning rate must be > 0" in errors
     assert at.button(key="apply").disabled
     at.number_input(key="setup_min_devices").set_value(2).run()
     at.number_input(key="setup_learning_rate").set_value(0.002).run()

@@ -68,12 +68,12 @@ def test_help_explains_every_option():
     "args, message",
     [
         (["--partition", "zigzag"], "invalid choice"),
-        (["--devices", "0"], "positive integer"),
+        (["--devices", "0"], "Number of devices must be >= 1"),
         (["--devices", "3", "--min-devices", "5"], "minimum devices"),
-        (["--partition", "dirichlet", "--alpha", "-1"], "alpha must be positive"),
-        (["--fraction", "1.5"], "sampling fraction"),
+        (["--partition", "dirichlet", "--alpha", "-1"], "alpha must be > 0"),
+        (["--fraction", "1.5"], "must be in (0, 1]"),
         (["--fault", "x"], "DEVICE=FAULT"),
-        (["--lr", "abc"], "invalid float"),
+        (["--lr", "abc"], "expected a number"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args, message):

@@ -1,0 +1,113 @@
+"""Command-line options generated from declared settings, and the one-line error style of the CLI.
+
+Every field of a dataclass declared with :func:`engine.settings.setting`
+becomes one option of ``python -m engine run``: in the argument group named by
+its ``group``, called ``flag`` or ``--field-name``, typed from its annotation
+(a mapping takes repeatable ``KEY=VALUE`` items), with its choices, bounds and
+help. A new field needs no CLI code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import MISSING, Field
+from typing import Any, Callable, NoReturn
+
+from engine.settings import Kind, Setting, declared_settings, kinds, type_problem, value_problem
+
+GROUP_TITLES = {
+    "devices": "devices and how the data is split",
+    "round": "each round",
+    "speed": "speed",
+    "behaviour": "unreliable and malicious devices",
+    "privacy": "privacy and compression",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``error: REASON (see PROG --help)``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only when there is a default worth showing and the help does not name one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default in ([], {}, "", argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def flag_of(f: Field, spec: Setting) -> str:
+    return spec.flag or "--" + f.name.replace("_", "-")
+
+
+def default_of(f: Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def _typed(name: str, kind: Kind, spec: Setting) -> Callable[[str], Any]:
+    """The argparse ``type`` of a setting: parse the text, then check type, bounds and choices."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        if kind.base is dict:
+            return value
+        problem = None if spec.allowed_choices() else (
+            type_problem(name, value, kind, spec) or value_problem(name, value, spec))
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.base.__name__
+    return parse
+
+
+def add_setting_options(parser: argparse.ArgumentParser, cls: type,
+                        help_overrides: dict[str, str] | None = None) -> None:
+    """One option per declared field of ``cls``, grouped by ``Setting.group`` in declaration order."""
+    groups: dict[str, Any] = {}
+    cls_kinds = kinds(cls)
+    for f, spec in declared_settings(cls):
+        if spec.group not in groups:
+            groups[spec.group] = parser.add_argument_group(GROUP_TITLES.get(spec.group, spec.group))
+        kind, default = cls_kinds[f.name], default_of(f)
+        help_text = (help_overrides or {}).get(f.name, spec.help)
+        options: dict[str, Any] = {"dest": f.name, "help": help_text}
+        if kind.base is bool and not kind.optional:
+            options["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+            options["default"] = default
+        elif kind.base is dict:
+            options.update(action="append", type=_typed(f.name, kind, spec), default=None,
+                           metavar=kind.metavar, help=help_text + "; repeatable")
+        else:
+            options.update(type=_typed(f.name, kind, spec), default=default,
+                           metavar=flag_of(f, spec).lstrip("-").upper().replace("-", "_"))
+            if spec.allowed_choices():
+                del options["metavar"]
+                options["choices"] = spec.allowed_choices()
+        groups[spec.group].add_argument(flag_of(f, spec), **options)
+
+
+def setting_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The declared fields' values in ``args`` (parsed by :func:`add_setting_options`), ready for ``cls(**...)``."""
+    values, cls_kinds = {}, kinds(cls)
+    for f, _ in declared_settings(cls):
+        value = getattr(args, f.name)
+        if cls_kinds[f.name].base is dict:  # repeated KEY=VALUE items, later ones win
+            value = {key: item for part in value for key, item in part.items()} if value else default_of(f)
+        values[f.name] = value
+    return values
+
+
+def one_line(message: str) -> str:
+    """``message`` with its whitespace (newlines included) folded into single spaces."""
+    return re.sub(r"\s+", " ", str(message)).strip()
