@@ -9,7 +9,7 @@ everything else goes to the wrapped grid unchanged.
 
 :func:`fast_object_pulls` does the same for the parts of a reply that are still
 on their way to the SuperLink when the ServerApp pulls it: Flower 1.42 asks
-again after 1 s (doubling up to 10 s); this retries after ``interval``.
+again after 1 s (doubling up to 10 s); this retries every ``interval``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def fast_object_pulls(interval: float) -> bool:
     pull = getattr(http_grid, "pull_objects", None)
     if package_version != EXPECTED_FLOWER or pull is None or isinstance(pull, functools.partial):
         return False
-    http_grid.pull_objects = functools.partial(pull, initial_backoff=interval, backoff_cap=10 * interval)
+    http_grid.pull_objects = functools.partial(pull, initial_backoff=interval, backoff_cap=interval)
     return True
 
 

@@ -64,9 +64,9 @@ def main() -> None:
 
     if package_version == EXPECTED_FLOWER and getattr(start_client_internal, "time", None) is time:
         start_client_internal.time = capped_time(seconds)
-        # Message parts not yet on the SuperLink: ask again after `seconds`, not 1 s doubling to 10 s.
+        # Message parts not yet on the SuperLink: ask again every `seconds`, not after 1 s doubling to 10 s.
         start_client_internal.pull_objects = functools.partial(
-            start_client_internal.pull_objects, initial_backoff=seconds, backoff_cap=10 * seconds)
+            start_client_internal.pull_objects, initial_backoff=seconds, backoff_cap=seconds)
     else:
         print(f"warning: Flower {package_version} is not {EXPECTED_FLOWER}; {OPTION} ignored", file=sys.stderr)
     sys.argv = ["flower-supernode", *rest]
