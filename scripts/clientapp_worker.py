@@ -180,7 +180,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    arguments = parse_args()
     try:
-        serve(parse_args())
+        serve(arguments)
     except KeyboardInterrupt:
         pass
+    except Exception as lost:  # pylint: disable=broad-exception-caught  # e.g. the SuperNode is gone
+        sys.exit(f"clientapp_worker: lost the SuperNode's Runtime API at {arguments.runtime_api_address}: {lost}")
