@@ -138,9 +138,8 @@ def create_federation(config: FederationConfig) -> Federation | None:
             dataset = dataset_slot(config.dataset, config.data_dir).get(progress=status.write)
             status.write(f"Splitting the data across {config.num_devices} devices and building the "
                          f"{config.model.upper()} model...")
-            from flower_app.backend import create_federation as build  # imports TensorFlow (slow the first time)
-
             from app.runs import current_store, run_label
+            from engine.backends import create_federation as build  # imports TensorFlow (slow the first time)
 
             federation = build(config, selected_backend(), dataset=dataset, store=current_store(),
                                label=run_label(config))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from dataclasses import fields
 from functools import partial
 from typing import Callable
 
@@ -18,8 +17,7 @@ import keras
 import numpy as np
 
 from data.datasets import Dataset, load_dataset
-from data.partition import label_histogram, partition, split_local_test
-from devices.device import Device, DeviceData
+from data.partition import label_histogram
 from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.stacked import StackedReplica
@@ -30,29 +28,14 @@ from engine.config import FederationConfig
 from engine.control import RunControl
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
-from engine.rounds import RoundRunner, ServerTestSet
+from engine.rounds import RoundRunner
+from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
+from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore
+from engine.transport import InProcessTransport
 from engine.strategies import build_strategy
-from engine.strategies.base import Strategy
 
 WAIT_POLL_SECONDS = 0.5
-
-
-def build_devices(dataset: Dataset, config: FederationConfig) -> list[Device]:
-    """Give each device its own copy of its partition, split into local train and test parts."""
-    rng = np.random.default_rng(config.seed)
-    pool = np.arange(len(dataset.y_train))
-    if config.train_samples is not None and config.train_samples < len(pool):
-        pool = np.sort(rng.choice(pool, size=config.train_samples, replace=False))
-    parts = partition(dataset.y_train[pool], config.num_devices, config.partition_spec, config.seed)
-    devices = []
-    for device_id, part in enumerate(parts):
-        train, test = split_local_test(pool[part], config.local_test_fraction, rng)
-        data = DeviceData(dataset.x_train[train], dataset.y_train[train], dataset.x_train[test], dataset.y_train[test])
-        devices.append(
-            Device(device_id, data, config.faults.get(device_id, "none"), config.slowdowns.get(device_id, 1.0))
-        )
-    return devices
 
 
 def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, str]:
@@ -66,21 +49,6 @@ def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, s
         return False, f"Devices train one by one {threads} ({reason})."
     compiled = ", compiled with XLA" if config.xla and compiles_well(ops) else ""
     return True, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."
-
-
-def strategy_state(strategy: Strategy) -> dict[str, Weights]:
-    """The strategy's server-side state (its ``init=False`` fields that hold weights)."""
-    return {f.name: getattr(strategy, f.name) for f in fields(strategy) if not f.init and getattr(strategy, f.name)}
-
-
-def restore_strategy_state(strategy: Strategy, state: dict[str, Weights]) -> None:
-    for name, value in state.items():
-        setattr(strategy, name, list(value))
-
-
-def server_test_set(dataset: Dataset, config: FederationConfig) -> ServerTestSet:
-    count = min(config.test_samples or len(dataset.y_test), len(dataset.y_test))
-    return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes)
 
 
 class Federation(FederationBackend):
@@ -137,15 +105,14 @@ class Federation(FederationBackend):
         self.strategy = build_strategy(config.strategy, config.strategy_params)
         self.store = store
         self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
+        self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
         self._runner = RoundRunner(
             config,
-            self.devices,
-            self._pool,
+            self.transport,
             evaluator,
             self.strategy,
             server_test_set(self.dataset, config),
             self._set_device_status,
-            self._set_device_progress,
         )
 
     @classmethod

@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-from devices.codec import decode_delta, encode_delta
-from devices.cohort import Outcome, plan_cohorts
-from devices.device import Device
-from devices.messages import (
-    DeviceUpdate,
-    EncodedUpdate,
-    PrivacySettings,
-    TrainInstructions,
-    Weights,
-    weights_nbytes,
-)
-from devices.pool import WorkerPool
-from devices.privacy import add_gaussian_noise
+from devices.messages import DeviceUpdate, EncodedUpdate, TrainInstructions, Weights, weights_nbytes
 from devices.secure_aggregation import SecureAggregationPlan, mask_sum, unflatten, unmask_total
-from devices.trainer import ModelReplica, TrainingStopped
-from engine.aggregation import update_problem, weighted_average
+from devices.trainer import ModelReplica
+from engine.aggregation import update_problem
+from engine.composition import Aggregation, build_aggregation
 from engine.config import FederationConfig
 from engine.metrics import confusion_matrix
-from engine.privacy import PrivacyAccountant
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
+from engine.setup import ServerTestSet
 from engine.strategies.base import Strategy
+from engine.transport import Reply, Transport
+from engine.transport_checks import decode_update, masked_problem, reply_problem
 
 StatusCallback = Callable[[int, DeviceStatus, str], None]
-ProgressCallback = Callable[[int, int], None]
 
 
 def select_devices(active: Sequence[int], fraction: float, min_devices: int, rng: np.random.Generator) -> list[int]:
@@ -48,7 +37,8 @@ def device_seed(seed: int, server_round: int, device_id: int) -> int:
 
 
 def local_training_instructions(
-    config: FederationConfig, strategy: Strategy, server_round: int, device_id: int, weights: Weights, **transport
+    config: FederationConfig, strategy: Strategy | Aggregation, server_round: int, device_id: int, weights: Weights,
+    **transport,
 ) -> TrainInstructions:
     """What a device is asked to do this round; ``transport`` adds privacy, compression or masking settings."""
     return TrainInstructions(
@@ -63,60 +53,44 @@ def local_training_instructions(
     )
 
 
-def task_outcomes(future: Future, count: int) -> list[Outcome]:
-    """What a finished training task yields for each of its ``count`` devices; a stop is re-raised."""
-    error = future.exception()
-    if isinstance(error, TrainingStopped):
-        raise error
-    if error is not None:
-        return [error] * count
-    result = future.result()
-    return result if isinstance(result, list) else [result]
-
-
-@dataclass(frozen=True)
-class ServerTestSet:
-    x: np.ndarray
-    y: np.ndarray
-    num_classes: int
-
-
 @dataclass
 class Arrivals:
     """What came back from the devices of one round."""
 
     updates: list[EncodedUpdate]
     problems: list[DeviceProblem]
+    bytes_down: int = 0  # what the transport sent down, counted as it sent it
 
 
 class RoundRunner:
-    """Runs rounds against a fixed set of devices, a worker pool and a strategy."""
+    """Runs rounds over a transport (simulated devices in-process, or Flower nodes) with one strategy.
+
+    The strategy, wrapped in the privacy layer the configuration asks for
+    (``engine.composition``), decides the devices' instructions and the
+    aggregation; secure aggregation is the loop's other aggregation path.
+    """
 
     def __init__(
         self,
         config: FederationConfig,
-        devices: Sequence[Device],
-        pool: WorkerPool,
+        transport: Transport,
         evaluator: ModelReplica,
         strategy: Strategy,
         test_set: ServerTestSet,
         on_status: StatusCallback,
-        on_progress: ProgressCallback,
     ):
         self.config = config
-        self.devices = devices
-        self.pool = pool
+        self.transport = transport
         self.evaluator = evaluator
         self.strategy = strategy
+        self.aggregation = build_aggregation(strategy, config)
         self.test_set = test_set
         self.on_status = on_status
-        self.on_progress = on_progress
-        self.accountant = PrivacyAccountant(config.dp_delta) if config.uses_dp else None
 
     # -- selection -------------------------------------------------------------------
     def select(self, server_round: int, active: Sequence[int]) -> list[int]:
         rng = np.random.default_rng([self.config.seed, server_round])
-        return select_devices(active, self.config.fraction, self.config.min_devices, rng)
+        return select_devices(sorted(active), self.config.fraction, self.config.min_devices, rng)
 
     def drop_out(self, server_round: int, selected: Sequence[int]) -> tuple[list[int], list[DeviceProblem]]:
         """Selected devices that do not answer this round (simulated unavailability)."""
@@ -133,10 +107,10 @@ class RoundRunner:
         """Each masking device's plan for this round (none without secure aggregation)."""
         if not self.config.secure_aggregation:
             return {}
-        if self.config.uses_dp:
+        if self.aggregation.uniform:
             shares = {d: 1.0 for d in peers}  # DP-FedAvg averages uniformly to bound each device's influence
         else:
-            shares = {d: float(self.devices[d].data.num_train) for d in peers}
+            shares = {d: float(self.transport.declared_samples(d) or 1) for d in peers}
         total = sum(shares.values())
         secret = self.config.seed * 7919 + server_round
         return {d: SecureAggregationPlan(tuple(peers), secret=secret, weight=shares[d] / total) for d in peers}
@@ -147,11 +121,11 @@ class RoundRunner:
         config = self.config
         return local_training_instructions(
             config,
-            self.strategy,
+            self.aggregation,
             server_round,
             device_id,
             weights,
-            privacy=PrivacySettings(config.clip_norm, config.local_noise_multiplier),
+            privacy=self.aggregation.privacy(),
             compression=config.compression,
             topk_fraction=config.topk_fraction,
             secure=plan,
@@ -165,62 +139,40 @@ class RoundRunner:
         plans: dict[int, SecureAggregationPlan],
         checkpoint: Callable[[int], None],
     ) -> Arrivals:
-        """Broadcast to the selected devices and gather their updates and failures as they arrive."""
+        """Send the selected devices their instructions and gather their replies, checked, as they arrive."""
         instructions = {d: self.instructions(server_round, d, weights, plans.get(d)) for d in selected}
-        checkpoints = {d: self._device_checkpoint(d, checkpoint) for d in selected}
         for device_id in selected:
             self.on_status(device_id, DeviceStatus.TRAINING, "")
-        futures: dict[Future, list[int]] = {}
-        for group in self.training_groups(instructions):
-            if self.pool.stacks:
-                future = self.pool.submit_cohort(
-                    [self.devices[d] for d in group], [instructions[d] for d in group], [checkpoints[d] for d in group]
-                )
-            else:
-                (device_id,) = group
-                future = self.pool.submit(self.devices[device_id], instructions[device_id], checkpoints[device_id])
-            futures[future] = group
         arrivals = Arrivals([], [])
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    for device_id, outcome in zip(futures[future], task_outcomes(future, len(futures[future]))):
-                        self._receive(device_id, outcome, arrivals)
-        except TrainingStopped:
-            for future in pending:
-                future.cancel()
-            wait(pending)
-            raise
+        arrivals.bytes_down = self.transport.collect(
+            instructions, checkpoint, lambda device_id, reply: self._receive(device_id, reply, arrivals)
+        )
         arrivals.updates.sort(key=lambda u: u.device_id)
         return arrivals
 
-    def training_groups(self, instructions: dict[int, TrainInstructions]) -> list[list[int]]:
-        """Devices trained together: stacks of similar length, or one device at a time."""
-        if not self.pool.stacks:
-            return [[d] for d in instructions]
-        steps = {d: self.devices[d].local_steps(instr) for d, instr in instructions.items()}
-        return plan_cohorts(steps, self.config.stack_width, self.pool.workers)
+    def _problem(self, arrivals: Arrivals, problem: DeviceProblem) -> None:
+        arrivals.problems.append(problem)
+        status = DeviceStatus.REJECTED if problem.kind == "rejected" else DeviceStatus.FAILED
+        if problem.kind in ("straggler", "dropped out"):
+            status = DeviceStatus.DROPPED
+        self.on_status(problem.device_id, status, problem.reason)
 
-    def _device_checkpoint(self, device_id: int, checkpoint: Callable[[int], None]) -> Callable[[int], None]:
-        def device_checkpoint(steps: int) -> None:
-            checkpoint(steps)
-            self.on_progress(device_id, steps)
-
-        return device_checkpoint
-
-    def _receive(self, device_id: int, outcome: Outcome, arrivals: Arrivals) -> None:
-        if isinstance(outcome, Exception):
-            arrivals.problems.append(DeviceProblem(device_id, "failed", f"{type(outcome).__name__}: {outcome}"))
-            self.on_status(device_id, DeviceStatus.FAILED, str(outcome))
+    def _receive(self, device_id: int, outcome: Reply, arrivals: Arrivals) -> None:
+        if isinstance(outcome, DeviceProblem):
+            self._problem(arrivals, outcome)
             return
-        simulated = outcome.metrics.seconds * self.devices[device_id].slowdown
+        if isinstance(outcome, Exception):
+            self._problem(arrivals, DeviceProblem(device_id, "failed", f"{type(outcome).__name__}: {outcome}"))
+            return
+        problem = reply_problem(outcome, self.transport.declared_samples(device_id))
+        if problem is not None:
+            self._problem(arrivals, DeviceProblem(device_id, "rejected", problem))
+            return
+        simulated = outcome.metrics.seconds * self.transport.slowdown(device_id)
         deadline = self.config.round_deadline
         if deadline is not None and simulated > deadline:
             reason = f"straggler: needed {simulated:.2f} s (simulated), deadline {deadline:.2f} s"
-            arrivals.problems.append(DeviceProblem(device_id, "straggler", reason))
-            self.on_status(device_id, DeviceStatus.DROPPED, reason)
+            self._problem(arrivals, DeviceProblem(device_id, "straggler", reason))
             return
         arrivals.updates.append(outcome)
         self.on_status(device_id, DeviceStatus.SENT, "")
@@ -228,65 +180,57 @@ class RoundRunner:
     # -- aggregation ---------------------------------------------------------------------
     def decode(self, update: EncodedUpdate, weights: Weights) -> tuple[DeviceUpdate | None, str | None]:
         """The device's model as the server reconstructs it, or why it is unusable."""
-        delta = decode_delta(update.payload)
-        problem = update_problem(delta, weights)
+        model, problem = decode_update(update, weights)
         if problem is not None:
             return None, problem
-        model = [(w + d).astype(np.float32) for w, d in zip(weights, delta)]
         return DeviceUpdate(update.device_id, model, update.num_samples, update.metrics), None
-
-    def add_central_noise(self, server_round: int, mean_delta: Weights, count: int) -> Weights:
-        """DP-FedAvg: Gaussian noise of stddev z * C / n on the mean of n clipped updates."""
-        if self.config.noise_multiplier <= 0:
-            return mean_delta
-        stddev = self.config.noise_multiplier * self.config.clip_norm / count
-        return add_gaussian_noise(mean_delta, stddev, np.random.default_rng([self.config.seed, server_round, 2]))
 
     def aggregate_plain(
         self, server_round: int, weights: Weights, arrivals: Arrivals
     ) -> tuple[Weights, list[EncodedUpdate]]:
-        """Decode and validate each update, then let the strategy aggregate the valid ones."""
+        """Decode and validate each update, then let the (wrapped) strategy aggregate the valid ones."""
         valid: list[DeviceUpdate] = []
         accepted = []
         for encoded in arrivals.updates:
             update, problem = self.decode(encoded, weights)
             if problem is not None:
-                arrivals.problems.append(DeviceProblem(encoded.device_id, "rejected", problem))
-                self.on_status(encoded.device_id, DeviceStatus.REJECTED, problem)
+                self._problem(arrivals, DeviceProblem(encoded.device_id, "rejected", problem))
                 continue
             valid.append(update)
             accepted.append(encoded)
         if not valid:
             return weights, []
-        if not self.config.uses_dp:
-            return self.strategy.aggregate(server_round, weights, valid), accepted
-        mean = weighted_average([u.weights for u in valid], [1.0] * len(valid))
-        mean_delta = [m - w for m, w in zip(mean, weights)]
-        noisy = self.add_central_noise(server_round, mean_delta, len(valid))
-        return self.strategy.from_mean(server_round, weights, [w + d for w, d in zip(weights, noisy)]), accepted
+        return self.aggregation.aggregate(server_round, weights, valid), accepted
 
     def aggregate_secure(
         self, server_round: int, weights: Weights, arrivals: Arrivals, plans: dict[int, SecureAggregationPlan]
     ) -> tuple[Weights, list[EncodedUpdate]]:
         """Sum the masked vectors, remove the masks of devices that never delivered, then aggregate the mean."""
-        if not arrivals.updates:
+        size = sum(w.size for w in weights)
+        delivered = []
+        for update in arrivals.updates:
+            problem = masked_problem(update.masked, size)
+            if problem is not None:
+                self._problem(arrivals, DeviceProblem(update.device_id, "rejected", problem))
+            else:
+                delivered.append(update)
+        if not delivered:
             return weights, []
-        survivors = tuple(u.device_id for u in arrivals.updates)
+        survivors = tuple(u.device_id for u in delivered)
         missing = tuple(p for p in plans if p not in survivors)
-        size = arrivals.updates[0].masked.size
         # Survivors reveal the masks they shared with devices that dropped (real SecAgg rebuilds them from shares).
         corrections = [mask_sum(d, missing, plans[d].secret, size) for d in survivors]
-        total = unmask_total([u.masked for u in arrivals.updates], corrections if missing else [])
+        total = unmask_total([u.masked for u in delivered], corrections if missing else [])
         share = sum(plans[d].weight for d in survivors)
         mean_delta = unflatten(total / share, weights)
         problem = update_problem(mean_delta, weights)
         if problem is not None:
             reason = f"the masked sum is unusable ({problem}); secure aggregation hides which device sent it"
-            for update in arrivals.updates:
+            for update in delivered:
                 arrivals.problems.append(DeviceProblem(update.device_id, "rejected", reason))
             return weights, []
-        noisy = self.add_central_noise(server_round, mean_delta, len(survivors))
-        return self.strategy.from_mean(server_round, weights, [w + d for w, d in zip(weights, noisy)]), arrivals.updates
+        mean = [w + d for w, d in zip(weights, mean_delta)]
+        return self.aggregation.from_mean(server_round, weights, mean, len(survivors)), delivered
 
     # -- evaluation and the whole round ----------------------------------------------------
     def evaluate(self, weights: Weights) -> tuple[float, float, np.ndarray]:
@@ -297,11 +241,7 @@ class RoundRunner:
 
     def spend_privacy(self, sampling_rate: float) -> float | None:
         """Compose this round's mechanism into the accountant; epsilon so far (None without DP)."""
-        if self.accountant is None:
-            return None
-        if self.config.noise_multiplier > 0:
-            return self.accountant.spend_round(self.config.noise_multiplier, sampling_rate)
-        return self.accountant.spend_round(self.config.local_noise_multiplier, 1.0)
+        return self.aggregation.spend_round(sampling_rate)
 
     def replay(self, history: Sequence[RoundResult]) -> None:
         """Bring server-side accounting up to date with rounds run before a resume."""
@@ -325,7 +265,6 @@ class RoundRunner:
         epsilon = self.spend_privacy(len(selected) / len(active))
         loss, accuracy, confusion = self.evaluate(new_weights)
         finished = time.perf_counter()
-        download = len(encode_delta(weights, "none")[0])
         return new_weights, RoundResult(
             round=server_round,
             global_loss=loss,
@@ -336,7 +275,7 @@ class RoundRunner:
             selected=tuple(selected),
             devices=tuple(self._device_result(u) for u in accepted),
             problems=tuple(sorted(arrivals.problems, key=lambda p: p.device_id)),
-            bytes_down=download * len(answering),
+            bytes_down=arrivals.bytes_down,
             bytes_up=sum(u.nbytes for u in arrivals.updates),
             confusion=confusion,
             epsilon=epsilon,
@@ -355,6 +294,6 @@ class RoundRunner:
             accuracy=m.local_accuracy,
             loss=m.local_loss,
             seconds=m.seconds,
-            simulated_seconds=m.seconds * self.devices[update.device_id].slowdown,
+            simulated_seconds=m.seconds * self.transport.slowdown(update.device_id),
             bytes_up=update.nbytes,
         )

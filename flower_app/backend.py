@@ -5,8 +5,11 @@
 ``stop``, ``close``, ``wait``, ``set_active``, ``set_all_active``,
 ``set_rounds``, ``snapshot``, ``predict``, ``config``, ``dataset``,
 ``devices``, ``label_histogram``, ``global_weights``, ``run_id``, ``store``,
-``strategy``), so a UI can drive either. :func:`create_federation` picks one by
-name (:data:`BACKENDS`).
+``strategy``), so a UI can drive either; ``engine.backends.create_federation``
+picks one by name. The round loop itself is the engine's: the ServerApp runs
+``engine.rounds.RoundRunner`` over ``flower_app.transport.GridTransport``;
+this class only starts the processes, steers them through files and reads
+what the ServerApp writes (it holds no copy of the round logic).
 
 On :meth:`FlowerFederation.start` a background thread starts a
 :class:`flower_app.loopback.LocalDeployment` on 127.0.0.1 (one SuperLink, one
@@ -28,7 +31,9 @@ Differences from the in-process engine (real processes cannot be steered mid-rou
   lower them (the run is then ended when that many rounds are done).
 * ``start`` after the run ended does not continue it (a new Flower run would
   restart from the initial model): create a new federation instead.
-* Runs are not recorded in a ``RunStore`` (``store`` and ``run_id`` are None).
+* With a ``store``, the run is created here and the ServerApp records each
+  round and checkpoint into it (``runs-dir`` and ``store-run-id`` run-config
+  keys), so resume, compare and export work as for in-process runs.
 * ``round_progress`` is 0 while a round runs (Flower reports nothing mid-round).
 * Unsupported settings raise :class:`engine.config.ConfigError` at
   construction: see :func:`unsupported`.
@@ -61,7 +66,6 @@ from engine.results import (
 from flower_app.config import federation_config
 from flower_app.loopback import CONNECTION, LocalDeployment, processes_tagged, run_config_arg
 
-BACKENDS = ("in-process", "flower")
 MAX_DEVICES = 8  # one SuperNode (and one TensorFlow ClientApp process per round) per device
 UNTIL_STOPPED_ROUNDS = 1_000_000  # rounds=None: Flower needs a number
 WAIT_TIMEOUT = 30 * 24 * 3600.0  # the server waits for enough active devices as long as the engine does
@@ -71,20 +75,12 @@ WEIGHTS_FILE_VARIABLE = "FL_FLOWER_WEIGHTS_FILE"  # flower_app.server_app reads 
 
 
 def unsupported(config: FederationConfig) -> list[str]:
-    """Why ``config`` cannot run on Flower (empty: it can)."""
+    """Why ``config`` cannot run on Flower (empty: it can): only what real processes cannot do."""
     problems = []
     if config.secure_aggregation:
-        problems.append("secure aggregation is only available in-process")
-    if config.clip_norm is not None or config.noise_multiplier > 0 or config.local_noise_multiplier > 0:
-        problems.append("differential privacy (clipping and noise) is only available in-process")
-    if config.compression != "none":
-        problems.append(f"update compression ({config.compression!r}) is only available in-process")
-    if config.dropout > 0:
-        problems.append("simulated dropout is only available in-process")
-    if config.round_deadline is not None:
-        problems.append("a simulated round deadline (stragglers) is only available in-process")
+        problems.append("secure aggregation is simulated in-process only (Flower's SecAgg+ is not wired in yet)")
     if any(factor != 1.0 for factor in config.slowdowns.values()):
-        problems.append("simulated device slowdowns are only available in-process")
+        problems.append("simulated device slowdowns have no meaning for real processes (they take the time they take)")
     if config.num_devices > MAX_DEVICES:
         problems.append(
             f"{config.num_devices} devices is too many for Flower on this machine "
@@ -123,6 +119,14 @@ def run_config_for(
         "results-file": str(results_file),
         "deactivated-file": str(deactivated_file),
         "faults": ",".join(f"{device}={fault}" for device, fault in sorted(config.faults.items())),
+        "clip-norm": float(config.clip_norm or 0.0),
+        "noise-multiplier": float(config.noise_multiplier),
+        "local-noise-multiplier": float(config.local_noise_multiplier),
+        "dp-delta": float(config.dp_delta),
+        "compression": config.compression,
+        "topk-fraction": float(config.topk_fraction),
+        "dropout": float(config.dropout),
+        "round-deadline": float(config.round_deadline or 0.0),
     }
 
 
@@ -146,7 +150,7 @@ def _number(value: object) -> float:
 
 
 def round_result(line: dict, num_devices: int) -> RoundResult:
-    """One ``results-file`` JSON line (``RoundReport.to_json_dict``) as the engine's RoundResult."""
+    """One ``results-file`` JSON line (``flower_app.records.round_record``) as the engine's RoundResult."""
     devices = tuple(
         DeviceRoundResult(
             device_id=int(key),
@@ -183,8 +187,9 @@ def round_result(line: dict, num_devices: int) -> RoundResult:
         bytes_down=int(line.get("bytes_down") or 0),
         bytes_up=bytes_up,
         confusion=np.asarray(line.get("confusion", []), dtype=np.int64),
-        raw_bytes_up=bytes_up,  # devices send their full float32 weights
-        sampling_rate=min(1.0, len(selected) / active),
+        raw_bytes_up=int(line.get("raw_bytes_up") or bytes_up),
+        sampling_rate=float(line.get("sampling_rate") or min(1.0, len(selected) / active)),
+        epsilon=None if line.get("epsilon") is None else float(line["epsilon"]),
     )
 
 
@@ -217,6 +222,7 @@ class FlowerFederation(FederationBackend):
         label: str = "",
         workdir: str | Path | None = None,
         run_timeout: float | None = None,
+        store=None,
     ):
         import keras
 
@@ -236,8 +242,8 @@ class FlowerFederation(FederationBackend):
         self.devices = build_devices(self.dataset, self.config)  # the partition every SuperNode cuts
         self.label_histogram = label_histogram([d.data.y_train for d in self.devices], self.dataset.num_classes)
         self.strategy = build_strategy(config.strategy, config.strategy_params)  # name/params only: Flower aggregates
-        self.store = None
-        self.run_id = None
+        self.store = store  # an engine.store.RunStore the ServerApp records this run into, or None
+        self.run_id = store.create_run(self.config, label) if store is not None else None
         self.training_note = "Each device trains in its own Flower SuperNode process."
         self.flower_run_id: int | None = None
         registry = registry or ModelRegistry()
@@ -461,6 +467,8 @@ class FlowerFederation(FederationBackend):
     def _submit(self) -> subprocess.Popen:
         deployment = self.deployment
         run_config = run_config_for(self.config, self.results_file, self.deactivated_file)
+        if self.store is not None:
+            run_config.update({"runs-dir": str(Path(self.store.root).resolve()), "store-run-id": self.run_id})
         log = (deployment.workdir / "flwr-run.log").open("wb")
         deployment._logs.append(log)  # closed by deployment.stop()
         process = subprocess.Popen(
@@ -515,12 +523,22 @@ class FlowerFederation(FederationBackend):
                 message += f" (teardown error: {error})"
             if self.leftovers:
                 message += f" ({len(self.leftovers)} leftover process(es) killed)"
+            self._record_status(status)
             with self._lock:
                 if self._started_at is not None:
                     self._elapsed_before += time.perf_counter() - self._started_at
                 self._started_at = None
                 self._paused = False
                 self._status, self._message = status, message
+
+    def _record_status(self, status: RunStatus) -> None:
+        """The run store's status after the run (the ServerApp cannot record a stop from outside)."""
+        if self.store is None:
+            return
+        try:
+            self.store.set_status(self.run_id, status.value)
+        except Exception:  # noqa: BLE001 - a status that could not be saved must not hide the run's own
+            pass
 
     def _running_status_if_idle(self) -> None:
         """Between result lines: WAITING when too few devices are active, else RUNNING (keeps round messages)."""
@@ -534,13 +552,3 @@ class FlowerFederation(FederationBackend):
         """Pids of this deployment's processes still alive (empty after a clean stop)."""
         return processes_tagged(self.deployment.tag)
 
-
-def create_federation(config: FederationConfig, backend: str, dataset=None, store=None, label: str = ""):
-    """An in-process ``Federation`` or a ``FlowerFederation`` for ``config`` (``backend`` in BACKENDS)."""
-    if backend == "in-process":
-        from engine.federation import Federation
-
-        return Federation(config, dataset=dataset, store=store, label=label)
-    if backend == "flower":
-        return FlowerFederation(config, dataset=dataset, label=label)  # runs are not stored (store ignored)
-    raise ConfigError([f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"])

@@ -2,11 +2,13 @@
 
 Messages it answers:
 
-- ``query``: which partition this node holds (cheap: no TensorFlow import), so
-  the server can select devices by partition id and skip deactivated ones.
+- ``query``: which partition this node holds and how many training samples
+  (cheap: no TensorFlow import), so the server can select devices by
+  partition id, skip deactivated ones and bound each reply's ``num-examples``.
 - ``train``: load the node's device (its own partition, or its own image
   folder), train the received global model on it exactly as the in-process
-  engine does, and reply with the new weights, every ``DeviceMetrics`` field and
+  engine does, and reply with what ``Device.respond`` sends in-process (the
+  clipped, noised, compressed delta), every ``DeviceMetrics`` field and
   ``setup-seconds`` (TensorFlow import, data loading and model building in this
   process: paid every round when Flower starts a fresh ClientApp process per
   message, once when a long-lived worker runs them, see ``flower_app.node``).
@@ -19,16 +21,31 @@ import time
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from data.datasets import load_dataset
+from engine.setup import device_indices
 from flower_app import records
-from flower_app.config import node_spec
+from flower_app.config import NodeSpec, node_spec
 
 app = ClientApp()
+
+
+def declared_samples(spec: NodeSpec) -> int:
+    """How many samples this node trains on (an image folder: all its images, an upper bound)."""
+    if spec.image_folder:
+        from data.datasets import CLASS_NAMES
+        from flower_app.image_folder import load_image_folder
+
+        return len(load_image_folder(spec.image_folder, CLASS_NAMES[str(dict(spec.run)["dataset"])])[1])
+    config = spec.federation()
+    train, _ = device_indices(load_dataset(config.dataset, config.data_dir).y_train, config)[spec.partition_id]
+    return len(train)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     spec = node_spec(context.node_config, context.run_config, context.node_id)
-    return Message(records.node_content(spec.partition_id, spec.num_partitions, spec.source), reply_to=msg)
+    content = records.node_content(spec.partition_id, spec.num_partitions, spec.source, declared_samples(spec))
+    return Message(content, reply_to=msg)
 
 
 @app.train()
@@ -39,5 +56,5 @@ def train(msg: Message, context: Context) -> Message:
     spec = node_spec(context.node_config, context.run_config, context.node_id)
     node = local_node(spec)
     setup_seconds = time.perf_counter() - started  # TensorFlow import, data loading, model building
-    update = node.fit(records.instructions_from(msg.content))
+    update = node.respond(records.instructions_from(msg.content))
     return Message(records.update_content(update, {"setup_seconds": setup_seconds}), reply_to=msg)

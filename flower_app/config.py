@@ -46,6 +46,17 @@ RUN_DEFAULTS: dict[str, Any] = {
     "deactivated": "",
     "deactivated-file": "",
     "faults": "",
+    # -- privacy, compression, unreliability (hand-wired until run-config keys come from the settings) --
+    "clip-norm": 0.0,
+    "noise-multiplier": 0.0,
+    "local-noise-multiplier": 0.0,
+    "dp-delta": 1e-05,
+    "compression": "none",
+    "topk-fraction": 0.01,
+    "dropout": 0.0,
+    "round-deadline": 0.0,
+    "runs-dir": "",
+    "store-run-id": "",
 }
 
 # Run-config keys that decide what a node trains on; a node's cached device is keyed by them.
@@ -134,7 +145,27 @@ def federation_config(
         train_samples=_optional_positive(_get(run_config, "train-samples")),
         test_samples=_optional_positive(_get(run_config, "test-samples")),
         faults=parse_faults(_get(run_config, "faults")),
+        **_privacy_and_behaviour(run_config),
     ).validate()
+
+
+def _optional_positive_float(value: Any) -> float | None:
+    number = float(value)
+    return number if number > 0 else None
+
+
+def _privacy_and_behaviour(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The privacy, compression and simulated-unreliability fields (0 means off for the optional ones)."""
+    return dict(
+        clip_norm=_optional_positive_float(_get(run_config, "clip-norm")),
+        noise_multiplier=float(_get(run_config, "noise-multiplier")),
+        local_noise_multiplier=float(_get(run_config, "local-noise-multiplier")),
+        dp_delta=float(_get(run_config, "dp-delta")),
+        compression=str(_get(run_config, "compression")),
+        topk_fraction=float(_get(run_config, "topk-fraction")),
+        dropout=float(_get(run_config, "dropout")),
+        round_deadline=_optional_positive_float(_get(run_config, "round-deadline")),
+    )
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ class LocalDeployment:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         if self.secure:
-            make_certificates(self.certificates, self.num_supernodes)
+            make_certificates(self.certificates, len(self.node_configs))
         superlink = self._start("superlink", self.superlink_command(), "superlink-home")
         wait_for_port(self.port, self.startup_timeout, superlink)
         self._write_cli_config()
@@ -260,6 +260,23 @@ class LocalDeployment:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(secrets.token_bytes(32))
         return path
+
+    def add_supernode(self, node_config: Mapping[str, object]) -> str:
+        """Start one more SuperNode while the deployment runs (a device joining mid-run); its process name.
+
+        In a secure deployment it gets its own key pair, registered before it starts.
+        """
+        self.node_configs.append(dict(node_config))
+        index = len(self.node_configs) - 1
+        if self.secure:
+            key = self.certificates / f"supernode-{index}"
+            for path in (key, key.with_suffix(".pub")):
+                path.unlink(missing_ok=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", key.name, "-f", str(key)],
+                           check=True, capture_output=True, timeout=60)
+            self.register_supernodes([index])
+        self.start_supernode(index)
+        return f"supernode-{index}"
 
     def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run the ``flwr`` CLI from the project root against this deployment."""

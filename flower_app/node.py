@@ -4,7 +4,8 @@ With Flower's default isolation every message runs in a fresh ClientApp
 process and the cache below serves one message. With ``--isolation process``
 and the long-lived worker (``scripts/clientapp_worker.py``, the loopback
 default) every message of a run reaches the same process, so the device's data
-and model replica are built once, in the first round.
+and model replica are built once, in the first round. Top-k error feedback
+(the device's residual) lives as long as that process.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 from data.datasets import CLASS_NAMES, load_dataset
 from data.partition import split_local_test
 from devices.device import Device, DeviceData
-from devices.messages import DeviceUpdate, TrainInstructions
+from devices.messages import DeviceUpdate, EncodedUpdate, TrainInstructions
 from devices.trainer import ModelReplica, OptimizerSpec
-from engine.federation import build_devices
+from engine.setup import build_devices
 from engine.models import ModelRegistry
 from flower_app.config import NodeSpec, federation_config, parse_faults
 from flower_app.image_folder import load_image_folder
@@ -38,6 +39,10 @@ class LocalNode:
     def fit(self, instructions: TrainInstructions) -> DeviceUpdate:
         """One round of local training: exactly the in-process engine's ``Device.fit``."""
         return self.device.fit(instructions, self.replica, checkpoint=lambda steps: None)
+
+    def respond(self, instructions: TrainInstructions) -> EncodedUpdate:
+        """Train, then clip, noise and compress the update as instructed: what the server receives."""
+        return self.device.respond(instructions, self.replica, checkpoint=lambda steps: None)
 
 
 def _device(spec: NodeSpec) -> Device:

@@ -1,10 +1,16 @@
 """Our messages <-> Flower records: the only translation between the two worlds.
 
 Down: ``TrainInstructions`` -> an ``ArrayRecord`` (the global weights) and a
-``ConfigRecord`` (round, epochs, batch size, learning rate, seed, FedProx's mu).
-Up: ``DeviceUpdate`` -> an ``ArrayRecord`` (the new weights) and a
-``MetricRecord`` (``num-examples``, ``partition-id`` and every ``DeviceMetrics``
-field, with dashes: ``train-loss``, ``local-accuracy`` ...).
+``ConfigRecord`` (round, epochs, batch size, learning rate, seed, FedProx's mu,
+clipping norm, local noise, compression).
+Up: ``EncodedUpdate`` (what ``Device.respond`` sends in-process: the clipped,
+noised, compressed delta as bytes) -> an ``ArrayRecord`` holding those bytes as
+one ``uint8`` array, and a ``MetricRecord`` (``num-examples``, ``partition-id``
+and every ``DeviceMetrics`` field, with dashes: ``train-loss``, ``local-accuracy``
+...). Bytes up are the payload's length, as in-process.
+
+Nothing read from a reply is trusted: :func:`encoded_from` and
+:func:`node_from` return a reason instead of raising on anything malformed.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ import math
 from typing import Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from devices.messages import DeviceMetrics, DeviceUpdate, TrainInstructions, Weights
+from devices.messages import DeviceMetrics, DeviceUpdate, EncodedUpdate, PrivacySettings, TrainInstructions, Weights
+from engine.results import RoundResult
 
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 NODE = "node"  # query replies: which partition a node holds
+PAYLOAD = "payload"  # the encoded update's bytes, one uint8 array
 
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
@@ -50,6 +58,10 @@ def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | 
             "learning-rate": float(instructions.learning_rate),
             "seed": int(instructions.seed),
             "proximal-mu": float(instructions.proximal_mu),
+            "clip-norm": float(instructions.privacy.clip_norm or 0.0),
+            "local-noise-multiplier": float(instructions.privacy.local_noise_multiplier),
+            "compression": str(instructions.compression),
+            "topk-fraction": float(instructions.topk_fraction),
         }
     )
     return RecordDict({ARRAYS: arrays if arrays is not None else to_arrays(instructions.weights), CONFIG: config})
@@ -65,10 +77,14 @@ def instructions_from(content: RecordDict) -> TrainInstructions:
         learning_rate=float(config["learning-rate"]),
         seed=int(config["seed"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
+        privacy=PrivacySettings(float(config.get("clip-norm", 0.0)) or None,
+                                float(config.get("local-noise-multiplier", 0.0))),
+        compression=str(config.get("compression", "none")),
+        topk_fraction=float(config.get("topk-fraction", 0.01)),
     )
 
 
-def update_content(update: DeviceUpdate, extras: Mapping[str, float] | None = None) -> RecordDict:
+def update_content(update: EncodedUpdate, extras: Mapping[str, float] | None = None) -> RecordDict:
     """A train reply's content; ``extras`` (e.g. ``setup_seconds``) travel as further metrics."""
     metrics: dict[str, int | float] = {NUM_EXAMPLES: int(update.num_samples), PARTITION_ID: int(update.device_id)}
     for name in METRIC_FIELDS:
@@ -76,38 +92,123 @@ def update_content(update: DeviceUpdate, extras: Mapping[str, float] | None = No
         metrics[_dashed(name)] = int(value) if name == "steps" else float(value)
     for name, value in (extras or {}).items():
         metrics[_dashed(name)] = float(value)
-    return RecordDict({ARRAYS: to_arrays(update.weights), METRICS: MetricRecord(metrics)})
+    payload = ArrayRecord({PAYLOAD: Array(np.frombuffer(update.payload, np.uint8))})
+    return RecordDict({ARRAYS: payload, METRICS: MetricRecord(metrics)})
 
 
-def update_from(content: RecordDict, device_id: int | None = None) -> DeviceUpdate:
-    """Rebuild a ``DeviceUpdate``; ``device_id`` (what the server knows) wins over what the reply claims."""
-    metrics = content.metric_records[METRICS]
+def _metric(metrics: Mapping[str, object], name: str) -> object:
+    if name not in metrics:
+        raise ValueError(f"the reply has no {name!r} metric")
+    return metrics[name]
+
+
+def update_from(content: RecordDict, device_id: int) -> tuple[EncodedUpdate, dict] | str:
+    """The ``EncodedUpdate`` and extra metrics of a train reply from ``device_id``, or why it is malformed.
+
+    Types are kept as received (a float ``num-examples`` stays a float) so the round loop's checks
+    (``engine.transport_checks``) see what the device really sent.
+    """
+    try:
+        if METRICS not in content.metric_records:
+            return f"the reply has no {METRICS!r} metric record"
+        if ARRAYS not in content.array_records:
+            return f"the reply has no {ARRAYS!r} array record"
+        arrays = content.array_records[ARRAYS]
+        if list(arrays.keys()) != [PAYLOAD]:
+            return f"the reply's arrays must be one {PAYLOAD!r} array, got {list(arrays.keys())[:5]}"
+        payload = arrays[PAYLOAD].numpy()
+        if payload.dtype != np.uint8 or payload.ndim != 1:
+            return f"the payload must be a 1-D uint8 array, got {payload.dtype.str} with shape {payload.shape}"
+        metrics = content.metric_records[METRICS]
+        values = {name: _metric(metrics, _dashed(name)) for name in METRIC_FIELDS}
+        update = EncodedUpdate(device_id, _metric(metrics, NUM_EXAMPLES), DeviceMetrics(**values),  # type: ignore
+                               payload=payload.tobytes())
+    except (KeyError, TypeError, ValueError, EOFError, OSError) as error:
+        return f"malformed reply: {type(error).__name__}: {error}"[:300]
     known = {NUM_EXAMPLES, PARTITION_ID, *(_dashed(name) for name in METRIC_FIELDS)}
-    return DeviceUpdate(
-        device_id=int(metrics[PARTITION_ID]) if device_id is None else int(device_id),
-        weights=to_weights(content.array_records[ARRAYS]),
-        num_samples=int(metrics[NUM_EXAMPLES]),
-        metrics=DeviceMetrics(
-            **{
-                name: int(metrics[_dashed(name)]) if name == "steps" else float(metrics[_dashed(name)])
-                for name in METRIC_FIELDS
+    extras = {key.replace("-", "_"): value for key, value in metrics.items() if key not in known}
+    return update, extras
+
+
+def decoded_update(update: EncodedUpdate, weights: Weights) -> DeviceUpdate:
+    """The trained model an honest reply carries (tests and tools; the server decodes in the round loop)."""
+    from devices.codec import decode_delta
+
+    model = [(w + d).astype(w.dtype) for w, d in zip(weights, decode_delta(update.payload))]
+    return DeviceUpdate(update.device_id, model, int(update.num_samples), update.metrics)
+
+
+def node_content(partition_id: int, num_partitions: int, source: str, num_examples: int) -> RecordDict:
+    """A query reply: the partition this node trains on and how many training samples it holds."""
+    return RecordDict({NODE: ConfigRecord({PARTITION_ID: int(partition_id), "num-partitions": int(num_partitions),
+                                           "source": source, NUM_EXAMPLES: int(num_examples)})})
+
+
+def node_from(content: RecordDict) -> tuple[int, int] | str:
+    """(partition id, declared training samples) from a query reply, or why the reply is unusable."""
+    if NODE not in content.config_records:
+        return f"the query reply has no {NODE!r} config record"
+    node = content.config_records[NODE]
+    partition, declared = node.get(PARTITION_ID), node.get(NUM_EXAMPLES)
+    for name, value in ((PARTITION_ID, partition), (NUM_EXAMPLES, declared)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{name} must be a non-negative integer, got {value!r}"
+    return int(partition), int(declared)  # type: ignore[arg-type]
+
+
+def finite_or_none(value: object) -> float | None:
+    """JSON has no NaN or inf: such metrics (e.g. an empty local test split's loss) and non-numbers become null."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def round_record(
+    result: RoundResult, nodes: Mapping[int, int], deactivated: frozenset[int], run_id: int | None,
+    extras: Mapping[int, Mapping[str, object]] | None = None, refused: Mapping[int, str] | None = None,
+) -> dict:
+    """One round as a results-file JSON line (``flower_app.backend.round_result`` reads it back).
+
+    Every number that is not finite becomes null, so writing it never fails.
+    """
+    number = finite_or_none
+    extras = extras or {}
+    return {
+        "run_id": run_id,
+        "round": result.round,
+        "global_accuracy": number(result.global_accuracy),
+        "global_loss": number(result.global_loss),
+        "seconds": number(result.seconds),
+        "train_seconds": number(result.train_seconds),
+        "eval_seconds": number(result.eval_seconds),
+        "selected": list(result.selected),
+        "deactivated": sorted(deactivated),
+        "bytes_down": result.bytes_down,
+        "bytes_up": result.bytes_up,
+        "raw_bytes_up": result.raw_bytes_up,
+        "epsilon": None if result.epsilon is None else number(result.epsilon),
+        "sampling_rate": number(result.sampling_rate),
+        "devices": {
+            str(d.device_id): {
+                "node_id": nodes.get(d.device_id),
+                "samples": d.samples,
+                "train_loss": number(d.train_loss),
+                "train_accuracy": number(d.train_accuracy),
+                "received_accuracy": number(d.received_accuracy),
+                "loss": number(d.loss),
+                "accuracy": number(d.accuracy),
+                "seconds": number(d.seconds),
+                "bytes_up": d.bytes_up,
+                **{str(k): number(v) for k, v in extras.get(d.device_id, {}).items()},  # e.g. setup_seconds
             }
-        ),
-        extras={key.replace("-", "_"): value for key, value in metrics.items() if key not in known},
-    )
-
-
-def node_content(partition_id: int, num_partitions: int, source: str) -> RecordDict:
-    """A query reply: the partition this node trains on."""
-    return RecordDict(
-        {NODE: ConfigRecord({PARTITION_ID: int(partition_id), "num-partitions": int(num_partitions), "source": source})}
-    )
-
-
-def node_from(content: RecordDict) -> Mapping[str, object]:
-    return dict(content.config_records[NODE])
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN: metrics that are NaN (e.g. an empty local test split) become null."""
-    return float(value) if math.isfinite(value) else None
+            for d in result.devices
+        },
+        "problems": [
+            {"partition_id": p.device_id, "node_id": nodes.get(p.device_id), "kind": p.kind, "reason": p.reason}
+            for p in result.problems
+        ],
+        "refused_nodes": {str(node): reason for node, reason in sorted((refused or {}).items())},
+        "confusion": np.asarray(result.confusion).tolist(),
+    }

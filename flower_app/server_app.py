@@ -1,20 +1,26 @@
-"""The Flower ServerApp: the engine's rounds over real SuperNodes, observable round by round.
+"""The Flower ServerApp: the engine's round loop (``engine.rounds.RoundRunner``) over real SuperNodes.
 
-Each round :class:`flower_app.strategy.EngineStrategy` selects, broadcasts,
-validates and aggregates; then the new global model is evaluated on the
-server's test set (``engine.federation.server_test_set``, the slice the
-in-process engine uses) and, when the run config sets ``results-file``, one
-JSON line is appended there (:meth:`RoundReport.to_json_dict`)::
+The same loop as in-process (select, instruct, collect, check, aggregate with
+the strategy and its privacy wrapper, evaluate on the server's test set),
+with :class:`flower_app.transport.GridTransport` carrying the messages. After
+each round, when the run config sets ``results-file``, one JSON line is
+appended there (``flower_app.records.round_record``)::
 
     {"run_id": 7, "round": 1, "global_accuracy": 0.71, "global_loss": 0.83,
      "seconds": 22.4, "train_seconds": 22.3, "eval_seconds": 0.1,
-     "selected": [0, 1], "deactivated": [2], "bytes_down": ..., "bytes_up": ...,
+     "selected": [0, 1], "deactivated": [2], "bytes_down": ..., "bytes_up": ..., "raw_bytes_up": ...,
+     "epsilon": null, "sampling_rate": 1.0,
      "devices": {"0": {"node_id": 1234, "samples": 450, "train_loss": ..., "train_accuracy": ...,
-                       "received_loss": ..., "received_accuracy": ..., "loss": ..., "accuracy": ...,
-                       "steps": 15, "seconds": 1.1, "bytes_up": ..., "setup_seconds": 9.8},
+                       "received_accuracy": ..., "loss": ..., "accuracy": ...,
+                       "seconds": 1.1, "bytes_up": ..., "setup_seconds": 9.8},
                  "1": {...}},
      "problems": [{"partition_id": 3, "node_id": 99, "kind": "rejected", "reason": "..."}],
+     "refused_nodes": {"4412": "the query reply has no 'node' config record"},
      "confusion": [[...], ...]}
+
+When ``runs-dir`` is set, the run is also recorded in that run store
+(``engine.store.RunStore``: rounds and checkpoints), so it can be resumed,
+compared and exported like an in-process run.
 
 When ``FL_FLOWER_WEIGHTS_FILE`` is set in the ServerApp's environment (or a
 ``weights-file`` run-config key exists), the global model after each round is
@@ -26,37 +32,43 @@ that sees round N can load at least round N's model
 ``devices`` is keyed by partition id (what node configs and ``deactivated``
 use); ``loss``/``accuracy`` are the trained model on the device's local test
 split, ``received_*`` the global model it received, ``seconds`` its local
-training and ``setup_seconds`` its ClientApp's start-up. NaN becomes null.
-Partition ids in ``deactivated`` or in ``deactivated-file`` (re-read before
-every round) are never selected.
+training and ``setup_seconds`` its ClientApp's start-up. NaN and inf become
+null. Partition ids in ``deactivated`` or in ``deactivated-file`` (re-read
+before every round) are never selected. A device whose reply is unusable is
+that round's problem (``problems``); a node whose query reply is unusable is
+never selected (``refused_nodes``); neither ends the run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from logging import INFO
+import sqlite3
+from logging import INFO, WARNING
 from pathlib import Path
 
 import keras
 import numpy as np
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from data.datasets import load_dataset
 from devices.messages import Weights
 from devices.trainer import ModelReplica, OptimizerSpec
+from engine.composition import strategy_state
 from engine.config import FederationConfig
-from engine.federation import server_test_set
-from engine.metrics import confusion_matrix
 from engine.models import ModelRegistry
+from engine.results import DeviceStatus, RunStatus
+from engine.rounds import RoundRunner
+from engine.setup import server_test_set
+from engine.store import RunStore
 from engine.strategies import build_strategy
 from flower_app import records
 from flower_app.config import server_settings
 from flower_app.output_dir import confined_path, output_dir
 from flower_app.polling import PollingGrid, poll_seconds
-from flower_app.strategy import EngineStrategy
+from flower_app.transport import GridTransport
 
 app = ServerApp()
 
@@ -76,12 +88,6 @@ class CentralEvaluator:
             OptimizerSpec(config.optimizer, config.momentum),
         )
         self.initial_weights: Weights = self.replica.get_weights()
-
-    def evaluate(self, weights: Weights) -> tuple[float, float, np.ndarray]:
-        """Loss, accuracy and confusion matrix (as ``RoundRunner.evaluate``)."""
-        self.replica.set_weights(weights)
-        loss, accuracy, predicted = self.replica.evaluate(self.test_set.x, self.test_set.y)
-        return loss, accuracy, confusion_matrix(self.test_set.y, predicted, self.test_set.num_classes)
 
 
 def append_json_line(path: Path, record: dict) -> None:
@@ -105,35 +111,77 @@ def save_weights(path: Path, server_round: int, weights: Weights) -> None:
     os.replace(temporary, path)
 
 
+def log_status(device_id: int, status: DeviceStatus, detail: str) -> None:
+    if detail and status in (DeviceStatus.FAILED, DeviceStatus.REJECTED, DeviceStatus.DROPPED):
+        log(WARNING, "partition %s %s: %s", device_id, status.value, detail)
+
+
+class RunRecorder:
+    """Where each finished round goes: the weights file, the results file and the run store."""
+
+    def __init__(self, context: Context, config: FederationConfig, results_file: Path | None):
+        self.run_id = context.run_id
+        self.config = config
+        self.results_file = results_file
+        self.weights_path = weights_file(context.run_config)
+        runs_dir = str(context.run_config.get("runs-dir", "") or "").strip()
+        self.store = RunStore(Path(runs_dir).expanduser()) if runs_dir else None
+        self.store_run_id: str | None = str(context.run_config.get("store-run-id", "") or "").strip() or None
+        if self.store is not None and self.store_run_id is not None:
+            self.store.set_status(self.store_run_id, RunStatus.RUNNING.value)
+        for what, where in (("one JSON line per round", results_file), ("the global model", self.weights_path),
+                            ("the run", self.store and self.store.root)):
+            if where is not None:
+                log(INFO, "Writing %s to %s", what, where)
+
+    def record(self, weights: Weights, result, transport: GridTransport, deactivated, strategy) -> None:
+        if self.weights_path is not None:
+            save_weights(self.weights_path, result.round, weights)
+        if self.results_file is not None:
+            append_json_line(self.results_file, records.round_record(
+                result, transport.nodes, deactivated, self.run_id, transport.extras, transport.roster.refused))
+        if self.store is not None:
+            try:
+                self._store_round(weights, result, transport, strategy)
+            except (OSError, sqlite3.Error) as error:  # as in-process: reported, training goes on
+                log(WARNING, "Could not record round %d in %s: %s", result.round, self.store.root, error)
+
+    def _store_round(self, weights: Weights, result, transport: GridTransport, strategy) -> None:
+        if self.store_run_id is None:
+            devices = max(transport.nodes, default=0) + 1  # partition ids seen so far
+            config = self.config.with_changes(num_devices=max(devices, self.config.min_devices))
+            self.store_run_id = self.store.create_run(config, label=f"Flower run {self.run_id}")
+            self.store.set_status(self.store_run_id, RunStatus.RUNNING.value)
+        self.store.record_round(self.store_run_id, result, weights, strategy_state(strategy),
+                                private=self.config.secure_aggregation)
+
+    def end(self, status: RunStatus) -> None:
+        if self.store is not None and self.store_run_id is not None:
+            self.store.set_status(self.store_run_id, status.value)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     grid = PollingGrid(grid, poll_seconds())  # Flower's deployment grid waits 3 s between pulls
     settings = server_settings(context.run_config)  # refuses file names outside the output folder
-    weights_path = weights_file(context.run_config)
+    weights_file(context.run_config)  # the same, before anything is loaded
     config = settings.federation
     evaluator = CentralEvaluator(config)
-    strategy = EngineStrategy(settings, build_strategy(config.strategy, config.strategy_params))
-    if settings.results_file is not None:
-        log(INFO, "Writing one JSON line per round to %s", settings.results_file)
-    if weights_path is not None:
-        log(INFO, "Saving the global model after each round to %s", weights_path)
-
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        loss, accuracy, confusion = evaluator.evaluate(records.to_weights(arrays))
-        if server_round > 0:  # round 0 is the initial model, before any training
-            report = strategy.finish_round(loss, accuracy, confusion)
+    transport = GridTransport(grid, settings)
+    strategy = build_strategy(config.strategy, config.strategy_params)
+    runner = RoundRunner(config, transport, evaluator.replica, strategy, evaluator.test_set, log_status)
+    recorder = RunRecorder(context, config, settings.results_file)
+    weights = evaluator.initial_weights
+    try:
+        for server_round in range(1, settings.rounds + 1):
+            active, deactivated = transport.active_partitions(config.min_devices)
+            log(INFO, "Round %d: %d active partition(s) %s", server_round, len(active), active)
+            weights, result = runner.run(server_round, weights, active, lambda steps: None)
             log(INFO, "Round %d: global accuracy %.4f, loss %.4f, %.2f s, %d device(s), %d problem(s)",
-                report.round, accuracy, loss, report.seconds, len(report.updates), len(report.problems))
-            if weights_path is not None:
-                save_weights(weights_path, server_round, records.to_weights(arrays))
-            if settings.results_file is not None:
-                append_json_line(settings.results_file, report.to_json_dict(context.run_id))
-        return MetricRecord({"accuracy": float(accuracy), "loss": float(loss)})
-
-    strategy.start(
-        grid=grid,
-        initial_arrays=records.to_arrays(evaluator.initial_weights),
-        num_rounds=settings.rounds,
-        timeout=settings.round_timeout,
-        evaluate_fn=evaluate,
-    )
+                result.round, result.global_accuracy, result.global_loss, result.seconds, len(result.devices),
+                len(result.problems))
+            recorder.record(weights, result, transport, deactivated, strategy)
+    except BaseException:
+        recorder.end(RunStatus.FAILED)
+        raise
+    recorder.end(RunStatus.FINISHED)

@@ -1,4 +1,4 @@
-"""The Flower app: message conversions, the strategy adapter, and a real deployment on 127.0.0.1.
+"""The Flower app: message conversions, the Grid transport, and a real deployment on 127.0.0.1.
 
 The last tests start ``flower-superlink``, three ``flower-supernode`` processes
 and ``flwr run`` (insecure, free ports, telemetry off), train two rounds on a
@@ -18,9 +18,10 @@ from flwr.app import ConfigRecord, Error, Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from devices.messages import DeviceMetrics, DeviceUpdate, TrainInstructions
+from devices.codec import encode_delta
+from devices.messages import DeviceMetrics, EncodedUpdate, PrivacySettings, TrainInstructions
 from engine.aggregation import weighted_average
-from engine.rounds import device_seed, select_devices
+from engine.rounds import RoundRunner, device_seed, select_devices
 from engine.strategies import build_strategy
 from flower_app import records
 from flower_app.config import (
@@ -32,7 +33,7 @@ from flower_app.config import (
     parse_params,
     server_settings,
 )
-from flower_app.strategy import EngineStrategy, NotEnoughDevices, Roster
+from flower_app.transport import GridTransport, NotEnoughDevices, Roster
 
 SHAPES = [(3, 2), (2,)]
 
@@ -57,22 +58,34 @@ def server_identity():
 
 
 # -- conversions ---------------------------------------------------------------------------
+def encoded(device_id: int, delta_value: float, samples: int, **metric_changes) -> EncodedUpdate:
+    payload, _ = encode_delta([np.full(shape, delta_value, np.float32) for shape in SHAPES], "none")
+    return EncodedUpdate(device_id, samples, metrics(**metric_changes), payload=payload)
+
+
 def test_instructions_and_updates_survive_the_flower_records():
     instructions = TrainInstructions(3, weights(0.5), local_epochs=2, batch_size=16, learning_rate=0.01, seed=9,
-                                     proximal_mu=0.1)
+                                     proximal_mu=0.1, privacy=PrivacySettings(1.5, 0.3), compression="q8")
     back = records.instructions_from(records.instructions_content(instructions))
     assert (back.server_round, back.local_epochs, back.batch_size, back.seed) == (3, 2, 16, 9)
     assert back.learning_rate == pytest.approx(0.01) and back.proximal_mu == pytest.approx(0.1)
+    assert back.privacy == PrivacySettings(1.5, pytest.approx(0.3)) and back.compression == "q8"
     assert all(np.array_equal(a, b) for a, b in zip(back.weights, instructions.weights))
 
-    update = DeviceUpdate(4, weights(1.5), 120, metrics(local_loss=float("nan")))
+    update = encoded(4, 1.5, 120, local_loss=float("nan"))
     content = records.update_content(update, {"setup_seconds": 2.5})
     assert content.metric_records["metrics"]["num-examples"] == 120  # what Flower strategies weigh by
-    back = records.update_from(content)
-    assert (back.device_id, back.num_samples, back.metrics.steps) == (4, 120, 12)
+    back, extras = records.update_from(content, device_id=7)  # the server's view of who sent it wins
+    assert (back.device_id, back.num_samples, back.metrics.steps, back.payload) == (7, 120, 12, update.payload)
     assert math.isnan(back.metrics.local_loss) and back.metrics.local_accuracy == pytest.approx(0.75)
-    assert back.extras == {"setup_seconds": 2.5}
-    assert records.update_from(content, device_id=7).device_id == 7  # the server's view wins
+    assert extras == {"setup_seconds": 2.5}
+    del content.metric_records["metrics"]
+    assert "no 'metrics'" in records.update_from(content, 7)
+    assert "no 'node'" in records.node_from(records.RecordDict())
+    bad_partition = records.node_content(1, 3, "partition", 50)
+    bad_partition.config_records["node"]["partition-id"] = "abc"
+    assert "partition-id must be" in records.node_from(bad_partition)
+    assert records.finite_or_none(float("inf")) is None and records.finite_or_none("x") is None
 
 
 def test_run_config_maps_onto_the_engine_config(tmp_path, monkeypatch):
@@ -128,13 +141,14 @@ def test_node_config_names_a_partition_or_an_image_folder():
         node_spec({"partition-id": 3, "num-partitions": 3}, {}, node_id=1)
 
 
-# -- the strategy adapter against a fake grid ------------------------------------------------
+# -- the Grid transport against a fake grid ------------------------------------------------
 class FakeGrid(Grid):
-    """Connected nodes answer queries with their partition id; train messages are kept."""
+    """Connected nodes answer queries with their partition id; train messages get ``answers``."""
 
     def __init__(self, partitions: dict[int, int]):
-        self.partitions = partitions  # node id -> partition id
+        self.partitions = partitions  # node id -> partition id (negative: a broken node config)
         self.queries = 0
+        self.answers = {}  # node id -> function(message) -> reply, for train messages
 
     def set_run(self, run) -> None: ...
 
@@ -157,87 +171,113 @@ class FakeGrid(Grid):
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
         for message in messages:
-            assert message.metadata.message_type == MessageType.QUERY
+            node = message.metadata.dst_node_id
+            if message.metadata.message_type == MessageType.TRAIN:
+                if node in self.answers:
+                    replies.append(self.answers[node](message))
+                continue
             self.queries += 1
-            partition = self.partitions[message.metadata.dst_node_id]
+            partition = self.partitions[node]
             if partition < 0:
                 replies.append(Message(Error(code=1, reason="bad node config"), reply_to=message))
             else:
-                replies.append(Message(records.node_content(partition, 4, "partition"), reply_to=message))
+                replies.append(Message(records.node_content(partition, 4, "partition", 300), reply_to=message))
         return replies
 
 
-def make_strategy(tmp_path, **run_config) -> EngineStrategy:
+def make_transport(grid, **run_config) -> GridTransport:
     settings = server_settings({"seed": 3, "min-devices": 2, "wait-timeout": 5.0, **run_config})
     now = [0.0]
 
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    return EngineStrategy(settings, build_strategy(settings.federation.strategy), Roster(),
-                          clock=lambda: now[0], sleep=sleep)
+    return GridTransport(grid, settings, Roster(), clock=lambda: now[0], sleep=sleep)
 
 
-def reply_to(message: Message, update: DeviceUpdate) -> Message:
-    return Message(records.update_content(update), reply_to=message)
+def stub_test_set():
+    from engine.setup import ServerTestSet
+
+    return ServerTestSet(np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.int64), 2)
 
 
-def test_strategy_selects_like_the_engine_and_skips_deactivated_partitions(tmp_path, server_identity, monkeypatch):
-    monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))
+class Evaluator:
+    """Stands in for the server's test set: the loop's evaluate needs set_weights and evaluate."""
+
+    def set_weights(self, weights): ...
+
+    def evaluate(self, x, y):
+        return 0.5, 0.8, np.zeros(len(y), np.int64)
+
+
+def reply_with(update: EncodedUpdate):
+    return lambda message: Message(records.update_content(update), reply_to=message)
+
+
+def test_transport_selects_like_the_engine_and_skips_deactivated_partitions(tmp_path, server_identity, monkeypatch):
+    monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))  # run-config files must lie inside it
     off = tmp_path / "off.txt"
     off.write_text("2")
-    strategy = make_strategy(tmp_path, **{"deactivated-file": str(off), "fraction": 0.5})
     grid = FakeGrid({101: 0, 102: 1, 103: 2, 104: 3, 105: 1})  # nodes 102 and 105 share partition 1
-    messages = list(strategy.configure_train(1, records.to_arrays(weights(0.0)), ConfigRecord(), grid))
-    expected = select_devices([0, 1, 3], 0.5, 2, np.random.default_rng([3, 1]))
-    node_of = {0: 101, 1: 102, 3: 104}  # the lowest node id holds a shared partition
-    assert [m.metadata.dst_node_id for m in messages] == [node_of[p] for p in expected]
-    for partition, message in zip(expected, messages):
-        assert message.metadata.message_type == MessageType.TRAIN
-        assert records.instructions_from(message.content).seed == device_seed(3, 1, partition)
+    transport = make_transport(grid, **{"deactivated-file": str(off), "fraction": 0.5})
+    active, deactivated = transport.active_partitions(2)
+    assert active == [0, 1, 3] and deactivated == {2}
+    assert transport.nodes == {0: 101, 1: 102, 2: 103, 3: 104}  # the lowest node id holds a shared partition
+    assert transport.declared_samples(3) == 300
     assert grid.queries == 5
-    strategy.configure_train(2, records.to_arrays(weights(0.0)), ConfigRecord(), grid)
+    transport.active_partitions(2)
     assert grid.queries == 5  # each node is asked once
+    expected = select_devices([0, 1, 3], 0.5, 2, np.random.default_rng([3, 1]))
+    seen = []
+    grid.answers = {node: (lambda m: seen.append(m) or Message(Error(code=1, reason="x"), reply_to=m))
+                    for node in (101, 102, 104)}
+    config = transport.settings.federation
+    runner = RoundRunner(config, transport, Evaluator(), build_strategy("fedavg"), stub_test_set(),
+                         lambda *args: None)
+    runner.run(1, weights(0.0), active, lambda steps: None)
+    assert [m.metadata.dst_node_id for m in seen] == [transport.nodes[p] for p in expected]
+    for partition, message in zip(expected, seen):
+        assert records.instructions_from(message.content).seed == device_seed(3, 1, partition)
 
 
-def test_strategy_validates_aggregates_and_reports_like_the_engine(tmp_path, server_identity):
-    strategy = make_strategy(tmp_path)
-    grid = FakeGrid({11: 0, 12: 1, 13: 2, 14: -1})  # node 14's node config is broken
-    global_weights = weights(0.0)
-    messages = list(strategy.configure_train(1, records.to_arrays(global_weights), ConfigRecord(), grid))
-    assert [m.metadata.dst_node_id for m in messages] == [11, 12, 13]
-    good = DeviceUpdate(0, weights(1.0), 100, metrics())
-    other = DeviceUpdate(1, weights(3.0), 300, metrics())
-    poisoned = DeviceUpdate(2, [np.full(s, np.nan, np.float32) for s in SHAPES], 50, metrics())
-    replies = [reply_to(messages[0], good), reply_to(messages[1], other), reply_to(messages[2], poisoned)]
-    arrays, summary = strategy.aggregate_train(1, replies)
-    expected = weighted_average([good.weights, other.weights], [100, 300])
-    assert all(np.allclose(a, b) for a, b in zip(records.to_weights(arrays), expected))
-    assert summary["devices"] == 2 and summary["problems"] == 1
-    report = strategy.finish_round(0.5, 0.8, np.eye(2, dtype=int))
-    record = json.loads(json.dumps(report.to_json_dict(run_id=42), allow_nan=False))
-    assert record["selected"] == [0, 1, 2] and set(record["devices"]) == {"0", "1"}
-    assert record["devices"]["1"]["node_id"] == 12 and record["devices"]["1"]["samples"] == 300
-    assert [(p["partition_id"], p["kind"]) for p in record["problems"]] == [(2, "rejected")]
-    assert "NaN" in record["problems"][0]["reason"]
+def test_transport_replies_are_checked_aggregated_and_reported_like_the_engine(tmp_path, server_identity):
+    grid = FakeGrid({11: 0, 12: 1, 13: 2, 14: -1, 15: 3})  # node 14's node config is broken
+    transport = make_transport(grid)
+    active, _ = transport.active_partitions(2)
+    assert active == [0, 1, 2, 3] and "bad node config" in transport.roster.refused[14]
+    good, other = encoded(0, 1.0, 100), encoded(1, 3.0, 300)
+    grid.answers = {11: reply_with(good), 12: reply_with(other),
+                    13: reply_with(encoded(2, np.nan, 50)),  # poisoned
+                    15: reply_with(encoded(3, 1.0, 10**6))}  # claims more samples than it declared
+    config = transport.settings.federation
+    runner = RoundRunner(config, transport, Evaluator(), build_strategy("fedavg"), stub_test_set(), lambda *a: None)
+    new_weights, result = runner.run(1, weights(0.0), active, lambda steps: None)
+    expected = weighted_average([weights(1.0), weights(3.0)], [100, 300])
+    assert all(np.allclose(a, b) for a, b in zip(new_weights, expected))
+    assert [d.device_id for d in result.devices] == [0, 1] and result.devices[1].samples == 300
+    assert [(p.device_id, p.kind) for p in result.problems] == [(2, "rejected"), (3, "rejected")]
+    assert "NaN" in result.problems[0].reason and "num-examples" in result.problems[1].reason
+    record = json.loads(json.dumps(records.round_record(result, transport.nodes, frozenset(), 42, {},
+                                                        transport.roster.refused), allow_nan=False))
+    assert record["devices"]["1"]["node_id"] == 12 and record["refused_nodes"] == {"14": "its query failed: bad "
+                                                                                           "node config"}
 
-    messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
-    error = Message(Error(code=1, reason="ClientApp raised"), reply_to=messages[0])
-    arrays, _ = strategy.aggregate_train(2, [error, reply_to(messages[1], other)])  # partition 2: no reply
-    problems = strategy.finish_round(0.4, 0.9, np.eye(2, dtype=int)).problems
-    assert [(p.device_id, p.kind) for p in problems] == [(0, "failed"), (2, "failed")]
-    assert "no reply" in problems[1].reason
+    grid.answers = {11: lambda m: Message(Error(code=1, reason="ClientApp raised"), reply_to=m),
+                    12: reply_with(other)}  # partitions 2 and 3: no reply
+    _, result = runner.run(2, new_weights, active, lambda steps: None)
+    assert [(p.device_id, p.kind) for p in result.problems] == [(0, "failed"), (2, "failed"), (3, "failed")]
+    assert "no reply" in result.problems[1].reason and result.devices[0].device_id == 1
 
 
-def test_strategy_waits_for_enough_active_devices_then_gives_up(tmp_path, server_identity):
-    strategy = make_strategy(tmp_path, deactivated="1")
+def test_transport_waits_for_enough_active_devices_then_gives_up(tmp_path, server_identity):
+    transport = make_transport(FakeGrid({11: 0, 12: 1}), deactivated="1")
     with pytest.raises(NotEnoughDevices, match="only 1 active"):
-        strategy.configure_train(1, records.to_arrays(weights(0.0)), ConfigRecord(), FakeGrid({11: 0, 12: 1}))
+        transport.active_partitions(2)
 
 
 # -- the device side -----------------------------------------------------------------------------
 def test_a_node_holds_exactly_the_engine_device_for_its_partition(fashion, data_dir):
-    from engine.federation import build_devices
+    from engine.setup import build_devices
     from flower_app.node import local_node
 
     run = {"model": "mlp", "train-samples": 600}

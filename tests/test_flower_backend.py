@@ -16,14 +16,8 @@ import pytest
 
 from engine.config import ConfigError, FederationConfig
 from engine.results import DeviceStatus, RunStatus
-from flower_app.backend import (
-    BACKENDS,
-    FlowerFederation,
-    create_federation,
-    round_result,
-    run_config_for,
-    unsupported,
-)
+from engine.backends import BACKENDS, create_federation
+from flower_app.backend import FlowerFederation, round_result, run_config_for, unsupported
 from flower_app.config import federation_config
 
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
@@ -38,10 +32,6 @@ ROUNDS = 2
     "changes, words",
     [
         (dict(secure_aggregation=True), "secure aggregation"),
-        (dict(clip_norm=1.0, noise_multiplier=1.0), "differential privacy"),
-        (dict(compression="q8"), "compression"),
-        (dict(dropout=0.2), "dropout"),
-        (dict(round_deadline=5.0), "deadline"),
         (dict(slowdowns={1: 3.0}), "slowdowns"),
         (dict(num_devices=50), "too many"),
     ],
@@ -63,7 +53,8 @@ def test_run_config_is_the_inverse_of_the_flower_mapping(tmp_path):
         model="mlp", num_devices=4, partition="dirichlet", alpha=0.3, rounds=7, learning_rate=0.01,
         optimizer="sgd", fraction=0.5, min_devices=2, seed=5, strategy="fedprox",
         strategy_params={"proximal_mu": 0.05}, train_samples=1200, test_samples=300, faults={1: "nan"},
-        data_dir=str(tmp_path),
+        data_dir=str(tmp_path), clip_norm=1.5, noise_multiplier=0.7, local_noise_multiplier=0.2, dp_delta=1e-6,
+        compression="topk", topk_fraction=0.05, dropout=0.25, round_deadline=30.0,
     )
     run_config = run_config_for(config, tmp_path / "r.jsonl", tmp_path / "off.txt")
     assert run_config["results-file"].endswith("r.jsonl") and run_config["num-server-rounds"] == 7
@@ -107,13 +98,16 @@ def test_a_results_line_becomes_a_round_result():
 
 # -- real processes ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def flower_run(fashion, data_dir):
-    """Three SuperNodes, device 2 deactivated from the start, two rounds; everything closed afterwards."""
+def flower_run(fashion, data_dir, tmp_path_factory):
+    """Three SuperNodes, device 2 deactivated from the start, two rounds, recorded; everything closed afterwards."""
+    from engine.store import RunStore
+
     config = FederationConfig(
         model="mlp", num_devices=NUM_DEVICES, train_samples=1500, test_samples=500, rounds=ROUNDS,
-        min_devices=2, data_dir=data_dir,
+        min_devices=2, data_dir=data_dir, clip_norm=2.0, local_noise_multiplier=0.001, compression="q8",
     )
-    federation = create_federation(config, "flower", dataset=fashion)
+    store = RunStore(tmp_path_factory.mktemp("flower-runs"))
+    federation = create_federation(config, "flower", dataset=fashion, store=store)
     assert isinstance(federation, FlowerFederation)
     before = federation.snapshot()
     federation.set_active(DEACTIVATED, False)
@@ -130,7 +124,7 @@ def flower_run(fashion, data_dir):
     close_started = time.monotonic()
     federation.close()
     return {
-        "federation": federation, "before": before, "starting": starting, "paused": paused, "final": final,
+        "store": store, "federation": federation, "before": before, "starting": starting, "paused": paused, "final": final,
         "seconds": seconds, "probabilities": probabilities, "close_seconds": time.monotonic() - close_started,
         "workdir": workdir,
     }
@@ -154,6 +148,19 @@ def test_flower_federation_trains_and_reports_like_the_engine(flower_run):
     assert int(final.history[-1].confusion.sum()) == 500
     assert final.model_version == ROUNDS
     assert flower_run["seconds"] < 150
+
+
+def test_privacy_and_compression_travel_and_the_run_is_recorded(flower_run):
+    """Local DP (clipping, noise) and q8 compression on the wire; the ServerApp records rounds and checkpoints."""
+    final, store, run_id = flower_run["final"], flower_run["store"], flower_run["federation"].run_id
+    for result in final.history:
+        assert result.epsilon is not None and result.epsilon > 0  # the accountant ran on the server
+        assert result.compression_ratio > 3.5  # bytes counted from the payloads Flower carried
+    history = store.load_history(run_id)
+    assert [r.round for r in history] == [1, 2] and store.summary(run_id).status == "finished"
+    assert history[-1].global_accuracy == pytest.approx(final.history[-1].global_accuracy)
+    checkpoint = store.load_checkpoint(run_id)
+    assert checkpoint.round == ROUNDS and len(checkpoint.weights) == len(flower_run["federation"].global_weights)
 
 
 def test_deactivated_device_sits_out_and_shows_inactive(flower_run):
@@ -214,3 +221,20 @@ def test_stop_mid_run_is_prompt_and_leaves_no_processes(fashion, data_dir):
     federation.start()  # a stopped Flower run is not continued: the UI gets a message, nothing crashes
     assert federation.snapshot().status is RunStatus.STOPPED
     assert "cannot be continued" in federation.snapshot().message
+
+
+def test_the_dashboard_reaches_flower_only_through_the_engine():
+    """``app/`` imports ``engine/`` (and ``data/``), never ``flower_app``: engine.backends is the door."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    imported = set()
+    for path in (root / "app").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module.split(".")[0]))
+            elif isinstance(node, ast.Import):
+                imported.update((path.name, alias.name.split(".")[0]) for alias in node.names)
+    assert [(name, module) for name, module in imported if module == "flower_app"] == []
+    assert ("state.py", "engine") in imported

@@ -1,0 +1,168 @@
+"""The Flower transport: the engine's round loop talking to SuperNodes through a ServerApp's ``Grid``.
+
+:class:`GridTransport` is what ``engine.transport.InProcessTransport`` is for
+simulated devices: it delivers each selected device's ``TrainInstructions``
+as a Flower ``train`` message and hands every reply back to
+``engine.rounds.RoundRunner`` as an ``EncodedUpdate`` (checked there like any
+other) or a ``DeviceProblem``: an error reply, no reply within
+``round-timeout``, or a reply :func:`flower_app.records.update_from` cannot
+read. Device ids are partition ids; :class:`Roster` learns which node holds
+which partition (and how many samples it declares) by asking each new node
+once with a ``query`` message. A node whose query reply is unusable is
+refused (listed in :attr:`Roster.refused`, never selected); it never ends the
+run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from logging import INFO, WARNING
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from devices.messages import TrainInstructions
+from engine.results import DeviceProblem
+from engine.transport import Receive, Reply
+from engine.transport_checks import MAX_SAMPLES
+from flower_app import records
+from flower_app.config import ServerSettings
+
+QUERY_TIMEOUT = 60.0
+WAIT_POLL_SECONDS = 1.0
+
+
+class NotEnoughDevices(RuntimeError):
+    """Fewer active devices than ``min-devices`` for longer than ``wait-timeout``."""
+
+
+class Roster:
+    """Which partition each connected node holds, learnt by asking each new node once."""
+
+    def __init__(self, query_timeout: float = QUERY_TIMEOUT):
+        self.query_timeout = query_timeout
+        self.partition_of: dict[int, int] = {}  # node id -> partition id
+        self.declared: dict[int, int] = {}  # node id -> training samples it says it holds
+        self.refused: dict[int, str] = {}  # node id -> why it cannot take part
+        self._warned_duplicates: set[int] = set()
+
+    def _learn(self, reply: Message) -> None:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            self.refused[node] = f"its query failed: {reply.error.reason}"[:300]
+        else:
+            answer = records.node_from(reply.content)
+            if isinstance(answer, str):
+                self.refused[node] = answer
+            elif answer[1] > MAX_SAMPLES:
+                self.refused[node] = f"it declares {answer[1]} training samples, more than {MAX_SAMPLES}"
+            else:
+                self.partition_of[node], self.declared[node] = answer
+                log(INFO, "node %s holds partition %s (%s samples)", node, *answer)
+                return
+        log(WARNING, "node %s cannot take part (fix it and restart it): %s", node, self.refused[node])
+
+    def refresh(self, grid: Grid) -> dict[int, int]:
+        """Partition id -> node id of the connected nodes (the lowest node id wins a shared partition)."""
+        connected = set(grid.get_node_ids())
+        for node in set(self.partition_of) - connected:
+            log(INFO, "node %s (partition %s) disconnected", node, self.partition_of.pop(node))
+        new = sorted(connected - set(self.partition_of) - set(self.refused))
+        if new:
+            queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in new]
+            for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
+                if reply.metadata.src_node_id in new:
+                    self._learn(reply)
+        nodes: dict[int, int] = {}
+        for node, partition in sorted(self.partition_of.items()):
+            if partition in nodes and partition not in self._warned_duplicates:
+                self._warned_duplicates.add(partition)
+                log(WARNING, "nodes %s and %s both hold partition %s; only %s is used",
+                    nodes[partition], node, partition, nodes[partition])
+            nodes.setdefault(partition, node)
+        return nodes
+
+
+class GridTransport:
+    """Train messages to the nodes holding the selected partitions; their replies back to the round loop."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        settings: ServerSettings,
+        roster: Roster | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.grid = grid
+        self.settings = settings
+        self.roster = roster or Roster()
+        self.clock = clock
+        self.sleep = sleep
+        self.nodes: dict[int, int] = {}  # partition id -> node id, as of the last refresh
+        self.extras: dict[int, dict] = {}  # partition id -> extra metrics of its last reply (e.g. setup_seconds)
+
+    # -- what the round loop asks -------------------------------------------------------
+    def declared_samples(self, device_id: int) -> int | None:
+        node = self.nodes.get(device_id)
+        return self.roster.declared.get(node) if node is not None else None
+
+    def slowdown(self, device_id: int) -> float:
+        return 1.0  # real devices take the time they take
+
+    def collect(
+        self, instructions: dict[int, TrainInstructions], checkpoint: Callable[[int], None], receive: Receive
+    ) -> int:
+        messages, partition_of, bytes_down = [], {}, 0
+        for partition, instruction in instructions.items():
+            content = records.instructions_content(instruction)
+            bytes_down += sum(len(array.data) for array in content.array_records[records.ARRAYS].values())
+            node = self.nodes[partition]
+            partition_of[node] = partition
+            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
+                                    group_id=str(instruction.server_round)))
+        answered: set[int] = set()
+        for reply in self.grid.send_and_receive(messages, timeout=self.settings.round_timeout):
+            partition = partition_of.get(reply.metadata.src_node_id)
+            if partition is None or partition in answered:
+                continue  # not asked, or already answered: never counted twice
+            answered.add(partition)
+            receive(partition, self._outcome(partition, reply))
+        for partition in sorted(set(instructions) - answered):
+            reason = f"no reply (the node left, or round-timeout {self.settings.round_timeout:g} s passed)"
+            receive(partition, DeviceProblem(partition, "failed", reason))
+        return bytes_down
+
+    def _outcome(self, partition: int, reply: Message) -> Reply:
+        if reply.has_error():
+            return DeviceProblem(partition, "failed", f"the ClientApp failed: {reply.error.reason}"[:300])
+        read = records.update_from(reply.content, partition)
+        if isinstance(read, str):
+            return DeviceProblem(partition, "rejected", read)
+        update, extras = read
+        self.extras[partition] = {**extras, "steps": update.metrics.steps}  # checked with the update in the loop
+        return update
+
+    # -- between rounds ------------------------------------------------------------------
+    def active_partitions(self, min_devices: int) -> tuple[list[int], frozenset[int]]:
+        """Connected, not deactivated partitions; waits until there are ``min_devices``."""
+        deadline = self.clock() + self.settings.wait_timeout
+        last_count = None
+        while True:
+            self.nodes = self.roster.refresh(self.grid)
+            deactivated = self.settings.deactivated_now()
+            active = sorted(p for p in self.nodes if p not in deactivated)
+            if len(active) >= min_devices:
+                return active, deactivated
+            if self.clock() >= deadline:
+                raise NotEnoughDevices(
+                    f"only {len(active)} active device(s) after waiting {self.settings.wait_timeout:g} s; "
+                    f"min-devices is {min_devices}"
+                )
+            if len(active) != last_count:
+                last_count = len(active)
+                log(INFO, "Waiting for devices: %d active (%d connected, %d deactivated), at least %d needed.",
+                    len(active), len(self.nodes), len(deactivated & set(self.nodes)), min_devices)
+            self.sleep(WAIT_POLL_SECONDS)
