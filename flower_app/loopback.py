@@ -55,6 +55,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = PROJECT_ROOT / "scripts"
 CONNECTION = "loopback"
 ISOLATION_MODES = ("process", "subprocess")
+SPARE_KEYS = 2  # secure deployments: registered keys for SuperNodes added mid-run
 DEFAULT_POLL_SECONDS = 0.1  # SuperNodes, ClientApp workers and the ServerApp (Flower: 3 s, 1 s, 3 s)
 
 
@@ -126,6 +127,7 @@ class LocalDeployment:
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
         self._logs: list = []
+        self._registered = 0  # SuperNode keys registered at the SuperLink
 
     # -- environment -------------------------------------------------------------------
     def env(self, home: str) -> dict[str, str]:
@@ -171,13 +173,14 @@ class LocalDeployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        if self.secure:
-            make_certificates(self.certificates, len(self.node_configs))
+        if self.secure:  # keys for every node plus SPARE_KEYS, so that a node joining mid-run starts at once
+            make_certificates(self.certificates, len(self.node_configs) + SPARE_KEYS)
         superlink = self._start("superlink", self.superlink_command(), "superlink-home")
         wait_for_port(self.port, self.startup_timeout, superlink)
         self._write_cli_config()
         if self.secure:
-            self.register_supernodes(range(len(self.node_configs)))
+            self.register_supernodes(range(len(self.node_configs) + SPARE_KEYS))
+            self._registered = len(self.node_configs) + SPARE_KEYS
         for index in range(len(self.node_configs)):
             self.start_supernode(index)
         return self
@@ -264,17 +267,19 @@ class LocalDeployment:
     def add_supernode(self, node_config: Mapping[str, object]) -> str:
         """Start one more SuperNode while the deployment runs (a device joining mid-run); its process name.
 
-        In a secure deployment it gets its own key pair, registered before it starts.
+        In a secure deployment it gets its own key pair, registered before it starts
+        (one of the ``SPARE_KEYS`` registered at start-up while they last).
         """
         self.node_configs.append(dict(node_config))
         index = len(self.node_configs) - 1
-        if self.secure:
+        if self.secure and index >= self._registered:
             key = self.certificates / f"supernode-{index}"
             for path in (key, key.with_suffix(".pub")):
                 path.unlink(missing_ok=True)
             subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", key.name, "-f", str(key)],
                            check=True, capture_output=True, timeout=60)
             self.register_supernodes([index])
+            self._registered = index + 1
         self.start_supernode(index)
         return f"supernode-{index}"
 
