@@ -1,22 +1,18 @@
 """Default setup values, optionally overridden by environment variables (demos, tests, screenshots).
 
-=========================== ==========================================================
-Variable                    Meaning
+Every setting of ``engine.config.FederationConfig`` that is a single value has a
+variable ``FL_DEFAULT_<FIELD NAME IN CAPITALS>``: ``FL_DEFAULT_LEARNING_RATE``,
+``FL_DEFAULT_PARTITION``, ``FL_DEFAULT_CLIP_NORM``, ... (``FL_DEFAULT_DEVICES`` is also
+read for ``num_devices``). Values are written as for ``python -m engine run``
+and read by the same code (``engine.settings.parse_setting``); for an optional
+count ``0`` means "not set" (all samples; ``FL_DEFAULT_ROUNDS=0``: until stopped).
+A value that does not parse or breaks its bounds is ignored with a warning.
+
+Other variables:
+
 =========================== ==========================================================
 ``FL_DATA_DIR``             folder with the IDX files (read by the engine; shown as the
                             default "data folder")
-``FL_DEFAULT_DATASET``      ``fashion-mnist`` or ``mnist``
-``FL_DEFAULT_MODEL``        ``cnn`` or ``mlp``
-``FL_DEFAULT_DEVICES``      number of devices
-``FL_DEFAULT_PARTITION``    ``iid``, ``dirichlet``, ``shards`` or ``quantity``
-``FL_DEFAULT_ROUNDS``       rounds; ``0``, ``inf`` or ``unlimited``: run until stopped
-``FL_DEFAULT_LOCAL_EPOCHS`` local epochs per round
-``FL_DEFAULT_BATCH_SIZE``   local batch size
-``FL_DEFAULT_LEARNING_RATE`` learning rate
-``FL_DEFAULT_MIN_DEVICES``  minimum devices per round
-``FL_DEFAULT_TRAIN_SAMPLES`` training samples used (``0``: all)
-``FL_DEFAULT_TEST_SAMPLES`` server test samples (``0``: all)
-``FL_DEFAULT_SEED``         random seed
 ``FL_AUTO_CREATE``          ``0`` to wait for "Create federation" instead of building one
                             with the defaults on first load (default ``1``)
 ``FL_REFRESH_SECONDS``      live refresh interval while a run is live (default 0.7)
@@ -27,37 +23,21 @@ Variable                    Meaning
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from engine.config import FederationConfig
+from engine.settings import declared_settings, kinds, parse_setting
+
+ENV_PREFIX = "FL_DEFAULT_"
+ENV_ALIASES = {"FL_DEFAULT_DEVICES": "num_devices"}  # older names, still read
 
 
-def _count_or_none(text: str) -> int | None:
-    """A non-negative integer where 0 means "no limit"."""
-    value = int(text)
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value or None
+def env_variables(cls: type = FederationConfig) -> dict[str, str]:
+    """Variable -> field for every single-valued declared setting of ``cls`` (generated names, then aliases)."""
+    cls_kinds = kinds(cls)
+    names = {ENV_PREFIX + f.name.upper(): f.name for f, _ in declared_settings(cls) if not cls_kinds[f.name].collection}
+    return names | {variable: name for variable, name in ENV_ALIASES.items() if name in names.values()}
 
-
-def _rounds(text: str) -> int | None:
-    return None if text.strip().lower() in ("inf", "unlimited", "none") else _count_or_none(text)
-
-
-ENV_DEFAULTS: dict[str, tuple[str, Callable[[str], object]]] = {
-    "FL_DEFAULT_DATASET": ("dataset", str),
-    "FL_DEFAULT_MODEL": ("model", str),
-    "FL_DEFAULT_DEVICES": ("num_devices", int),
-    "FL_DEFAULT_PARTITION": ("partition", str),
-    "FL_DEFAULT_ROUNDS": ("rounds", _rounds),
-    "FL_DEFAULT_LOCAL_EPOCHS": ("local_epochs", int),
-    "FL_DEFAULT_BATCH_SIZE": ("batch_size", int),
-    "FL_DEFAULT_LEARNING_RATE": ("learning_rate", float),
-    "FL_DEFAULT_MIN_DEVICES": ("min_devices", int),
-    "FL_DEFAULT_TRAIN_SAMPLES": ("train_samples", _count_or_none),
-    "FL_DEFAULT_TEST_SAMPLES": ("test_samples", _count_or_none),
-    "FL_DEFAULT_SEED": ("seed", int),
-}
 
 DEFAULT_REFRESH_SECONDS = 0.7
 
@@ -66,12 +46,12 @@ def default_config(env: Mapping[str, str]) -> tuple[FederationConfig, list[str]]
     """The engine's defaults with any ``FL_DEFAULT_*`` overrides, plus a warning per unusable variable."""
     changes: dict[str, object] = {}
     warnings = []
-    for variable, (field_name, parse) in ENV_DEFAULTS.items():
+    for variable, field_name in env_variables().items():
         text = env.get(variable)
         if text is None or not text.strip():
             continue
         try:
-            changes[field_name] = parse(text.strip())
+            changes[field_name] = parse_setting(FederationConfig, field_name, text)
         except ValueError as error:
             warnings.append(f"Ignored {variable}={text!r}: {error}")
     config = FederationConfig(**changes)

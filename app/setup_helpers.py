@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from engine.settings import Kind, declared_settings, kinds
+
 PICK_MODES = ("first", "random")
 MALICIOUS_KINDS = ("scale", "random", "crash", "nan")
 
@@ -37,49 +39,89 @@ def strategy_values(defaults: Mapping[str, float], chosen: Mapping[str, float]) 
             if name in chosen and float(chosen[name]) != float(default)}
 
 
-def _float_dict_keys(mapping: Mapping[int, object]) -> list[int]:
-    return sorted(int(k) for k in mapping)
+# Widget keys are ``setup_<field name>``, except these (kept: tests and recorded sessions use them).
+WIDGET_KEYS = {
+    "num_devices": "setup_devices", "shards_per_device": "setup_shards", "round_deadline": "setup_deadline",
+    "clip_norm": "setup_clip", "noise_multiplier": "setup_noise", "local_noise_multiplier": "setup_local_noise",
+    "dp_delta": "setup_delta", "secure_aggregation": "setup_secure", "topk_fraction": "setup_topk",
+}
+
+
+def widget_key(name: str) -> str:
+    return WIDGET_KEYS.get(name, f"setup_{name}")
+
+
+def plain_widget_value(kind: Kind, value: object) -> object:
+    """What a generated widget shows for ``value``: 0 for an unset count, "" for unset text, a mapping or
+    list as its text (``2=nan,3=crash``)."""
+    if value is None:
+        return 0 if kind.zero_is_none else ""
+    return kind.plain(value) if kind.collection else value
+
+
+def _rounds_values(config, _) -> dict[str, object]:
+    return {"setup_until_stopped": config.rounds is None,
+            **({} if config.rounds is None else {"setup_rounds": config.rounds})}
+
+
+def _optional_values(name: str, switch: str):
+    """An optional number behind a checkbox (``switch``): the checkbox, and the number when set."""
+    def values(config, _) -> dict[str, object]:
+        value = getattr(config, name)
+        return {switch: value is not None, **({} if value is None else {widget_key(name): value})}
+    return values
+
+
+def _strategy_param_values(config, strategy_parameters: Mapping[str, float]) -> dict[str, object]:
+    return {f"setup_{config.strategy}_{name}": float(config.strategy_params.get(name, default))
+            for name, default in strategy_parameters.items()}
+
+
+def _fault_values(config, _) -> dict[str, object]:
+    values: dict[str, object] = {
+        "setup_nan": [d for d, f in sorted(config.faults.items()) if f == "nan"],
+        "setup_crash": [d for d, f in sorted(config.faults.items()) if f == "crash"],
+    }
+    others = {d: f for d, f in config.faults.items() if f not in ("nan", "crash")}
+    values["setup_bad_count"] = len(others)
+    if others:
+        values["setup_bad_kind"] = next(iter(others.values()))
+    return values
+
+
+def _slowdown_values(config, _) -> dict[str, object]:
+    slow = sorted(int(k) for k in config.slowdowns)
+    values: dict[str, object] = {"setup_slow_count": len(slow)}
+    if slow:
+        values["setup_slow_factor"] = float(next(iter(config.slowdowns.values())))
+        values["setup_slow_mode"] = "first" if slow == list(range(len(slow))) else "random"
+    return values
+
+
+# Fields whose widgets are not one plain widget per field (see app/sidebar.py): how they show a config.
+SPECIAL_VALUES = {
+    "rounds": _rounds_values,
+    "round_deadline": _optional_values("round_deadline", "setup_use_deadline"),
+    "clip_norm": _optional_values("clip_norm", "setup_dp"),
+    "strategy_params": _strategy_param_values,
+    "faults": _fault_values,
+    "slowdowns": _slowdown_values,
+}
 
 
 def widget_values(config, strategy_parameters: Mapping[str, float]) -> dict[str, object]:
     """Setup-panel widget values (by key) that describe ``config``, e.g. after reopening a recorded run.
 
-    Exact for everything except unusual slow/malicious device sets, which are approximated.
+    Generated from the declared settings: one value per plain widget, the special
+    fields through :data:`SPECIAL_VALUES`. Exact for everything except unusual
+    slow/malicious device sets, which are approximated.
     """
-    values: dict[str, object] = {
-        "setup_dataset": config.dataset, "setup_train_samples": config.train_samples or 0,
-        "setup_devices": config.num_devices, "setup_partition": config.partition, "setup_alpha": config.alpha,
-        "setup_shards": config.shards_per_device, "setup_quantity_alpha": config.quantity_alpha,
-        "setup_model": config.model, "setup_until_stopped": config.rounds is None,
-        "setup_local_epochs": config.local_epochs, "setup_batch_size": config.batch_size,
-        "setup_learning_rate": config.learning_rate, "setup_optimizer": config.optimizer,
-        "setup_momentum": config.momentum, "setup_min_devices": config.min_devices, "setup_fraction": config.fraction,
-        "setup_seed": config.seed, "setup_data_dir": config.data_dir or "",
-        "setup_test_samples": config.test_samples or 0, "setup_workers": config.workers,
-        "setup_stack_width": config.stack_width, "setup_xla": config.xla,
-        "setup_strategy": config.strategy, "setup_dropout": config.dropout,
-        "setup_use_deadline": config.round_deadline is not None, "setup_dp": config.clip_norm is not None,
-        "setup_noise": config.noise_multiplier, "setup_local_noise": config.local_noise_multiplier,
-        "setup_delta": config.dp_delta, "setup_secure": config.secure_aggregation,
-        "setup_compression": config.compression, "setup_topk": config.topk_fraction,
-    }
-    if config.rounds is not None:
-        values["setup_rounds"] = config.rounds
-    if config.round_deadline is not None:
-        values["setup_deadline"] = config.round_deadline
-    if config.clip_norm is not None:
-        values["setup_clip"] = config.clip_norm
-    for name, default in strategy_parameters.items():
-        values[f"setup_{config.strategy}_{name}"] = float(config.strategy_params.get(name, default))
-    values["setup_nan"] = [d for d, f in sorted(config.faults.items()) if f == "nan"]
-    values["setup_crash"] = [d for d, f in sorted(config.faults.items()) if f == "crash"]
-    others = {d: f for d, f in config.faults.items() if f not in ("nan", "crash")}
-    values["setup_bad_count"] = len(others)
-    if others:
-        values["setup_bad_kind"] = next(iter(others.values()))
-    slow = _float_dict_keys(config.slowdowns)
-    values["setup_slow_count"] = len(slow)
-    if slow:
-        values["setup_slow_factor"] = float(next(iter(config.slowdowns.values())))
-        values["setup_slow_mode"] = "first" if slow == list(range(len(slow))) else "random"
+    values: dict[str, object] = {}
+    config_kinds = kinds(type(config))
+    for f, _ in declared_settings(type(config)):
+        special = SPECIAL_VALUES.get(f.name)
+        if special is not None:
+            values.update(special(config, strategy_parameters))
+        else:
+            values[widget_key(f.name)] = plain_widget_value(config_kinds[f.name], getattr(config, f.name))
     return values

@@ -119,6 +119,13 @@ def selected_backend() -> str:
     return st.session_state.get(BACKEND_KEY, "in-process")
 
 
+def transport_problems(config: FederationConfig) -> list[str]:
+    """What the selected backend cannot run, shown in place like every other setup problem."""
+    from engine.backends import backend_problems
+
+    return backend_problems(config, selected_backend())
+
+
 def backend_of(federation: Federation) -> str:
     from engine.federation import Federation  # a federation exists, so TensorFlow is already loaded
 

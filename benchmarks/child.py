@@ -19,3 +19,13 @@ def run_child(module: str, *args: str) -> dict:
     if completed.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def next_round(federation):
+    """Run exactly one more round of ``federation`` (started now, waited for) and return its result."""
+    federation.set_rounds(len(federation.snapshot().history) + 1)
+    federation.start()
+    snapshot = federation.wait()
+    if snapshot.status.value == "failed":
+        raise RuntimeError(snapshot.message)
+    return snapshot.history[-1]

@@ -101,14 +101,18 @@ def encode_delta(delta: Weights, method: str, topk_fraction: float = 0.01) -> tu
 
 
 def decode_delta(payload: bytes) -> Weights:
-    """Inverse of :func:`encode_delta` (lossy methods give back their quantised/sparse delta)."""
+    """Inverse of :func:`encode_delta` (lossy methods give back their quantised/sparse delta).
+
+    Uncompressed float32 deltas come back as read-only views of ``payload``, not copies: the server
+    only reads them while it accumulates the mean.
+    """
     arrays = deserialize(payload)
     method = COMPRESSIONS[int(arrays["method"][0])]
     delta = []
     for i, shape in enumerate(_shapes(arrays["shapes"])):
         size = int(np.prod(shape))
         if method == "none":
-            delta.append(arrays[f"values{i}"].astype(np.float32).reshape(shape))
+            delta.append(arrays[f"values{i}"].astype(np.float32, copy=False).reshape(shape))
         elif method in ("q8", "q4"):
             codes = arrays[f"codes{i}"] if method == "q8" else unpack_nibbles(arrays[f"codes{i}"], size)
             offset, step = (float(v) for v in arrays[f"scale{i}"])

@@ -79,6 +79,7 @@ def train_cohort(
         seeds=[instr.seed for instr in instructions],
         checkpoint=stack_checkpoint,
         proximal_mu=first.proximal_mu,
+        corrections=[device.correction(instr) for device, instr in zip(devices, instructions)],
     )
     local = stack.evaluate(tests)
     outcomes: list[Outcome] = []

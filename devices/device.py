@@ -9,6 +9,7 @@ import numpy as np
 from devices.codec import encode_delta
 from devices.faults import SimulatedCrash, misbehave
 from devices.messages import DeviceMetrics, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights
+from devices.scaffold import control_correction, updated_control
 from devices.privacy import add_gaussian_noise, clip_by_global_norm
 from devices.secure_aggregation import mask_update
 from devices.trainer import Checkpoint, ModelReplica, TrainResult, batches_per_epoch
@@ -45,6 +46,22 @@ class Device:
         self.fault = fault
         self.slowdown = slowdown
         self._residual: Weights | None = None  # error feedback for top-k compression
+        self._control: Weights | None = None  # SCAFFOLD: this device's control variate c_i (None: zero)
+
+    def state(self) -> dict[str, Weights]:
+        """What this device must remember between rounds (kept in the run store so a resume keeps it).
+
+        SCAFFOLD's control variate only: top-k's error-feedback residual is not kept (a resume restarts it
+        at zero), since storing it for every device every round would cost a model per device per round.
+        """
+        return {} if self._control is None else {"control": self._control}
+
+    def restore_state(self, state: dict[str, Weights]) -> None:
+        self._control = state.get("control")
+
+    def correction(self, instructions: TrainInstructions) -> Weights | None:
+        """SCAFFOLD's gradient correction ``c - c_i`` for this round, or None when the round uses none."""
+        return control_correction(instructions.control, self._control)
 
     def local_steps(self, instructions: TrainInstructions) -> int:
         return batches_per_epoch(self.data.num_train, instructions.batch_size) * instructions.local_epochs
@@ -74,6 +91,7 @@ class Device:
             seed=instructions.seed,
             checkpoint=self.guarded(instructions, checkpoint),
             proximal_mu=instructions.proximal_mu,
+            correction=self.correction(instructions),
         )
         local = replica.evaluate(data.x_test, data.y_test)[:2]
         return self.report(instructions, replica.get_weights(), trained, received, local)
@@ -92,6 +110,10 @@ class Device:
         of the model received and of the model trained.
         """
         rng = np.random.default_rng(instructions.seed)
+        control_delta = None
+        if instructions.control is not None:
+            control, control_delta = updated_control(instructions, self._control, weights, trained.steps)
+            self._control = control
         return DeviceUpdate(
             device_id=self.device_id,
             weights=misbehave(self.fault, instructions.weights, weights, rng),
@@ -106,6 +128,7 @@ class Device:
                 steps=trained.steps,
                 seconds=trained.seconds,
             ),
+            control_delta=control_delta,
         )
 
     def respond(self, instructions: TrainInstructions, replica: ModelReplica, checkpoint: Checkpoint) -> EncodedUpdate:
@@ -128,5 +151,7 @@ class Device:
             self._residual = [d - s for d, s in zip(delta, sent)]
         if instructions.secure is not None:
             masked = mask_update(self.device_id, sent, instructions.secure)
-            return EncodedUpdate(self.device_id, update.num_samples, update.metrics, masked=masked)
-        return EncodedUpdate(self.device_id, update.num_samples, update.metrics, payload=payload)
+            return EncodedUpdate(self.device_id, update.num_samples, update.metrics, masked=masked,
+                                 control_delta=update.control_delta)
+        return EncodedUpdate(self.device_id, update.num_samples, update.metrics, payload=payload,
+                             control_delta=update.control_delta)

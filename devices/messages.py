@@ -27,6 +27,18 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
+class ControlVariate:
+    """SCAFFOLD (Karimireddy et al. 2020): the server's control variate c, sent down with the model.
+
+    ``weights`` is None while c is still zero (before the first aggregation); ``local_momentum`` is the
+    momentum of the devices' local SGD, which sets how their step count is normalised.
+    """
+
+    weights: Weights | None = None
+    local_momentum: float = 0.0
+
+
+@dataclass(frozen=True)
 class TrainInstructions:
     """What the server sends a device for one round: the global model and how to train it."""
 
@@ -41,6 +53,7 @@ class TrainInstructions:
     compression: str = "none"
     topk_fraction: float = 0.01
     secure: SecureAggregationPlan | None = None
+    control: ControlVariate | None = None  # SCAFFOLD only
 
 
 @dataclass(frozen=True)
@@ -66,10 +79,11 @@ class DeviceUpdate:
     num_samples: int
     metrics: DeviceMetrics
     extras: dict = field(default_factory=dict)
+    control_delta: Weights | None = None  # SCAFFOLD: how the device's control variate changed
 
     @property
     def nbytes(self) -> int:
-        return weights_nbytes(self.weights)
+        return weights_nbytes(self.weights) + weights_nbytes(self.control_delta or [])
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,9 @@ class EncodedUpdate:
     metrics: DeviceMetrics
     payload: bytes = b""
     masked: np.ndarray | None = None
+    control_delta: Weights | None = None  # SCAFFOLD: sent uncompressed next to the model update
 
     @property
     def nbytes(self) -> int:
-        return len(self.payload) if self.masked is None else int(self.masked.nbytes)
+        model = len(self.payload) if self.masked is None else int(self.masked.nbytes)
+        return model + weights_nbytes(self.control_delta or [])

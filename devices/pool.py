@@ -1,11 +1,23 @@
-"""Worker threads that train devices, one at a time or as stacks, each thread reusing its own models."""
+"""Worker threads that train devices, one at a time or as stacks, reusing models built once.
+
+Building a model and tracing its ``tf.function``s costs seconds; a round of
+local training on a small device costs milliseconds. So each worker thread
+owns one replica for single devices, stacked replicas (one per stack width)
+live in a cache shared by all workers (a worker takes an idle one of the
+width it needs and builds one only when none is idle), and :meth:`WorkerPool.warm_up`
+builds and traces the models a round will need ahead of it, in the workers'
+own threads, off the round's critical path.
+"""
 
 from __future__ import annotations
 
 import queue
-from collections import OrderedDict
+import threading
+from collections import Counter, OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
+
+import numpy as np
 
 from devices.cohort import Outcome, train_cohort
 from devices.device import Device
@@ -15,21 +27,45 @@ from devices.trainer import Checkpoint, ModelReplica
 
 MakeStack = Callable[[int], StackedReplica]
 
-CACHED_STACK_WIDTHS = 4  # stack replicas kept per worker; a round usually needs one or two widths
+CACHED_STACK_WIDTHS = 4  # stack widths kept; a round usually needs one or two
+
+
+class StackCache:
+    """Idle stacked replicas by width, shared by the worker threads; the least recently used widths go first."""
+
+    def __init__(self, make_stack: MakeStack, widths: int = CACHED_STACK_WIDTHS):
+        self._make_stack = make_stack
+        self._widths = widths
+        self._idle: OrderedDict[int, list[StackedReplica]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, width: int) -> StackedReplica:
+        """An idle replica of ``width`` devices, or a new one (built outside the lock)."""
+        with self._lock:
+            idle = self._idle.get(width)
+            if idle:
+                self._idle.move_to_end(width)
+                return idle.pop()
+        return self._make_stack(width)
+
+    def give_back(self, stack: StackedReplica) -> None:
+        with self._lock:
+            self._idle.setdefault(stack.width, []).append(stack)
+            self._idle.move_to_end(stack.width)
+            while len(self._idle) > self._widths:
+                self._idle.popitem(last=False)
+
+    def idle_widths(self) -> Counter:
+        with self._lock:
+            return Counter({width: len(stacks) for width, stacks in self._idle.items()})
 
 
 class Worker:
-    """One worker thread's models: a replica for single devices and stacked replicas by width.
+    """One worker thread's replica for single devices, built the first time it is needed, then reused."""
 
-    Each is built the first time it is needed and then reused, so no model is
-    built or traced per device or per round.
-    """
-
-    def __init__(self, make_replica: Callable[[], ModelReplica], make_stack: MakeStack | None):
+    def __init__(self, make_replica: Callable[[], ModelReplica]):
         self._make_replica = make_replica
-        self._make_stack = make_stack
         self._replica: ModelReplica | None = None
-        self._stacks: OrderedDict[int, StackedReplica] = OrderedDict()
 
     @property
     def replica(self) -> ModelReplica:
@@ -37,30 +73,35 @@ class Worker:
             self._replica = self._make_replica()
         return self._replica
 
-    def stack(self, width: int) -> StackedReplica:
-        if self._make_stack is None:
-            raise RuntimeError("this pool trains devices one by one")
-        if width not in self._stacks:
-            if len(self._stacks) >= CACHED_STACK_WIDTHS:
-                self._stacks.popitem(last=False)
-            self._stacks[width] = self._make_stack(width)
-        self._stacks.move_to_end(width)
-        return self._stacks[width]
+
+def trace_replica(replica: ModelReplica, image_shape: tuple[int, ...], batch_size: int) -> None:
+    """Run the replica's compiled train and evaluate once on one blank sample, so they are traced."""
+    x, y = np.zeros((1, *image_shape), np.uint8), np.zeros(1, np.int32)
+    replica.train(x, y, epochs=1, batch_size=batch_size, seed=0)
+    replica.evaluate(x, y)
+
+
+def trace_stack(stack: StackedReplica, image_shape: tuple[int, ...], batch_size: int) -> None:
+    """Run the stack's compiled train and evaluate once on one blank sample per device, so they are traced."""
+    samples = [(np.zeros((1, *image_shape), np.uint8), np.zeros(1, np.int32))] * stack.width
+    stack.train(samples, epochs=1, batch_size=batch_size, seeds=list(range(stack.width)))
+    stack.evaluate(samples)
 
 
 class WorkerPool:
-    """Runs device training on ``workers`` threads, each holding one :class:`Worker`'s models.
+    """Runs device training on ``workers`` threads, each holding one :class:`Worker`'s replica.
 
     With ``make_stack`` the pool can also train a cohort of devices as one
-    stacked computation (:meth:`submit_cohort`).
+    stacked computation (:meth:`submit_cohort`), with replicas from a shared :class:`StackCache`.
     """
 
     def __init__(self, make_replica: Callable[[], ModelReplica], workers: int = 1, make_stack: MakeStack | None = None):
         self._workers: queue.SimpleQueue[Worker] = queue.SimpleQueue()
         for _ in range(workers):
-            self._workers.put(Worker(make_replica, make_stack))
+            self._workers.put(Worker(make_replica))
         self.workers = workers
         self.stacks = make_stack is not None
+        self._stack_cache = StackCache(make_stack) if make_stack is not None else None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="device-worker")
 
     def _run(self, task: Callable[[Worker], object]) -> Future:
@@ -73,6 +114,20 @@ class WorkerPool:
 
         return self._executor.submit(run)
 
+    def _with_stack(self, width: int, task: Callable[[StackedReplica], object]) -> Future:
+        if self._stack_cache is None:
+            raise RuntimeError("this pool trains devices one by one")
+        cache = self._stack_cache
+
+        def run(worker: Worker):
+            stack = cache.take(width)
+            try:
+                return task(stack)
+            finally:
+                cache.give_back(stack)
+
+        return self._run(run)
+
     def submit(self, device: Device, instructions: TrainInstructions, checkpoint: Checkpoint) -> Future[EncodedUpdate]:
         return self._run(lambda worker: device.respond(instructions, worker.replica, checkpoint))
 
@@ -80,7 +135,21 @@ class WorkerPool:
         self, devices: Sequence[Device], instructions: Sequence[TrainInstructions], checkpoints: Sequence[Checkpoint]
     ) -> Future[list[Outcome]]:
         """Train ``devices`` together; the future holds each device's update or failure, in order."""
-        return self._run(lambda worker: train_cohort(devices, instructions, worker.stack(len(devices)), checkpoints))
+        return self._with_stack(len(devices), lambda stack: train_cohort(devices, instructions, stack, checkpoints))
+
+    def warm_up(self, widths: Sequence[int], image_shape: tuple[int, ...], batch_size: int) -> list[Future]:
+        """Build and trace ahead of time what a round with stacks of ``widths`` needs (one by one: ``[1]``s).
+
+        Queued on the workers, so a round submitted later starts once they are done.
+        """
+        if not self.stacks:
+            count = min(len(widths), self.workers)
+            return [self._run(lambda worker: trace_replica(worker.replica, image_shape, batch_size))
+                    for _ in range(count)]
+        # as many replicas of each width as the round will train at once
+        needed = Counter({width: min(n, self.workers) for width, n in Counter(widths).items()})
+        return [self._with_stack(width, lambda stack: trace_stack(stack, image_shape, batch_size))
+                for width, n in sorted(needed.items()) for _ in range(n)]
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -20,15 +20,18 @@ import numpy as np
 import tensorflow as tf
 
 from devices.messages import Weights
+from devices.precision import compute_dtype
 from devices.stacked_layers import compiles_well, forward, stack_plan
 from devices.trainer import (
     EVAL_BATCH,
+    KERAS_RNG_LOCK,
     LocalOptimizer,
     ModelBuilder,
     OptimizerSpec,
     TrainResult,
     batch_plan,
     batches_per_epoch,
+    with_correction,
     with_proximal_term,
 )
 
@@ -73,11 +76,14 @@ class StackedReplica:
 
     def __init__(
         self, build_model: ModelBuilder, optimizer: OptimizerSpec, width: int, steps_per_call: int = 25,
-        xla: bool = False,
+        xla: bool = False, precision: str = "float32",
     ):
         """``xla`` compiles the step loop with XLA where that helps (dense-only models): faster rounds
-        after a compile of a few seconds per width."""
-        template = build_model()
+        after a compile of a few seconds per width. ``precision`` ``bfloat16`` computes in bfloat16 on
+        float32 master weights (mixed precision)."""
+        with KERAS_RNG_LOCK:
+            template = build_model()
+        self._compute_dtype = compute_dtype(precision)
         self.width = width
         self.steps_per_call = steps_per_call
         self._ops = stack_plan(template)
@@ -85,6 +91,7 @@ class StackedReplica:
         self._variables = [tf.Variable(tf.zeros([width, *w.shape])) for w in template.weights]
         self._anchors = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
         self._proximal_mu = tf.Variable(0.0, trainable=False)
+        self._corrections = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
         self.optimizer = LocalOptimizer(optimizer, self._variables)
         images = tf.TensorSpec([None, *self._image_shape], tf.uint8)
         labels = tf.TensorSpec([None], tf.int32)
@@ -109,6 +116,13 @@ class StackedReplica:
             variable.assign(stacked)
             anchor.assign(stacked)
 
+    def _load_corrections(self, corrections: Sequence[Weights | None]) -> None:
+        for layer, variable in enumerate(self._corrections):
+            variable.assign(np.stack([
+                np.zeros(variable.shape[1:], np.float32) if c is None else np.asarray(c[layer], np.float32)
+                for c in corrections
+            ]))
+
     def get_weights(self) -> list[Weights]:
         """Each device's weights, in ``model.weights`` order."""
         arrays = [v.numpy() for v in self._variables]
@@ -120,7 +134,10 @@ class StackedReplica:
     # -- compiled steps --------------------------------------------------------
     def _losses(self, images, labels, mask):
         """Per-sample cross-entropy ``[D, B]`` (masked) and correct predictions of each device's batch."""
-        logits = forward(self._ops, self._variables, tf.cast(images, tf.float32) / 255.0)
+        dtype = self._compute_dtype
+        weights = self._variables if dtype == tf.float32 else [tf.cast(v, dtype) for v in self._variables]
+        images = tf.cast(tf.cast(images, tf.float32) / 255.0, dtype)
+        logits = tf.cast(forward(self._ops, weights, images), tf.float32)  # the loss is float32 in any precision
         per_sample = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True) * mask
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32) * mask
         return per_sample, correct
@@ -141,7 +158,7 @@ class StackedReplica:
                 per_sample, correct = self._losses(images[step], labels[step], mask[step])
                 loss_sums = tf.reduce_sum(per_sample, axis=1)
                 loss = tf.reduce_sum(loss_sums / tf.maximum(count, 1.0))
-            gradients = tape.gradient(loss, variables)
+            gradients = with_correction(tape.gradient(loss, variables), self._corrections)
             gradients = with_proximal_term(gradients, variables, self._anchors, self._proximal_mu)
             self._apply(gradients, training=count > 0)
             loss_total += loss_sums
@@ -180,10 +197,15 @@ class StackedReplica:
         seeds: Sequence[int],
         checkpoint: StackCheckpoint = lambda steps: None,
         proximal_mu: float = 0.0,
+        corrections: Sequence[Weights | None] | None = None,
     ) -> list[TrainResult]:
-        """Train device ``d`` on ``samples[d]`` with shuffling seed ``seeds[d]``, all at once, in place."""
+        """Train device ``d`` on ``samples[d]`` with shuffling seed ``seeds[d]``, all at once, in place.
+
+        ``corrections[d]`` (SCAFFOLD's ``c - c_i`` of device d, or None) is added to its every gradient.
+        """
         started = time.perf_counter()
         self._proximal_mu.assign(proximal_mu)
+        self._load_corrections(corrections or [None] * self.width)
         plans = [batch_plan(len(y), epochs, batch_size, seed) for (_, y), seed in zip(samples, seeds)]
         x, y, offsets = concatenated(samples)
         total_steps = max(len(p) for p in plans)

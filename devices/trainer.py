@@ -10,6 +10,7 @@ pause or a stop takes effect.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -19,11 +20,15 @@ import numpy as np
 import tensorflow as tf
 
 from devices.messages import Weights
+from devices.precision import in_precision
 
 ModelBuilder = Callable[[], keras.Model]
 Checkpoint = Callable[[int], None]
 
 EVAL_BATCH = 2048
+# Keras draws initial weights from process-wide random state. Models are built in several threads (workers,
+# warm-ups, other federations), so building one and seeding-then-building the initial global model take turns.
+KERAS_RNG_LOCK = threading.RLock()
 
 
 class TrainingStopped(Exception):
@@ -92,6 +97,11 @@ class LocalOptimizer:
         self.optimizer.apply_gradients(zip(gradients, variables))
 
 
+def with_correction(gradients, corrections):
+    """SCAFFOLD's corrected gradient ``g - c_i + c``: ``corrections`` hold ``c - c_i`` (zeros otherwise)."""
+    return [g + c for g, c in zip(gradients, corrections)]
+
+
 def with_proximal_term(gradients, variables, anchors, mu):
     """Add the gradient of FedProx's (mu/2)||w - w_received||^2; skipped at run time when mu is 0."""
     return tf.cond(
@@ -101,15 +111,29 @@ def with_proximal_term(gradients, variables, anchors, mu):
     )
 
 
+def trainable_positions(model: keras.Model) -> list[int]:
+    """Where each trainable variable sits in ``model.weights`` (the order of ``get_weights``)."""
+    positions = {id(v): i for i, v in enumerate(model.weights)}
+    return [positions[id(v)] for v in model.trainable_variables]
+
+
 class ModelReplica:
     """One model, one optimizer and their compiled train/evaluate functions."""
 
-    def __init__(self, build_model: ModelBuilder, optimizer: OptimizerSpec, steps_per_call: int = 25):
-        self.model = build_model()
+    def __init__(
+        self, build_model: ModelBuilder, optimizer: OptimizerSpec, steps_per_call: int = 25, precision: str = "float32"
+    ):
+        """``precision`` ``bfloat16`` trains in mixed precision: float32 weights, bfloat16 compute."""
+        with KERAS_RNG_LOCK:
+            self.model = in_precision(build_model(), precision)
         self.optimizer = LocalOptimizer(optimizer, self.model.trainable_variables)
         # FedProx: the weights received this round and the proximal weight mu
         self._anchors = [tf.Variable(v.value, trainable=False) for v in self.model.trainable_variables]
         self._proximal_mu = tf.Variable(0.0, trainable=False)
+        # SCAFFOLD: c - c_i for each trainable variable (zeros for every other strategy)
+        self._corrections = [tf.Variable(tf.zeros_like(v.value), trainable=False)
+                             for v in self.model.trainable_variables]
+        self._trainable_positions = trainable_positions(self.model)
         self.steps_per_call = steps_per_call
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
         image = tf.TensorSpec([None, *self.model.input_shape[1:-1]], tf.uint8)
@@ -140,7 +164,7 @@ class ModelReplica:
     # -- compiled steps ----------------------------------------------------
     def _forward_loss(self, x_uint8, y, training):
         images = tf.expand_dims(tf.cast(x_uint8, tf.float32) / 255.0, -1)
-        logits = self.model(images, training=training)
+        logits = tf.cast(self.model(images, training=training), tf.float32)  # the loss is float32 in any precision
         loss_sum = self._loss(y, logits)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
         return logits, loss_sum, correct
@@ -160,7 +184,7 @@ class ModelReplica:
             with tf.GradientTape() as tape:
                 _, loss_sum, correct = self._forward_loss(xb, yb, training=True)
                 loss = loss_sum / tf.cast(end - start, tf.float32)
-            gradients = tape.gradient(loss, variables)
+            gradients = with_correction(tape.gradient(loss, variables), self._corrections)
             self.optimizer.apply(with_proximal_term(gradients, variables, self._anchors, self._proximal_mu), variables)
             loss_total += loss_sum
             correct_total += correct
@@ -172,7 +196,7 @@ class ModelReplica:
         return loss_sum, tf.argmax(logits, -1, output_type=tf.int32)
 
     def _predict_impl(self, images):
-        return tf.nn.softmax(self.model(tf.expand_dims(images, -1), training=False))
+        return tf.nn.softmax(tf.cast(self.model(tf.expand_dims(images, -1), training=False), tf.float32))
 
     # -- public API ----------------------------------------------------------
     def train(
@@ -184,10 +208,16 @@ class ModelReplica:
         seed: int,
         checkpoint: Checkpoint = lambda steps: None,
         proximal_mu: float = 0.0,
+        correction: Weights | None = None,
     ) -> TrainResult:
-        """Train the current weights on (x, y) in place; ``checkpoint`` runs between chunks."""
+        """Train the current weights on (x, y) in place; ``checkpoint`` runs between chunks.
+
+        ``correction`` (SCAFFOLD's ``c - c_i``, shaped like :meth:`get_weights`) is added to every gradient.
+        """
         started = time.perf_counter()
         self._proximal_mu.assign(proximal_mu)
+        for variable, position in zip(self._corrections, self._trainable_positions):
+            variable.assign(tf.zeros_like(variable) if correction is None else correction[position])
         total_steps = batches_per_epoch(len(x), batch_size) * epochs
         x_t, y_t = tf.constant(x), tf.constant(y, tf.int32)
         order = tf.constant(epoch_orders(len(x), epochs, seed))

@@ -26,3 +26,12 @@ def create_federation(config: FederationConfig, backend: str, dataset=None, stor
         return FlowerFederation(config, dataset=dataset, store=store, label=label)
     raise ConfigError([f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"])
 
+
+
+def backend_problems(config: FederationConfig, backend: str) -> list[str]:
+    """Why ``backend`` cannot run ``config`` (empty: it can), for showing in place before anything is built."""
+    if backend == "flower":
+        from flower_app.backend import unsupported  # no TensorFlow, no processes: cheap enough for every rerun
+
+        return [f"Flower backend: {problem}" for problem in unsupported(config)]
+    return []

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_options(run, FederationConfig, help_overrides={"strategy": strategy_help()})
 
     output = run.add_argument_group("output")
+    output.add_argument("--config", metavar="FILE", default=None,
+                        help="read the settings from a TOML file (every FederationConfig field by name, e.g. "
+                             "num_devices = 4); options given here override it")
     add_output_options(output)
     output.add_argument("--label", default="", help="a name for the run in the run list")
     output.add_argument("--no-save", action="store_true", help="do not record the run in the runs directory")
@@ -89,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(command_parser=runs)
     add_runs_dir(runs)
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
+    runs.add_argument("--show", metavar="RUN_ID", default=None,
+                      help="print a run's full configuration as TOML, which run --config accepts")
 
     metrics = commands.add_parser("metrics", help="print a run's per-round metrics as CSV or JSON")
     metrics.set_defaults(command_parser=metrics)
@@ -110,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", default=None, help="destination path (default: inside the run's folder)")
     export.add_argument("--data-dir", default=None, help="data folder, for the int8 representative images")
     add_runs_dir(export)
+
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of configurations from a TOML file and compare them",
+        description="Run every combination of a sweep file's [grid] on top of its [base] settings, one after "
+                    "another, record each run, and print a comparison table (final and best accuracy, rounds "
+                    "to the target accuracy, bytes sent, epsilon).",
+    )
+    sweep.set_defaults(command_parser=sweep)
+    sweep.add_argument("sweep_file", metavar="SWEEP_TOML")
+    sweep.add_argument("--no-save", action="store_true", help="do not record the runs in the runs directory")
+    add_output_options(sweep)
 
     delete = commands.add_parser("delete", help="delete a stored run, or all of them")
     delete.set_defaults(command_parser=delete)
@@ -140,6 +156,7 @@ def round_json(result: RoundResult) -> dict:
         "global_accuracy": result.global_accuracy,
         "global_loss": result.global_loss,
         "seconds": result.seconds,
+        "test_samples": result.test_samples,
         "bytes_down": result.bytes_down,
         "bytes_up": result.bytes_up,
         "compression_ratio": result.compression_ratio,
@@ -231,6 +248,13 @@ def resume_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def runs_command(args: argparse.Namespace, out: TextIO) -> int:
+    if args.show:
+        from engine.experiments import config_to_toml
+
+        config = RunStore(args.runs_dir).load_config(args.show)
+        header = f"run {args.show}; run it again with: python -m engine run --config FILE"
+        print(config_to_toml(config, header), file=out, end="")
+        return 0
     runs = RunStore(args.runs_dir).list_runs()
     if args.json:
         for run in runs:
@@ -288,6 +312,25 @@ def delete_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def sweep_command(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.sweep import load_sweep, run_sweep, table
+
+    sweep = load_sweep(args.sweep_file)
+    names = [name for name, _ in sweep.points[0].values]
+    print(f"{len(sweep.points)} runs: {', '.join(p.label[len('sweep '):] for p in sweep.points)}", file=sys.stderr)
+
+    def on_row(row: dict) -> None:
+        if args.json:
+            print(json.dumps(row), file=out, flush=True)
+        else:
+            print(f"run {row['run_id'] or '-'}: final accuracy {row['final_accuracy']}", file=sys.stderr, flush=True)
+
+    rows = run_sweep(sweep, None if args.no_save else RunStore(args.runs_dir), on_row, progress_to_stderr)
+    if not args.json:
+        print(table(rows, names, sweep.target), file=out)
+    return 0
+
+
 def progress_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -299,13 +342,39 @@ COMMANDS = {
     "metrics": metrics_command,
     "export": export_command,
     "delete": delete_command,
+    "sweep": sweep_command,
 }
+
+
+def with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> argparse.Namespace:
+    """Parse again with the ``--config`` file's values as the defaults, so options on the command line win."""
+    from engine.experiments import load_config
+
+    config = load_config(args.config)
+    # generated options have the field's name as their destination; mappings collect repeated KEY=VALUE items
+    defaults = {name: [value] if isinstance(value, dict) else value for name, value in config.to_dict().items()}
+    args.command_parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as python -m engine; also for the fl-watch script
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # point at the sub-command's --help, where the options are
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "sweep":
+        from engine.sweep import load_sweep
+
+        try:
+            load_sweep(args.sweep_file)  # every point checked before anything runs
+        except ConfigError as error:
+            args.command_parser.error(str(error))
+    if args.command == "run" and args.config:
+        try:
+            args = with_config_file(parser, args, argv)
+        except ConfigError as error:
+            args.command_parser.error(str(error))
     if args.command == "run":
         problems = config_from_args(args).problems()
         if problems:

@@ -14,7 +14,7 @@ import re
 from dataclasses import MISSING, Field
 from typing import Any, Callable, NoReturn
 
-from engine.settings import Kind, Setting, declared_settings, kinds, type_problem, value_problem
+from engine.settings import Kind, Setting, declared_settings, kinds, parse_setting
 
 GROUP_TITLES = {
     "devices": "devices and how the data is split",
@@ -51,21 +51,14 @@ def default_of(f: Field) -> Any:
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
-def _typed(name: str, kind: Kind, spec: Setting) -> Callable[[str], Any]:
-    """The argparse ``type`` of a setting: parse the text, then check type, bounds and choices."""
+def _typed(cls: type, name: str, kind: Kind) -> Callable[[str], Any]:
+    """The argparse ``type`` of a setting: :func:`engine.settings.parse_setting`, its reason as argparse's."""
 
     def parse(text: str) -> Any:
         try:
-            value = kind.parse(text)
+            return parse_setting(cls, name, text)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
-        if kind.base is dict:
-            return value
-        problem = None if spec.allowed_choices() else (
-            type_problem(name, value, kind, spec) or value_problem(name, value, spec))
-        if problem:
-            raise argparse.ArgumentTypeError(problem)
-        return value
 
     parse.__name__ = kind.base.__name__
     return parse
@@ -86,11 +79,12 @@ def add_setting_options(parser: argparse.ArgumentParser, cls: type,
             options["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
             options["default"] = default
         elif kind.base is dict:
-            options.update(action="append", type=_typed(f.name, kind, spec), default=None,
+            options.update(action="append", type=_typed(cls, f.name, kind), default=None,
                            metavar=kind.metavar, help=help_text + "; repeatable")
         else:
-            options.update(type=_typed(f.name, kind, spec), default=default,
-                           metavar=flag_of(f, spec).lstrip("-").upper().replace("-", "_"))
+            metavar = flag_of(f, spec).lstrip("-").upper().replace("-", "_")
+            options.update(type=_typed(cls, f.name, kind), default=default,
+                           metavar=f"{metavar},..." if kind.collection else metavar)
             if spec.allowed_choices():
                 del options["metavar"]
                 options["choices"] = spec.allowed_choices()

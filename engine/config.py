@@ -9,8 +9,9 @@ from data.datasets import DATASET_NAMES, TRAIN_SET_SIZES
 from data.partition import PARTITION_SCHEMES, PartitionSpec
 from devices.codec import COMPRESSIONS
 from devices.faults import FAULTS
+from engine.precision import PRECISIONS
 from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, field_problems, setting
-from engine.strategies import STRATEGIES, strategy_problems
+from engine.strategies import STRATEGIES, strategy_device_problems, strategy_problems
 
 BUILTIN_MODELS = ("cnn", "mlp")
 OPTIMIZERS = ("sgd", "adam")
@@ -91,6 +92,19 @@ class FederationConfig:
     xla: bool = setting(False, group="speed", label="Compile stacks with XLA",
                         help="compile stacks of dense-only models (e.g. the MLP) with XLA: faster rounds after "
                              "a compile of a few seconds")
+    # float32 by default: bfloat16 changes results (in the third significant digit), so it is asked for
+    precision: str = setting("float32", group="speed", label="Training precision", choices=PRECISIONS,
+                             help="device training precision: bfloat16 computes in bfloat16 with float32 master "
+                                  "weights (the server's model, aggregation and exports stay float32); auto picks "
+                                  "bfloat16 only where the CPU has native bfloat16 (AVX512-BF16 or AMX)")
+    eval_samples: int | None = setting(None, group="speed", label="Test samples evaluated per round (0 = all)",
+                                       bounds=AT_LEAST_ONE,
+                                       help="evaluate the global model each round on a fixed random sample of this "
+                                            "many server test samples, and on all of them every --full-eval-every "
+                                            "rounds and after the last round (default: all, every round)")
+    full_eval_every: int = setting(10, group="speed", label="Full test-set evaluation every N rounds",
+                                   bounds=AT_LEAST_ONE,
+                                   help="with --eval-samples: rounds between evaluations on the whole test set")
     # -- unreliable and malicious devices -------------------------------------------------------
     faults: dict[int, str] = setting(default_factory=dict, group="behaviour", label="Faulty devices", flag="--fault",
                                      metavar="DEVICE=FAULT",
@@ -98,7 +112,8 @@ class FederationConfig:
                                           "weights), scale (sends its update flipped and x10), random (sends "
                                           "random weights)")
     slowdowns: dict[int, float] = setting(default_factory=dict, group="behaviour", label="Slow devices",
-                                          flag="--slowdown", metavar="DEVICE=FACTOR", help="multiply a device's simulated compute time")
+                                          flag="--slowdown", metavar="DEVICE=FACTOR",
+                                          help="multiply a device's simulated compute time")
     dropout: float = setting(0.0, group="behaviour", label="Dropout probability", bounds=FRACTION,
                              help="probability that a selected device does not answer in a round")
     round_deadline: float | None = setting(None, group="behaviour", label="Round deadline (simulated seconds)",
@@ -127,10 +142,19 @@ class FederationConfig:
     topk_fraction: float = setting(0.01, group="privacy", label="Top-k fraction kept",
                                    bounds=Bounds(0.0, 1.0, low_inclusive=False, high_inclusive=True),
                                    help="share of each tensor's entries sent with --compression topk")
+    # -- tracking ------------------------------------------------------------------------------
+    tensorboard: str | None = setting(None, group="output", label="TensorBoard folder",
+                                      help="write TensorBoard event files (global and per-device metrics, bytes, "
+                                           "epsilon) to a folder per run under this one")
 
     @property
     def uses_dp(self) -> bool:
         return self.clip_norm is not None and (self.noise_multiplier > 0 or self.local_noise_multiplier > 0)
+
+    @property
+    def devices_per_round(self) -> int:
+        """Devices selected each round while all are active (``fraction`` of them, at least ``min_devices``)."""
+        return min(self.num_devices, max(self.min_devices, math.ceil(self.fraction * self.num_devices)))
 
     @property
     def partition_spec(self) -> PartitionSpec:
@@ -142,11 +166,13 @@ class FederationConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def problems(self, model_names: tuple[str, ...] = BUILTIN_MODELS) -> list[str]:
+    def problems(self, model_names: tuple[str, ...] = BUILTIN_MODELS, devices_known: bool = True) -> list[str]:
         """Every reason this configuration cannot run, in words a user can act on.
 
         Each field is checked against its declared type, bounds and choices
-        (:func:`engine.settings.field_problems`), then the combinations.
+        (:func:`engine.settings.field_problems`), then the combinations. ``devices_known=False`` skips the
+        strategy's device-count conditions (e.g. Krum's n > 2f+2) where the devices only announce themselves
+        at run time (Flower); rounds with too few updates are then reported.
         """
         bad = field_problems(self)
         found = list(bad.values())
@@ -164,12 +190,14 @@ class FederationConfig:
         if not valid("num_devices", "train_samples", "dataset", "min_devices", "shards_per_device",
                      "faults", "slowdowns", "clip_norm", "noise_multiplier", "local_noise_multiplier"):
             return found  # the combinations below need usable values
+        if devices_known and valid("strategy", "strategy_params", "fraction"):
+            found.extend(strategy_device_problems(self.strategy, self.strategy_params, self.devices_per_round))
         need(self.min_devices <= self.num_devices,
              f"minimum devices per round must be between 1 and the number of devices ({self.num_devices})")
         available = self.train_samples or TRAIN_SET_SIZES.get(self.dataset)
         need(available is None or self.num_devices <= available,
              f"{self.num_devices} devices need at least as many training samples, and there are "
-             f"{available} (use fewer devices or more --train-samples)")
+             f"{available} (use fewer devices or more training samples)")
         for device, fault in self.faults.items():
             need(0 <= device < self.num_devices, f"fault set for device {device}, which does not exist")
             need(fault in FAULTS, f"fault {fault!r} must be one of {', '.join(FAULTS)}")
@@ -184,12 +212,19 @@ class FederationConfig:
                  "(use FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam or FedYogi)")
             need(self.noise_multiplier == 0,
                  f"central DP noise is added to the mean update; {self.strategy} does not use a mean")
+        if self.strategy in STRATEGIES and STRATEGIES[self.strategy].needs_sgd:
+            need(self.optimizer == "sgd",
+                 f"{self.strategy}'s control variates assume local SGD; use --optimizer sgd (e.g. --lr 0.05)")
+        if self.strategy in STRATEGIES and STRATEGIES[self.strategy].needs_received_loss:
+            need(self.local_test_fraction > 0,
+                 f"{self.strategy} weighs devices by their loss on their local test split; the local test share "
+                 "must be above 0")
         if self.partition == "shards" and available is not None:
             need(self.num_devices * self.shards_per_device <= available, "more shards than training samples")
         return found
 
-    def validate(self, model_names: tuple[str, ...] = BUILTIN_MODELS) -> "FederationConfig":
-        found = self.problems(model_names)
+    def validate(self, model_names: tuple[str, ...] = BUILTIN_MODELS, devices_known: bool = True) -> "FederationConfig":
+        found = self.problems(model_names, devices_known)
         if found:
             raise ConfigError(found)
         return self

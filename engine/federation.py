@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from concurrent.futures import wait
 from functools import partial
 from typing import Callable
 
@@ -22,18 +23,21 @@ from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.stacked import StackedReplica
 from devices.stacked_layers import NotStackable, compiles_well, stack_plan
-from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
+from devices.trainer import KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
+from engine.hardware import cpu_info
+from engine.precision import precision_note, resolve_precision
 from engine.rounds import RoundRunner
 from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
 from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore
 from engine.transport import InProcessTransport
 from engine.strategies import build_strategy
+from engine.tracking import TensorBoardLog
 
 WAIT_POLL_SECONDS = 0.5
 
@@ -74,20 +78,28 @@ class Federation(FederationBackend):
 
         optimizer = OptimizerSpec(config.optimizer, config.momentum)
 
-        def make_replica() -> ModelReplica:
+        self.precision = resolve_precision(config.precision, cpu_info().native_bf16)
+        precision = self.precision.precision
+
+        def make_replica() -> ModelReplica:  # the server's models: float32 whatever the devices compute in
             return ModelReplica(build_model, optimizer)
 
-        def make_stack(width: int) -> StackedReplica:
-            return StackedReplica(build_model, optimizer, width, xla=config.xla)
+        def make_device_replica() -> ModelReplica:
+            return ModelReplica(build_model, optimizer, precision=precision)
 
-        keras.utils.set_random_seed(config.seed)  # reproducible initial global model
-        evaluator = make_replica()
+        def make_stack(width: int) -> StackedReplica:
+            return StackedReplica(build_model, optimizer, width, xla=config.xla, precision=precision)
+
+        with KERAS_RNG_LOCK:  # reproducible initial global model, whatever other threads are building
+            keras.utils.set_random_seed(config.seed)
+            evaluator = make_replica()
         self._predictor = make_replica()
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
         self._weights: Weights = evaluator.get_weights()
-        stacks, self.training_note = training_mode(evaluator.model, config)
-        self._pool = WorkerPool(make_replica, config.workers, make_stack if stacks else None)
+        stacks, mode_note = training_mode(evaluator.model, config)
+        self.training_note = f"{mode_note} {precision_note(self.precision)}"
+        self._pool = WorkerPool(make_device_replica, config.workers, make_stack if stacks else None)
         self._control = RunControl()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -103,8 +115,13 @@ class Federation(FederationBackend):
         self._started_at: float | None = None
         self._closed = False
         self.strategy = build_strategy(config.strategy, config.strategy_params)
+        self.strategy.bind(config.num_devices)
         self.store = store
         self.run_id = run_id if store is None or run_id is not None else store.create_run(config, label)
+        self._tensorboard = None
+        if config.tensorboard:
+            run_name = self.run_id or time.strftime("run-%Y%m%d-%H%M%S")
+            self._tensorboard = TensorBoardLog(config.tensorboard, run_name)
         self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
         self._runner = RoundRunner(
             config,
@@ -114,6 +131,9 @@ class Federation(FederationBackend):
             server_test_set(self.dataset, config),
             self._set_device_status,
         )
+        # build and trace what round 1 needs in the background: "create" returns at once, round 1 waits if needed
+        self._warm_up = threading.Thread(target=self._warm_up_models, name="federation-warm-up", daemon=True)
+        self._warm_up.start()
 
     @classmethod
     def reopen(
@@ -134,6 +154,8 @@ class Federation(FederationBackend):
         total = None if more_rounds is None else len(history) + more_rounds
         federation = cls(config.with_changes(rounds=total), dataset, registry, progress, store=store, run_id=run_id)
         federation._restore(history, store.load_checkpoint(run_id, len(history)) if history else None)
+        for device_id, state in store.load_device_states(run_id, len(history)).items():
+            federation.devices[device_id].restore_state(state)
         return federation
 
     def _restore(self, history: list[RoundResult], checkpoint: Checkpoint | None) -> None:
@@ -144,6 +166,19 @@ class Federation(FederationBackend):
                 restore_strategy_state(self.strategy, checkpoint.strategy_state)
             self._message = f"Resumed after round {len(history)}: press start to continue."
         self._runner.replay(history)
+
+    def _warm_up_models(self) -> None:
+        """Build and trace the stacks (or replicas) and the server's evaluation that the first round will use."""
+        try:
+            runner, test = self._runner, self._runner.test_set
+            selected = runner.select(1, range(len(self.devices)))
+            instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
+            widths = [len(group) for group in self.transport.training_groups(instructions)]
+            futures = self._pool.warm_up(widths, self.dataset.image_shape[:-1], self.config.batch_size)
+            runner.evaluator.evaluate(test.x[:1], test.y[:1])
+            wait(futures)
+        except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
+            pass
 
     # -- control ------------------------------------------------------------------
     def start(self) -> None:
@@ -185,6 +220,8 @@ class Federation(FederationBackend):
         with self._lock:
             self._closed = True
         self._pool.shutdown()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
     def _activity_changed(self) -> None:
         self._control.poke()  # wake a run waiting for devices
@@ -282,12 +319,14 @@ class Federation(FederationBackend):
         if self.store is not None:
             self.store.set_status(self.run_id, RunStatus.RUNNING.value)
         try:
+            self._warm_up.join()  # normally long done; in a script that starts at once, round 1 needs it anyway
             while self._rounds_left():
                 control.checkpoint()
                 with self._lock:
                     active = [i for i, on in enumerate(self._active) if on]
                     server_round = len(self._history) + 1
                     weights = self._weights
+                    last = server_round == self._total_rounds
                 if len(active) < self.config.min_devices:
                     self._set_state(
                         RunStatus.WAITING,
@@ -296,7 +335,7 @@ class Federation(FederationBackend):
                     control.wait(WAIT_POLL_SECONDS)
                     continue
                 self._begin_round(server_round)
-                new_weights, result = self._runner.run(server_round, weights, active, control.checkpoint)
+                new_weights, result = self._runner.run(server_round, weights, active, control.checkpoint, last)
                 self._finish_round(new_weights, result)
             self._end(RunStatus.FINISHED, f"Finished {len(self._history)} rounds.")
         except TrainingStopped:
@@ -328,10 +367,18 @@ class Federation(FederationBackend):
         self._set_state(RunStatus.RUNNING, summary)
 
     def _save_round(self, weights: Weights, result: RoundResult) -> str:
-        """Persist the round if this run has a store; a storage error is reported, not fatal."""
+        """Persist the round (run store, TensorBoard) where asked; a storage error is reported, not fatal."""
+        try:
+            if self._tensorboard is not None:
+                self._tensorboard.write(result)
+        except OSError as error:
+            return f" Could not write TensorBoard events ({error}); training goes on."
         if self.store is None:
             return ""
         try:
+            states = {d.device_id: d.state() for d in self.devices if d.state()}
+            if states and not self.config.secure_aggregation:  # under secure aggregation nothing per device
+                self.store.save_device_states(self.run_id, result.round, states)
             self.store.record_round(
                 self.run_id, result, weights, strategy_state(self.strategy), private=self.config.secure_aggregation
             )

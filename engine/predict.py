@@ -29,6 +29,7 @@ import numpy as np
 
 from data.datasets import CLASS_NAMES, DATASET_NAMES
 from data.preprocess import ImageError, preprocess_upload
+from engine.cli_options import OneLineParser
 
 KERAS_BATCH = 1024
 """Images per forward pass for the Keras and SavedModel classifiers."""
@@ -240,7 +241,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m engine.predict",
         description="Classify image files (PNG, JPEG, WebP, BMP, GIF) with an exported model: "
         "a .tflite file, a .keras file or a SavedModel directory.",

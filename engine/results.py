@@ -70,6 +70,7 @@ class RoundResult:
     epsilon: float | None = None  # DP budget spent so far (at the configured delta)
     raw_bytes_up: int = 0  # what the same updates would take as plain float32
     sampling_rate: float = 1.0  # selected / active devices (for privacy accounting)
+    test_samples: int = 0  # server test samples the global model was evaluated on (0: not recorded)
 
     @property
     def compression_ratio(self) -> float:

@@ -9,16 +9,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from devices.messages import DeviceUpdate, EncodedUpdate, TrainInstructions, Weights, weights_nbytes
+from devices.messages import ControlVariate, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights, weights_nbytes
 from devices.secure_aggregation import SecureAggregationPlan, mask_sum, unflatten, unmask_total
 from devices.trainer import ModelReplica
 from engine.aggregation import update_problem
 from engine.composition import Aggregation, build_aggregation
 from engine.config import FederationConfig
+from engine.evaluation import RoundTestSets
 from engine.metrics import confusion_matrix
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
 from engine.setup import ServerTestSet
-from engine.strategies.base import Strategy
+from engine.strategies.base import AggregationSkipped, Strategy
 from engine.transport import Reply, Transport
 from engine.transport_checks import decode_update, masked_problem, reply_problem
 
@@ -41,6 +42,8 @@ def local_training_instructions(
     **transport,
 ) -> TrainInstructions:
     """What a device is asked to do this round; ``transport`` adds privacy, compression or masking settings."""
+    options = strategy.local_options()
+    control = ControlVariate(options.control_variate, config.momentum) if options.control_variates else None
     return TrainInstructions(
         server_round=server_round,
         weights=weights,
@@ -48,7 +51,8 @@ def local_training_instructions(
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         seed=device_seed(config.seed, server_round, device_id),
-        proximal_mu=strategy.local_options().proximal_mu,
+        proximal_mu=options.proximal_mu,
+        control=control,
         **transport,
     )
 
@@ -85,6 +89,7 @@ class RoundRunner:
         self.strategy = strategy
         self.aggregation = build_aggregation(strategy, config)
         self.test_set = test_set
+        self.test_sets = RoundTestSets.of(test_set, config.eval_samples, config.full_eval_every, config.seed)
         self.on_status = on_status
 
     # -- selection -------------------------------------------------------------------
@@ -183,7 +188,8 @@ class RoundRunner:
         model, problem = decode_update(update, weights)
         if problem is not None:
             return None, problem
-        return DeviceUpdate(update.device_id, model, update.num_samples, update.metrics), None
+        return DeviceUpdate(update.device_id, model, update.num_samples, update.metrics,
+                            control_delta=update.control_delta), None
 
     def aggregate_plain(
         self, server_round: int, weights: Weights, arrivals: Arrivals
@@ -200,7 +206,11 @@ class RoundRunner:
             accepted.append(encoded)
         if not valid:
             return weights, []
-        return self.aggregation.aggregate(server_round, weights, valid), accepted
+        try:
+            return self.aggregation.aggregate(server_round, weights, valid), accepted
+        except AggregationSkipped as skipped:  # e.g. too few updates for Krum's guarantee
+            arrivals.problems.extend(DeviceProblem(u.device_id, "not aggregated", str(skipped)) for u in valid)
+            return weights, []
 
     def aggregate_secure(
         self, server_round: int, weights: Weights, arrivals: Arrivals, plans: dict[int, SecureAggregationPlan]
@@ -233,11 +243,14 @@ class RoundRunner:
         return self.aggregation.from_mean(server_round, weights, mean, len(survivors)), delivered
 
     # -- evaluation and the whole round ----------------------------------------------------
-    def evaluate(self, weights: Weights) -> tuple[float, float, np.ndarray]:
-        """Global loss, accuracy and confusion matrix on the server's held-out test set."""
+    def evaluate(
+        self, weights: Weights, server_round: int = 0, last: bool = True
+    ) -> tuple[float, float, np.ndarray, int]:
+        """Global loss, accuracy, confusion matrix and samples used, on the server's test set or its sample."""
+        test = self.test_sets.for_round(server_round, last)
         self.evaluator.set_weights(weights)
-        loss, accuracy, predicted = self.evaluator.evaluate(self.test_set.x, self.test_set.y)
-        return loss, accuracy, confusion_matrix(self.test_set.y, predicted, self.test_set.num_classes)
+        loss, accuracy, predicted = self.evaluator.evaluate(test.x, test.y)
+        return loss, accuracy, confusion_matrix(test.y, predicted, test.num_classes), len(test.y)
 
     def spend_privacy(self, sampling_rate: float) -> float | None:
         """Compose this round's mechanism into the accountant; epsilon so far (None without DP)."""
@@ -249,8 +262,10 @@ class RoundRunner:
             self.spend_privacy(result.sampling_rate)
 
     def run(
-        self, server_round: int, weights: Weights, active: Sequence[int], checkpoint: Callable[[int], None]
+        self, server_round: int, weights: Weights, active: Sequence[int], checkpoint: Callable[[int], None],
+        last: bool = False,
     ) -> tuple[Weights, RoundResult]:
+        """One round; ``last`` (the run's final round) evaluates on the whole test set."""
         started = time.perf_counter()
         selected = self.select(server_round, active)
         answering, dropped = self.drop_out(server_round, selected)
@@ -263,7 +278,7 @@ class RoundRunner:
         else:
             new_weights, accepted = self.aggregate_plain(server_round, weights, arrivals)
         epsilon = self.spend_privacy(len(selected) / len(active))
-        loss, accuracy, confusion = self.evaluate(new_weights)
+        loss, accuracy, confusion, test_samples = self.evaluate(new_weights, server_round, last)
         finished = time.perf_counter()
         return new_weights, RoundResult(
             round=server_round,
@@ -281,6 +296,7 @@ class RoundRunner:
             epsilon=epsilon,
             raw_bytes_up=weights_nbytes(weights) * len(arrivals.updates),
             sampling_rate=len(selected) / len(active),
+            test_samples=test_samples,
         )
 
     def _device_result(self, update: EncodedUpdate) -> DeviceRoundResult:

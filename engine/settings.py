@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, Field, dataclass, fields
-from numbers import Real
+from numbers import Integral, Real
 from types import UnionType
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
@@ -137,7 +137,8 @@ TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off"
 
 @dataclass(frozen=True)
 class Kind:
-    """A setting's value type: ``base`` is bool, int, float, str or dict (then ``key`` and ``value`` types).
+    """A setting's value type: ``base`` is bool, int, float, str, dict (``key`` and ``value`` types) or a
+    tuple / list (``value``: the items' type).
 
     ``optional`` fields allow ``None``. For an optional number whose bounds
     exclude 0, the text ``0`` (and ``none``, ``inf``, ``unlimited``, ``all``,
@@ -153,6 +154,11 @@ class Kind:
     metavar: str = "KEY=VALUE"  # a mapping's items, e.g. DEVICE=FAULT
 
     @property
+    def collection(self) -> bool:
+        """A mapping or a sequence: written ``k=v,k=v`` / ``a,b,c``, not a single value."""
+        return self.base in (dict, tuple, list)
+
+    @property
     def zero_is_none(self) -> bool:
         return self.optional and self.base in (int, float) and self.bounds is not None \
             and not self.bounds.contains(0.0)
@@ -162,6 +168,8 @@ class Kind:
         text = str(text).strip()
         if self.base is dict:
             return dict(self._pair(item) for item in text.replace(",", " ").split())
+        if self.base in (tuple, list):
+            return self.base(_scalar(self.value or str, item) for item in text.replace(",", " ").split())
         if self.optional and (text.lower() in ("", "none") or (self.zero_is_none and text.lower() in NONE_WORDS)):
             return None
         return _scalar(self.base, text)
@@ -180,13 +188,15 @@ class Kind:
         """``value`` as a TOML scalar (Flower's run config): ``None`` -> 0 / "", a mapping -> ``"k=v,k=v"``."""
         if self.base is dict:
             return ",".join(f"{key}={_scalar_text(item)}" for key, item in sorted(value.items()))
+        if self.base in (tuple, list):
+            return ",".join(_scalar_text(item) for item in value)
         if value is None:
             return {int: 0, float: 0.0}.get(self.base, "")
         return self.base(value)
 
     def from_plain(self, value: Any) -> Any:
         """The inverse of :meth:`plain`; also accepts text (``flwr run --run-config`` values)."""
-        if isinstance(value, str) or self.base is dict:
+        if isinstance(value, str) or self.collection:
             return self.parse(str(value))
         if self.zero_is_none and value == 0:
             return None
@@ -235,10 +245,11 @@ def kinds(cls: type) -> dict[str, Kind]:
             hint = next(a for a in args if a is not type(None))
             args = get_args(hint)
         base = get_origin(hint) or hint
-        if base not in (bool, int, float, str, dict):
-            raise TypeError(f"setting {f.name} has type {hint!r}; declared settings are bool, int, float, str "
-                            "or dict (optional allowed)")
-        key, value = (args if base is dict else (None, None))
+        if base not in (bool, int, float, str, dict, tuple, list):
+            raise TypeError(f"setting {f.name} has type {hint!r}; declared settings are bool, int, float, str, "
+                            "dict, tuple or list (optional allowed)")
+        key, value = args if base is dict else (None, args[0] if args else None) if base in (tuple, list) \
+            else (None, None)
         found[f.name] = Kind(base, optional, key, value, spec.bounds, spec.metavar or "KEY=VALUE")
     return found
 
@@ -250,16 +261,31 @@ def type_problem(name: str, value: Any, kind: Kind, spec: Setting) -> str | None
         return None if kind.optional else f"{label} must be set"
     if kind.base is dict:
         return None if isinstance(value, dict) else f"{label} must be a mapping, got {value!r}"
+    if kind.base in (tuple, list):
+        return None if isinstance(value, (tuple, list)) else f"{label} must be a list, got {value!r}"
     if kind.base is bool:
         return None if isinstance(value, bool) else f"{label} must be true or false, got {value!r}"
     if kind.base in (int, float):
         whole = kind.base is int
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+        if isinstance(value, bool) or not isinstance(value, Integral if whole else Real):
             return f"{label} must be a {'whole ' if whole else ''}number, got {value!r}"
         if not math.isfinite(value):
             return f"{label} must be a finite number, got {value!r}"
         return None
     return None if isinstance(value, str) else f"{label} must be text, got {value!r}"
+
+
+def parse_setting(cls: type, name: str, text: str) -> Any:
+    """The text form of setting ``name`` of ``cls`` as a checked value; ``ValueError`` says why it is not one.
+
+    One code path for every text source: CLI options, environment variables, run-config strings.
+    """
+    kind, spec = kinds(cls)[name], dict((f.name, s) for f, s in declared_settings(cls))[name]
+    value = kind.parse(text)
+    problem = type_problem(name, value, kind, spec) or value_problem(name, value, spec)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def field_problems(instance: Any) -> dict[str, str]:

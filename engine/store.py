@@ -5,6 +5,8 @@ Layout under the runs directory (default ``runs/``)::
     runs.sqlite                      index of runs, per-round and per-device metrics
     <run id>/config.json             the run's full configuration
     <run id>/checkpoints/round-00012.npz   global model (+ strategy state) after round 12
+    <run id>/device-state/round-00012.npz  what simulated devices remember after round 12 (e.g. SCAFFOLD's
+                                           control variates), the last ``keep_last`` rounds
 
 Every write is atomic: a checkpoint is written to a temporary file and renamed
 into place before the round's rows are committed in one SQLite transaction,
@@ -214,6 +216,33 @@ class RunStore:
         for server_round in self.checkpoint_rounds(run_id):
             if server_round not in keep:
                 self.checkpoint_path(run_id, server_round).unlink(missing_ok=True)
+
+    def save_device_states(self, run_id: str, server_round: int, states: dict[int, dict[str, Weights]]) -> None:
+        """Keep what each simulated device remembers after ``server_round`` (atomic; older rounds pruned)."""
+        arrays = {f"d{device:06d}_{name}_{i:04d}": array
+                  for device, state in states.items() for name, tensors in state.items()
+                  for i, array in enumerate(tensors)}
+        _atomic_write(self._device_state_path(run_id, server_round), lambda h: np.savez(h, **arrays))
+        folder = self._device_state_path(run_id, server_round).parent
+        for path in folder.glob("round-*.npz"):
+            if int(path.stem.split("-")[1]) <= server_round - self.keep_last:
+                path.unlink(missing_ok=True)
+
+    def load_device_states(self, run_id: str, server_round: int) -> dict[int, dict[str, Weights]]:
+        """What :meth:`save_device_states` kept for ``server_round``; {} when nothing was kept."""
+        path = self._device_state_path(run_id, server_round)
+        if not path.is_file():
+            return {}
+        states: dict[int, dict[str, Weights]] = {}
+        with np.load(path) as archive:
+            for key in sorted(archive.files):
+                device, name = key.split("_", 1)
+                name = name.rsplit("_", 1)[0]
+                states.setdefault(int(device[1:]), {}).setdefault(name, []).append(archive[key])
+        return states
+
+    def _device_state_path(self, run_id: str, server_round: int) -> Path:
+        return self.run_dir(run_id) / "device-state" / f"round-{server_round:05d}.npz"
 
     # -- reading ------------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:

@@ -63,11 +63,11 @@ from engine.results import (
     RunStatus,
     Snapshot,
 )
-from flower_app.config import federation_config
+from engine.strategies import STRATEGIES
+from flower_app.config import config_run_values, federation_config
 from flower_app.loopback import CONNECTION, LocalDeployment, processes_tagged, run_config_arg
 
 MAX_DEVICES = 8  # one SuperNode (and one TensorFlow ClientApp process per round) per device
-UNTIL_STOPPED_ROUNDS = 1_000_000  # rounds=None: Flower needs a number
 WAIT_TIMEOUT = 30 * 24 * 3600.0  # the server waits for enough active devices as long as the engine does
 POLL_SECONDS = 0.5
 TEARDOWN_TIMEOUT = 10.0
@@ -81,6 +81,8 @@ def unsupported(config: FederationConfig) -> list[str]:
         problems.append("secure aggregation is simulated in-process only (Flower's SecAgg+ is not wired in yet)")
     if any(factor != 1.0 for factor in config.slowdowns.values()):
         problems.append("simulated device slowdowns have no meaning for real processes (they take the time they take)")
+    if config.strategy in STRATEGIES and STRATEGIES[config.strategy].in_process_only:
+        problems.append(f"{config.strategy} runs in-process only: {STRATEGIES[config.strategy].in_process_only}")
     if config.num_devices > MAX_DEVICES:
         problems.append(
             f"{config.num_devices} devices is too many for Flower on this machine "
@@ -93,41 +95,8 @@ def run_config_for(
     config: FederationConfig, results_file: str | Path = "", deactivated_file: str | Path = ""
 ) -> dict[str, object]:
     """The Flower run config for ``config`` (the inverse of ``flower_app.config.federation_config``)."""
-    return {
-        "num-server-rounds": config.rounds if config.rounds is not None else UNTIL_STOPPED_ROUNDS,
-        "strategy": config.strategy,
-        "strategy-params": ",".join(f"{name}={float(value)!r}" for name, value in config.strategy_params.items()),
-        "dataset": config.dataset,
-        "model": config.model,
-        "partition": config.partition,
-        "alpha": float(config.alpha),
-        "shards-per-device": int(config.shards_per_device),
-        "quantity-alpha": float(config.quantity_alpha),
-        "train-samples": config.train_samples or 0,
-        "local-test-fraction": float(config.local_test_fraction),
-        "seed": int(config.seed),
-        "local-epochs": int(config.local_epochs),
-        "batch-size": int(config.batch_size),
-        "learning-rate": float(config.learning_rate),
-        "optimizer": config.optimizer,
-        "momentum": float(config.momentum),
-        "fraction": float(config.fraction),
-        "min-devices": int(config.min_devices),
-        "wait-timeout": WAIT_TIMEOUT,
-        "test-samples": config.test_samples or 0,
-        "data-dir": config.data_dir or "",
-        "results-file": str(results_file),
-        "deactivated-file": str(deactivated_file),
-        "faults": ",".join(f"{device}={fault}" for device, fault in sorted(config.faults.items())),
-        "clip-norm": float(config.clip_norm or 0.0),
-        "noise-multiplier": float(config.noise_multiplier),
-        "local-noise-multiplier": float(config.local_noise_multiplier),
-        "dp-delta": float(config.dp_delta),
-        "compression": config.compression,
-        "topk-fraction": float(config.topk_fraction),
-        "dropout": float(config.dropout),
-        "round-deadline": float(config.round_deadline or 0.0),
-    }
+    return {**config_run_values(config), "wait-timeout": WAIT_TIMEOUT, "results-file": str(results_file),
+            "deactivated-file": str(deactivated_file)}
 
 
 def _check(config: FederationConfig) -> FederationConfig:
@@ -135,11 +104,8 @@ def _check(config: FederationConfig) -> FederationConfig:
 
     config = config.validate(ModelRegistry().names())
     problems = unsupported(config)
-    if not problems:
-        mapped = federation_config(run_config_for(config), config.num_devices, config.data_dir)
-        in_process_only = dict(workers=mapped.workers, stack_width=mapped.stack_width, xla=mapped.xla)
-        if mapped != config.with_changes(**in_process_only, rounds=mapped.rounds, slowdowns=mapped.slowdowns):
-            problems.append("this configuration does not map exactly onto Flower run-config keys")
+    if not problems and federation_config(run_config_for(config), config.num_devices, config.data_dir) != config:
+        problems.append("this configuration does not map exactly onto Flower run-config keys")
     if problems:
         raise ConfigError([f"Flower backend: {problem}" for problem in problems])
     return config

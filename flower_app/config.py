@@ -14,50 +14,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from engine.config import FederationConfig
+from engine.config import ConfigError, FederationConfig
+from engine.settings import declared_settings, kinds
+from engine.strategies import STRATEGIES
 from flower_app.output_dir import confined_path, output_dir
 
-# Defaults for keys missing from a run config; pyproject.toml sets the same values.
-RUN_DEFAULTS: dict[str, Any] = {
-    "num-server-rounds": 3,
-    "strategy": "fedavg",
-    "strategy-params": "",
-    "dataset": "fashion-mnist",
-    "model": "cnn",
-    "partition": "iid",
-    "alpha": 0.5,
-    "shards-per-device": 2,
-    "quantity-alpha": 1.0,
-    "train-samples": 0,
-    "local-test-fraction": 0.1,
-    "seed": 0,
-    "local-epochs": 1,
-    "batch-size": 32,
-    "learning-rate": 0.002,
-    "optimizer": "adam",
-    "momentum": 0.9,
-    "fraction": 1.0,
-    "min-devices": 1,
-    "wait-timeout": 600.0,
-    "round-timeout": 600.0,
-    "test-samples": 0,
-    "data-dir": "",
-    "results-file": "",
-    "deactivated": "",
-    "deactivated-file": "",
-    "faults": "",
-    # -- privacy, compression, unreliability (hand-wired until run-config keys come from the settings) --
-    "clip-norm": 0.0,
-    "noise-multiplier": 0.0,
-    "local-noise-multiplier": 0.0,
-    "dp-delta": 1e-05,
-    "compression": "none",
-    "topk-fraction": 0.01,
-    "dropout": 0.0,
-    "round-deadline": 0.0,
-    "runs-dir": "",
-    "store-run-id": "",
+UNTIL_STOPPED_ROUNDS = 1_000_000  # rounds=None ("until stopped"): Flower needs a number
+
+# Run-config keys are the settings' dashed field names (``shards_per_device`` ->
+# ``shards-per-device``), generated from engine.config's declarations, except:
+RUN_KEY_ALIASES = {"rounds": "num-server-rounds"}  # Flower's customary name
+NOT_IN_RUN_CONFIG = ("num_devices",)  # the SuperNodes' partitions decide it
+
+# Keys only the ServerApp reads (not FederationConfig fields).
+SERVER_DEFAULTS: dict[str, Any] = {
+    "wait-timeout": 600.0,  # seconds to wait for enough active devices before giving up
+    "round-timeout": 600.0,  # seconds to wait for the replies of one round
+    "results-file": "",  # one JSON line per round is appended here
+    "deactivated": "",  # partition ids never selected, e.g. "1,3"
+    "deactivated-file": "",  # re-read every round: partition ids to skip
+    "runs-dir": "",  # record the run in this run store folder (resume, compare, export)
+    "store-run-id": "",  # a run already created in runs-dir to record into ("": a new one)
 }
+
+
+def run_keys() -> dict[str, str]:
+    """FederationConfig field -> run-config key, for every declared field Flower's run config carries."""
+    return {f.name: RUN_KEY_ALIASES.get(f.name, f.name.replace("_", "-"))
+            for f, _ in declared_settings(FederationConfig) if f.name not in NOT_IN_RUN_CONFIG}
+
+
+def config_run_values(config: FederationConfig) -> dict[str, Any]:
+    """``config`` as run-config values (TOML scalars): ``None`` -> 0 / "", mappings -> ``"k=v,k=v"``."""
+    config_kinds = kinds(FederationConfig)
+    values = {key: config_kinds[name].plain(getattr(config, name)) for name, key in run_keys().items()}
+    if config.rounds is None:
+        values[RUN_KEY_ALIASES["rounds"]] = UNTIL_STOPPED_ROUNDS
+    return values
+
+
+# Defaults for keys missing from a run config; pyproject.toml sets the same values (a test checks).
+RUN_DEFAULTS: dict[str, Any] = {**config_run_values(FederationConfig()), **SERVER_DEFAULTS}
 
 # Run-config keys that decide what a node trains on; a node's cached device is keyed by them.
 NODE_RUN_KEYS = (
@@ -75,11 +72,6 @@ def _get(run_config: Mapping[str, Any], key: str) -> Any:
     return run_config.get(key, RUN_DEFAULTS[key])
 
 
-def _optional_positive(value: Any) -> int | None:
-    number = int(value)
-    return number if number > 0 else None
-
-
 def _text(value: Any) -> str | None:
     text = str(value).strip()
     return text or None
@@ -92,80 +84,41 @@ def parse_ids(text: str | None) -> frozenset[int]:
 
 def parse_faults(text: str | None) -> dict[int, str]:
     """``"2=nan,3=crash"`` -> ``{2: "nan", 3: "crash"}`` (the engine's simulated faults)."""
-    faults = {}
-    for item in re.split(r"[,\s]+", (text or "").strip()):
-        if not item:
-            continue
-        device, _, fault = item.partition("=")
-        if not device.strip().isdigit() or not fault.strip():
-            raise ValueError(f"fault {item!r} must look like DEVICE=FAULT, e.g. 3=crash")
-        faults[int(device)] = fault.strip()
-    return faults
+    return kinds(FederationConfig)["faults"].parse(text or "")
 
 
 def parse_params(text: str | None) -> dict[str, float]:
     """``"proximal_mu=0.1"`` -> ``{"proximal_mu": 0.1}`` (strategy hyper-parameters)."""
-    params = {}
-    for item in re.split(r"[,\s]+", (text or "").strip()):
-        if not item:
-            continue
-        name, _, value = item.partition("=")
+    return kinds(FederationConfig)["strategy_params"].parse(text or "")
+
+
+def config_values(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The FederationConfig fields a run config describes (missing keys: :data:`RUN_DEFAULTS`)."""
+    config_kinds, values = kinds(FederationConfig), {}
+    for name, key in run_keys().items():
         try:
-            params[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"strategy parameter {item!r} must look like NAME=NUMBER, e.g. proximal_mu=0.1") from None
-    return params
+            values[name] = config_kinds[name].from_plain(_get(run_config, key))
+        except ValueError as error:
+            raise ValueError(f"run-config key {key}: {error}") from None
+    rounds = values["rounds"]
+    values["rounds"] = None if rounds is not None and rounds >= UNTIL_STOPPED_ROUNDS else rounds
+    return values
 
 
 def federation_config(
     run_config: Mapping[str, Any], num_devices: int, data_dir: str | None = None
 ) -> FederationConfig:
-    """The engine configuration described by a Flower run config, validated."""
-    return FederationConfig(
-        dataset=str(_get(run_config, "dataset")),
-        data_dir=data_dir,
-        model=str(_get(run_config, "model")),
-        num_devices=int(num_devices),
-        partition=str(_get(run_config, "partition")),
-        alpha=float(_get(run_config, "alpha")),
-        shards_per_device=int(_get(run_config, "shards-per-device")),
-        quantity_alpha=float(_get(run_config, "quantity-alpha")),
-        rounds=int(_get(run_config, "num-server-rounds")),
-        local_epochs=int(_get(run_config, "local-epochs")),
-        batch_size=int(_get(run_config, "batch-size")),
-        learning_rate=float(_get(run_config, "learning-rate")),
-        optimizer=str(_get(run_config, "optimizer")),
-        momentum=float(_get(run_config, "momentum")),
-        min_devices=int(_get(run_config, "min-devices")),
-        fraction=float(_get(run_config, "fraction")),
-        seed=int(_get(run_config, "seed")),
-        strategy=str(_get(run_config, "strategy")),
-        strategy_params=parse_params(str(_get(run_config, "strategy-params"))),
-        local_test_fraction=float(_get(run_config, "local-test-fraction")),
-        train_samples=_optional_positive(_get(run_config, "train-samples")),
-        test_samples=_optional_positive(_get(run_config, "test-samples")),
-        faults=parse_faults(_get(run_config, "faults")),
-        **_privacy_and_behaviour(run_config),
-    ).validate()
+    """The engine configuration described by a Flower run config, validated.
 
-
-def _optional_positive_float(value: Any) -> float | None:
-    number = float(value)
-    return number if number > 0 else None
-
-
-def _privacy_and_behaviour(run_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The privacy, compression and simulated-unreliability fields (0 means off for the optional ones)."""
-    return dict(
-        clip_norm=_optional_positive_float(_get(run_config, "clip-norm")),
-        noise_multiplier=float(_get(run_config, "noise-multiplier")),
-        local_noise_multiplier=float(_get(run_config, "local-noise-multiplier")),
-        dp_delta=float(_get(run_config, "dp-delta")),
-        compression=str(_get(run_config, "compression")),
-        topk_fraction=float(_get(run_config, "topk-fraction")),
-        dropout=float(_get(run_config, "dropout")),
-        round_deadline=_optional_positive_float(_get(run_config, "round-deadline")),
-    )
+    ``num_devices`` (the partitions) and ``data_dir`` (this machine's folder) are
+    not the run config's: the deployment decides them.
+    """
+    values = config_values(run_config) | {"num_devices": int(num_devices), "data_dir": data_dir}
+    config = FederationConfig(**values)
+    reason = STRATEGIES[config.strategy].in_process_only if config.strategy in STRATEGIES else ""
+    if reason:
+        raise ConfigError([f"{config.strategy} runs in-process only: {reason}"])
+    return config.validate(devices_known=False)  # nodes announce themselves: too few updates are reported per round
 
 
 @dataclass(frozen=True)
@@ -201,7 +154,7 @@ def server_settings(run_config: Mapping[str, Any], folder: Path | None = None) -
     federation = federation_config(run_config, num_devices=max(min_devices, 1), data_dir=data_dir)
     return ServerSettings(
         federation=federation.with_changes(faults={}),
-        rounds=int(_get(run_config, "num-server-rounds")),
+        rounds=federation.rounds or UNTIL_STOPPED_ROUNDS,
         wait_timeout=float(_get(run_config, "wait-timeout")),
         round_timeout=float(_get(run_config, "round-timeout")),
         results_file=confined_path("results-file", results_file, folder) if results_file else None,

@@ -13,6 +13,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_to_finish(federation, timeout: float = 180):
+    """Start ``federation``, wait for it, check that it finished (not failed or stopped): its last snapshot."""
+    from engine.results import RunStatus
+
+    federation.start()
+    snapshot = federation.wait(timeout=timeout)
+    assert snapshot.status is RunStatus.FINISHED, snapshot.message
+    return snapshot
+
+
 @pytest.fixture(scope="session", autouse=True)
 def runs_dir(tmp_path_factory) -> Path:
     """Runs recorded by tests (CLI subprocesses included) go to a temporary folder, never ./runs."""

@@ -49,3 +49,21 @@ def test_update_problem_names_shape_count_and_non_finite_values():
     assert "1 weight arrays" in update_problem([np.ones((2, 2))], reference)
     assert "NaN or Inf" in update_problem([np.ones((2, 2)), np.array([1.0, np.inf])], reference)
     assert "NaN or Inf" in update_problem([np.full((2, 2), np.nan), np.ones(2)], reference)
+
+
+def test_mean_delta_accumulated_in_place_equals_the_weighted_average():
+    from engine.aggregation import RunningMean
+
+    rng = np.random.default_rng(3)
+    deltas = [[rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)] for _ in range(5)]
+    coefficients = [10.0, 0.0, 3.0, 7.0, 1.0]
+    mean = RunningMean(deltas[0])
+    for delta, coefficient in zip(deltas, coefficients):
+        mean.add(delta, coefficient)
+    assert mean.count == 5 and mean.total == 21.0
+    for got, want in zip(mean.mean(), weighted_average(deltas, coefficients)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="nothing to average"):
+        RunningMean(deltas[0]).mean()
+    with pytest.raises(ValueError, match="non-negative"):
+        mean.add(deltas[0], -1.0)

@@ -39,7 +39,12 @@ def test_settings_flower_cannot_carry_are_refused_in_place(make_app, monkeypatch
     at = make_app().run()
     at.selectbox(key="setup_backend").set_value("flower").run()
     at.checkbox(key="setup_secure").check().run()
-    at.button(key="apply").click().run()
     no_exceptions(at)
+    # shown in place, before any click, like every other setup problem; nothing can be applied
+    assert any("flower backend: secure aggregation" in e.value.lower() for e in at.sidebar.error)
+    assert at.button(key="apply").disabled
     assert type(federation_of(at)).__name__ == "Federation"  # the in-process federation is kept
-    assert any("secure aggregation" in e.value.lower() for e in at.error)
+    at.number_input(key="setup_devices").set_value(20).run()
+    assert any("too many for flower" in e.value.lower() for e in at.sidebar.error)
+    at.selectbox(key="setup_backend").set_value("in-process").run()
+    assert not any("flower" in e.value.lower() for e in at.sidebar.error)

@@ -27,11 +27,12 @@ SMALL = ["--model", "mlp", "--devices", "3", "--train-samples", "1500", "--test-
 
 
 def test_json_output_has_one_object_per_round_and_a_summary(data_dir):
-    result = run_cli("run", *SMALL, "--json")
+    result = run_cli("run", *SMALL, "--json", "--eval-samples", "200")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     rounds, summary = lines[:-1], lines[-1]
     assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["test_samples"] for r in rounds] == [200, 500]  # a sample each round, the whole test set last
     for record in rounds:
         assert {"global_accuracy", "global_loss", "seconds", "devices"} <= set(record)
         assert [d["id"] for d in record["devices"]] == [0, 1, 2]
@@ -41,8 +42,9 @@ def test_json_output_has_one_object_per_round_and_a_summary(data_dir):
 
 
 def test_table_output_and_fault_reporting(data_dir):
-    result = run_cli("run", *SMALL, "--fault", "1=crash")
+    result = run_cli("run", *SMALL, "--fault", "1=crash", "--precision", "auto")
     assert result.returncode == 0, result.stderr
+    assert "Training in " in result.stderr  # the precision the devices train in, and why
     lines = result.stdout.splitlines()
     assert lines[0].startswith("run ")  # the id under which the run was recorded
     lines = lines[1:]
@@ -67,13 +69,15 @@ def test_help_explains_every_option():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--partition", "zigzag"], "invalid choice"),
+        (["--partition", "zigzag"], "must be one of iid, dirichlet"),
         (["--devices", "0"], "Number of devices must be >= 1"),
         (["--devices", "3", "--min-devices", "5"], "minimum devices"),
         (["--partition", "dirichlet", "--alpha", "-1"], "alpha must be > 0"),
         (["--fraction", "1.5"], "must be in (0, 1]"),
         (["--fault", "x"], "DEVICE=FAULT"),
         (["--lr", "abc"], "expected a number"),
+        (["--precision", "half"], "half"),
+        (["--eval-samples", "-1"], "must be"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args, message):

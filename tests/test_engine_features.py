@@ -8,14 +8,7 @@ import pytest
 from devices.trainer import ModelReplica, OptimizerSpec
 from engine.models import ModelRegistry
 from engine.privacy import epsilon_after
-from engine.results import RunStatus
-
-
-def run(federation):
-    federation.start()
-    snapshot = federation.wait(timeout=120)
-    assert snapshot.status is RunStatus.FINISHED, snapshot.message
-    return snapshot
+from tests.conftest import run_to_finish as run
 
 
 def test_secure_aggregation_gives_the_plain_aggregate(make_federation):

@@ -154,7 +154,7 @@ def test_plan_cohorts_groups_devices_of_similar_length_within_the_width():
 
 def test_a_stacked_federation_ends_where_the_one_by_one_federation_ends(make_federation):
     settings = dict(model="cnn", partition="dirichlet", num_devices=4, train_samples=800, rounds=2,
-                    strategy="fedprox", faults={3: "crash"})
+                    strategy="fedprox", faults={3: "crash"}, precision="float32")  # the equivalence is a float32 one
     one_by_one = make_federation(stack_width=1, **settings)
     stacked = make_federation(**settings)
     assert "one by one" in one_by_one.training_note and "vectorised" in stacked.training_note
@@ -192,3 +192,12 @@ def test_a_model_that_cannot_be_stacked_trains_one_by_one_and_says_why(fashion):
     finally:
         federation.close()
     assert snapshot.status.value == "finished" and len(snapshot.history[0].devices) == 2
+
+
+def test_construction_warms_up_the_stacks_round_one_uses_and_rounds_reuse_them(make_federation):
+    federation = make_federation(rounds=2)  # 3 devices on 2 workers: stacks of 2 and 1
+    federation._warm_up.join(timeout=120)
+    assert federation._pool._stack_cache.idle_widths() == {2: 1, 1: 1}
+    snapshot = federation.run_to_end()
+    assert snapshot.status.value == "finished", snapshot.message
+    assert federation._pool._stack_cache.idle_widths() == {2: 1, 1: 1}  # no stack was built for the rounds

@@ -44,7 +44,8 @@ def w(*values: float) -> list[np.ndarray]:
 
 def updates(*models: list[np.ndarray], samples: list[int] | None = None) -> list[DeviceUpdate]:
     counts = samples or [1] * len(models)
-    return [DeviceUpdate(i, model, n, METRICS) for i, (model, n) in enumerate(zip(models, counts))]
+    return [DeviceUpdate(i, model, n, METRICS, control_delta=[np.zeros_like(a) for a in model])
+            for i, (model, n) in enumerate(zip(models, counts))]
 
 
 def step(strategy: Strategy, server_round: int, global_weights: list[np.ndarray], mean: list[np.ndarray]):
@@ -55,9 +56,10 @@ def step(strategy: Strategy, server_round: int, global_weights: list[np.ndarray]
 # --- registry, metadata -----------------------------------------------------------------------------
 
 
-def test_all_eight_strategies_are_registered_in_order():
+def test_all_strategies_are_registered_in_order():
     assert tuple(STRATEGIES) == (
-        "fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg"
+        "fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
+        "krum", "multikrum", "bulyan", "qfedavg", "fednova", "scaffold",
     )
     for name, cls in STRATEGIES.items():
         assert cls.name == name and cls.title and cls.summary and cls.__doc__
@@ -251,8 +253,9 @@ def test_every_strategy_returns_float32_weights_shaped_like_the_model(name):
     weights = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32), np.zeros((), np.float32)]
     strategy = build_strategy(name)
     for server_round in (1, 2):
-        models = [[rng.normal(size=g.shape) for g in weights] for _ in range(4)]  # float64 from the devices
-        weights = strategy.aggregate(server_round, weights, updates(*models, samples=[1, 2, 3, 4]))
+        # float64 from the devices; seven, enough for Bulyan's 4f+3 with its default f=1
+        models = [[rng.normal(size=g.shape) for g in weights] for _ in range(7)]
+        weights = strategy.aggregate(server_round, weights, updates(*models, samples=[1, 2, 3, 4, 5, 6, 7]))
         assert [a.shape for a in weights] == [(3, 2), (2,), ()]
         assert all(a.dtype == np.float32 and np.all(np.isfinite(a)) for a in weights)
 
@@ -294,7 +297,8 @@ def test_every_problem_is_reported_at_once():
 
 def test_unknown_strategy_lists_the_known_ones():
     assert strategy_problems("fedsgd") == [
-        "unknown strategy 'fedsgd'; choose one of fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, fedtrimmedavg"
+        "unknown strategy 'fedsgd'; choose one of fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, "
+        "fedtrimmedavg, krum, multikrum, bulyan, qfedavg, fednova, scaffold"
     ]
     with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose one of fedavg, fedavgm"):
         build_strategy("fedsgd")

@@ -5,18 +5,26 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-from engine.strategies.base import LocalOptions, Strategy
+from engine.strategies.base import AggregationSkipped, LocalOptions, Strategy
+from engine.strategies.bulyan import Bulyan
 from engine.strategies.fedavg import FedAvg
 from engine.strategies.fedavgm import FedAvgM
 from engine.strategies.fedmedian import FedMedian
+from engine.strategies.fednova import FedNova
 from engine.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from engine.strategies.fedprox import FedProx
 from engine.strategies.fedtrimmedavg import FedTrimmedAvg
+from engine.strategies.krum import Krum, MultiKrum
+from engine.strategies.qfedavg import QFedAvg
+from engine.strategies.scaffold import Scaffold
 
 STRATEGIES: Mapping[str, type[Strategy]] = MappingProxyType(
     {
         cls.name: cls
-        for cls in (FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam, FedYogi, FedMedian, FedTrimmedAvg)
+        for cls in (
+            FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan,
+            QFedAvg, FedNova, Scaffold,
+        )
     }
 )
 
@@ -39,6 +47,16 @@ def strategy_problems(name: str, params: Mapping[str, object] | None = None) -> 
     return STRATEGIES[name].parameter_problems(dict(params or {}))
 
 
+def strategy_device_problems(name: str, params: Mapping[str, object] | None, devices_per_round: int) -> list[str]:
+    """Why strategy ``name`` cannot work with ``devices_per_round`` updates a round (e.g. Krum's n > 2f+2).
+
+    [] when it can, and also when the name or parameters are wrong (:func:`strategy_problems` says why).
+    """
+    if strategy_problems(name, params):
+        return []
+    return build_strategy(name, params).device_problems(devices_per_round)
+
+
 def build_strategy(name: str, params: Mapping[str, float] | None = None) -> Strategy:
     """Instantiate strategy ``name`` with hyper-parameters ``params`` (others keep their defaults).
 
@@ -55,18 +73,26 @@ def build_strategy(name: str, params: Mapping[str, float] | None = None) -> Stra
 
 __all__ = [
     "STRATEGIES",
+    "AggregationSkipped",
+    "Bulyan",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
     "FedMedian",
+    "FedNova",
     "FedOpt",
     "FedProx",
     "FedTrimmedAvg",
     "FedYogi",
+    "Krum",
+    "MultiKrum",
+    "QFedAvg",
+    "Scaffold",
     "LocalOptions",
     "Strategy",
     "UnknownStrategyError",
     "build_strategy",
+    "strategy_device_problems",
     "strategy_problems",
 ]

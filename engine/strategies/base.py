@@ -30,11 +30,20 @@ class LocalOptions:
     """What a strategy asks of the devices' local training."""
 
     proximal_mu: float = 0.0  # FedProx: weight of (mu/2)||w - w_global||^2 in the local objective
+    control_variates: bool = False  # SCAFFOLD: send the server control variate, correct the local gradients
+    control_variate: Weights | None = None  # SCAFFOLD's server control variate c (None: still zero)
 
 
-def hyperparameter(default: float, help: str, bounds: Bounds = Bounds()) -> Any:
-    """A dataclass field for a hyper-parameter, with its help text and allowed range."""
-    return field(default=default, metadata={"help": help, "bounds": bounds})
+def hyperparameter(default: float, help: str, bounds: Bounds = Bounds(), integer: bool = False) -> Any:
+    """A dataclass field for a hyper-parameter, with its help text, allowed range and whether it is a count."""
+    return field(default=default, metadata={"help": help, "bounds": bounds, "integer": integer})
+
+
+class AggregationSkipped(ValueError):
+    """A strategy cannot aggregate this round's updates (e.g. too few for its robustness guarantee).
+
+    The round keeps the global model unchanged and reports the message for every update it received.
+    """
 
 
 def state() -> Any:
@@ -57,6 +66,9 @@ class Strategy(ABC):
     title: ClassVar[str] = "Strategy"
     summary: ClassVar[str] = ""
     linear: ClassVar[bool] = False
+    needs_received_loss: ClassVar[bool] = False  # uses each device's loss of the model it received
+    needs_sgd: ClassVar[bool] = False  # its device-side math assumes local SGD
+    in_process_only: ClassVar[str] = ""  # why it cannot run on Flower yet ("" when it can)
 
     def __post_init__(self) -> None:
         problems = self.parameter_problems({f.name: getattr(self, f.name) for f in self._hyperparameter_fields()})
@@ -65,6 +77,13 @@ class Strategy(ABC):
 
     def local_options(self) -> LocalOptions:
         return LocalOptions()
+
+    def bind(self, num_devices: int) -> None:
+        """Told once how many devices the federation has (SCAFFOLD's server step needs it)."""
+
+    def device_problems(self, devices_per_round: int) -> list[str]:
+        """Why this strategy cannot work with ``devices_per_round`` updates a round, one message each; [] if fine."""
+        return []
 
     def aggregate(self, server_round: int, global_weights: Weights, updates: Sequence[DeviceUpdate]) -> Weights:
         """Return the new global weights (default: :meth:`from_mean` of the weighted mean)."""
@@ -109,10 +128,13 @@ class Strategy(ABC):
                 found.append(f"{cls.name}: {name} must be a finite number, got {value!r}")
             elif not bounds.contains(float(value)):
                 found.append(f"{cls.name}: {name} must be {bounds.describe()}, got {value!r}")
+            elif declared[name].metadata.get("integer") and float(value) != int(value):
+                found.append(f"{cls.name}: {name} must be a whole number, got {value!r}")
         return found
 
 
 __all__ = [
+    "AggregationSkipped",
     "Bounds",
     "FRACTION",
     "LocalOptions",
