@@ -234,7 +234,7 @@ class FlowerFederation(FederationBackend):
         self.deactivated_file = self.workdir / "deactivated.txt"
         self.weights_file = self.workdir / "global-weights.npz"
         self.deployment = _Deployment(
-            self.workdir / "deployment", config.num_devices, data_dir=config.data_dir,
+            self.workdir / "deployment", config.num_devices, data_dir=config.data_dir, output_dir=self.workdir,
             extra_env={WEIGHTS_FILE_VARIABLE: str(self.weights_file)},
         )
         self.leftovers: list[int] = []  # tagged processes that outlived the teardown (then killed)

@@ -10,7 +10,8 @@ Messages it answers:
   engine does, and reply with what ``Device.respond`` sends in-process (the
   clipped, noised, compressed delta), every ``DeviceMetrics`` field and
   ``setup-seconds`` (TensorFlow import, data loading and model building in this
-  process: Flower starts a fresh ClientApp process for every message).
+  process: paid every round when Flower starts a fresh ClientApp process per
+  message, once when a long-lived worker runs them, see ``flower_app.node``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from engine.config import ConfigError, FederationConfig
 from engine.settings import declared_settings, kinds
 from engine.strategies import STRATEGIES
+from flower_app.output_dir import confined_path, output_dir
 
 UNTIL_STOPPED_ROUNDS = 1_000_000  # rounds=None ("until stopped"): Flower needs a number
 
@@ -143,7 +144,9 @@ class ServerSettings:
         return ids
 
 
-def server_settings(run_config: Mapping[str, Any]) -> ServerSettings:
+def server_settings(run_config: Mapping[str, Any], folder: Path | None = None) -> ServerSettings:
+    """The ServerApp's settings; file names are confined to ``folder`` (default: the output folder)."""
+    folder = folder or output_dir()
     min_devices = int(_get(run_config, "min-devices"))
     data_dir = _text(_get(run_config, "data-dir"))
     results_file = _text(_get(run_config, "results-file"))
@@ -154,9 +157,9 @@ def server_settings(run_config: Mapping[str, Any]) -> ServerSettings:
         rounds=federation.rounds or UNTIL_STOPPED_ROUNDS,
         wait_timeout=float(_get(run_config, "wait-timeout")),
         round_timeout=float(_get(run_config, "round-timeout")),
-        results_file=Path(results_file).expanduser().resolve() if results_file else None,
+        results_file=confined_path("results-file", results_file, folder) if results_file else None,
         deactivated=parse_ids(str(_get(run_config, "deactivated"))),
-        deactivated_file=Path(deactivated_file).expanduser().resolve() if deactivated_file else None,
+        deactivated_file=confined_path("deactivated-file", deactivated_file, folder) if deactivated_file else None,
     )
 
 

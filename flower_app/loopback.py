@@ -1,7 +1,26 @@
 """A whole Flower deployment on one machine: a SuperLink, N SuperNodes and ``flwr run``, over 127.0.0.1.
 
-Real processes with real network traffic, insecure (no TLS) and on free ports,
-for tests and measurements; see the README for a deployment across machines.
+Real processes with real network traffic, on free ports, for tests,
+measurements and trying it out; see the README for a deployment across
+machines. By default it is set up as a real deployment should be:
+
+* **TLS** everywhere (a test CA and server certificate from
+  ``scripts/make_certificates.sh``, made in ``workdir``);
+* **SuperNode authentication**: the SuperLink runs with
+  ``--enable-supernode-auth``, every SuperNode gets its own key pair, and its
+  public key is registered (``flwr supernode register``) before it starts;
+* **fast rounds**: each SuperNode runs in ``--isolation process`` next to one
+  long-lived ClientApp worker (``scripts/clientapp_worker.py``) that keeps
+  TensorFlow, its data and its model replica loaded across messages, the
+  SuperNode pulls every ``poll_seconds`` instead of 3 s
+  (``scripts/supernode.py``) and so does the ServerApp (``flower_app.polling``);
+* files named by the run config are confined to ``output_dir``
+  (``FL_FLOWER_OUTPUT_DIR`` of the ServerApp, see ``flower_app.output_dir``).
+
+``secure=False`` (``--insecure``) drops TLS and authentication for a quick
+local try; ``isolation="subprocess"`` is Flower's default (a new ClientApp
+process per message), kept for comparison.
+
 Every process gets its own ``FLWR_HOME`` under ``workdir`` (as if on its own
 machine) and is started in a new session, so :meth:`LocalDeployment.stop` can
 end each one with its whole process group. All of them, and everything they
@@ -18,8 +37,8 @@ import argparse
 import json
 import os
 import re
+import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,28 +47,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from flower_app.output_dir import OUTPUT_DIR_VARIABLE
+from flower_app.processes import TAG_VARIABLE, free_port, processes_tagged, terminate, terminate_all, wait_for_port
+from flower_app.polling import POLL_VARIABLE
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TAG_VARIABLE = "FL_FLOWER_DEPLOYMENT"
+SCRIPTS = PROJECT_ROOT / "scripts"
 CONNECTION = "loopback"
+ISOLATION_MODES = ("process", "subprocess")
+SPARE_KEYS = 2  # secure deployments: registered keys for SuperNodes added mid-run
+DEFAULT_POLL_SECONDS = 0.1  # SuperNodes, ClientApp workers and the ServerApp (Flower: 3 s, 1 s, 3 s)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with code {process.returncode} before listening on {port}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.5)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout:g} s")
+def make_certificates(folder: Path, num_supernodes: int) -> None:
+    """A test CA, the SuperLink's certificate and one key pair per SuperNode (``scripts/make_certificates.sh``)."""
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "make_certificates.sh"), "--force", str(folder)], capture_output=True, text=True,
+        env={**os.environ, "SUPERNODE_KEYS": str(num_supernodes)}, timeout=60,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"make_certificates.sh failed: {result.stderr.strip()[-1000:]}")
 
 
 def toml_value(value: object) -> str:
@@ -63,25 +80,6 @@ def toml_value(value: object) -> str:
 
 def run_config_arg(values: Mapping[str, object]) -> str:
     return " ".join(f"{key}={toml_value(value)}" for key, value in values.items())
-
-
-def processes_tagged(tag: str) -> list[int]:
-    """Pids of live processes whose environment carries ``TAG_VARIABLE=tag`` (Linux /proc)."""
-    needle = f"{TAG_VARIABLE}={tag}".encode()
-    found: list[int] = []
-    if not Path("/proc").is_dir():
-        return found  # not Linux: no way to look
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":  # a zombie has exited; only its parent's bookkeeping is left
-                    found.append(int(entry.name))
-        except (FileNotFoundError, PermissionError, ProcessLookupError, IndexError):
-            continue
-    return found
 
 
 @dataclass
@@ -104,7 +102,13 @@ class LocalDeployment:
         node_configs: list[dict[str, object]] | None = None,
         project_root: Path = PROJECT_ROOT,
         startup_timeout: float = 60.0,
+        secure: bool = True,
+        isolation: str = "process",
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+        output_dir: str | Path | None = None,
     ):
+        if isolation not in ISOLATION_MODES:
+            raise ValueError(f"isolation must be one of {ISOLATION_MODES}; got {isolation!r}")
         self.workdir = Path(workdir).resolve()
         self.num_supernodes = num_supernodes
         data_dir = data_dir or os.environ.get("FL_DATA_DIR")
@@ -114,10 +118,16 @@ class LocalDeployment:
         ]
         self.project_root = project_root
         self.startup_timeout = startup_timeout
+        self.secure = secure
+        self.isolation = isolation
+        self.poll_seconds = poll_seconds
+        self.output_dir = Path(output_dir).resolve() if output_dir else self.workdir
+        self.certificates = self.workdir / "certificates"
         self.tag = uuid.uuid4().hex
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
         self._logs: list = []
+        self._registered = 0  # SuperNode keys registered at the SuperLink
 
     # -- environment -------------------------------------------------------------------
     def env(self, home: str) -> dict[str, str]:
@@ -133,6 +143,9 @@ class LocalDeployment:
                 "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                 "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
                 TAG_VARIABLE: self.tag,
+                OUTPUT_DIR_VARIABLE: str(self.output_dir),
+                POLL_VARIABLE: repr(self.poll_seconds),  # the ServerApp's grid
+                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": repr(self.poll_seconds),  # SuperExecs starting apps
             }
         )
         # The app's code reaches the processes inside the FAB that `flwr run` builds, not via PYTHONPATH.
@@ -158,37 +171,116 @@ class LocalDeployment:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "LocalDeployment":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        superlink = self._start(
-            "superlink",
-            ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
-             "--disable-runtime-dependency-installation"],
-            "superlink-home",
-        )
+        if self.secure:  # keys for every node plus SPARE_KEYS, so that a node joining mid-run starts at once
+            make_certificates(self.certificates, len(self.node_configs) + SPARE_KEYS)
+        superlink = self._start("superlink", self.superlink_command(), "superlink-home")
         wait_for_port(self.port, self.startup_timeout, superlink)
-        for index, node_config in enumerate(self.node_configs):
-            self._start_supernode(index, node_config)
-        cli_home = self.workdir / "cli-home"
-        cli_home.mkdir(parents=True, exist_ok=True)
-        (cli_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
-        )
+        self._write_cli_config()
+        if self.secure:
+            self.register_supernodes(range(len(self.node_configs) + SPARE_KEYS))
+            self._registered = len(self.node_configs) + SPARE_KEYS
+        for index in range(len(self.node_configs)):
+            self.start_supernode(index)
         return self
 
-    def _start_supernode(self, index: int, node_config: Mapping[str, object]) -> subprocess.Popen:
-        config = " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())
-        return self._start(
-            f"supernode-{index}",
-            ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-             "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", config],
-            f"supernode-{index}-home",
+    def superlink_command(self) -> list[str]:
+        # scripts/superlink.py: flower-superlink whose Control/Runtime APIs answer 127.0.0.1 only
+        command = [sys.executable, str(SCRIPTS / "superlink.py"), "--host", "127.0.0.1", "--port", str(self.port),
+                   "--disable-runtime-dependency-installation"]
+        if not self.secure:
+            return command + ["--insecure"]
+        return command + [
+            "--ssl-ca-certfile", str(self.certificates / "ca.crt"),
+            "--ssl-certfile", str(self.certificates / "server.crt"),
+            "--ssl-keyfile", str(self.certificates / "server.key"),
+            "--enable-supernode-auth",
+        ]
+
+    def _write_cli_config(self) -> None:
+        cli_home = self.workdir / "cli-home"
+        cli_home.mkdir(parents=True, exist_ok=True)
+        link = (f'root-certificates = "{self.certificates / "ca.crt"}"' if self.secure else "insecure = true")
+        (cli_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\n{link}\n'
         )
 
+    def register_supernodes(self, indices) -> None:
+        """``flwr supernode register`` each node's public key (in parallel: each is a CLI start-up)."""
+        commands = {i: ["flwr", "supernode", "register", str(self.certificates / f"supernode-{i}.pub"), CONNECTION]
+                    for i in indices}
+        running = {i: subprocess.Popen(c, cwd=self.project_root, env=self.env("cli-home"), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                   for i, c in commands.items()}
+        for index, process in running.items():
+            output = process.communicate(timeout=self.startup_timeout)[0]
+            if process.returncode != 0:
+                raise RuntimeError(f"registering supernode-{index} failed: {output[-1000:]}")
+
+    def supernode_command(self, index: int, runtime_port: int, key: Path | None = None, authenticate: bool = True,
+                          runtime_secret: Path | None = None) -> list[str]:
+        """SuperNode ``index``; secure deployments: with private ``key`` (default its own) unless not ``authenticate``.
+
+        ``runtime_secret``: the file its ClientApp worker signs task requests with (process isolation).
+        """
+        config = " ".join(f"{k}={toml_value(v)}" for k, v in self.node_configs[index].items())
+        command = [sys.executable, str(SCRIPTS / "supernode.py"), "--fleet-poll-interval", repr(self.poll_seconds),
+                   "--superlink", f"127.0.0.1:{self.port}", "--host", "127.0.0.1", "--port", str(runtime_port),
+                   "--node-config", config, "--isolation", self.isolation]
+        if runtime_secret is not None:
+            command += ["--superexec-auth-secret-file", str(runtime_secret)]
+        if not self.secure:
+            return command + ["--insecure"]
+        command += ["--root-certificates", str(self.certificates / "ca.crt")]
+        if not authenticate:
+            return command
+        return command + ["--auth-supernode-private-key", str(key or self.certificates / f"supernode-{index}")]
+
+    def start_supernode(self, index: int, key: Path | None = None, name: str | None = None,
+                        authenticate: bool = True) -> subprocess.Popen:
+        """Start SuperNode ``index`` and, in process isolation, its long-lived ClientApp worker."""
+        name = name or f"supernode-{index}"
+        runtime_port = free_port()
+        home = f"{name}-home"
+        secret = self._runtime_secret(home) if self.isolation == "process" else None
+        supernode = self._start(name, self.supernode_command(index, runtime_port, key, authenticate, secret), home)
+        if secret is not None:
+            self._start(name.replace("supernode", "clientapp"), [
+                sys.executable, str(SCRIPTS / "clientapp_worker.py"), "--insecure",
+                "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--poll-interval", repr(self.poll_seconds),
+                "--superexec-auth-secret-file", str(secret),
+            ], home)
+        return supernode
+
+    def _runtime_secret(self, home: str) -> Path:
+        """A random secret (owner-only file) shared by a SuperNode and its worker: only they acquire its tasks."""
+        path = self.workdir / home / "superexec.secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(secrets.token_bytes(32))
+        return path
+
     def add_supernode(self, node_config: Mapping[str, object]) -> str:
-        """Start one more SuperNode while the deployment runs (a device joining mid-run); its process name."""
-        index = len([name for name in self.processes if name.startswith("supernode-")])
-        self._start_supernode(index, node_config)
+        """Start one more SuperNode while the deployment runs (a device joining mid-run); its process name.
+
+        In a secure deployment it gets its own key pair, registered before it starts
+        (one of the ``SPARE_KEYS`` registered at start-up while they last).
+        """
+        self.node_configs.append(dict(node_config))
+        index = len(self.node_configs) - 1
+        if self.secure and index >= self._registered:
+            key = self.certificates / f"supernode-{index}"
+            for path in (key, key.with_suffix(".pub")):
+                path.unlink(missing_ok=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", key.name, "-f", str(key)],
+                           check=True, capture_output=True, timeout=60)
+            self.register_supernodes([index])
+            self._registered = index + 1
+        self.start_supernode(index)
         return f"supernode-{index}"
 
     def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
@@ -212,17 +304,21 @@ class LocalDeployment:
         try:
             output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _terminate(process)
+            terminate(process)
             output = process.communicate()[0]
             raise TimeoutError(f"flwr run did not finish within {timeout:g} s:\n{output[-4000:]}") from None
         seconds = time.perf_counter() - started
         (self.workdir / "flwr-run.log").write_text(output)
         match = re.search(r"Successfully started run (\d+)", output)
         rounds = []
-        results_file = run_config.get("results-file")
-        if results_file and Path(str(results_file)).exists():
-            rounds = [json.loads(line) for line in Path(str(results_file)).read_text().splitlines() if line]
+        results_file = self.output_file(str(run_config.get("results-file") or ""))
+        if results_file is not None and results_file.exists():
+            rounds = [json.loads(line) for line in results_file.read_text().splitlines() if line]
         return RunOutcome(int(match.group(1)) if match else None, process.returncode, seconds, output, rounds)
+
+    def output_file(self, name: str) -> Path | None:
+        """Where the ServerApp puts the file a run config names (relative names land in ``output_dir``)."""
+        return (self.output_dir / name).resolve() if name.strip() else None
 
     def run_status(self, run_id: int) -> str:
         """The run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""
@@ -236,8 +332,8 @@ class LocalDeployment:
     def stop(self, timeout: float = 15.0) -> list[int]:
         """End every process group, then return the pids of tagged processes still alive (killed)."""
         # SuperNodes first (they sign off at the SuperLink), then the SuperLink.
-        _terminate_all([p for name, p in self.processes.items() if name != "superlink"], timeout)
-        _terminate_all([p for name, p in self.processes.items() if name == "superlink"], timeout)
+        terminate_all([p for name, p in self.processes.items() if name != "superlink"], timeout)
+        terminate_all([p for name, p in self.processes.items() if name == "superlink"], timeout)
         for log in self._logs:
             log.close()
         deadline = time.monotonic() + timeout  # SuperExec/ServerApp/ClientApp notice their parent is gone
@@ -259,34 +355,6 @@ class LocalDeployment:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _terminate(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    _terminate_all([process], timeout)
-
-
-def _terminate_all(processes: list[subprocess.Popen], timeout: float = 15.0) -> None:
-    """SIGTERM each process's group, SIGKILL what is left of it after ``timeout``, and reap the processes.
-
-    Only groups of processes still running here are signalled: a reaped process's id is not ours any more.
-    """
-    running = [process for process in processes if process.poll() is None]
-    for process in running:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    for process in running:
-        try:
-            process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # the rest of its group, or itself if it ignored SIGTERM
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
 
 
 # -- measurement: the same workload over Flower and in-process ------------------------------------
@@ -318,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--workdir", default=None, help="default: a new folder under /tmp")
     parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument("--insecure", action="store_true",
+                        help="no TLS and no SuperNode authentication (quick local tries only)")
+    parser.add_argument("--isolation", choices=ISOLATION_MODES, default="process",
+                        help="process (default): one long-lived ClientApp worker per SuperNode; "
+                             "subprocess: Flower's default, a new ClientApp process per message")
     args = parser.parse_args(argv)
 
     import tempfile
@@ -326,9 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     run_config = {
         "num-server-rounds": args.rounds, "model": args.model, "train-samples": args.train_samples,
         "test-samples": args.test_samples, "min-devices": args.supernodes,
-        "results-file": str(workdir / "rounds.jsonl"),
+        "results-file": "rounds.jsonl",  # inside the deployment's output folder
     }
-    with LocalDeployment(workdir, args.supernodes) as deployment:
+    with LocalDeployment(workdir, args.supernodes, secure=not args.insecure, isolation=args.isolation) as deployment:
         outcome = deployment.run(run_config)
         left = deployment.stop()
     if outcome.returncode != 0 or len(outcome.rounds) != args.rounds:

@@ -1,10 +1,11 @@
 """A SuperNode's local device: its data and a model replica, built once per process.
 
-Flower runs each message in a fresh ClientApp process, so in practice the
-cache below serves one message; it matters when several messages share a
-process (tests, ``--isolation process`` setups) and keeps a node from ever
-building its device twice. Top-k error feedback (the device's residual) lives
-as long as that process.
+With Flower's default isolation every message runs in a fresh ClientApp
+process and the cache below serves one message. With ``--isolation process``
+and the long-lived worker (``scripts/clientapp_worker.py``, the loopback
+default) every message of a run reaches the same process, so the device's data
+and model replica are built once, in the first round. Top-k error feedback
+(the device's residual) lives as long as that process.
 """
 
 from __future__ import annotations

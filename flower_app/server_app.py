@@ -66,6 +66,8 @@ from engine.store import RunStore, StoreError
 from engine.strategies import build_strategy
 from flower_app import records
 from flower_app.config import server_settings
+from flower_app.output_dir import confined_path, output_dir
+from flower_app.polling import PollingGrid, poll_seconds
 from flower_app.transport import GridTransport
 
 app = ServerApp()
@@ -95,9 +97,9 @@ def append_json_line(path: Path, record: dict) -> None:
 
 
 def weights_file(run_config) -> Path | None:
-    """Where to save the global model after each round (None: nowhere)."""
+    """Where to save the global model after each round (None: nowhere), inside the output folder."""
     path = str(run_config.get("weights-file", "") or os.environ.get(WEIGHTS_FILE_VARIABLE, "")).strip()
-    return Path(path).expanduser().resolve() if path else None
+    return confined_path("weights-file", path, output_dir()) if path else None
 
 
 def save_weights(path: Path, server_round: int, weights: Weights) -> None:
@@ -172,7 +174,9 @@ class RunRecorder:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings = server_settings(context.run_config)
+    grid = PollingGrid(grid, poll_seconds())  # Flower's deployment grid waits 3 s between pulls
+    settings = server_settings(context.run_config)  # refuses file names outside the output folder
+    weights_file(context.run_config)  # the same, before anything is loaded
     config = settings.federation
     evaluator = CentralEvaluator(config)
     transport = GridTransport(grid, settings)

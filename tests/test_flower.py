@@ -88,7 +88,8 @@ def test_instructions_and_updates_survive_the_flower_records():
     assert records.finite_or_none(float("inf")) is None and records.finite_or_none("x") is None
 
 
-def test_run_config_maps_onto_the_engine_config(tmp_path):
+def test_run_config_maps_onto_the_engine_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))  # run-config files must lie inside it
     config = federation_config({**RUN_DEFAULTS, "model": "mlp", "train-samples": 500, "faults": "1=nan",
                                 "strategy": "fedprox", "strategy-params": "proximal_mu=0.2"}, num_devices=3)
     assert (config.model, config.num_devices, config.train_samples, config.test_samples) == ("mlp", 3, 500, None)
@@ -213,7 +214,8 @@ def reply_with(update: EncodedUpdate):
     return lambda message: Message(records.update_content(update), reply_to=message)
 
 
-def test_transport_selects_like_the_engine_and_skips_deactivated_partitions(tmp_path, server_identity):
+def test_transport_selects_like_the_engine_and_skips_deactivated_partitions(tmp_path, server_identity, monkeypatch):
+    monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))  # run-config files must lie inside it
     off = tmp_path / "off.txt"
     off.write_text("2")
     grid = FakeGrid({101: 0, 102: 1, 103: 2, 104: 3, 105: 1})  # nodes 102 and 105 share partition 1

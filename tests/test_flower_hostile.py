@@ -75,7 +75,9 @@ def hostile_run(data_dir, tmp_path_factory):
         "hostile": ",".join(f"{p}:{cases}" for p, cases in {**HOSTILE, JOINING: "honest"}.items()),
     }
     nodes = [{"partition-id": i, "num-partitions": PARTITIONS} for i in range(PARTITIONS - 1)]
-    local = LocalDeployment(workdir, len(nodes), data_dir=data_dir, node_configs=nodes, project_root=project)
+    # Flower's per-message ClientApp processes: rounds slow enough for the joining node to be in the last one
+    local = LocalDeployment(workdir, len(nodes), data_dir=data_dir, node_configs=nodes, project_root=project,
+                            isolation="subprocess")
     outcome: list = []
     with local:
         runner = threading.Thread(target=lambda: outcome.append(local.run(run_config, timeout=500)), daemon=True)

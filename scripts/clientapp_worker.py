@@ -1,0 +1,189 @@
+"""A long-lived ClientApp process for a SuperNode started with ``--isolation process``.
+
+Flower 1.42 runs every message in a new ``flwr-clientapp`` process (started by
+``flower-superexec``, which polls the SuperNode once a second): each round a
+device pays a Python start-up, its app's imports (TensorFlow: seconds), loading
+its data and building its model. This worker does the job of both, in one
+process that stays up: it asks the SuperNode's Runtime API for the next
+ClientApp task every ``--poll-interval`` seconds (default 0.05) and runs it here
+exactly as ``flwr-clientapp`` does (install the FAB, load its ClientApp, call
+it, push the reply and the task's status). Modules stay imported between
+messages, so whatever the app caches (``flower_app.node.local_node``: the
+device's data and model replica) is reused.
+
+Isolation between apps is kept: a task of a *different* FAB (other code)
+replaces this process (``os.execv``) with a fresh worker that runs that task
+first, so no module of one app is ever reused for another.
+
+It needs only Flower (no checkout of the app; every app arrives as a FAB) and
+is meant to run next to its SuperNode, on the same machine::
+
+    flower-supernode --isolation process --host 127.0.0.1 --port 9094 ...
+    python scripts/clientapp_worker.py --runtime-api-address 127.0.0.1:9094 --insecure
+
+(``--insecure`` is the local Runtime API of that SuperNode, which listens on
+127.0.0.1 only; the SuperNode's link to the SuperLink keeps its TLS.) Give
+both the same ``--superexec-auth-secret-file`` (random bytes, readable by their
+user only) so that no other local user can take the node's tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from logging import ERROR, INFO
+
+from flwr.app import Message
+from flwr.app.error import Error
+from flwr.cli.install import install_from_fab
+from flwr.clientapp.client_app import LoadClientAppError
+from flwr.clientapp.utils import get_load_client_app_fn
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore import log
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.auth import load_superexec_auth_secret
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+)
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.tls import validate_and_resolve_root_certificates
+from flwr.supernode.runtime import run_clientapp
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+COMPONENT = "flwr-clientapp"
+ACQUIRE_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})  # what the SuperNode checks the secret on
+# Flower waits 1 s (doubling to 10 s) before re-asking for a message part that has not reached the SuperNode
+# yet; the SuperNode is on this machine, so ask again sooner.
+PULL_BACKOFF = {"initial_backoff": 0.02, "backoff_cap": 0.02}
+
+
+def fast_object_pulls() -> None:
+    """Make ``pull_task_input`` retry missing message parts every 20 ms instead of after 1 s, doubling."""
+    original = run_clientapp.pull_and_inflate_object_from_tree
+    run_clientapp.pull_and_inflate_object_from_tree = functools.partial(original, **PULL_BACKOFF)
+
+
+def runtime_client(args: argparse.Namespace, token: str | None = None) -> RuntimeHttpClient:
+    """The SuperNode's Runtime API: for one task (``token``), else for acquiring tasks (signed with the secret)."""
+    interceptors = [RuntimeVersionHttpInterceptor(component_name=COMPONENT)]
+    if token is not None:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    elif args.superexec_auth_secret_file:
+        secret = load_superexec_auth_secret(args.superexec_auth_secret_file)
+        interceptors.append(SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=ACQUIRE_METHODS))
+    return RuntimeHttpClient.from_server_address(
+        server_address=args.runtime_api_address,
+        insecure=args.insecure,
+        root_certificates=validate_and_resolve_root_certificates(args.root_certificates, args.insecure),
+        interceptors=interceptors,
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+def run_task(args: argparse.Namespace, token: str) -> None:
+    """One ClientApp task, as ``flwr.supernode.runtime.run_clientapp`` runs it, without exiting."""
+    client = runtime_client(args, token)
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    message = reply = context = None
+    status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+    marks = [("start", time.perf_counter())]
+    try:
+        heartbeat.start()
+        message, context, run, fab = pull_task_input(client)
+        marks.append(("pull", time.perf_counter()))
+        install_from_fab(fab.content, skip_prompt=True)
+        load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+        client_app = load(run.fab_id, run.fab_version, fab.hash_str)
+        marks.append(("load", time.perf_counter()))
+        reply = client_app(message=message, context=context)
+        marks.append(("app", time.perf_counter()))
+        status, details = SubStatus.COMPLETED, ""
+    except Exception as error:  # pylint: disable=broad-exception-caught  # the app's failure: reported, not fatal
+        log(ERROR, "ClientApp raised an exception", exc_info=error)
+        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(error, LoadClientAppError) \
+            else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        details = f"{type(error)}:<'{error}'>"
+        if message is not None:
+            reply = Message(Error(code=code, reason=details), reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        except Exception as error:  # pylint: disable=broad-exception-caught
+            log(ERROR, "Failed to push the reply", exc_info=error)
+        marks.append(("push", time.perf_counter()))
+        push_task_output(client=client, context=context, sub_status=status, details=details)
+        if heartbeat.is_running:
+            heartbeat.stop()
+        client.close()
+        marks.append(("close", time.perf_counter()))
+        log(INFO, "task %s in %.2f s (%s)", status, marks[-1][1] - marks[0][1],
+            ", ".join(f"{name} {end - begin:.2f}" for (_, begin), (name, end) in zip(marks, marks[1:])))
+
+
+def restart_for(token: str, fab_hash: str) -> None:
+    """Replace this process by a fresh worker that runs ``token``'s task first (another app's code)."""
+    argv = list(sys.argv[1:])
+    for handover in ("--token", "--fab-hash"):
+        while handover in argv:
+            index = argv.index(handover)
+            del argv[index:index + 2]
+    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *argv,
+                              "--token", token, "--fab-hash", fab_hash])
+
+
+def serve(args: argparse.Namespace) -> None:
+    fast_object_pulls()
+    loaded_fab: str | None = None
+    if args.token:
+        run_task(args, args.token)  # handed over by the worker this process replaced
+        loaded_fab = args.fab_hash
+    client = runtime_client(args)
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    while True:
+        response = client.AcquireTask(request)
+        if response.HasField("task") and response.token:
+            fab_hash = response.task.fab_hash
+            if loaded_fab is not None and fab_hash != loaded_fab:
+                log(INFO, "Task of another app (FAB %s): starting a fresh worker", fab_hash)
+                client.close()
+                restart_for(response.token, fab_hash)
+            run_task(args, response.token)
+            loaded_fab = fab_hash
+            continue  # maybe more work already waiting
+        time.sleep(args.poll_interval)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="A long-lived ClientApp worker for a SuperNode in process isolation.")
+    parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's --host:--port, e.g. 127.0.0.1:9094")
+    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the SuperNode's local Runtime API")
+    parser.add_argument("--root-certificates", default=None, help="CA certificate of the Runtime API (with TLS)")
+    parser.add_argument("--superexec-auth-secret-file", default=None,
+                        help="the secret file given to the SuperNode's --superexec-auth-secret-file: without it, any "
+                             "local user who reaches the Runtime API port could take this node's tasks")
+    parser.add_argument("--poll-interval", type=float, default=0.05, help="seconds between task polls (default 0.05)")
+    parser.add_argument("--token", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--fab-hash", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not 0.001 <= args.poll_interval <= 60:
+        parser.error(f"--poll-interval must be between 0.001 and 60 seconds; got {args.poll_interval}")
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    try:
+        serve(arguments)
+    except KeyboardInterrupt:
+        pass
+    except Exception as lost:  # pylint: disable=broad-exception-caught  # e.g. the SuperNode is gone
+        sys.exit(f"clientapp_worker: lost the SuperNode's Runtime API at {arguments.runtime_api_address}: {lost}")
