@@ -74,16 +74,22 @@ class Worker:
         return self._replica
 
 
-def trace_replica(replica: ModelReplica, image_shape: tuple[int, ...], batch_size: int) -> None:
+def blank_sample(spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
+    """One all-zero sample and target of the kind ``spec`` describes (the compiled functions' exact input types:
+    TensorFlow 2.21 leaks a tf.function's lock when a call's inputs do not match its signature)."""
+    return np.zeros((1, *spec.shape), spec.dtype), np.zeros(1, spec.target_dtype.as_numpy_dtype)
+
+
+def trace_replica(replica: ModelReplica, batch_size: int) -> None:
     """Run the replica's compiled train and evaluate once on one blank sample, so they are traced."""
-    x, y = np.zeros((1, *image_shape), np.uint8), np.zeros(1, np.int32)
+    x, y = blank_sample(replica.samples)
     replica.train(x, y, epochs=1, batch_size=batch_size, seed=0)
     replica.evaluate(x, y)
 
 
-def trace_stack(stack: StackedReplica, image_shape: tuple[int, ...], batch_size: int) -> None:
+def trace_stack(stack: StackedReplica, batch_size: int) -> None:
     """Run the stack's compiled train and evaluate once on one blank sample per device, so they are traced."""
-    samples = [(np.zeros((1, *image_shape), np.uint8), np.zeros(1, np.int32))] * stack.width
+    samples = [blank_sample(stack.samples)] * stack.width
     stack.train(samples, epochs=1, batch_size=batch_size, seeds=list(range(stack.width)))
     stack.evaluate(samples)
 
@@ -137,18 +143,18 @@ class WorkerPool:
         """Train ``devices`` together; the future holds each device's update or failure, in order."""
         return self._with_stack(len(devices), lambda stack: train_cohort(devices, instructions, stack, checkpoints))
 
-    def warm_up(self, widths: Sequence[int], image_shape: tuple[int, ...], batch_size: int) -> list[Future]:
+    def warm_up(self, widths: Sequence[int], batch_size: int) -> list[Future]:
         """Build and trace ahead of time what a round with stacks of ``widths`` needs (one by one: ``[1]``s).
 
         Queued on the workers, so a round submitted later starts once they are done.
         """
         if not self.stacks:
             count = min(len(widths), self.workers)
-            return [self._run(lambda worker: trace_replica(worker.replica, image_shape, batch_size))
+            return [self._run(lambda worker: trace_replica(worker.replica, batch_size))
                     for _ in range(count)]
         # as many replicas of each width as the round will train at once
         needed = Counter({width: min(n, self.workers) for width, n in Counter(widths).items()})
-        return [self._with_stack(width, lambda stack: trace_stack(stack, image_shape, batch_size))
+        return [self._with_stack(width, lambda stack: trace_stack(stack, batch_size))
                 for width, n in sorted(needed.items()) for _ in range(n)]
 
     def shutdown(self) -> None:

@@ -219,7 +219,7 @@ class Federation(FederationBackend):
             selected = runner.select(1, range(len(self.devices)))
             instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
             widths = [len(group) for group in self.transport.training_groups(instructions)]
-            futures = self._pool.warm_up(widths, self.dataset.image_shape[:-1], self.config.batch_size)
+            futures = self._pool.warm_up(widths, self.config.batch_size)
             runner.evaluator.evaluate(test.x[:1], test.y[:1])
             wait(futures)
         except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
