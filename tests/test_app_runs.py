@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_to_finish
 
 from engine.results import DeviceProblem, RoundResult
 from tests.test_app import (APP_ENV, DATA_DIR, HAVE_DATA, make, make_app, app_env, federation_of,  # noqa: F401
@@ -211,6 +212,34 @@ def test_a_recorded_run_resumes_as_the_live_federation(make_app, app_env, record
     assert "global_metrics" in plotly_keys(at)  # the history came back with it
     at.run()
     assert federation_of(at).snapshot().total_rounds == 3  # the setup panel now says 3 rounds too
+
+
+@needs_data
+def test_a_resumed_run_keeps_its_devices_switched_off(make_app, app_env, tmp_path, fashion):
+    """Devices switched off before and after training stay off when the run is resumed from the Runs page."""
+    from engine.config import FederationConfig
+    from engine.federation import Federation
+    from engine.store import RunStore
+
+    app_env.setenv("FL_RUNS_DIR", str(tmp_path / "runs"))
+    store = RunStore(tmp_path / "runs")
+    config = FederationConfig(model="mlp", num_devices=3, train_samples=600, test_samples=200, rounds=1,
+                              min_devices=1, data_dir=DATA_DIR)
+    federation = Federation(config, dataset=fashion, store=store, label="tiny")
+    federation.set_active(1, False)  # before the run is recorded
+    snapshot = run_to_finish(federation)
+    assert 1 not in snapshot.history[0].selected
+    federation.set_active(2, False)  # after its last round
+    federation.close()
+
+    app_env.setenv("FL_AUTO_CREATE", "0")
+    at = make_app().run()
+    at.radio(key="page").set_value("Runs").run()
+    at.selectbox(key="runs_open").set_value(federation.run_id).run()
+    at.button(key="runs_resume").click().run()
+    no_exceptions(at)
+    assert [d.active for d in federation_of(at).snapshot().devices] == [True, False, False]
+    assert [at.toggle(key=f"active_{d}").value for d in range(3)] == [True, False, False]
 
 
 @needs_data
