@@ -30,6 +30,7 @@ ERROR_KEY = "create_error"
 REQUEST_KEY = "create_request"
 AUTO_CREATED_KEY = "auto_create_attempted"
 RESUME_KEY = "resume_request"
+SETUP_SEED_KEY = "resumed_setup"  # not "setup_...": those are the widgets' keys
 
 
 class DatasetSlot:
@@ -204,6 +205,22 @@ def _adopt(federation: Federation) -> None:
 def request_resume(run_id: str, more_rounds: int | None) -> None:
     """Ask the next script run to reopen stored run ``run_id`` as the live federation (button callback)."""
     st.session_state[RESUME_KEY] = (run_id, more_rounds)
+
+
+def seed_setup(config: FederationConfig, widget_keys) -> None:
+    """Make ``config`` (e.g. a resumed run's) the setup panel's defaults, its widgets drawn afresh from it.
+
+    The widgets' own values are forgotten rather than overwritten: a widget given both a default and a
+    value through the Session State API makes Streamlit log a warning (and the default is ignored).
+    """
+    for key in widget_keys:
+        st.session_state.pop(key, None)
+    st.session_state[SETUP_SEED_KEY] = config
+
+
+def setup_seed() -> FederationConfig | None:
+    """The configuration :func:`seed_setup` made the setup panel's defaults, if any."""
+    return st.session_state.get(SETUP_SEED_KEY)
 
 
 def take_resume_request() -> tuple[str, int | None] | None:

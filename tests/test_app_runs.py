@@ -195,8 +195,27 @@ def test_runs_page_lists_opens_compares_downloads_and_deletes(make_app, app_env,
     assert list(at.dataframe[0].value["run"]) == [second]
 
 
+@pytest.fixture
+def streamlit_warnings(monkeypatch) -> list[str]:
+    """Warnings Streamlit logs (its loggers do not propagate, so caplog sees none of them)."""
+    import logging
+
+    from streamlit.elements.lib import policies
+
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)  # Streamlit warns once per process
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    names = ["streamlit"] + [n for n in logging.root.manager.loggerDict if n.startswith("streamlit.")]
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    yield messages
+    for name in names:
+        logging.getLogger(name).removeHandler(handler)
+
+
 @needs_data
-def test_a_recorded_run_resumes_as_the_live_federation(make_app, app_env, recorded_runs):
+def test_a_recorded_run_resumes_as_the_live_federation(make_app, app_env, recorded_runs, streamlit_warnings):
     app_env.setenv("FL_AUTO_CREATE", "0")
     at = make_app().run()
     at.radio(key="page").set_value("Runs").run()
@@ -204,6 +223,9 @@ def test_a_recorded_run_resumes_as_the_live_federation(make_app, app_env, record
     at.number_input(key="runs_more_rounds").set_value(2).run()
     at.button(key="runs_resume").click().run()
     no_exceptions(at)
+    assert not [m for m in streamlit_warnings if "Session State API" in m], streamlit_warnings
+    assert at.number_input(key="setup_train_samples").value == 600  # the run's setup, not the panel's default
+    assert at.selectbox(key="setup_strategy").value == "fedavgm"
     federation = federation_of(at)
     snapshot = federation.snapshot()
     assert federation.run_id == recorded_runs[1] and federation.config.strategy == "fedavgm"
