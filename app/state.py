@@ -30,6 +30,7 @@ ERROR_KEY = "create_error"
 REQUEST_KEY = "create_request"
 AUTO_CREATED_KEY = "auto_create_attempted"
 RESUME_KEY = "resume_request"
+RESUMED_KEY = "resumed_run"  # the run id of a federation reopened from the Runs page
 SETUP_SEED_KEY = "resumed_setup"  # not "setup_...": those are the widgets' keys
 
 
@@ -249,7 +250,14 @@ def resume_run(run_id: str, more_rounds: int | None) -> Federation | None:
         status.update(label=f"Run {short_id(run_id)} reopened at round {federation.snapshot().round}.", state="complete",
                       expanded=False)
     _adopt(federation)
+    st.session_state[RESUMED_KEY] = run_id
     return federation
+
+
+def is_resumed(federation: Federation | None) -> bool:
+    """Whether ``federation`` is a run reopened from the Runs page (its page then starts with the controls)."""
+    run_id = getattr(federation, "run_id", None)
+    return run_id is not None and st.session_state.get(RESUMED_KEY) == run_id
 
 
 def _failed(status, message: str) -> None:

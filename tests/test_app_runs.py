@@ -226,6 +226,12 @@ def test_a_recorded_run_resumes_as_the_live_federation(make_app, app_env, record
     assert not [m for m in streamlit_warnings if "Session State API" in m], streamlit_warnings
     assert at.number_input(key="setup_train_samples").value == 600  # the run's setup, not the panel's default
     assert at.selectbox(key="setup_strategy").value == "fedavgm"
+    page = [e for e in at.main.children.values() if e.type not in ("title", "radio", "expandable")]
+    assert [e.type for e in page[:3]] == ["success", "subheader", "flex_container"]  # the run, then its controls
+    assert "reopened" in page[0].value and page[1].value == "Training"
+    assert not any("without collecting" in m.value for m in at.markdown)
+    assert at.button(key="start").proto.label == "Continue"
+    assert any("press Continue" in i.value for i in at.info) and not any("**Start**" in i.value for i in at.info)
     federation = federation_of(at)
     snapshot = federation.snapshot()
     assert federation.run_id == recorded_runs[1] and federation.config.strategy == "fedavgm"
