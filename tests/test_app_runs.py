@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_to_finish
+from conftest import run_to_finish, wait_until
 
 from engine.results import DeviceProblem, RoundResult
 from tests.test_app import (APP_ENV, DATA_DIR, HAVE_DATA, make, make_app, app_env, federation_of,  # noqa: F401
@@ -268,6 +268,29 @@ def test_a_resumed_run_keeps_its_devices_switched_off(make_app, app_env, tmp_pat
     no_exceptions(at)
     assert [d.active for d in federation_of(at).snapshot().devices] == [True, False, False]
     assert [at.toggle(key=f"active_{d}").value for d in range(3)] == [True, False, False]
+
+
+@needs_data
+def test_a_device_switched_off_mid_run_sits_out_every_later_round(make_app, app_env):
+    """The toggle's callback reaches the engine in the script run of the click, not on a later refresh."""
+    from engine.results import RunStatus
+
+    app_env.setenv("FL_DEFAULT_ROUNDS", "50")
+    at = make_app().run()
+    at.button(key="start").click().run()
+    wait_until(lambda: federation_of(at).snapshot().round >= 1)
+    at.toggle(key="active_1").set_value(False).run()
+    no_exceptions(at)
+    federation = federation_of(at)
+    snapshot = federation.snapshot()
+    assert not snapshot.devices[1].active  # already in the engine when the click's script run ends
+    in_progress = snapshot.round + 1  # the round device 1 may still finish
+    wait_until(lambda: federation.snapshot().round >= in_progress + 2)
+    federation.stop()
+    history = federation.snapshot().history
+    assert federation.snapshot().status is RunStatus.STOPPED
+    assert all(1 not in r.selected for r in history if r.round > in_progress), \
+        [(r.round, r.selected) for r in history]
 
 
 @needs_data
