@@ -135,6 +135,8 @@ def _message(snapshot: Snapshot) -> None:
         st.warning(snapshot.message + " Activate more devices below.", icon=":material/hourglass_top:")
     elif snapshot.status is RunStatus.FAILED:
         st.error(snapshot.message)
+    elif snapshot.status is RunStatus.READY and snapshot.round:  # resumed: the button says Continue, so does this
+        st.info(snapshot.message)
     elif snapshot.status is RunStatus.READY:
         st.info("Ready: press **Start** to train. Devices train locally and only send model weights to the "
                 "server, which averages them into the global model.")

@@ -17,6 +17,7 @@ import streamlit as st  # noqa: E402
 from app import controls_view, devices_view, predict_view, results_view, runs_view, sidebar, state  # noqa: E402
 from app.defaults import auto_create, refresh_seconds  # noqa: E402
 from app.runtime_fixes import keep_keras_session  # noqa: E402
+from engine.store import short_id  # noqa: E402
 
 INTRO = (
     "Federated learning trains one model across many devices **without collecting their data**: each round, "
@@ -108,7 +109,12 @@ def main() -> None:
     if page == runs_view.RUNS_PAGE:
         runs_view.render()
         return
-    st.markdown(INTRO)
+    if state.is_resumed(federation):  # a reopened run: its controls first, where the Runs page left the view
+        snapshot = federation.snapshot()
+        st.success(f"Run {short_id(federation.run_id)} reopened from Recorded runs after round {snapshot.round}.",
+                   icon=":material/history:")
+    else:
+        st.markdown(INTRO)
     training_page(federation, setup)
 
 

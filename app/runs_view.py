@@ -42,8 +42,7 @@ def _resume(store: RunStore, run_id: str, more_rounds: int) -> None:
         config = None  # resume_run explains it
     if config is not None:
         config = config.with_changes(rounds=done + more_rounds)
-        for key, value in widget_values(config, STRATEGIES[config.strategy].parameters()).items():
-            st.session_state[key] = value
+        state.seed_setup(config, widget_values(config, STRATEGIES[config.strategy].parameters()))
     state.request_resume(run_id, more_rounds)
     st.session_state[PAGE_KEY] = LIVE_PAGE  # the resumed run continues on the training page
 

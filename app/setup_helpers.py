@@ -77,7 +77,8 @@ def _strategy_param_values(config, strategy_parameters: Mapping[str, float]) -> 
             for name, default in strategy_parameters.items()}
 
 
-def _fault_values(config, _) -> dict[str, object]:
+def fault_widget_values(config, _=None) -> dict[str, object]:
+    """The malicious / NaN / crash pickers' values for ``config.faults``."""
     values: dict[str, object] = {
         "setup_nan": [d for d, f in sorted(config.faults.items()) if f == "nan"],
         "setup_crash": [d for d, f in sorted(config.faults.items()) if f == "crash"],
@@ -89,7 +90,8 @@ def _fault_values(config, _) -> dict[str, object]:
     return values
 
 
-def _slowdown_values(config, _) -> dict[str, object]:
+def slowdown_widget_values(config, _=None) -> dict[str, object]:
+    """The slow-device pickers' values for ``config.slowdowns``."""
     slow = sorted(int(k) for k in config.slowdowns)
     values: dict[str, object] = {"setup_slow_count": len(slow)}
     if slow:
@@ -104,8 +106,8 @@ SPECIAL_VALUES = {
     "round_deadline": _optional_values("round_deadline", "setup_use_deadline"),
     "clip_norm": _optional_values("clip_norm", "setup_dp"),
     "strategy_params": _strategy_param_values,
-    "faults": _fault_values,
-    "slowdowns": _slowdown_values,
+    "faults": fault_widget_values,
+    "slowdowns": slowdown_widget_values,
 }
 
 

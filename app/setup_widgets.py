@@ -19,8 +19,10 @@ from engine.strategies import STRATEGIES
 from app.setup_helpers import (
     MALICIOUS_KINDS,
     PICK_MODES,
+    fault_widget_values,
     faults_for,
     plain_widget_value,
+    slowdown_widget_values,
     slowdowns_for,
     strategy_values,
     widget_key,
@@ -208,26 +210,33 @@ def _strategy_params_widget(box, name: str, defaults: FederationConfig, values: 
 def _faults_widget(box, name: str, defaults: FederationConfig, values: dict):
     """Malicious devices (the last ones) plus devices picked to send NaN updates or crash."""
     num_devices = values["num_devices"]
-    bad_count = box.number_input("Malicious devices (the last ones)", min_value=0, max_value=num_devices, value=0,
-                                 key="setup_bad_count")
-    bad_kind = box.selectbox("What they send", MALICIOUS_KINDS, format_func=MALICIOUS_LABELS.get,
-                             key="setup_bad_kind")
+    seeded = fault_widget_values(defaults)
     device_ids = list(range(num_devices))
-    for key in ("setup_crash", "setup_nan"):  # drop devices that no longer exist
-        if key in st.session_state:
+    bad_count = box.number_input("Malicious devices (the last ones)", min_value=0, max_value=num_devices,
+                                 value=min(seeded["setup_bad_count"], num_devices), key="setup_bad_count")
+    bad_kind = box.selectbox("What they send", MALICIOUS_KINDS, format_func=MALICIOUS_LABELS.get,
+                             index=_index(MALICIOUS_KINDS, seeded.get("setup_bad_kind")), key="setup_bad_kind")
+    for key in ("setup_crash", "setup_nan"):  # drop devices that no longer exist (writing only if some went)
+        if key in st.session_state and any(d not in device_ids for d in st.session_state[key]):
             st.session_state[key] = [d for d in st.session_state[key] if d in device_ids]
-    nan_devices = box.multiselect("Simulate devices sending NaN updates", device_ids, key="setup_nan")
-    crash_devices = box.multiselect("Simulate devices that crash", device_ids, key="setup_crash")
+    nan_devices = box.multiselect("Simulate devices sending NaN updates", device_ids, key="setup_nan",
+                                  default=[d for d in seeded["setup_nan"] if d in device_ids] or None)
+    crash_devices = box.multiselect("Simulate devices that crash", device_ids, key="setup_crash",
+                                    default=[d for d in seeded["setup_crash"] if d in device_ids] or None)
     return (faults_for(num_devices, int(bad_count), bad_kind) | {int(d): "nan" for d in nan_devices}
             | {int(d): "crash" for d in crash_devices})
 
 
 def _slowdowns_widget(box, name: str, defaults: FederationConfig, values: dict):
     num_devices = values["num_devices"]
-    slow_count = box.number_input("Slow devices", min_value=0, max_value=num_devices, value=0, key="setup_slow_count")
-    slow_factor = box.number_input("Slowdown factor", min_value=0.1, value=4.0, step=0.5, key="setup_slow_factor",
+    seeded = slowdown_widget_values(defaults)
+    slow_count = box.number_input("Slow devices", min_value=0, max_value=num_devices,
+                                  value=min(seeded["setup_slow_count"], num_devices), key="setup_slow_count")
+    slow_factor = box.number_input("Slowdown factor", min_value=0.1, value=seeded.get("setup_slow_factor", 4.0),
+                                   step=0.5, key="setup_slow_factor",
                                    help="Their training takes this many times longer (simulated).")
     slow_mode = box.radio("Which devices are slow", PICK_MODES, horizontal=True, key="setup_slow_mode",
+                          index=_index(PICK_MODES, seeded.get("setup_slow_mode")),
                           format_func={"first": "the first ones", "random": "random (seeded)"}.get)
     return slowdowns_for(num_devices, int(slow_count), float(slow_factor), slow_mode, values["seed"])
 

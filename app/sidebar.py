@@ -126,6 +126,7 @@ def _apply_button(setup: Setup, federation: Federation | None) -> None:
 def render(federation: Federation | None) -> Setup:
     """Draw the setup panel; return the configuration it describes and its problems."""
     defaults, warnings = default_config(os.environ)
+    defaults = state.setup_seed() or defaults  # a resumed run's setup, once one was resumed
     st.sidebar.header("Setup")
     for warning in warnings:
         st.sidebar.warning(warning)

@@ -30,6 +30,8 @@ ERROR_KEY = "create_error"
 REQUEST_KEY = "create_request"
 AUTO_CREATED_KEY = "auto_create_attempted"
 RESUME_KEY = "resume_request"
+RESUMED_KEY = "resumed_run"  # the run id of a federation reopened from the Runs page
+SETUP_SEED_KEY = "resumed_setup"  # not "setup_...": those are the widgets' keys
 
 
 class DatasetSlot:
@@ -206,6 +208,22 @@ def request_resume(run_id: str, more_rounds: int | None) -> None:
     st.session_state[RESUME_KEY] = (run_id, more_rounds)
 
 
+def seed_setup(config: FederationConfig, widget_keys) -> None:
+    """Make ``config`` (e.g. a resumed run's) the setup panel's defaults, its widgets drawn afresh from it.
+
+    The widgets' own values are forgotten rather than overwritten: a widget given both a default and a
+    value through the Session State API makes Streamlit log a warning (and the default is ignored).
+    """
+    for key in widget_keys:
+        st.session_state.pop(key, None)
+    st.session_state[SETUP_SEED_KEY] = config
+
+
+def setup_seed() -> FederationConfig | None:
+    """The configuration :func:`seed_setup` made the setup panel's defaults, if any."""
+    return st.session_state.get(SETUP_SEED_KEY)
+
+
 def take_resume_request() -> tuple[str, int | None] | None:
     return st.session_state.pop(RESUME_KEY, None)
 
@@ -232,7 +250,14 @@ def resume_run(run_id: str, more_rounds: int | None) -> Federation | None:
         status.update(label=f"Run {short_id(run_id)} reopened at round {federation.snapshot().round}.", state="complete",
                       expanded=False)
     _adopt(federation)
+    st.session_state[RESUMED_KEY] = run_id
     return federation
+
+
+def is_resumed(federation: Federation | None) -> bool:
+    """Whether ``federation`` is a run reopened from the Runs page (its page then starts with the controls)."""
+    run_id = getattr(federation, "run_id", None)
+    return run_id is not None and st.session_state.get(RESUMED_KEY) == run_id
 
 
 def _failed(status, message: str) -> None:

@@ -198,6 +198,9 @@ class Federation(FederationBackend):
         total = None if more_rounds is None else len(history) + more_rounds
         federation = cls(config.with_changes(rounds=total), dataset, registry, progress, store=store, run_id=run_id)
         federation._restore(history, checkpoint)
+        off = store.load_inactive_devices(run_id)
+        with federation._lock:
+            federation._active = [device_id not in off for device_id in range(config.num_devices)]
         for device_id, state in store.load_device_states(run_id, len(history)).items():
             federation.devices[device_id].restore_state(state)
         return federation
@@ -237,6 +240,8 @@ class Federation(FederationBackend):
                 try:
                     self.run_id = self.store.create_run(self.config, self._label)
                     save_preprocessing(self.store, self.run_id, self.preprocessing)
+                    off = [device_id for device_id, on in enumerate(self._active) if not on]
+                    self.store.save_inactive_devices(self.run_id, off)  # switched off before the run was recorded
                 except (StoreError, OSError) as error:
                     self._status, self._message = RunStatus.FAILED, f"Cannot record this run: {error}"
                     return
@@ -276,7 +281,21 @@ class Federation(FederationBackend):
             self._tensorboard.close()
 
     def _activity_changed(self) -> None:
+        self._save_activity()
         self._control.poke()  # wake a run waiting for devices
+
+    def _save_activity(self) -> None:
+        """Record the devices switched off with the run (once it is recorded), so a resume keeps them off."""
+        if self.store is None or self.run_id is None:
+            return
+        with self._lock:
+            off = [device_id for device_id, on in enumerate(self._active) if not on]
+        try:
+            self.store.save_inactive_devices(self.run_id, off)
+        except (OSError, StoreError) as error:  # reported like a round that could not be saved; training goes on
+            with self._lock:
+                self._save_problems = [*self._save_problems,
+                                       f"Device activity was not saved ({one_line(error)})."][-MAX_SAVE_PROBLEMS:]
 
     def set_rounds(self, rounds: int | None) -> None:
         """Change the total number of rounds (None: run until stopped)."""

@@ -7,6 +7,7 @@ Layout under the runs directory (default ``runs/``)::
     <run id>/checkpoints/round-00012.npz   global model (+ strategy state) after round 12
     <run id>/device-state/round-00012.npz  what simulated devices remember after round 12 (e.g. SCAFFOLD's
                                            control variates), the last ``keep_last`` rounds
+    <run id>/activity.json           the devices switched off (their ids), kept current for a resume
 
 Every write is atomic: a checkpoint is written to a temporary file and renamed
 into place before the round's rows are committed in one SQLite transaction,
@@ -87,6 +88,7 @@ CHECKPOINT_NAME = re.compile(r"round-(\d{5,})\.npz")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 """What a run id may look like (the store makes ``20261201-083830-e027c4``); nothing that leaves the folder."""
 
+ACTIVITY_FILE = "activity.json"
 SQLITE_HEADER = b"SQLite format 3\x00"
 INTERRUPTED = "interrupted"
 """Status of a run recorded as running whose training process is gone (killed, crashed, machine off)."""
@@ -344,6 +346,19 @@ class RunStore:
                 name = name.rsplit("_", 1)[0]
                 states.setdefault(int(device[1:]), {}).setdefault(name, []).append(archive[key])
         return states
+
+    def save_inactive_devices(self, run_id: str, device_ids: Collection[int]) -> None:
+        """Record which devices are switched off now (atomic), so a resumed run keeps them off."""
+        text = json.dumps({"inactive": sorted(int(d) for d in device_ids)})
+        _atomic_write(self.run_dir(run_id) / ACTIVITY_FILE, lambda h: h.write(text.encode()))
+
+    def load_inactive_devices(self, run_id: str) -> set[int]:
+        """The devices :meth:`save_inactive_devices` recorded as off; none for older runs or an unreadable file."""
+        try:
+            ids = json.loads((self.run_dir(run_id) / ACTIVITY_FILE).read_text())["inactive"]
+            return {int(d) for d in ids}
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
 
     def _device_state_path(self, run_id: str, server_round: int) -> Path:
         return self.run_dir(run_id) / "device-state" / f"round-{server_round:05d}.npz"

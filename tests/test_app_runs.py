@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_to_finish, wait_until
 
 from engine.results import DeviceProblem, RoundResult
 from tests.test_app import (APP_ENV, DATA_DIR, HAVE_DATA, make, make_app, app_env, federation_of,  # noqa: F401
@@ -194,8 +195,27 @@ def test_runs_page_lists_opens_compares_downloads_and_deletes(make_app, app_env,
     assert list(at.dataframe[0].value["run"]) == [second]
 
 
+@pytest.fixture
+def streamlit_warnings(monkeypatch) -> list[str]:
+    """Warnings Streamlit logs (its loggers do not propagate, so caplog sees none of them)."""
+    import logging
+
+    from streamlit.elements.lib import policies
+
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)  # Streamlit warns once per process
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    names = ["streamlit"] + [n for n in logging.root.manager.loggerDict if n.startswith("streamlit.")]
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    yield messages
+    for name in names:
+        logging.getLogger(name).removeHandler(handler)
+
+
 @needs_data
-def test_a_recorded_run_resumes_as_the_live_federation(make_app, app_env, recorded_runs):
+def test_a_recorded_run_resumes_as_the_live_federation(make_app, app_env, recorded_runs, streamlit_warnings):
     app_env.setenv("FL_AUTO_CREATE", "0")
     at = make_app().run()
     at.radio(key="page").set_value("Runs").run()
@@ -203,6 +223,15 @@ def test_a_recorded_run_resumes_as_the_live_federation(make_app, app_env, record
     at.number_input(key="runs_more_rounds").set_value(2).run()
     at.button(key="runs_resume").click().run()
     no_exceptions(at)
+    assert not [m for m in streamlit_warnings if "Session State API" in m], streamlit_warnings
+    assert at.number_input(key="setup_train_samples").value == 600  # the run's setup, not the panel's default
+    assert at.selectbox(key="setup_strategy").value == "fedavgm"
+    page = [e for e in at.main.children.values() if e.type not in ("title", "radio", "expandable")]
+    assert [e.type for e in page[:3]] == ["success", "subheader", "flex_container"]  # the run, then its controls
+    assert "reopened" in page[0].value and page[1].value == "Training"
+    assert not any("without collecting" in m.value for m in at.markdown)
+    assert at.button(key="start").proto.label == "Continue"
+    assert any("press Continue" in i.value for i in at.info) and not any("**Start**" in i.value for i in at.info)
     federation = federation_of(at)
     snapshot = federation.snapshot()
     assert federation.run_id == recorded_runs[1] and federation.config.strategy == "fedavgm"
@@ -211,6 +240,57 @@ def test_a_recorded_run_resumes_as_the_live_federation(make_app, app_env, record
     assert "global_metrics" in plotly_keys(at)  # the history came back with it
     at.run()
     assert federation_of(at).snapshot().total_rounds == 3  # the setup panel now says 3 rounds too
+
+
+@needs_data
+def test_a_resumed_run_keeps_its_devices_switched_off(make_app, app_env, tmp_path, fashion):
+    """Devices switched off before and after training stay off when the run is resumed from the Runs page."""
+    from engine.config import FederationConfig
+    from engine.federation import Federation
+    from engine.store import RunStore
+
+    app_env.setenv("FL_RUNS_DIR", str(tmp_path / "runs"))
+    store = RunStore(tmp_path / "runs")
+    config = FederationConfig(model="mlp", num_devices=3, train_samples=600, test_samples=200, rounds=1,
+                              min_devices=1, data_dir=DATA_DIR)
+    federation = Federation(config, dataset=fashion, store=store, label="tiny")
+    federation.set_active(1, False)  # before the run is recorded
+    snapshot = run_to_finish(federation)
+    assert 1 not in snapshot.history[0].selected
+    federation.set_active(2, False)  # after its last round
+    federation.close()
+
+    app_env.setenv("FL_AUTO_CREATE", "0")
+    at = make_app().run()
+    at.radio(key="page").set_value("Runs").run()
+    at.selectbox(key="runs_open").set_value(federation.run_id).run()
+    at.button(key="runs_resume").click().run()
+    no_exceptions(at)
+    assert [d.active for d in federation_of(at).snapshot().devices] == [True, False, False]
+    assert [at.toggle(key=f"active_{d}").value for d in range(3)] == [True, False, False]
+
+
+@needs_data
+def test_a_device_switched_off_mid_run_sits_out_every_later_round(make_app, app_env):
+    """The toggle's callback reaches the engine in the script run of the click, not on a later refresh."""
+    from engine.results import RunStatus
+
+    app_env.setenv("FL_DEFAULT_ROUNDS", "50")
+    at = make_app().run()
+    at.button(key="start").click().run()
+    wait_until(lambda: federation_of(at).snapshot().round >= 1)
+    at.toggle(key="active_1").set_value(False).run()
+    no_exceptions(at)
+    federation = federation_of(at)
+    snapshot = federation.snapshot()
+    assert not snapshot.devices[1].active  # already in the engine when the click's script run ends
+    in_progress = snapshot.round + 1  # the round device 1 may still finish
+    wait_until(lambda: federation.snapshot().round >= in_progress + 2)
+    federation.stop()
+    history = federation.snapshot().history
+    assert federation.snapshot().status is RunStatus.STOPPED
+    assert all(1 not in r.selected for r in history if r.round > in_progress), \
+        [(r.round, r.selected) for r in history]
 
 
 @needs_data
