@@ -153,10 +153,7 @@ class Federation(FederationBackend):
         self.store = store
         self.run_id = run_id  # a new run is recorded when it first starts training, not before
         self._label = label
-        self._tensorboard = None
-        if config.tensorboard:
-            run_name = self.run_id or time.strftime("run-%Y%m%d-%H%M%S")
-            self._tensorboard = TensorBoardLog(config.tensorboard, run_name)
+        self._tensorboard: TensorBoardLog | None = None  # opened at start, named after the run recorded then
         self.preprocessing = replace(self.dataset.preprocessing, input_shape=self.dataset.input_shape,
                                      task=self.dataset.task, class_names=self.dataset.class_names)
         self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
@@ -245,6 +242,9 @@ class Federation(FederationBackend):
                 except (StoreError, OSError) as error:
                     self._status, self._message = RunStatus.FAILED, f"Cannot record this run: {error}"
                     return
+            if self.config.tensorboard and self._tensorboard is None:
+                self._tensorboard = TensorBoardLog(self.config.tensorboard,
+                                                   self.run_id or time.strftime("run-%Y%m%d-%H%M%S"))
             self._control = RunControl()
             self._status, self._message = RunStatus.RUNNING, "Starting..."
             self._started_at = time.perf_counter()
