@@ -29,7 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line, ``error: REASON (see PROG --help)``, exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {fold_whitespace(message)} (see {self.prog} --help)\n")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -102,6 +102,6 @@ def setting_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return values
 
 
-def one_line(message: str) -> str:
+def fold_whitespace(message: str) -> str:
     """``message`` with its whitespace (newlines included) folded into single spaces."""
     return re.sub(r"\s+", " ", str(message)).strip()
