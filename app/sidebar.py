@@ -56,6 +56,7 @@ SECTIONS = (
     ("strategy", "Aggregation strategy", "strategy expander"),
     ("behaviour", "Unreliable and malicious devices", "strategy expander"),
     ("privacy", "Privacy and compression", "strategy expander"),
+    ("personalisation", "Personalisation", "strategy expander"),
 )
 SECTION_OF = {"data_dir": "advanced", "test_samples": "advanced", "local_test_fraction": "advanced",
               "speed": "advanced", "strategy": "strategy", "strategy_params": "strategy"}

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 from devices.device import Device
 from devices.faults import SimulatedCrash
 from devices.messages import EncodedUpdate, TrainInstructions
+from devices.personal import personalize_stack, starting_weights
 from devices.stacked import StackedReplica
 from devices.trainer import Checkpoint
 
@@ -72,6 +73,9 @@ def train_cohort(
     stack.reset_optimizer(first.learning_rate)
     tests = [(d.data.x_test, d.data.y_test) for d in devices]
     received = stack.evaluate(tests)
+    starts = [starting_weights(device, instr) for device, instr in zip(devices, instructions)]
+    if any(start is not instr.weights for start, instr in zip(starts, instructions)):  # FedPer's own heads
+        stack.load_each(starts, starts)
     trained = stack.train(
         [(d.data.x_train, d.data.y_train) for d in devices],
         epochs=first.local_epochs,
@@ -82,13 +86,20 @@ def train_cohort(
         corrections=[device.correction(instr) for device, instr in zip(devices, instructions)],
     )
     local = stack.evaluate(tests)
+    models = stack.get_weights()
+    kept = [(device.head, device.personal_model) for device in devices]
+    personal = personalize_stack(devices, instructions, stack, models, local, lambda _: stack_checkpoint(max(totals)))
+    for device, state, failure in zip(devices, kept, failures):
+        if failure is not None:  # a device that crashed keeps the personal state it had, as when training alone
+            device.head, device.personal_model = state
     outcomes: list[Outcome] = []
-    for i, (device, instr, weights) in enumerate(zip(devices, instructions, stack.get_weights())):
+    for i, (device, instr, weights) in enumerate(zip(devices, instructions, models)):
         if failures[i] is not None:
             outcomes.append(failures[i])
             continue
         try:
-            outcomes.append(device.encode(instr, device.report(instr, weights, trained[i], received[i], local[i])))
+            report = device.report(instr, weights, trained[i], received[i], local[i], personal[i])
+            outcomes.append(device.encode(instr, report))
         except Exception as error:  # one device's bad update must not sink the others
             outcomes.append(error)
     return outcomes

@@ -9,6 +9,7 @@ import numpy as np
 from devices.codec import encode_delta
 from devices.faults import SimulatedCrash, misbehave
 from devices.messages import DeviceMetrics, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights
+from devices.personal import NO_SCORES, Scores, personalize_one, sent_part, starting_weights
 from devices.scaffold import control_correction, updated_control
 from devices.privacy import add_gaussian_noise, clip_by_global_norm
 from devices.secure_aggregation import mask_update
@@ -47,17 +48,23 @@ class Device:
         self.slowdown = slowdown
         self._residual: Weights | None = None  # error feedback for top-k compression
         self._control: Weights | None = None  # SCAFFOLD: this device's control variate c_i (None: zero)
+        self.head: Weights | None = None  # FedPer: this device's own head (None: not trained yet)
+        self.personal_model: Weights | None = None  # Ditto: this device's personal model v (None: not yet)
 
     def state(self) -> dict[str, Weights]:
         """What this device must remember between rounds (kept in the run store so a resume keeps it).
 
-        SCAFFOLD's control variate only: top-k's error-feedback residual is not kept (a resume restarts it
-        at zero), since storing it for every device every round would cost a model per device per round.
+        SCAFFOLD's control variate, FedPer's head and Ditto's personal model: top-k's error-feedback residual is
+        not kept (a resume restarts it at zero), since storing it for every device every round would cost a
+        model per device per round.
         """
-        return {} if self._control is None else {"control": self._control}
+        kept = {"control": self._control, "head": self.head, "personal": self.personal_model}
+        return {name: value for name, value in kept.items() if value is not None}
 
     def restore_state(self, state: dict[str, Weights]) -> None:
         self._control = state.get("control")
+        self.head = state.get("head")
+        self.personal_model = state.get("personal")
 
     def correction(self, instructions: TrainInstructions) -> Weights | None:
         """SCAFFOLD's gradient correction ``c - c_i`` for this round, or None when the round uses none."""
@@ -82,6 +89,9 @@ class Device:
         data = self.data
         replica.set_weights(instructions.weights)
         received = replica.evaluate(data.x_test, data.y_test)[:2]
+        start = starting_weights(self, instructions)
+        if start is not instructions.weights:
+            replica.set_weights(start)
         replica.reset_optimizer(instructions.learning_rate)
         trained = replica.train(
             data.x_train,
@@ -94,7 +104,9 @@ class Device:
             correction=self.correction(instructions),
         )
         local = replica.evaluate(data.x_test, data.y_test)[:2]
-        return self.report(instructions, replica.get_weights(), trained, received, local)
+        weights = replica.get_weights()
+        personal = personalize_one(self, instructions, replica, weights, local, lambda _: checkpoint(trained.steps))
+        return self.report(instructions, weights, trained, received, local, personal)
 
     def report(
         self,
@@ -103,11 +115,12 @@ class Device:
         trained: TrainResult,
         received: tuple[float, float],
         local: tuple[float, float],
+        personal: Scores = NO_SCORES,
     ) -> DeviceUpdate:
         """The trained model (tampered with if this device misbehaves) and the round's metrics.
 
-        ``received`` and ``local`` are (loss, accuracy) on the local test split
-        of the model received and of the model trained.
+        ``received``, ``local`` and ``personal`` are (loss, accuracy) on the local test split
+        of the model received, of the model trained and of the personalised model.
         """
         rng = np.random.default_rng(instructions.seed)
         control_delta = None
@@ -127,6 +140,8 @@ class Device:
                 local_accuracy=float(local[1]),
                 steps=trained.steps,
                 seconds=trained.seconds,
+                personalized_loss=float(personal[0]),
+                personalized_accuracy=float(personal[1]),
             ),
             control_delta=control_delta,
         )
@@ -136,8 +151,10 @@ class Device:
         return self.encode(instructions, self.fit(instructions, replica, checkpoint))
 
     def encode(self, instructions: TrainInstructions, update: DeviceUpdate) -> EncodedUpdate:
-        """Clip, noise, compress or mask the update's delta as instructed, and serialise it."""
-        delta = [(t - r).astype(np.float32) for t, r in zip(update.weights, instructions.weights)]
+        """Clip, noise, compress or mask the update's delta as instructed, and serialise it (under FedPer the
+        body's only: the head stays on the device)."""
+        delta = [(t - r).astype(np.float32)
+                 for t, r in zip(sent_part(update.weights, instructions), sent_part(instructions.weights, instructions))]
         privacy = instructions.privacy
         if privacy.clip_norm is not None:
             delta = clip_by_global_norm(delta, privacy.clip_norm)

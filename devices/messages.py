@@ -39,6 +39,22 @@ class ControlVariate:
 
 
 @dataclass(frozen=True)
+class Personalization:
+    """How a device builds and evaluates its own model next to the global one (``engine.personalization``).
+
+    ``mode`` is ``finetune`` (``steps`` local steps from the received model),
+    ``fedper`` (the arrays at positions ``head`` stay on the device and are not
+    sent) or ``ditto`` (a personal model trained with ``lam/2 ||v - w||^2``
+    toward the received model w).
+    """
+
+    mode: str
+    steps: int = 0
+    lam: float = 0.0
+    head: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class TrainInstructions:
     """What the server sends a device for one round: the global model and how to train it."""
 
@@ -54,6 +70,7 @@ class TrainInstructions:
     topk_fraction: float = 0.01
     secure: SecureAggregationPlan | None = None
     control: ControlVariate | None = None  # SCAFFOLD only
+    personal: Personalization | None = None  # --personalize only
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class DeviceMetrics:
     local_accuracy: float
     steps: int
     seconds: float
+    personalized_loss: float = float("nan")  # the device's personalised model on its local test split
+    personalized_accuracy: float = float("nan")  # (NaN: no personalisation this run)
 
 
 @dataclass(frozen=True)

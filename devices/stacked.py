@@ -118,6 +118,13 @@ class StackedReplica:
             variable.assign(stacked)
             anchor.assign(stacked)
 
+    def load_each(self, starts: Sequence[Weights], anchors: Sequence[Weights]) -> None:
+        """Device ``d`` starts from ``starts[d]`` (personalisation: its own model), with ``anchors[d]`` as the
+        anchor of its proximal term."""
+        for layer, (variable, anchor) in enumerate(zip(self._variables, self._anchors)):
+            variable.assign(np.stack([np.asarray(start[layer], np.float32) for start in starts]))
+            anchor.assign(np.stack([np.asarray(a[layer], np.float32) for a in anchors]))
+
     def _load_corrections(self, corrections: Sequence[Weights | None]) -> None:
         for layer, variable in enumerate(self._corrections):
             variable.assign(np.stack([

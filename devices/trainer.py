@@ -198,11 +198,18 @@ class ModelReplica:
     def get_weights(self) -> Weights:
         return [np.array(v.numpy()) for v in self.model.weights]
 
-    def set_weights(self, weights: Weights) -> None:
-        """Load ``weights``; they also become the anchor of FedProx's proximal term."""
-        self.model.set_weights(weights)
-        for anchor, variable in zip(self._anchors, self.model.trainable_variables):
-            anchor.assign(variable.value)
+    def set_weights(self, weights: Weights, anchor: Weights | None = None) -> None:
+        """Load ``weights``; they, or ``anchor`` when given (Ditto's global model), become the anchor of the
+        proximal term (FedProx's, Ditto's)."""
+        if anchor is not None:
+            self.model.set_weights(anchor)
+            anchors = [variable.numpy() for variable in self.model.trainable_variables]  # copies
+            self.model.set_weights(weights)
+        else:
+            self.model.set_weights(weights)
+            anchors = [variable.value for variable in self.model.trainable_variables]
+        for variable, value in zip(self._anchors, anchors):
+            variable.assign(value)
 
     def reset_optimizer(self, learning_rate: float) -> None:
         self.optimizer.reset(learning_rate)

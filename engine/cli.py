@@ -207,9 +207,13 @@ def round_json(result: RoundResult) -> dict:
         "bytes_up": result.bytes_up,
         "compression_ratio": result.compression_ratio,
         "epsilon": result.epsilon,
+        "personalized_accuracy": result.personalized_accuracy,
+        "device_global_accuracy": result.device_global_accuracy,
         "devices": [
             {"id": d.device_id, "samples": d.samples, "accuracy": finite(d.accuracy), "loss": d.loss,
-             "train_accuracy": finite(d.train_accuracy), "train_loss": d.train_loss}
+             "train_accuracy": finite(d.train_accuracy), "train_loss": d.train_loss,
+             "received_accuracy": finite(d.received_accuracy),
+             "personalized_accuracy": finite(d.personalized_accuracy)}
             for d in result.devices
         ],
         "problems": [{"id": p.device_id, "kind": p.kind, "reason": p.reason} for p in result.problems],
@@ -246,6 +250,9 @@ def spread(values: list[float]) -> str:
 def round_row(result: RoundResult) -> str:
     problems = ", ".join(f"#{p.device_id} {p.kind}" for p in result.problems) or "-"
     epsilon = f"  epsilon {result.epsilon:.2f}" if result.epsilon is not None else ""
+    if result.personalized_accuracy is not None:  # --personalize: on the devices' own held-out data
+        epsilon += (f"  personalised {result.personalized_accuracy:.4f} vs global "
+                    f"{result.device_global_accuracy or float('nan'):.4f} on devices")
     if result.is_regression:
         losses = [d.loss for d in result.devices]
         return (f"{result.round:>5}  {result.global_loss:>9.4f}  {result.global_mae:>8.4f}  {result.global_r2:>7.4f}  "

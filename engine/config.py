@@ -12,6 +12,7 @@ from data.sources import source_problem
 from data.spec import COLOR_MODES, TASK_CHOICES, SourceOptions
 from devices.codec import COMPRESSIONS
 from devices.faults import FAULTS
+from engine.personalization import PERSONALIZATIONS, personalization_problems
 from engine.precision import PRECISIONS
 from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, field_problems, setting
 from engine.strategies import STRATEGIES, strategy_device_problems, strategy_problems
@@ -99,6 +100,18 @@ class FederationConfig:
                              help="local optimizer (fresh state each round)")
     momentum: float = setting(0.9, group="training", label="Momentum", bounds=FRACTION,
                               help="local SGD momentum")
+    # -- personalisation: a model of each device's own, next to the global one --------------
+    personalize: str = setting("none", group="personalisation", label="Personalisation", choices=PERSONALIZATIONS,
+                               help="each device's own model, evaluated on its held-out data next to the global "
+                                    "model: finetune (k local steps from the global model), fedper (a personal "
+                                    "last Dense layer that never leaves the device), ditto (a personal model "
+                                    "pulled toward the global one with lambda)")
+    finetune_steps: int = setting(20, group="personalisation", label="Fine-tuning steps (finetune)",
+                                  bounds=AT_LEAST_ONE,
+                                  help="local steps of --personalize finetune, from the received global model")
+    ditto_lambda: float = setting(0.1, group="personalisation", label="Ditto lambda (larger = closer to global)",
+                                  bounds=NON_NEGATIVE,
+                                  help="weight of --personalize ditto's proximal term lambda/2 ||v - w_global||^2")
     # -- each round --------------------------------------------------------------------
     min_devices: int = setting(1, group="round", label="Minimum devices per round", bounds=AT_LEAST_ONE,
                                help="minimum devices per round; fewer active devices means waiting")
@@ -254,6 +267,7 @@ class FederationConfig:
             need(self.local_test_fraction > 0,
                  f"{self.strategy} weighs devices by their loss on their local test split; the local test share "
                  "must be above 0")
+        found.extend(p for p in personalization_problems(self) if p not in found)
         if self.partition == "shards" and available is not None:
             need(self.num_devices * self.shards_per_device <= available, "more shards than training samples")
         return found

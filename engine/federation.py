@@ -36,6 +36,7 @@ from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
 from engine.hardware import cpu_info
 from engine.precision import precision_note, resolve_precision
+from engine.personalization import training_note as personalization_note
 from engine.rounds import RoundRunner
 from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
 from engine.composition import restore_strategy_state, strategy_state
@@ -131,7 +132,8 @@ class Federation(FederationBackend):
         self._predictor_version = -1
         self._weights: Weights = evaluator.get_weights()
         stacks, mode_note = training_mode(evaluator.model, config)
-        self.training_note = f"{mode_note} {precision_note(self.precision)}"
+        self.training_note = " ".join(filter(None, (mode_note, precision_note(self.precision),
+                                                    personalization_note(config))))
         self._pool = WorkerPool(make_device_replica, config.workers, make_stack if stacks else None)
         self._control = RunControl()
         self._lock = threading.Lock()

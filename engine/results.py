@@ -43,6 +43,8 @@ class DeviceRoundResult:
     seconds: float
     simulated_seconds: float  # seconds times the device's slowdown
     bytes_up: int
+    personalized_accuracy: float = float("nan")  # its personalised model on its local test split (NaN: none)
+    personalized_loss: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class RoundResult:
     test_samples: int = 0  # server test samples the global model was evaluated on (0: not recorded)
     global_mae: float | None = None  # regression only: global_loss is then the MSE
     global_r2: float | None = None
+    personalized_accuracy: float | None = None  # --personalize: mean over devices of their personalised models'
+    device_global_accuracy: float | None = None  # mean over devices of the received global model's (same data)
 
     @property
     def is_regression(self) -> bool:

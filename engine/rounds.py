@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from devices.personal_weights import mean_finite
 from devices.messages import ControlVariate, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights, weights_nbytes
 from devices.secure_aggregation import SecureAggregationPlan, mask_sum, unflatten, unmask_total
 from devices.trainer import ModelReplica
@@ -17,6 +18,8 @@ from engine.composition import Aggregation, build_aggregation
 from engine.config import FederationConfig
 from engine.evaluation import RoundTestSets
 from engine.metrics import RegressionScores, confusion_matrix, regression_scores
+from engine.model_defaults import ModelError
+from engine.personalization import SharedPart, device_settings, head_positions
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
 from engine.setup import ServerTestSet
 from engine.strategies.base import AggregationSkipped, Strategy
@@ -91,6 +94,12 @@ class RoundRunner:
         self.test_set = test_set
         self.test_sets = RoundTestSets.of(test_set, config.eval_samples, config.full_eval_every, config.seed)
         self.on_status = on_status
+        try:  # FedPer: the devices keep the last Dense layer, the server aggregates the rest
+            head = head_positions(evaluator.model) if config.personalize == "fedper" else ()
+        except ValueError as error:
+            raise ModelError(str(error)) from None
+        self.shared = SharedPart(head)
+        self.personal = device_settings(config, head)
 
     # -- selection -------------------------------------------------------------------
     def select(self, server_round: int, active: Sequence[int]) -> list[int]:
@@ -134,6 +143,7 @@ class RoundRunner:
             compression=config.compression,
             topk_fraction=config.topk_fraction,
             secure=plan,
+            personal=self.personal,
         )
 
     def collect(
@@ -276,10 +286,12 @@ class RoundRunner:
         arrivals = self.collect(server_round, answering, weights, plans, checkpoint)
         arrivals.problems[:0] = dropped
         trained = time.perf_counter()
+        shared = self.shared.of(weights)  # what the devices sent: the whole model, or FedPer's body
         if self.config.secure_aggregation:
-            new_weights, accepted = self.aggregate_secure(server_round, weights, arrivals, plans)
+            new_shared, accepted = self.aggregate_secure(server_round, shared, arrivals, plans)
         else:
-            new_weights, accepted = self.aggregate_plain(server_round, weights, arrivals)
+            new_shared, accepted = self.aggregate_plain(server_round, shared, arrivals)
+        new_weights = self.shared.merged(new_shared, weights)
         epsilon = self.spend_privacy(len(selected) / len(active))
         loss, accuracy, confusion, test_samples, scores = self.evaluate(new_weights, server_round, last)
         finished = time.perf_counter()
@@ -297,11 +309,13 @@ class RoundRunner:
             bytes_up=sum(u.nbytes for u in arrivals.updates),
             confusion=confusion,
             epsilon=epsilon,
-            raw_bytes_up=weights_nbytes(weights) * len(arrivals.updates),
+            raw_bytes_up=weights_nbytes(shared) * len(arrivals.updates),
             sampling_rate=len(selected) / len(active),
             test_samples=test_samples,
             global_mae=scores.mae if scores else None,
             global_r2=scores.r2 if scores else None,
+            personalized_accuracy=mean_finite([u.metrics.personalized_accuracy for u in accepted]),
+            device_global_accuracy=mean_finite([u.metrics.received_accuracy for u in accepted]),
         )
 
     def _device_result(self, update: EncodedUpdate) -> DeviceRoundResult:
@@ -317,4 +331,6 @@ class RoundRunner:
             seconds=m.seconds,
             simulated_seconds=m.seconds * self.transport.slowdown(update.device_id),
             bytes_up=update.nbytes,
+            personalized_accuracy=m.personalized_accuracy,
+            personalized_loss=m.personalized_loss,
         )

@@ -77,9 +77,14 @@ CREATE TABLE IF NOT EXISTS device_rounds (
     samples INTEGER NOT NULL,
     accuracy REAL,
     loss REAL,
+    received_accuracy REAL,
+    personalized_accuracy REAL,
     PRIMARY KEY (run_id, round, device_id)
 );
 """
+
+ADDED_COLUMNS = {"device_rounds": (("received_accuracy", "REAL"), ("personalized_accuracy", "REAL"))}
+"""Columns newer than the first schema: added to an older index when it is opened (their old rows hold NULL)."""
 
 
 CHECKPOINT_NAME = re.compile(r"round-(\d{5,})\.npz")
@@ -156,6 +161,11 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def _real(value: float) -> float | None:
+    """A metric as an SQL value: NULL where there is none (NaN)."""
+    return None if value is None or value != value else float(value)
+
+
 def round_from_record(record: dict) -> RoundResult:
     """Rebuild a :class:`RoundResult` from its stored JSON form."""
     fields = dict(record)
@@ -190,6 +200,16 @@ class RunStore:
         self._check_index()
         with self._connect() as db:
             db.executescript(SCHEMA)
+            self._migrate(db)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Add the columns an index made by an older version lacks."""
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     @property
     def index_path(self) -> Path:
@@ -260,8 +280,10 @@ class RunStore:
             )
             if not private:
                 db.executemany(
-                    "INSERT OR REPLACE INTO device_rounds VALUES (?, ?, ?, ?, ?, ?)",
-                    [(run_id, result.round, d.device_id, d.samples, d.accuracy, d.loss) for d in result.devices],
+                    "INSERT OR REPLACE INTO device_rounds (run_id, round, device_id, samples, accuracy, loss,"
+                    " received_accuracy, personalized_accuracy) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(run_id, result.round, d.device_id, d.samples, d.accuracy, d.loss, _real(d.received_accuracy),
+                      _real(d.personalized_accuracy)) for d in result.devices],
                 )
             db.execute(
                 "UPDATE runs SET rounds = ?, final_accuracy = ?,"
@@ -476,6 +498,15 @@ class RunStore:
             return db.execute(
                 "SELECT round, device_id, accuracy FROM device_rounds WHERE run_id = ? ORDER BY round, device_id",
                 (run_id,),
+            ).fetchall()
+
+    def device_personalization(self, run_id: str) -> list[tuple[int, int, float | None, float | None]]:
+        """(round, device, global model's accuracy, personalised model's accuracy) rows, both on the device's own
+        held-out data; NULL where a round recorded none (rounds before this column existed, no --personalize)."""
+        with self._connect() as db:
+            return db.execute(
+                "SELECT round, device_id, received_accuracy, personalized_accuracy FROM device_rounds"
+                " WHERE run_id = ? ORDER BY round, device_id", (run_id,),
             ).fetchall()
 
     def metrics_table(self, run_id: str) -> list[dict]:

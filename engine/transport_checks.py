@@ -44,7 +44,7 @@ def _number(value: object) -> float | None:
 def metrics_problem(metrics: DeviceMetrics) -> str | None:
     """Metrics must be numbers: losses finite (or NaN: no local test data), accuracies in [0, 1], time finite."""
     for name in ("train_loss", "received_loss", "local_loss", "train_accuracy", "received_accuracy",
-                 "local_accuracy", "seconds"):
+                 "local_accuracy", "seconds", "personalized_loss", "personalized_accuracy"):
         value = _number(getattr(metrics, name))
         if value is None:
             return f"metric {name} must be a number, got {getattr(metrics, name)!r}"

@@ -64,6 +64,7 @@ from engine.results import (
     RunStatus,
     Snapshot,
 )
+from engine.personalization import FLOWER_REASON as PERSONALIZATION_FLOWER_REASON
 from engine.strategies import STRATEGIES
 from flower_app.config import config_run_values, federation_config
 from flower_app.loopback import CONNECTION, LocalDeployment, processes_tagged, run_config_arg
@@ -87,6 +88,8 @@ def unsupported(config: FederationConfig) -> list[str]:
         problems.append("simulated device slowdowns have no meaning for real processes (they take the time they take)")
     if config.strategy in STRATEGIES and STRATEGIES[config.strategy].in_process_only:
         problems.append(f"{config.strategy} runs in-process only: {STRATEGIES[config.strategy].in_process_only}")
+    if config.personalize != "none":
+        problems.append(f"--personalize {config.personalize} runs in-process only: {PERSONALIZATION_FLOWER_REASON}")
     if config.num_devices > MAX_DEVICES:
         problems.append(
             f"{config.num_devices} devices is too many for Flower on this machine "

@@ -146,6 +146,7 @@ UNUSUAL = FederationConfig(
     noise_multiplier=0.3, local_noise_multiplier=0.2, dp_delta=1e-6, secure_aggregation=True, compression="q8",
     topk_fraction=0.2, tensorboard="/tmp/tb", precision="bfloat16", eval_samples=100, full_eval_every=2,
     image_size=20, color="grey", target="label", task="classification", device_column="site", model_weights="/w.h5",
+    personalize="ditto", finetune_steps=5, ditto_lambda=0.5,
 )
 
 
