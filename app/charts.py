@@ -13,7 +13,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.results import RoundResult
+from engine.results import DeviceRoundResult, RoundResult
 
 CHART_HEIGHT = 330
 ACCURACY_COLOUR = "#2563eb"
@@ -59,21 +59,33 @@ def contributing_devices(history: Sequence[RoundResult]) -> list[int]:
     return sorted({d.device_id for result in history for d in result.devices})
 
 
-def device_accuracy_series(history: Sequence[RoundResult],
-                           devices: Sequence[int] | None = None) -> dict[int, list[float | None]]:
-    """Per device that ever sent an update (or only ``devices``): its local accuracy each round, ``None`` where
-    it took no part."""
+def device_accuracy_series(history: Sequence[RoundResult], devices: Sequence[int] | None = None,
+                           personalised: bool = False) -> dict[int, list[float | None]]:
+    """Per device that ever sent an update (or only ``devices``): its local accuracy each round (its personalised
+    model's with ``personalised``), ``None`` where it took no part."""
     device_ids = contributing_devices(history)
     if devices is not None:
         device_ids = [d for d in device_ids if d in set(devices)]
     series: dict[int, list[float | None]] = {device_id: [] for device_id in device_ids}
     regression = is_regression(history)
     for result in history:
-        by_device = {d.device_id: d.loss if regression else d.accuracy for d in result.devices}
+        by_device = {d.device_id: device_score(d, regression, personalised) for d in result.devices}
         for device_id in device_ids:
             value = by_device.get(device_id)
             series[device_id].append(None if value is None or not np.isfinite(value) else float(value))
     return series
+
+
+def device_score(device: DeviceRoundResult, regression: bool, personalised: bool = False) -> float:
+    """The task's per-device metric: accuracy (MSE for a regression) of its trained or its personalised model."""
+    if personalised:
+        return device.personalized_loss if regression else device.personalized_accuracy
+    return device.loss if regression else device.accuracy
+
+
+def has_personalization(history: Sequence[RoundResult]) -> bool:
+    """True when some device reported a personalised model (``--personalize``)."""
+    return any(np.isfinite(device_score(d, r.is_regression, True)) for r in history for d in r.devices)
 
 
 def is_regression(history: Sequence[RoundResult]) -> bool:
@@ -118,8 +130,16 @@ def device_accuracy_figure(history: Sequence[RoundResult], devices: Sequence[int
     for device_id, values in device_accuracy_series(history, devices).items():
         figure.add_trace(
             go.Scatter(x=rounds, y=values, mode=_line_mode(rounds), name=device_label(device_id),
-                       connectgaps=False, marker={"size": 6}, line={"color": device_colour(device_id), "width": 2})
+                       connectgaps=False, marker={"size": 6}, line={"color": device_colour(device_id), "width": 2},
+                       legendgroup=str(device_id))
         )
+    if has_personalization(history):  # dashed: the device's personalised model, toggled with its line
+        for device_id, values in device_accuracy_series(history, devices, personalised=True).items():
+            figure.add_trace(
+                go.Scatter(x=rounds, y=values, mode=_line_mode(rounds), name=f"{device_label(device_id)} personalised",
+                           connectgaps=False, marker={"size": 5, "symbol": "diamond"}, legendgroup=str(device_id),
+                           line={"color": device_colour(device_id), "width": 1.5, "dash": "dash"}, showlegend=False)
+            )
     figure.update_xaxes(title_text="round", dtick=1 if len(rounds) <= 20 else None)
     if is_regression(history):
         figure.update_yaxes(title_text="local mean squared error", rangemode="tozero")

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.results import RoundResult, Snapshot
-from app import charts
+from app import charts, personal_charts
 
 CHART_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 MAX_DEVICE_LINES = 10  # above this many devices, the per-device charts show a chosen subset
@@ -43,6 +43,22 @@ def render_history_curves(history: Sequence[RoundResult], prefix: str = "") -> N
                         key=f"{prefix}latest_device_accuracy", config=CHART_CONFIG)
     st.caption("Global accuracy: the averaged model on the server's test images. Device accuracy: each device's "
                "locally trained model on its own held-out data; gaps mark rounds a device sat out.")
+    if charts.has_personalization(history) and not charts.is_regression(history):
+        render_personalization(history, prefix)
+
+
+def render_personalization(history: Sequence[RoundResult], prefix: str = "") -> None:
+    """Global vs personalised accuracy across devices: the latest round's distribution, and mean/worst 10%."""
+    spread, trend = st.columns([2, 3], gap="medium")
+    with spread:
+        st.plotly_chart(personal_charts.distribution_figure(history[-1]), key=f"{prefix}personal_distribution",
+                        config=CHART_CONFIG)
+    with trend:
+        st.plotly_chart(personal_charts.fairness_over_rounds_figure(history), key=f"{prefix}personal_fairness",
+                        config=CHART_CONFIG)
+    st.caption("Personalisation: each device's own model (dashed in the per-device chart) and the global model "
+               "it received, both on the device's own held-out data. The red bar marks the mean of the worst 10% "
+               "of devices: fairness across devices is what personalisation is for.")
 
 
 def render_learning_curves(snapshot: Snapshot) -> None:

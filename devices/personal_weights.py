@@ -59,17 +59,3 @@ def finetune_indices(num_samples: int, batch_size: int, steps: int, seed: int) -
     rounds = -(-needed // num_samples)
     return np.concatenate([rng.permutation(num_samples) for _ in range(rounds)])[:needed].astype(np.int64)
 
-
-def mean_finite(values: Sequence[float]) -> float | None:
-    """The mean of the finite values (None when there is none: no device reported one)."""
-    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def worst_share_mean(values: Sequence[float], share: float = 0.1) -> float | None:
-    """Mean of the worst ``share`` of the finite values (at least one): the fairness figure of personalisation."""
-    finite = sorted(float(v) for v in values if v is not None and np.isfinite(v))
-    if not finite:
-        return None
-    count = max(1, int(np.ceil(share * len(finite) - 1e-9)))
-    return float(np.mean(finite[:count]))

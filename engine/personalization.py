@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
+
 from devices.messages import Personalization, Weights
 from devices.personal_weights import merge_weights, split_weights
 
@@ -92,3 +94,17 @@ def training_note(config: FederationConfig) -> str:
             "ditto": f"each device also trains its own model toward the global one (lambda {config.ditto_lambda:g})"}
     return f"Personalisation {config.personalize}: {what[config.personalize]}, on the stacks too where they train."
 
+
+def mean_finite(values: Sequence[float]) -> float | None:
+    """The mean of the finite values (None when there is none: no device reported one)."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def worst_share_mean(values: Sequence[float], share: float = 0.1) -> float | None:
+    """Mean of the worst ``share`` of the finite values (at least one): the fairness figure of personalisation."""
+    finite = sorted(float(v) for v in values if v is not None and np.isfinite(v))
+    if not finite:
+        return None
+    count = max(1, int(np.ceil(share * len(finite) - 1e-9)))
+    return float(np.mean(finite[:count]))

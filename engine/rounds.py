@@ -9,7 +9,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from devices.personal_weights import mean_finite
 from devices.messages import ControlVariate, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights, weights_nbytes
 from devices.secure_aggregation import SecureAggregationPlan, mask_sum, unflatten, unmask_total
 from devices.trainer import ModelReplica
@@ -19,7 +18,7 @@ from engine.config import FederationConfig
 from engine.evaluation import RoundTestSets
 from engine.metrics import RegressionScores, confusion_matrix, regression_scores
 from engine.model_defaults import ModelError
-from engine.personalization import SharedPart, device_settings, head_positions
+from engine.personalization import SharedPart, device_settings, head_positions, mean_finite
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
 from engine.setup import ServerTestSet
 from engine.strategies.base import AggregationSkipped, Strategy
