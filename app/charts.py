@@ -85,7 +85,7 @@ def device_score(device: DeviceRoundResult, regression: bool, personalised: bool
 
 def has_personalization(history: Sequence[RoundResult]) -> bool:
     """True when some device reported a personalised model (``--personalize``)."""
-    return any(np.isfinite(device_score(d, r.is_regression, True)) for r in history for d in r.devices)
+    return any(device_score(d, r.is_regression, True) is not None for r in history for d in r.devices)
 
 
 def is_regression(history: Sequence[RoundResult]) -> bool:

@@ -108,3 +108,8 @@ def worst_share_mean(values: Sequence[float], share: float = 0.1) -> float | Non
         return None
     count = max(1, int(np.ceil(share * len(finite) - 1e-9)))
     return float(np.mean(finite[:count]))
+
+
+def finite_or_none(value: float) -> float | None:
+    """A per-device figure as recorded: None where the device reported none (NaN), which JSON and SQL keep."""
+    return float(value) if value is not None and np.isfinite(value) else None

@@ -43,8 +43,8 @@ class DeviceRoundResult:
     seconds: float
     simulated_seconds: float  # seconds times the device's slowdown
     bytes_up: int
-    personalized_accuracy: float = float("nan")  # its personalised model on its local test split (NaN: none)
-    personalized_loss: float = float("nan")
+    personalized_accuracy: float | None = None  # its personalised model on its local test split (None: none)
+    personalized_loss: float | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from engine.config import FederationConfig
 from engine.evaluation import RoundTestSets
 from engine.metrics import RegressionScores, confusion_matrix, regression_scores
 from engine.model_defaults import ModelError
-from engine.personalization import SharedPart, device_settings, head_positions, mean_finite
+from engine.personalization import SharedPart, device_settings, finite_or_none, head_positions, mean_finite
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
 from engine.setup import ServerTestSet
 from engine.strategies.base import AggregationSkipped, Strategy
@@ -330,6 +330,6 @@ class RoundRunner:
             seconds=m.seconds,
             simulated_seconds=m.seconds * self.transport.slowdown(update.device_id),
             bytes_up=update.nbytes,
-            personalized_accuracy=m.personalized_accuracy,
-            personalized_loss=m.personalized_loss,
+            personalized_accuracy=finite_or_none(m.personalized_accuracy),
+            personalized_loss=finite_or_none(m.personalized_loss),
         )
