@@ -57,6 +57,16 @@ CONNECTION = "loopback"
 ISOLATION_MODES = ("process", "subprocess")
 SPARE_KEYS = 2  # secure deployments: registered keys for SuperNodes added mid-run
 DEFAULT_POLL_SECONDS = 0.1  # SuperNodes, ClientApp workers and the ServerApp (Flower: 3 s, 1 s, 3 s)
+# `flwr supernode register KEY CONNECTION` for every KEY given, in one process: the flwr CLI itself, called N times.
+REGISTER_KEYS = """
+import sys
+from flwr.cli.app import app
+connection, keys = sys.argv[1], sys.argv[2:]
+for key in keys:
+    code = app(["supernode", "register", key, connection], standalone_mode=False)
+    if code:
+        sys.exit(f"flwr supernode register {key} {connection}: exit code {code}")
+"""
 
 
 def make_certificates(folder: Path, num_supernodes: int) -> None:
@@ -126,6 +136,7 @@ class LocalDeployment:
         self.tag = uuid.uuid4().hex
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
+        self.runtime_ports: dict[str, int] = {}  # SuperNode name -> the port of its Runtime API (127.0.0.1)
         self._logs: list = []
         self._registered = 0  # SuperNode keys registered at the SuperLink
 
@@ -208,16 +219,13 @@ class LocalDeployment:
         )
 
     def register_supernodes(self, indices) -> None:
-        """``flwr supernode register`` each node's public key (in parallel: each is a CLI start-up)."""
-        commands = {i: ["flwr", "supernode", "register", str(self.certificates / f"supernode-{i}.pub"), CONNECTION]
-                    for i in indices}
-        running = {i: subprocess.Popen(c, cwd=self.project_root, env=self.env("cli-home"), stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
-                   for i, c in commands.items()}
-        for index, process in running.items():
-            output = process.communicate(timeout=self.startup_timeout)[0]
-            if process.returncode != 0:
-                raise RuntimeError(f"registering supernode-{index} failed: {output[-1000:]}")
+        """``flwr supernode register`` each node's public key, all in one CLI process (one start-up, not N)."""
+        keys = [str(self.certificates / f"supernode-{i}.pub") for i in indices]
+        result = subprocess.run([sys.executable, "-c", REGISTER_KEYS, CONNECTION, *keys], cwd=self.project_root,
+                                env=self.env("cli-home"), capture_output=True, text=True,
+                                timeout=self.startup_timeout, start_new_session=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"registering SuperNode keys failed: {(result.stdout + result.stderr)[-1000:]}")
 
     def supernode_command(self, index: int, runtime_port: int, key: Path | None = None, authenticate: bool = True,
                           runtime_secret: Path | None = None) -> list[str]:
@@ -239,14 +247,18 @@ class LocalDeployment:
         return command + ["--auth-supernode-private-key", str(key or self.certificates / f"supernode-{index}")]
 
     def start_supernode(self, index: int, key: Path | None = None, name: str | None = None,
-                        authenticate: bool = True) -> subprocess.Popen:
-        """Start SuperNode ``index`` and, in process isolation, its long-lived ClientApp worker."""
+                        authenticate: bool = True, worker: bool = True) -> subprocess.Popen:
+        """Start SuperNode ``index`` and, in process isolation, its long-lived ClientApp worker.
+
+        ``worker=False``: no worker (a SuperNode expected to be refused has no tasks to run).
+        """
         name = name or f"supernode-{index}"
         runtime_port = free_port()
+        self.runtime_ports[name] = runtime_port
         home = f"{name}-home"
-        secret = self._runtime_secret(home) if self.isolation == "process" else None
+        secret = self.runtime_secret(home) if self.isolation == "process" else None
         supernode = self._start(name, self.supernode_command(index, runtime_port, key, authenticate, secret), home)
-        if secret is not None:
+        if secret is not None and worker:
             self._start(name.replace("supernode", "clientapp"), [
                 sys.executable, str(SCRIPTS / "clientapp_worker.py"), "--insecure",
                 "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--poll-interval", repr(self.poll_seconds),
@@ -254,7 +266,7 @@ class LocalDeployment:
             ], home)
         return supernode
 
-    def _runtime_secret(self, home: str) -> Path:
+    def runtime_secret(self, home: str) -> Path:
         """A random secret (owner-only file) shared by a SuperNode and its worker: only they acquire its tasks."""
         path = self.workdir / home / "superexec.secret"
         if not path.exists():

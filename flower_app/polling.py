@@ -19,8 +19,10 @@ import math
 import os
 import time
 from collections.abc import Iterable
+from logging import INFO
 
 from flwr.app import Message
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 POLL_VARIABLE = "FL_FLOWER_POLL_SECONDS"
@@ -90,17 +92,27 @@ class PollingGrid(Grid):
         return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Push ``messages``, then pull until every one has a reply or ``timeout`` seconds passed."""
+        """Push ``messages``, then pull until every one has a reply or ``timeout`` seconds passed.
+
+        Logs how long the push took, when it ended (wall clock, to line up with the nodes' logs) and how
+        long after it each reply arrived: where a round's time goes between the server and its devices.
+        """
+        started = time.perf_counter()
         waiting = set(self.push_messages(messages))
+        pushed, pushed_at, count = time.perf_counter(), time.time(), len(waiting)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
+        arrivals: list[float] = []
         while waiting:
             received = list(self.pull_messages(waiting))
             replies.extend(received)
+            arrivals += [time.perf_counter() - pushed] * len(received)
             waiting -= {reply.metadata.reply_to_message_id for reply in received}
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(self.interval)
+        log(INFO, "grid: pushed %d message(s) in %.3f s, at %.3f; replies after %s s",
+            count, pushed - started, pushed_at, " ".join(f"{a:.3f}" for a in arrivals))
         return replies
 
     def __getattr__(self, name: str):

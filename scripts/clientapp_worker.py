@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import os
+import socket
 import sys
 import time
 from logging import ERROR, INFO
@@ -39,7 +41,7 @@ from logging import ERROR, INFO
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.cli.install import install_from_fab
-from flwr.clientapp.client_app import LoadClientAppError
+from flwr.clientapp.client_app import ClientApp, LoadClientAppError
 from flwr.clientapp.utils import get_load_client_app_fn
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
@@ -63,6 +65,7 @@ ACQUIRE_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})  # what the Sup
 # Flower waits 1 s (doubling to 10 s) before re-asking for a message part that has not reached the SuperNode
 # yet; the SuperNode is on this machine, so ask again sooner.
 PULL_BACKOFF = {"initial_backoff": 0.02, "backoff_cap": 0.02}
+STARTUP_TIMEOUT = 120.0  # seconds to wait for the SuperNode's Runtime API at start-up
 
 
 def fast_object_pulls() -> None:
@@ -88,20 +91,34 @@ def runtime_client(args: argparse.Namespace, token: str | None = None) -> Runtim
     )
 
 
-def run_task(args: argparse.Namespace, token: str) -> None:
-    """One ClientApp task, as ``flwr.supernode.runtime.run_clientapp`` runs it, without exiting."""
+def loaded_client_app(run, fab, apps: dict[str, ClientApp]) -> ClientApp:
+    """The FAB's ClientApp: installed and imported on its first task, then the same object (``apps``)."""
+    if hashlib.sha256(fab.content).hexdigest() != fab.hash_str:
+        raise LoadClientAppError(f"the FAB received does not match its hash {fab.hash_str}")
+    digest = fab.hash_str
+    if digest not in apps:
+        install_from_fab(fab.content, skip_prompt=True)
+        load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+        apps[digest] = load(run.fab_id, run.fab_version, fab.hash_str)
+    return apps[digest]
+
+
+def run_task(args: argparse.Namespace, token: str, apps: dict[str, ClientApp]) -> None:
+    """One ClientApp task, as ``flwr.supernode.runtime.run_clientapp`` runs it, without exiting.
+
+    ``apps``: the ClientApps this process has loaded, by FAB hash (an app is installed once, not per task).
+    """
     client = runtime_client(args, token)
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     message = reply = context = None
     status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     marks = [("start", time.perf_counter())]
+    started_at = time.time()
     try:
         heartbeat.start()
         message, context, run, fab = pull_task_input(client)
         marks.append(("pull", time.perf_counter()))
-        install_from_fab(fab.content, skip_prompt=True)
-        load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
-        client_app = load(run.fab_id, run.fab_version, fab.hash_str)
+        client_app = loaded_client_app(run, fab, apps)
         marks.append(("load", time.perf_counter()))
         reply = client_app(message=message, context=context)
         marks.append(("app", time.perf_counter()))
@@ -125,8 +142,9 @@ def run_task(args: argparse.Namespace, token: str) -> None:
             heartbeat.stop()
         client.close()
         marks.append(("close", time.perf_counter()))
-        log(INFO, "task %s in %.2f s (%s)", status, marks[-1][1] - marks[0][1],
-            ", ".join(f"{name} {end - begin:.2f}" for (_, begin), (name, end) in zip(marks, marks[1:])))
+        log(INFO, "task %s in %.3f s (%s) from %.3f", status, marks[-1][1] - marks[0][1],
+            ", ".join(f"{name} {end - begin:.3f}" for (_, begin), (name, end) in zip(marks, marks[1:])),
+            started_at)
 
 
 def restart_for(token: str, fab_hash: str) -> None:
@@ -140,11 +158,31 @@ def restart_for(token: str, fab_hash: str) -> None:
                               "--token", token, "--fab-hash", fab_hash])
 
 
+def wait_for_runtime_api(address: str, interval: float, timeout: float = STARTUP_TIMEOUT) -> None:
+    """Wait until the SuperNode's Runtime API accepts connections, asking every ``interval`` seconds.
+
+    Worker and SuperNode start together, and the SuperNode takes seconds to listen; Flower's client would
+    retry with exponential backoff (waits of 4 s, then 12 s...), so the first task could wait that long.
+    """
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                return  # Flower's client reports it from here on
+            time.sleep(interval)
+
+
 def serve(args: argparse.Namespace) -> None:
     fast_object_pulls()
+    wait_for_runtime_api(args.runtime_api_address, args.poll_interval)
     loaded_fab: str | None = None
+    apps: dict[str, ClientApp] = {}
     if args.token:
-        run_task(args, args.token)  # handed over by the worker this process replaced
+        run_task(args, args.token, apps)  # handed over by the worker this process replaced
         loaded_fab = args.fab_hash
     client = runtime_client(args)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
@@ -156,7 +194,7 @@ def serve(args: argparse.Namespace) -> None:
                 log(INFO, "Task of another app (FAB %s): starting a fresh worker", fab_hash)
                 client.close()
                 restart_for(response.token, fab_hash)
-            run_task(args, response.token)
+            run_task(args, response.token, apps)
             loaded_fab = fab_hash
             continue  # maybe more work already waiting
         time.sleep(args.poll_interval)
