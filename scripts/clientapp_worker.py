@@ -5,7 +5,8 @@ Flower 1.42 runs every message in a new ``flwr-clientapp`` process (started by
 device pays a Python start-up, its app's imports (TensorFlow: seconds), loading
 its data and building its model. This worker does the job of both, in one
 process that stays up: it asks the SuperNode's Runtime API for the next
-ClientApp task every ``--poll-interval`` seconds (default 0.05) and runs it here
+ClientApp task every ``--poll-interval`` seconds (default 0.05) right after a
+task, less and less often while it stays idle (up to 1 s), and runs it here
 exactly as ``flwr-clientapp`` does (install the FAB, load its ClientApp, call
 it, push the reply and the task's status). Modules stay imported between
 messages, so whatever the app caches (``flower_app.node.local_node``: the
@@ -47,6 +48,7 @@ from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore import log
 from flwr.supercore.constant import TaskType
+from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.auth import load_superexec_auth_secret
 from flwr.supercore.interceptors import (
@@ -65,13 +67,19 @@ ACQUIRE_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})  # what the Sup
 # Flower waits 1 s (doubling to 10 s) before re-asking for a message part that has not reached the SuperNode
 # yet; the SuperNode is on this machine, so ask again sooner.
 PULL_BACKOFF = {"initial_backoff": 0.02, "backoff_cap": 0.02}
+IDLE_CAP_SECONDS = 1.0  # longest wait between task polls of an idle worker
+BACKOFF_SHARE = 0.1  # idle for t seconds: poll every 0.1 t
+TRANSFER_THREADS = 8  # as flower_app/polling.py
 STARTUP_TIMEOUT = 120.0  # seconds to wait for the SuperNode's Runtime API at start-up
 
 
 def fast_object_pulls() -> None:
-    """Make ``pull_task_input`` retry missing message parts every 20 ms instead of after 1 s, doubling."""
+    """Make ``pull_task_input`` retry missing message parts every 20 ms instead of after 1 s, doubling,
+    and move a message's parts over more threads."""
     original = run_clientapp.pull_and_inflate_object_from_tree
     run_clientapp.pull_and_inflate_object_from_tree = functools.partial(original, **PULL_BACKOFF)
+    # A message's parts (one request each) over TRANSFER_THREADS threads, not min(2, CPU cores).
+    inflatable_utils.get_num_workers = lambda max_concurrent: max(max_concurrent, TRANSFER_THREADS)
 
 
 def runtime_client(args: argparse.Namespace, token: str | None = None) -> RuntimeHttpClient:
@@ -186,6 +194,7 @@ def serve(args: argparse.Namespace) -> None:
         loaded_fab = args.fab_hash
     client = runtime_client(args)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    idle_since = time.monotonic()
     while True:
         response = client.AcquireTask(request)
         if response.HasField("task") and response.token:
@@ -196,8 +205,15 @@ def serve(args: argparse.Namespace) -> None:
                 restart_for(response.token, fab_hash)
             run_task(args, response.token, apps)
             loaded_fab = fab_hash
+            idle_since = time.monotonic()
             continue  # maybe more work already waiting
-        time.sleep(args.poll_interval)
+        time.sleep(poll_wait(args.poll_interval, time.monotonic() - idle_since))
+
+
+def poll_wait(fast: float, idle: float) -> float:
+    """Seconds until the next task poll: ``fast`` right after a task (the next round follows soon), then a
+    ``BACKOFF_SHARE`` of the time idle, up to ``IDLE_CAP_SECONDS`` (as ``scripts/supernode.py`` polls)."""
+    return min(max(fast, IDLE_CAP_SECONDS), max(fast, BACKOFF_SHARE * idle))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
