@@ -261,7 +261,7 @@ class LocalDeployment:
         runtime_port = free_port()
         self.runtime_ports[name] = runtime_port
         home = f"{name}-home"
-        secret = self.runtime_secret(home) if self.isolation == "process" else None
+        secret = self._runtime_secret(home) if self.isolation == "process" else None
         supernode = self._start(name, self.supernode_command(index, runtime_port, key, authenticate, secret), home)
         if secret is not None and worker:
             self._start(name.replace("supernode", "clientapp"), [
@@ -271,7 +271,7 @@ class LocalDeployment:
             ], home)
         return supernode
 
-    def runtime_secret(self, home: str) -> Path:
+    def _runtime_secret(self, home: str) -> Path:
         """A random secret (owner-only file) shared by a SuperNode and its worker: only they acquire its tasks."""
         path = self.workdir / home / "superexec.secret"
         if not path.exists():

@@ -456,7 +456,7 @@ def test_only_the_worker_with_the_secret_can_take_a_supernodes_tasks(loopback):
     worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(worker)
     address = f"127.0.0.1:{loopback.runtime_ports['supernode-0']}"
-    secret = loopback.runtime_secret("supernode-0-home")
+    secret = loopback._runtime_secret("supernode-0-home")  # the file SuperNode 0 and its worker share
     request = worker.AcquireTaskRequest(supported_task_types=[worker.TaskType.CLIENT_APP])
     options = ["--runtime-api-address", address, "--insecure"]
     signed = worker.runtime_client(worker.parse_args([*options, "--superexec-auth-secret-file", str(secret)]))
