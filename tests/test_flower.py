@@ -353,13 +353,13 @@ def deployment(loopback, data_dir):
     (workdir / "deactivated.txt").write_text(str(DEACTIVATED))
     run_config = {**RUN_CONFIG, "results-file": str(workdir / "rounds.jsonl"),
                   "deactivated-file": str(workdir / "deactivated.txt"), "data-dir": data_dir}
-    outcome = loopback.run(run_config, timeout=240)
+    outcome = loopback.run(run_config, timeout=600)
     status = loopback.run_status(outcome.run_id) if outcome.run_id else "not started"
     logs = {name: loopback.log(name)[-3000:] for name in ("superlink", "supernode-0", "clientapp-0")}
     return {"outcome": outcome, "status": status, "logs": logs}
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(900)  # includes starting the deployment; generous for a loaded machine
 def test_flower_deployment_trains_over_loopback(deployment):
     outcome = deployment["outcome"]
     context = f"{outcome.output[-3000:]}\n{deployment['logs']}"
