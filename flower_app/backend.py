@@ -235,7 +235,8 @@ class FlowerFederation(FederationBackend):
         self.weights_file = self.workdir / "global-weights.npz"
         self.deployment = _Deployment(
             self.workdir / "deployment", config.num_devices, data_dir=config.data_dir, output_dir=self.workdir,
-            extra_env={WEIGHTS_FILE_VARIABLE: str(self.weights_file)},
+            extra_env={WEIGHTS_FILE_VARIABLE: str(self.weights_file),  # runs-dir is confined to FL_FLOWER_RUNS_DIR
+                       **({"FL_FLOWER_RUNS_DIR": str(Path(store.root).resolve())} if store is not None else {})},
         )
         self.leftovers: list[int] = []  # tagged processes that outlived the teardown (then killed)
 
