@@ -118,6 +118,9 @@ def federation_config(
     reason = STRATEGIES[config.strategy].in_process_only if config.strategy in STRATEGIES else ""
     if reason:
         raise ConfigError([f"{config.strategy} runs in-process only: {reason}"])
+    if config.secure_aggregation and config.min_devices < 2:
+        raise ConfigError(["secure aggregation on Flower (its SecAgg+) needs at least 2 devices per round; "
+                           "set min-devices to 2 or more"])
     return config.validate(devices_known=False)  # nodes announce themselves: too few updates are reported per round
 
 
