@@ -128,7 +128,8 @@ class GridTransport:
         messages, partition_of, bytes_down = [], {}, 0
         for partition, instruction in instructions.items():
             content = records.instructions_content(instruction)
-            bytes_down += sum(len(array.data) for array in content.array_records[records.ARRAYS].values())
+            bytes_down += sum(len(array.data) for record in content.array_records.values()  # SCAFFOLD: c too
+                              for array in record.values())
             node = self.nodes[partition]
             partition_of[node] = partition
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,

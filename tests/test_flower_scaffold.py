@@ -1,9 +1,10 @@
 """SCAFFOLD on Flower: the server's c travels down, each device's c_i lives in its SuperNode's context.state.
 
-One deployment for the module: a real SuperLink and three SuperNodes with
-Flower's default isolation (a new ClientApp process per message), so a
-device's control variate can only survive between rounds in the node's
-``context.state``. Two rounds must learn and match the in-process engine's
+One deployment for the module: a real SuperLink and three SuperNodes (the
+loopback's long-lived ClientApp workers). The ClientApp restores each device's
+control variate from the node's ``context.state`` before every round (a lost
+state would reset it to zero), so round 2 only matches the in-process math if
+the SuperNode kept it. Two rounds must learn and match the in-process engine's
 control-variate math on the same seed (same selection, same global model up
 to float noise between processes). A fast test checks that the records carry
 the control variates both ways and that the loop refuses a bad one.
@@ -21,7 +22,7 @@ ROUNDS = 2
 NUM_SUPERNODES = 3
 RUN_CONFIG = {
     "num-server-rounds": ROUNDS, "model": "mlp", "train-samples": 900, "test-samples": 300, "min-devices": 3,
-    "strategy": "scaffold", "optimizer": "sgd", "learning-rate": 0.05, "seed": 11,
+    "strategy": "scaffold", "optimizer": "sgd", "learning-rate": 0.1, "local-epochs": 3, "seed": 11,
 }
 SHAPES = [(3, 2), (2,)]
 
@@ -62,7 +63,7 @@ def scaffold_run(data_dir, tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("flower-scaffold")
     run_config = {**RUN_CONFIG, "results-file": "rounds.jsonl", "data-dir": data_dir}
-    with SavingDeployment(workdir, NUM_SUPERNODES, data_dir=data_dir, isolation="subprocess") as local:
+    with SavingDeployment(workdir, NUM_SUPERNODES, data_dir=data_dir) as local:
         outcome = local.run(run_config, timeout=700)
         status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
         with np.load(local.output_file("weights.npz")) as saved:

@@ -55,7 +55,7 @@ def secure_run(data_dir, tmp_path_factory):
         failing = subprocess.run(
             [sys.executable, "-m", "flower_app.run", ".", "loopback", "--stream",
              "--run-config", 'runs-dir="/etc/x"'],
-            cwd=project, env=local.env("cli-home"), capture_output=True, text=True, timeout=180,
+            cwd=project, env=local.env("cli-home"), capture_output=True, text=True, timeout=600,
         )
         logs = local.log("superlink")[-3000:]
     return {"outcome": outcome, "status": status, "received": received, "failing": failing, "logs": logs}
