@@ -33,3 +33,13 @@ def test_runs_dir_inside_the_runs_folder_is_accepted(tmp_path, monkeypatch):
     monkeypatch.delenv("FL_RUNS_DIR")
     monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path / "out"))
     assert runs_root() == (tmp_path / "out" / "runs").resolve()
+
+
+def test_the_flwr_run_wrapper_finds_the_federation_and_the_run_id():
+    from flower_app.run import positionals, run_id_of
+
+    argv = [".", "loopback", "--stream", "--run-config", "runs-dir='/etc/x' seed=2", "--format=default"]
+    assert positionals(argv) == [".", "loopback"]
+    assert positionals(["--run-config", "a=1", "."]) == ["."]
+    assert run_id_of("Using SuperLink\nSuccessfully started run 7207787571166180360\n") == 7207787571166180360
+    assert run_id_of('{"success": true, "run-id": 42}') == 42 and run_id_of("error") is None
