@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 PERSONALIZATIONS = ("none", "finetune", "fedper", "ditto")
 
-FLOWER_REASON = ("personalised models live with each device between rounds (FedPer's head, Ditto's model), and "
-                 "Flower's per-message ClientApp does not keep them yet (context.state is not wired in)")
+FLOWER_REASON = ("the Flower messages do not carry the personalisation settings and metrics yet, and the SuperNodes "
+                 "do not keep FedPer's heads or Ditto's models in context.state (as they keep SCAFFOLD's control "
+                 "variate)")
 """Why ``--personalize`` runs in-process only for now (``flower_app.backend.unsupported``)."""
 
 
