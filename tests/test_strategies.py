@@ -59,7 +59,7 @@ def step(strategy: Strategy, server_round: int, global_weights: list[np.ndarray]
 def test_all_strategies_are_registered_in_order():
     assert tuple(STRATEGIES) == (
         "fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
-        "krum", "multikrum", "bulyan", "qfedavg", "fednova", "scaffold",
+        "krum", "multikrum", "bulyan", "qfedavg", "fednova", "scaffold", "fedbuff",
     )
     for name, cls in STRATEGIES.items():
         assert cls.name == name and cls.title and cls.summary and cls.__doc__

@@ -69,6 +69,7 @@ class Strategy(ABC):
     needs_received_loss: ClassVar[bool] = False  # uses each device's loss of the model it received
     needs_sgd: ClassVar[bool] = False  # its device-side math assumes local SGD
     in_process_only: ClassVar[str] = ""  # why it cannot run on Flower yet ("" when it can)
+    asynchronous: ClassVar[bool] = False  # runs on engine.async_rounds' schedule instead of synchronous rounds
 
     def __post_init__(self) -> None:
         problems = self.parameter_problems({f.name: getattr(self, f.name) for f in self._hyperparameter_fields()})
