@@ -22,7 +22,9 @@ from engine.strategies import STRATEGIES, FedBuff, build_strategy
 from engine.strategies.fedbuff import STALENESS, fedbuff_step, staleness_weight
 from engine.transport import InProcessTransport
 from flower_app.backend import unsupported
-from tests.conftest import run_to_finish
+from tests.conftest import run_to_finish, wait_until
+from tests.test_app import app_env, make_app, needs_data, no_exceptions, plotly_keys, plotly_spec  # noqa: F401
+from tests.test_app import federation_of
 
 TINY = dict(model="mlp", num_devices=4, train_samples=400, test_samples=200, batch_size=32, stack_width=1,
             strategy="fedbuff")
@@ -150,3 +152,30 @@ def test_fedbuff_learns_records_staleness_and_keeps_it_in_the_store(fashion, tmp
     stored = store.load_history(federation.run_id)
     assert [[d.staleness for d in r.devices] for r in stored] == [[d.staleness for d in r.devices] for r in history]
     assert [r.simulated_time for r in stored] == [r.simulated_time for r in history]
+
+
+# --- the dashboard ---------------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_dashboard_offers_fedbuff_with_its_parameters_and_draws_the_staleness(make_app, app_env):
+    app_env.setenv("FL_AUTO_CREATE", "0")
+    app_env.setenv("FL_DEFAULT_ROUNDS", "4")
+    app_env.setenv("FL_DEFAULT_STACK_WIDTH", "1")  # devices one by one: no stack compiled per buffer width
+    at = make_app().run()
+    at.selectbox(key="setup_strategy").set_value("fedbuff").run()
+    assert [n.key for n in at.sidebar.number_input if n.key.startswith("setup_fedbuff_")] == [
+        "setup_fedbuff_buffer_size", "setup_fedbuff_server_learning_rate", "setup_fedbuff_staleness_exponent"]
+    at.number_input(key="setup_fedbuff_buffer_size").set_value(2)
+    at.number_input(key="setup_slow_count").set_value(1).run()
+    at.button(key="apply").click().run()
+    no_exceptions(at)
+    federation = federation_of(at)
+    assert (federation.config.strategy, federation.config.strategy_params["buffer_size"]) == ("fedbuff", 2)
+    at.button(key="start").click().run()
+    wait_until(lambda: not federation.snapshot().is_live and federation.snapshot().round == 4, timeout=180)
+    at.run()
+    no_exceptions(at)
+    assert "staleness" in plotly_keys(at)
+    spec = plotly_spec(at, "staleness")
+    assert any(max(trace["y"]) > 0 for trace in spec["data"] if trace.get("mode") == "markers")
