@@ -71,6 +71,9 @@ def render_rounds_detail(history: Sequence[RoundResult], prefix: str = "") -> No
     if strategy_charts.is_asynchronous(history):
         st.plotly_chart(strategy_charts.staleness_figure(history), key=f"{prefix}staleness", config=CHART_CONFIG)
         st.caption(strategy_charts.staleness_caption(history))
+    if strategy_charts.has_selection(history):
+        st.plotly_chart(strategy_charts.selection_figure(history), key=f"{prefix}selection", config=CHART_CONFIG)
+        st.caption(strategy_charts.selection_caption(history))
     rows = charts.problems_table(history, PROBLEM_ROUNDS)
     if rows:
         st.markdown(f"**Devices left out of the last {min(PROBLEM_ROUNDS, len(history))} rounds**")

@@ -1,4 +1,4 @@
-"""Charts for what a particular strategy changes: FedBuff's staleness and its simulated time.
+"""Charts for what a particular strategy changes: FedBuff's staleness and simulated time, Krum/Bulyan's selection.
 
 Pure builders like ``app.charts``: a round history in, Plotly figures out.
 """
@@ -67,3 +67,51 @@ def staleness_caption(history: Sequence[RoundResult]) -> str:
     return (f"{len(values)} updates applied in {len(history)} server steps; staleness mean "
             f"{np.mean(values):.2f}, largest {max(values)} (each weighted by (1+s)^-a). Simulated time "
             f"{simulated_clock(history)[-1]:,.0f} local steps of a full-speed device.")
+
+
+KEPT, LEFT_OUT, NO_UPDATE = 2, 1, 0
+SELECTION_COLOURS = [[0.0, "#f1f5f9"], [0.33, "#f1f5f9"], [0.34, "#f59e0b"], [0.66, "#f59e0b"], [0.67, "#16a34a"],
+                     [1.0, "#16a34a"]]
+
+
+def has_selection(history: Sequence[RoundResult]) -> bool:
+    """True when a selecting rule (Krum, Multi-Krum, Bulyan) reported which models it kept."""
+    return any(r.kept is not None for r in history)
+
+
+def selection_matrix(history: Sequence[RoundResult]) -> tuple[np.ndarray, list[int]]:
+    """Devices x rounds: 2 kept by the rule, 1 sent a valid update that the rule left out, 0 no update; and the
+    device ids of the rows."""
+    devices = sorted({d.device_id for r in history for d in r.devices})
+    rows = {device_id: row for row, device_id in enumerate(devices)}
+    matrix = np.full((len(devices), len(history)), NO_UPDATE, np.int64)
+    for column, result in enumerate(history):
+        kept = set(result.kept) if result.kept is not None else {d.device_id for d in result.devices}
+        for device in result.devices:
+            matrix[rows[device.device_id], column] = KEPT if device.device_id in kept else LEFT_OUT
+    return matrix, devices
+
+
+def selection_figure(history: Sequence[RoundResult]) -> go.Figure:
+    """Which devices' models the robust rule kept each round (green) and which it left out (amber)."""
+    matrix, devices = selection_matrix(history)
+    words = np.array(["no update", "left out", "kept"])[matrix]
+    figure = go.Figure(go.Heatmap(
+        z=matrix, x=rounds_of(history), y=[device_label(d) for d in devices], zmin=0, zmax=2,
+        colorscale=SELECTION_COLOURS, showscale=False, customdata=words, xgap=1, ygap=1,
+        hovertemplate="%{y}, round %{x}: %{customdata}<extra></extra>",
+    ))
+    figure.update_xaxes(title_text="round", dtick=1 if len(history) <= 20 else None)
+    figure.update_yaxes(autorange="reversed")
+    return _layout(figure, "Models kept by the robust rule (green) and left out (amber)",
+                   height=max(220, 60 + 22 * len(devices)))
+
+
+def selection_caption(history: Sequence[RoundResult]) -> str:
+    """How often each left-out device was left out: the devices the rule distrusts most, first."""
+    matrix, devices = selection_matrix(history)
+    left_out = (matrix == LEFT_OUT).sum(axis=1)
+    worst = [f"device {devices[i]} ({left_out[i]}×)" for i in np.argsort(-left_out, kind="stable") if left_out[i]][:5]
+    if not worst:
+        return "The rule kept every update so far."
+    return "Left out most often: " + ", ".join(worst) + "."

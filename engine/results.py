@@ -75,6 +75,7 @@ class RoundResult:
     test_samples: int = 0  # server test samples the global model was evaluated on (0: not recorded)
     global_mae: float | None = None  # regression only: global_loss is then the MSE
     global_r2: float | None = None
+    kept: tuple[int, ...] | None = None  # devices whose models a selecting rule (Krum, Bulyan) used; None: all
     simulated_time: float = 0.0  # in local steps of a full-speed device: its slowest update; fedbuff: since the last step
 
     @property

@@ -313,6 +313,7 @@ class RoundRunner:
             global_r2=scores.r2 if scores else None,
             simulated_time=max((simulated_time(u, self.transport.slowdown(u.device_id)) for u in accepted),
                                default=0.0),
+            kept=self.strategy.kept_devices() if accepted else None,
         )
 
     def _device_result(self, update: EncodedUpdate) -> DeviceRoundResult:

@@ -91,6 +91,10 @@ class Strategy(ABC):
         mean = weighted_average([u.weights for u in updates], [u.num_samples for u in updates])
         return self.from_mean(server_round, global_weights, mean)
 
+    def kept_devices(self) -> tuple[int, ...] | None:
+        """The devices whose models the last :meth:`aggregate` used (Krum, Bulyan select); None: all of them."""
+        return None
+
     def from_mean(self, server_round: int, global_weights: Weights, mean: Weights) -> Weights:
         """New global weights from the sample-weighted mean of the devices' models (linear strategies)."""
         raise NotImplementedError(f"{self.name} needs the individual updates, not just their mean")
