@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 
 from devices.messages import DeviceMetrics, DeviceUpdate
-from devices.pool import WorkerPool
-from devices.trainer import ModelReplica, OptimizerSpec
 from engine.async_rounds import AsyncRoundRunner, concurrency, rebase
 from engine.cli import strategy_help
 from engine.config import FederationConfig
 from engine.federation import Federation
-from engine.models import ModelRegistry
 from engine.results import RunStatus
 from engine.setup import build_devices, server_test_set
 from engine.store import RunStore
@@ -23,6 +18,7 @@ from engine.strategies.fedbuff import STALENESS, fedbuff_step, staleness_weight
 from engine.transport import InProcessTransport
 from flower_app.backend import unsupported
 from tests.conftest import run_to_finish, wait_until
+from tests.test_engine_composition import bench  # noqa: F401  (its worker and evaluator)
 from tests.test_app import app_env, make_app, needs_data, no_exceptions, plotly_keys, plotly_spec  # noqa: F401
 from tests.test_app import federation_of
 
@@ -97,20 +93,9 @@ def test_registered_with_its_parameters_in_the_cli_and_refused_where_it_cannot_c
 # --- the asynchronous schedule, for real -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def bench(fashion):
-    """Devices, one worker and an evaluator for AsyncRoundRunners driven step by step (no federation thread)."""
-    config = FederationConfig(**TINY)
-    build = partial(ModelRegistry().build, "mlp", fashion.image_shape, fashion.num_classes)
-    make_replica = partial(ModelReplica, build, OptimizerSpec(config.optimizer, config.momentum))
-    pool = WorkerPool(make_replica, 1)
-    evaluator = make_replica()
-    yield fashion, pool, evaluator
-    pool.shutdown()
-
-
-def async_runner(bench, **changes) -> tuple[AsyncRoundRunner, list]:
-    fashion, pool, evaluator = bench
+def async_runner(fashion, bench, **changes) -> tuple[AsyncRoundRunner, list]:
+    """A runner driven step by step (no federation thread), on the composition test's worker and evaluator."""
+    _, pool, evaluator, _ = bench
     config = FederationConfig(**{**TINY, **changes})
     devices = build_devices(fashion, config)
     strategy = build_strategy("fedbuff", config.strategy_params)
@@ -119,8 +104,8 @@ def async_runner(bench, **changes) -> tuple[AsyncRoundRunner, list]:
     return runner, evaluator.get_weights()
 
 
-def test_a_device_switched_off_loses_its_update_and_local_dp_is_accounted_per_step(bench):
-    runner, weights = async_runner(bench, strategy_params={"buffer_size": 2}, slowdowns={3: 4.0},
+def test_a_device_switched_off_loses_its_update_and_local_dp_is_accounted_per_step(fashion, bench):
+    runner, weights = async_runner(fashion, bench, strategy_params={"buffer_size": 2}, slowdowns={3: 4.0},
                                    clip_norm=1.0, local_noise_multiplier=0.5)
     weights, first = runner.run(1, weights, [0, 1, 2, 3], lambda steps: None)
     assert len(first.devices) == 2 and first.epsilon is not None and first.simulated_time > 0
