@@ -37,6 +37,7 @@ from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Sn
 from engine.hardware import cpu_info
 from engine.precision import precision_note, resolve_precision
 from engine.personalization import training_note as personalization_note
+from engine.async_rounds import AsyncRoundRunner
 from engine.rounds import RoundRunner
 from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
 from engine.composition import restore_strategy_state, strategy_state
@@ -159,7 +160,8 @@ class Federation(FederationBackend):
         self.preprocessing = replace(self.dataset.preprocessing, input_shape=self.dataset.input_shape,
                                      task=self.dataset.task, class_names=self.dataset.class_names)
         self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
-        self._runner = RoundRunner(
+        runner = AsyncRoundRunner if self.strategy.asynchronous else RoundRunner  # fedbuff: no synchronous rounds
+        self._runner = runner(
             config,
             self.transport,
             evaluator,

@@ -40,6 +40,11 @@ def personalization_problems(config: FederationConfig) -> list[str]:
     if mode == "fedper" and config.strategy == "scaffold":
         found.append("fedper keeps each device's head out of the update, and SCAFFOLD's control variates cover the "
                      "whole model: use another strategy with fedper")
+    from engine.strategies import STRATEGIES
+
+    if mode != "none" and config.strategy in STRATEGIES and STRATEGIES[config.strategy].asynchronous:
+        found.append(f"{config.strategy}'s asynchronous loop does not run personalisation yet: use a synchronous "
+                     "strategy (e.g. fedavg) with --personalize")
     if mode == "ditto" and config.optimizer == "sgd" and config.learning_rate * config.ditto_lambda >= 2:
         found.append(f"ditto's proximal step diverges with SGD when learning rate x lambda >= 2 (got "
                      f"{config.learning_rate:g} x {config.ditto_lambda:g}): lower --ditto-lambda or --lr")

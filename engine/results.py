@@ -45,6 +45,7 @@ class DeviceRoundResult:
     bytes_up: int
     personalized_accuracy: float | None = None  # its personalised model on its local test split (None: none)
     personalized_loss: float | None = None
+    staleness: int = 0  # fedbuff: server steps between the model it trained from and the one its update went into
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class RoundResult:
     global_r2: float | None = None
     personalized_accuracy: float | None = None  # --personalize: mean over devices of their personalised models'
     device_global_accuracy: float | None = None  # mean over devices of the received global model's (same data)
+    kept: tuple[int, ...] | None = None  # devices whose models a selecting rule (Krum, Bulyan) used; None: all
+    simulated_time: float = 0.0  # in local steps of a full-speed device: its slowest update; fedbuff: since the last step
 
     @property
     def is_regression(self) -> bool:

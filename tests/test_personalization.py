@@ -123,6 +123,7 @@ def test_impossible_combinations_are_explained():
     assert base.with_changes(personalize="fedper").problems() == []
     assert "SCAFFOLD" in " ".join(base.with_changes(personalize="fedper", strategy="scaffold", optimizer="sgd",
                                                     learning_rate=0.05).problems())
+    assert "asynchronous" in " ".join(base.with_changes(personalize="finetune", strategy="fedbuff").problems())
     diverging = base.with_changes(personalize="ditto", optimizer="sgd", learning_rate=0.5, ditto_lambda=5.0)
     assert "diverges" in " ".join(diverging.problems())
 
