@@ -125,7 +125,7 @@ def load_csv(path: str | Path, options: SourceOptions, report: Callable[[str], N
     frame = read_csv(path)
     columns = ", ".join(map(str, frame.columns))
     if not options.target:
-        raise DataError(f"a CSV data set needs --target COLUMN; {path.name} has columns {columns}")
+        raise DataError(f"a CSV data set needs a target column (--target COLUMN); {path.name} has columns {columns}")
     for role, column in (("target", options.target), ("device column", options.device_column)):
         if column and column not in frame.columns:
             raise DataError(f"{path.name} has no {role} {column!r}; its columns are {columns}")

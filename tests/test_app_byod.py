@@ -25,7 +25,8 @@ def test_a_csv_regression_from_the_setup_panel(make_app, app_env, tmp_path):
     app_env.setenv("FL_DEFAULT_DATASET", str(path))
     at = make_app().run()
     no_exceptions(at)
-    assert any("needs --target" in e.value for e in at.error)  # a visible one-line notice, no traceback
+    # a visible one-line notice, no traceback, in the dashboard's words (the setting's label, not the CLI flag)
+    assert any('needs a target column ("Target column")' in e.value for e in at.error), [e.value for e in at.error]
     at.text_input(key="setup_target").set_value("y").run()
     at.text_input(key="setup_device_column").set_value("phone").run()
     at.selectbox(key="setup_partition").set_value("natural").run()
