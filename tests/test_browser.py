@@ -236,7 +236,7 @@ def test_dashboard_end_to_end(page, app_url, product_photo, output_dir):
     # Upload a product photo: the model's input, the predicted class and the probability chart appear.
     photo, true_name, class_names = product_photo
     page.get_by_text("Upload an image", exact=True).click()
-    page.locator(".st-key-upload input[type=file]").set_input_files(str(photo))  # not the sidebar's data upload
+    page.locator(".st-key-predict input[type=file]").set_input_files(str(photo))  # not the sidebar's data upload
     result = page.locator(".st-key-prediction-upload")
     expect(result).to_contain_text(re.compile(r"Predicted: \S"))
     headline = result.locator("h4").inner_text()

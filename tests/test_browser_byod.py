@@ -75,6 +75,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no system 
 def test_dashboard_on_a_colour_image_folder(page, output_dir, tmp_path):
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=180_000)  # a colour CNN on a machine shared with other TensorFlow jobs
+    page.set_default_timeout(180_000)
     step = Steps()
     create = page.get_by_role("button", name="Create federation", exact=True)
     expect(create).to_be_enabled(timeout=120_000)
@@ -88,7 +90,7 @@ def test_dashboard_on_a_colour_image_folder(page, output_dir, tmp_path):
 
     photo = tmp_path / "apple-photo.jpg"
     fruit_image("apple", 360, np.random.default_rng(7)).save(photo, quality=92)
-    page.locator(".st-key-upload_own input[type=file]").set_input_files(str(photo))
+    page.locator(".st-key-predict input[type=file]").set_input_files(str(photo))
     result = page.locator(".st-key-prediction-own-upload")
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.locator('[data-testid="stMetric"]', has_text="Status")).to_contain_text("Stopped", timeout=120_000)
