@@ -166,7 +166,9 @@ def load_image_folder(root: str | Path, options: SourceOptions, report: Report =
     )
 
 
-def encode_image_folder(root: str | Path, spec: Preprocessing, report: Report = lambda m: None) -> tuple[np.ndarray, np.ndarray]:
+def encode_image_folder(
+    root: str | Path, spec: Preprocessing, report: Report = lambda m: None
+) -> tuple[np.ndarray, np.ndarray]:
     """A device's own image folder encoded with the federation's ``spec``: every image of any layout above.
 
     The images are brought to ``spec``'s side and colour mode and labelled by

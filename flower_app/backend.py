@@ -219,7 +219,8 @@ class FlowerFederation(FederationBackend):
         keras.utils.set_random_seed(config.seed)  # the same initial global model as the ServerApp's
         self._predictor = ModelReplica(
             lambda: registry.build(config.model, self.dataset.input_shape, self.dataset.num_classes),
-            OptimizerSpec(config.optimizer, config.momentum), samples=stored_samples(self.dataset.x_train, self.dataset.task),
+            OptimizerSpec(config.optimizer, config.momentum),
+            samples=stored_samples(self.dataset.x_train, self.dataset.task),
         )
         self._weights = self._predictor.get_weights()
         self._weights_version = 0

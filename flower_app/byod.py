@@ -82,7 +82,8 @@ def dataset_spec(dataset: Dataset) -> Preprocessing:
 
 def run_preprocessing(dataset: Dataset) -> str:
     """The run-config ``preprocessing`` value for a run on ``dataset`` ("" for the built-in sets)."""
-    return "" if is_builtin(dataset.name) and dataset.preprocessing.kind == "idx" else encode_spec(dataset_spec(dataset))
+    builtin = is_builtin(dataset.name) and dataset.preprocessing.kind == "idx"
+    return "" if builtin else encode_spec(dataset_spec(dataset))
 
 
 def server_dataset(name: str, data_dir: str | None, options: SourceOptions, run_config: Mapping[str, Any]) -> Dataset:
@@ -103,8 +104,8 @@ def node_arrays(source: str, declared: str) -> tuple[np.ndarray, np.ndarray]:
     spec = decode_spec(declared)
     if spec is None:
         raise DataError(f"this node trains on its own data ({source}), and the run config declares no "
-                        f"{PREPROCESSING_KEY}: start the run with {PREPROCESSING_KEY}=$(python -m flower_app.byod --dataset "
-                        "SERVER_DATA ...) so every node encodes its files like the server's model expects")
+                        f"{PREPROCESSING_KEY}: start the run with {PREPROCESSING_KEY}=$(python -m flower_app.byod "
+                        "--dataset SERVER_DATA ...) so every node encodes its files like the server's model expects")
     x, y = encode_source(source, spec)
     if not len(y):
         raise DataError(f"{source} holds no samples")
@@ -122,7 +123,7 @@ def node_model(run_model: str, model_file: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the ``preprocessing`` value for a run on ``--dataset`` (the engine's own options; only the data's count)."""
+    """Print the ``preprocessing`` value for a run on ``--dataset`` (the engine's options; only the data's matter)."""
     from engine.cli_options import OneLineParser, add_setting_options, setting_values
     from engine.config import FederationConfig
 

@@ -54,7 +54,8 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("byod-flower")
     return {
         "server_images": colour_folder(root / "server-images", 20, 20, ".png", 0),
-        "node_images": [colour_folder(root / "node-0", 24, 20, ".png", 1), colour_folder(root / "node-1", 24, 40, ".jpg", 2)],
+        "node_images": [colour_folder(root / "node-0", 24, 20, ".png", 1),
+                        colour_folder(root / "node-1", 24, 40, ".jpg", 2)],
         "server_csv": regression_csv(root / "server.csv", 200, 3),
         "node_csv": [regression_csv(root / f"node-{i}.csv", 150, 4 + i) for i in range(2)],
         "model_file": root / "my_model.py",
@@ -101,6 +102,14 @@ def test_a_node_runs_no_model_file_the_run_config_names(files):
     assert node_model("/srv/server/model.py", "/home/me/model.py") == "/home/me/model.py"
     spec = node_spec({"data": "/d/mine.csv", "model-file": "/home/me/model.py"}, {}, node_id=4)
     assert (spec.partition_id, spec.source, spec.model_file) == (4, "data", "/home/me/model.py")
+
+
+def test_a_node_refuses_its_own_files_without_the_runs_preprocessing(files):
+    from flower_app.client_app import declared_samples
+
+    spec = node_spec({"data": str(files["node_csv"][0])}, {"dataset": str(files["server_csv"])}, node_id=1)
+    with pytest.raises(DataError, match="declares no preprocessing"):
+        declared_samples(spec)
 
 
 # -- real processes on 127.0.0.1 ---------------------------------------------------------------------
