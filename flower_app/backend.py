@@ -77,8 +77,9 @@ WEIGHTS_FILE_VARIABLE = "FL_FLOWER_WEIGHTS_FILE"  # flower_app.server_app reads 
 def unsupported(config: FederationConfig) -> list[str]:
     """Why ``config`` cannot run on Flower (empty: it can): only what real processes cannot do."""
     problems = []
-    if config.secure_aggregation:
-        problems.append("secure aggregation is simulated in-process only (Flower's SecAgg+ is not wired in yet)")
+    if config.secure_aggregation and config.min_devices < 2:
+        problems.append("secure aggregation on Flower (its SecAgg+) needs at least 2 devices per round "
+                        "(set minimum devices per round to 2 or more)")
     if any(factor != 1.0 for factor in config.slowdowns.values()):
         problems.append("simulated device slowdowns have no meaning for real processes (they take the time they take)")
     if config.strategy in STRATEGIES and STRATEGIES[config.strategy].in_process_only:
@@ -235,7 +236,8 @@ class FlowerFederation(FederationBackend):
         self.weights_file = self.workdir / "global-weights.npz"
         self.deployment = _Deployment(
             self.workdir / "deployment", config.num_devices, data_dir=config.data_dir, output_dir=self.workdir,
-            extra_env={WEIGHTS_FILE_VARIABLE: str(self.weights_file)},
+            extra_env={WEIGHTS_FILE_VARIABLE: str(self.weights_file),  # runs-dir is confined to FL_FLOWER_RUNS_DIR
+                       **({"FL_FLOWER_RUNS_DIR": str(Path(store.root).resolve())} if store is not None else {})},
             node_configs=[{"partition-id": i, "num-partitions": config.num_devices,
                            **({"model-file": config.model} if config.model.endswith(".py") else {})}
                           for i in range(config.num_devices)],
