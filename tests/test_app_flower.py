@@ -50,3 +50,18 @@ def test_settings_flower_cannot_carry_are_refused_in_place(make_app, monkeypatch
     assert any("too many for flower" in e.value.lower() for e in at.sidebar.error)
     at.selectbox(key="setup_backend").set_value("in-process").run()
     assert not any("flower" in e.value.lower() for e in at.sidebar.error)
+
+
+def test_a_deployment_has_no_device_cap_and_its_settings_are_checked_in_place(make_app):
+    at = make_app().run()
+    at.selectbox(key="setup_backend").set_value("deployment").run()
+    no_exceptions(at)
+    assert at.text_input(key="setup_deployment_address").value == "0.0.0.0:9093"
+    at.number_input(key="setup_devices").set_value(20).run()
+    assert not any("too many" in e.value.lower() for e in at.sidebar.error)  # only loopback is capped
+    at.text_input(key="setup_deployment_address").set_value("no-port").run()
+    assert any("host:port" in e.value for e in at.sidebar.error)
+    assert at.button(key="apply").disabled
+    at.radio(key="setup_deployment_start_superlink").set_value("attach").run()
+    assert at.text_input(key="setup_deployment_superexec_secret").value == ""
+    assert federation_of(at).remote is None  # nothing was built or started
