@@ -114,8 +114,15 @@ def test_dashboard_drives_a_deployment_of_separately_started_supernodes(dashboar
                     break
                 page.get_by_text("Advanced", exact=True).first.click()
                 page.wait_for_timeout(1500)
-            where.click()
-            page.get_by_role("option", name="A Flower deployment", exact=False).click()
+            option = page.get_by_role("option", name="A Flower deployment", exact=False)
+            for _ in range(5):  # a rerun of the page can close the list before it is clicked: open it again
+                where.click()
+                try:
+                    option.click(timeout=10_000)
+                    break
+                except Exception:
+                    page.keyboard.press("Escape")
+            expect(page.get_by_role("textbox", name="SuperLink address")).to_be_visible()
             for label, value in (("SuperLink address", f"127.0.0.1:{superlink_port}"),
                                  ("Certificates folder", str(certificates))):
                 field = page.get_by_role("textbox", name=label)
