@@ -39,8 +39,9 @@ def unsupported(config: FederationConfig, loopback: bool = True) -> list[str]:
     if config.dataset not in DATASET_NAMES or config.model not in BUILTIN_MODELS[:2]:
         problems.append("one's own data sets and the linear, MobileNetV2 and file models train in-process only "
                         "(Flower runs use the built-in sets with the CNN or MLP)")
-    if config.secure_aggregation:
-        problems.append("secure aggregation is simulated in-process only (Flower's SecAgg+ is not wired in yet)")
+    if config.secure_aggregation and config.min_devices < 2:
+        problems.append("secure aggregation on Flower (its SecAgg+) needs at least 2 devices per round "
+                        "(set minimum devices per round to 2 or more)")
     if any(factor != 1.0 for factor in config.slowdowns.values()):
         problems.append("simulated device slowdowns have no meaning for real processes (they take the time they take)")
     if config.strategy in STRATEGIES and STRATEGIES[config.strategy].in_process_only:
