@@ -31,6 +31,7 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "wait-timeout": 600.0,  # seconds to wait for enough active devices before giving up
     "round-timeout": 600.0,  # seconds to wait for the replies of one round
     "results-file": "",  # one JSON line per round is appended here
+    "weights-file": "",  # the global model after each round is saved here (.npz)
     "deactivated": "",  # partition ids never selected, e.g. "1,3"
     "deactivated-file": "",  # re-read every round: partition ids to skip
     "runs-dir": "",  # record the run in this run store folder (resume, compare, export)

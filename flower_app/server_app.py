@@ -23,12 +23,11 @@ the run is also recorded in that run store
 (``engine.store.RunStore``: rounds and checkpoints), so it can be resumed,
 compared and exported like an in-process run.
 
-When ``FL_FLOWER_WEIGHTS_FILE`` is set in the ServerApp's environment (or a
-``weights-file`` run-config key exists), the global model after each round is
-also saved there as an ``.npz`` (``round`` plus ``arr_0``, ``arr_1``, ...),
+When the run config sets ``weights-file``, the global model after each round
+is also saved there as an ``.npz`` (``round`` plus ``arr_0``, ``arr_1``, ...),
 replaced atomically *before* that round's JSON line is appended, so a reader
-that sees round N can load at least round N's model
-(``flower_app.backend.FlowerFederation.predict`` does).
+that sees round N can load at least round N's model. (The dashboard needs none
+of these files: it plays the ServerApp itself, see ``flower_app.serverapp_link``.)
 
 ``devices`` is keyed by partition id (what node configs and ``deactivated``
 use); ``loss``/``accuracy`` are the trained model on the device's local test
@@ -73,8 +72,6 @@ from flower_app.transport import GridTransport
 
 app = ServerApp()
 
-WEIGHTS_FILE_VARIABLE = "FL_FLOWER_WEIGHTS_FILE"
-
 
 class CentralEvaluator:
     """The server's held-out test set and a model replica to score global models on it."""
@@ -101,7 +98,7 @@ def append_json_line(path: Path, record: dict) -> None:
 
 def weights_file(run_config) -> Path | None:
     """Where to save the global model after each round (None: nowhere), inside the output folder."""
-    path = str(run_config.get("weights-file", "") or os.environ.get(WEIGHTS_FILE_VARIABLE, "")).strip()
+    path = str(run_config.get("weights-file", "") or "").strip()
     return confined_path("weights-file", path, output_dir()) if path else None
 
 

@@ -94,14 +94,19 @@ def streamlit_server(output_dir: Path, env: dict[str, str]):
         wait_until_serving(process, url, log)
         yield url
     finally:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            if process.poll() is not None:
-                break
-            try:
-                os.killpg(process.pid, sig)
-                process.wait(wait)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+        kill_group(process)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """End ``process`` and its process group: SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(wait)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
 
 
 @pytest.fixture
