@@ -30,6 +30,7 @@ class Scaffold(Strategy):
     summary = "Control variates correct each device's local steps towards the global direction (needs SGD)."
     linear = False
     needs_sgd = True
+    fresh_local_optimizer = True  # c_i's update divides by the local work of momentum started at zero
     in_process_only = ("its devices keep a control variate between rounds, which Flower's per-message ClientApp "
                        "processes do not keep yet, and the variates do not travel in the Flower records")
 
