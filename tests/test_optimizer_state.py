@@ -40,13 +40,14 @@ def test_sgd_momentum_is_stacked_unscaled():
     assert int(stacked[0]) == 5 and np.array_equal(stacked[1], [[1, 1, 1], [2, 2, 2]])
 
 
-def test_auto_keeps_the_state_for_small_federations_unless_the_strategy_assumes_a_fresh_optimizer():
-    assert FederationConfig().keeps_optimizer_state
-    assert not FederationConfig(num_devices=KEPT_STATE_MAX_DEVICES + 1).keeps_optimizer_state
+def test_fresh_by_default_auto_keeps_the_state_for_small_federations_unless_the_strategy_assumes_a_fresh_optimizer():
+    assert not FederationConfig().keeps_optimizer_state  # fresh by default
+    assert FederationConfig(optimizer_state="auto").keeps_optimizer_state
+    assert not FederationConfig(num_devices=KEPT_STATE_MAX_DEVICES + 1, optimizer_state="auto").keeps_optimizer_state
     assert FederationConfig(num_devices=KEPT_STATE_MAX_DEVICES + 1, optimizer_state="kept").keeps_optimizer_state
     assert not FederationConfig(optimizer_state="fresh").keeps_optimizer_state
-    assert not FederationConfig(strategy="scaffold", optimizer="sgd").keeps_optimizer_state
-    assert not FederationConfig(strategy="fednova").keeps_optimizer_state
+    assert not FederationConfig(strategy="scaffold", optimizer="sgd", optimizer_state="auto").keeps_optimizer_state
+    assert not FederationConfig(strategy="fednova", optimizer_state="auto").keeps_optimizer_state
 
 
 def finished(federation):

@@ -154,8 +154,7 @@ def test_plan_cohorts_groups_devices_of_similar_length_within_the_width():
 
 def test_a_stacked_federation_ends_where_the_one_by_one_federation_ends(make_federation):
     settings = dict(model="cnn", partition="dirichlet", num_devices=4, train_samples=800, rounds=2,
-                    strategy="fedprox", faults={3: "crash"}, precision="float32",  # the equivalence is a float32 one
-                    optimizer_state="fresh")  # kept states of unequal step counts share a stack's step count
+                    strategy="fedprox", faults={3: "crash"}, precision="float32")  # the equivalence is a float32 one
     one_by_one = make_federation(stack_width=1, **settings)
     stacked = make_federation(**settings)
     assert "one by one" in one_by_one.training_note and "vectorised" in stacked.training_note
