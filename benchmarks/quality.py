@@ -114,7 +114,8 @@ def measure(target: Target, quick: bool) -> dict:
     command = "python -m engine run " + shlex.join(options) + " --json --no-save"
     for i, accuracy in enumerate(accuracies):
         print(f"{target.name}: round {i + 1} accuracy {accuracy:.4f}", flush=True)
-    print(f"{target.name}: {target.description}: target >= {target.accuracy} within {target.rounds} rounds: "
+    description = "QUICK SMOKE RUN (MLP, 3,000 samples, 2 rounds), not the target" if quick else target.description
+    print(f"{target.name}: {description}: target >= {target.accuracy} within {target.rounds} rounds: "
           f"{'MET' if reached else 'NOT MET'} (rounds to target: {reached or '-'}, final {accuracies[-1]:.4f}, "
           f"best {max(accuracies):.4f}); load {started_load} -> {load()}", flush=True)
     print(f"{target.name}: command: FL_DATA_DIR=../shared/datasets {command}", flush=True)
