@@ -18,8 +18,10 @@ from data.errors import DataError
 from data.sources import load_source
 from data.spec import SourceOptions
 from engine.model_defaults import GENERAL_DEFAULTS, ModelError, training_defaults
+from engine.data_fit import data_problem
 from engine.config import ConfigError, FederationConfig
 from engine.errors import UserError, one_line
+from engine.settings import reword
 from engine.store import short_id
 
 if TYPE_CHECKING:  # importing the federation pulls in TensorFlow; done lazily in create_federation
@@ -173,6 +175,9 @@ def create_federation(config: FederationConfig) -> Federation | None:
             status.write(f"Loading the {config.dataset} data set...")
             dataset = dataset_slot(config.dataset, config.data_dir, config.source_options).get(progress=status.write)
             requested, config = config, fit_to_data(config, dataset, status.write)
+            problem = data_problem(dataset, config, audience="dashboard")  # the settings' labels, not CLI flags
+            if problem:
+                return _failed(status, problem)
             status.write(f"Splitting the data across {config.num_devices} devices and building the "
                          f"{config.model.upper()} model...")
             from app.runs import current_store, run_label
@@ -262,7 +267,7 @@ def is_resumed(federation: Federation | None) -> bool:
 
 def _failed(status, message: str) -> None:
     status.update(label="That did not work.", state="error", expanded=False)
-    st.session_state[ERROR_KEY] = message
+    st.session_state[ERROR_KEY] = reword(FederationConfig, message, "dashboard")  # labels, not CLI flags
     return None
 
 

@@ -36,8 +36,9 @@ from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
 from engine.hardware import cpu_info
 from engine.precision import precision_note, resolve_precision
+from engine.async_rounds import AsyncRoundRunner
 from engine.rounds import RoundRunner
-from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
+from engine.setup import build_devices, server_test_set, stored_samples  # noqa: F401  (also imported from here)
 from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore, StoreError
 from engine.transport import InProcessTransport
@@ -64,8 +65,7 @@ def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, s
 
 def sample_spec(dataset: Dataset) -> SampleSpec:
     """How the devices' stored samples of ``dataset`` feed the model."""
-    dtype = "uint8" if dataset.x_train.dtype == np.uint8 else "float32"
-    return SampleSpec(tuple(dataset.x_train.shape[1:]), dtype, dataset.task)
+    return stored_samples(dataset.x_train, dataset.task)
 
 
 def save_preprocessing(store: RunStore, run_id: str, spec: Preprocessing) -> None:
@@ -157,7 +157,8 @@ class Federation(FederationBackend):
         self.preprocessing = replace(self.dataset.preprocessing, input_shape=self.dataset.input_shape,
                                      task=self.dataset.task, class_names=self.dataset.class_names)
         self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
-        self._runner = RoundRunner(
+        runner = AsyncRoundRunner if self.strategy.asynchronous else RoundRunner  # fedbuff: no synchronous rounds
+        self._runner = runner(
             config,
             self.transport,
             evaluator,

@@ -53,8 +53,7 @@ from typing import Callable
 import numpy as np
 
 from engine.backend_base import FederationBackend
-from data.datasets import DATASET_NAMES
-from engine.config import BUILTIN_MODELS, ConfigError, FederationConfig
+from engine.config import ConfigError, FederationConfig
 from engine.results import (
     DeviceProblem,
     DeviceRoundResult,
@@ -78,9 +77,6 @@ WEIGHTS_FILE_VARIABLE = "FL_FLOWER_WEIGHTS_FILE"  # flower_app.server_app reads 
 def unsupported(config: FederationConfig) -> list[str]:
     """Why ``config`` cannot run on Flower (empty: it can): only what real processes cannot do."""
     problems = []
-    if config.dataset not in DATASET_NAMES or config.model not in BUILTIN_MODELS[:2]:
-        problems.append("one's own data sets and the linear, MobileNetV2 and file models train in-process only "
-                        "(Flower runs use the built-in sets with the CNN or MLP)")
     if config.secure_aggregation and config.min_devices < 2:
         problems.append("secure aggregation on Flower (its SecAgg+) needs at least 2 devices per round "
                         "(set minimum devices per round to 2 or more)")
@@ -197,21 +193,24 @@ class FlowerFederation(FederationBackend):
     ):
         import keras
 
-        from data.datasets import load_dataset
-        from data.partition import label_histogram
+        from data.sources import is_builtin, load_source
         from devices.trainer import ModelReplica, OptimizerSpec
-        from engine.federation import build_devices
+        from engine.federation import build_devices, data_histogram, stored_samples
         from engine.models import ModelRegistry
         from engine.strategies import build_strategy
 
         if config.data_dir:  # the Flower processes run in other folders
             config = config.with_changes(data_dir=str(Path(config.data_dir).resolve()))
+        if not is_builtin(config.dataset):
+            config = config.with_changes(dataset=str(Path(config.dataset).expanduser().resolve()))
+        if config.model.endswith(".py"):  # the user's file, on this machine: its SuperNodes get it as model-file
+            config = config.with_changes(model=str(Path(config.model).expanduser().resolve()))
         self.config = _check(config)
         self.label = label
         self.run_timeout = run_timeout  # None: as long as it takes
-        self.dataset = dataset or load_dataset(config.dataset, config.data_dir, progress)
+        self.dataset = dataset or load_source(config.dataset, config.data_dir, config.source_options, progress)
         self.devices = build_devices(self.dataset, self.config)  # the partition every SuperNode cuts
-        self.label_histogram = label_histogram([d.data.y_train for d in self.devices], self.dataset.num_classes)
+        self.label_histogram, self.histogram_labels = data_histogram(self.dataset, self.devices)
         self.strategy = build_strategy(config.strategy, config.strategy_params)  # name/params only: Flower aggregates
         self.store = store  # an engine.store.RunStore the ServerApp records this run into, or None
         self.run_id = store.create_run(self.config, label) if store is not None else None
@@ -220,8 +219,9 @@ class FlowerFederation(FederationBackend):
         registry = registry or ModelRegistry()
         keras.utils.set_random_seed(config.seed)  # the same initial global model as the ServerApp's
         self._predictor = ModelReplica(
-            lambda: registry.build(config.model, self.dataset.image_shape, self.dataset.num_classes),
+            lambda: registry.build(config.model, self.dataset.input_shape, self.dataset.num_classes),
             OptimizerSpec(config.optimizer, config.momentum),
+            samples=stored_samples(self.dataset.x_train, self.dataset.task),
         )
         self._weights = self._predictor.get_weights()
         self._weights_version = 0
@@ -238,6 +238,9 @@ class FlowerFederation(FederationBackend):
             self.workdir / "deployment", config.num_devices, data_dir=config.data_dir, output_dir=self.workdir,
             extra_env={WEIGHTS_FILE_VARIABLE: str(self.weights_file),  # runs-dir is confined to FL_FLOWER_RUNS_DIR
                        **({"FL_FLOWER_RUNS_DIR": str(Path(store.root).resolve())} if store is not None else {})},
+            node_configs=[{"partition-id": i, "num-partitions": config.num_devices,
+                           **({"model-file": config.model} if config.model.endswith(".py") else {})}
+                          for i in range(config.num_devices)],
         )
         self.leftovers: list[int] = []  # tagged processes that outlived the teardown (then killed)
 
