@@ -69,7 +69,8 @@ def train_cohort(
                     failures[i] = crash
 
     stack.load(first.weights)
-    stack.reset_optimizer(first.learning_rate)
+    stack.reset_optimizer(first.learning_rate, [d.optimizer_state(i) for d, i in zip(devices, instructions)]
+                          if first.keep_optimizer_state else None)
     tests = [(d.data.x_test, d.data.y_test) for d in devices]
     received = stack.evaluate(tests)
     trained = stack.train(
@@ -82,11 +83,14 @@ def train_cohort(
         corrections=[device.correction(instr) for device, instr in zip(devices, instructions)],
     )
     local = stack.evaluate(tests)
+    states = stack.optimizer_states() if first.keep_optimizer_state else [None] * len(devices)
     outcomes: list[Outcome] = []
     for i, (device, instr, weights) in enumerate(zip(devices, instructions, stack.get_weights())):
         if failures[i] is not None:
             outcomes.append(failures[i])
             continue
+        if states[i] is not None:
+            device.keep_optimizer_state(instr, states[i])
         try:
             outcomes.append(device.encode(instr, device.report(instr, weights, trained[i], received[i], local[i])))
         except Exception as error:  # one device's bad update must not sink the others

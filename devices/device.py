@@ -8,6 +8,7 @@ import numpy as np
 
 from devices.codec import encode_delta
 from devices.faults import SimulatedCrash, misbehave
+from devices.optimizer_state import OptimizerState
 from devices.messages import DeviceMetrics, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights
 from devices.scaffold import control_correction, updated_control
 from devices.privacy import add_gaussian_noise, clip_by_global_norm
@@ -47,6 +48,7 @@ class Device:
         self.slowdown = slowdown
         self._residual: Weights | None = None  # error feedback for top-k compression
         self._control: Weights | None = None  # SCAFFOLD: this device's control variate c_i (None: zero)
+        self._optimizer_state: OptimizerState | None = None  # its local optimizer's, when kept between rounds
 
     def state(self) -> dict[str, Weights]:
         """What this device must remember between rounds (kept in the run store so a resume keeps it).
@@ -58,6 +60,16 @@ class Device:
 
     def restore_state(self, state: dict[str, Weights]) -> None:
         self._control = state.get("control")
+
+    def optimizer_state(self, instructions: TrainInstructions) -> OptimizerState | None:
+        """The optimizer state to train with this round: its own from its last round when kept, else None (fresh).
+
+        Like top-k's residual it lives only on the device: not in the run store (a resume starts it fresh)."""
+        return self._optimizer_state if instructions.keep_optimizer_state else None
+
+    def keep_optimizer_state(self, instructions: TrainInstructions, state: OptimizerState) -> None:
+        if instructions.keep_optimizer_state:
+            self._optimizer_state = state
 
     def correction(self, instructions: TrainInstructions) -> Weights | None:
         """SCAFFOLD's gradient correction ``c - c_i`` for this round, or None when the round uses none."""
@@ -82,7 +94,7 @@ class Device:
         data = self.data
         replica.set_weights(instructions.weights)
         received = replica.evaluate(data.x_test, data.y_test)[:2]
-        replica.reset_optimizer(instructions.learning_rate)
+        replica.reset_optimizer(instructions.learning_rate, self.optimizer_state(instructions))
         trained = replica.train(
             data.x_train,
             data.y_train,
@@ -93,6 +105,7 @@ class Device:
             proximal_mu=instructions.proximal_mu,
             correction=self.correction(instructions),
         )
+        self.keep_optimizer_state(instructions, replica.optimizer_state())
         local = replica.evaluate(data.x_test, data.y_test)[:2]
         return self.report(instructions, replica.get_weights(), trained, received, local)
 

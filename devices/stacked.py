@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from devices.messages import Weights
+from devices.optimizer_state import OptimizerState, device_states, stack_states
 from devices.precision import compute_dtype
 from devices.stacked_layers import compiles_well, forward, stack_plan
 from devices.trainer import (
@@ -130,8 +131,18 @@ class StackedReplica:
         arrays = [v.numpy() for v in self._variables]
         return [[array[d] for array in arrays] for d in range(self.width)]
 
-    def reset_optimizer(self, learning_rate: float) -> None:
-        self.optimizer.reset(learning_rate)
+    def reset_optimizer(self, learning_rate: float, states: Sequence[OptimizerState | None] | None = None) -> None:
+        """Fresh optimizers, or each device's kept state (``states[d]``, None: fresh) in its slot."""
+        if states is None:
+            self.optimizer.reset(learning_rate)
+            return
+        fresh = self.optimizer.fresh_state
+        one_device = [fresh[0]] + [slot[0] for slot in fresh[1:]]
+        self.optimizer.reset(learning_rate, stack_states(states, one_device, self.optimizer.slot_betas))
+
+    def optimizer_states(self) -> list[OptimizerState]:
+        """Each device's optimizer state after training (the stack's step count, its own slots)."""
+        return device_states(self.optimizer.state(), self.width)
 
     # -- compiled steps --------------------------------------------------------
     def _losses(self, images, labels, mask):

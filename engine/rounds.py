@@ -53,6 +53,7 @@ def local_training_instructions(
         seed=device_seed(config.seed, server_round, device_id),
         proximal_mu=options.proximal_mu,
         control=control,
+        keep_optimizer_state=config.keeps_optimizer_state,
         **transport,
     )
 

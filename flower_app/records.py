@@ -68,6 +68,7 @@ def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | 
             "local-noise-multiplier": float(instructions.privacy.local_noise_multiplier),
             "compression": str(instructions.compression),
             "topk-fraction": float(instructions.topk_fraction),
+            "keep-optimizer-state": bool(instructions.keep_optimizer_state),
         }
     )
     content = RecordDict({ARRAYS: arrays if arrays is not None else to_arrays(instructions.weights), CONFIG: config})
@@ -92,6 +93,7 @@ def instructions_from(content: RecordDict) -> TrainInstructions:
                                 float(config.get("local-noise-multiplier", 0.0))),
         compression=str(config.get("compression", "none")),
         topk_fraction=float(config.get("topk-fraction", 0.01)),
+        keep_optimizer_state=bool(config.get("keep-optimizer-state", False)),
         control=_control_from(content),
     )
 
