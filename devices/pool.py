@@ -83,6 +83,7 @@ def blank_sample(spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
 def trace_replica(replica: ModelReplica, batch_size: int) -> None:
     """Run the replica's compiled train and evaluate once on one blank sample, so they are traced."""
     x, y = blank_sample(replica.samples)
+    replica.reset_optimizer(0.0)
     replica.train(x, y, epochs=1, batch_size=batch_size, seed=0)
     replica.evaluate(x, y)
 
@@ -90,6 +91,8 @@ def trace_replica(replica: ModelReplica, batch_size: int) -> None:
 def trace_stack(stack: StackedReplica, batch_size: int) -> None:
     """Run the stack's compiled train and evaluate once on one blank sample per device, so they are traced."""
     samples = [blank_sample(stack.samples)] * stack.width
+    stack.load([np.zeros(v.shape[1:], np.float32) for v in stack.variables])
+    stack.reset_optimizer(0.0)
     stack.train(samples, epochs=1, batch_size=batch_size, seeds=list(range(stack.width)))
     stack.evaluate(samples)
 

@@ -94,7 +94,11 @@ class StackedReplica:
         self._anchors = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
         self._proximal_mu = tf.Variable(0.0, trainable=False)
         self._corrections = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
+        self._corrections_zero = True  # skip re-zeroing them for every stack of a round without SCAFFOLD
         self.optimizer = LocalOptimizer(optimizer, self._variables)
+        self._load = tf.function(
+            self._load_impl, input_signature=[[tf.TensorSpec(w.shape, tf.float32) for w in template.weights]]
+        )
         images = tf.TensorSpec([None, *self.samples.shape], tf.as_dtype(self.samples.dtype))
         labels = tf.TensorSpec([None], self.samples.target_dtype)
         chunk = tf.TensorSpec([width, None, None], tf.int32)
@@ -112,18 +116,31 @@ class StackedReplica:
 
     # -- weights -------------------------------------------------------------
     def load(self, weights: Weights) -> None:
-        """Every device starts from ``weights``, which are also FedProx's anchor."""
+        """Every device starts from ``weights``, which are also FedProx's anchor (one compiled call)."""
+        self._load([np.asarray(value, np.float32) for value in weights])
+
+    def _load_impl(self, weights):
         for variable, anchor, value in zip(self._variables, self._anchors, weights):
-            stacked = tf.broadcast_to(tf.constant(value, tf.float32), variable.shape)
+            stacked = tf.broadcast_to(value, variable.shape)
             variable.assign(stacked)
             anchor.assign(stacked)
 
     def _load_corrections(self, corrections: Sequence[Weights | None]) -> None:
+        """SCAFFOLD's per-device corrections; all None (every other strategy) keeps them at zero."""
+        none = all(c is None for c in corrections)
+        if none and self._corrections_zero:
+            return
+        self._corrections_zero = none
         for layer, variable in enumerate(self._corrections):
             variable.assign(np.stack([
                 np.zeros(variable.shape[1:], np.float32) if c is None else np.asarray(c[layer], np.float32)
                 for c in corrections
             ]))
+
+    @property
+    def variables(self) -> list[tf.Variable]:
+        """The stacked weights, ``[width, *shape]`` each, in ``model.weights`` order."""
+        return self._variables
 
     def get_weights(self) -> list[Weights]:
         """Each device's weights, in ``model.weights`` order."""

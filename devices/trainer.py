@@ -127,12 +127,19 @@ class LocalOptimizer:
     def __init__(self, spec: OptimizerSpec, variables):
         self.optimizer = spec.build()
         self.optimizer.build(variables)
+        # all-zero initial states (moments, step counters) are made in the graph, not copied from NumPy
         self._initial_state = [v.numpy() for v in self.optimizer.variables]
+        self._initial_state = [None if not np.any(value) else value for value in self._initial_state]
+        self._reset = tf.function(self._reset_impl, input_signature=[tf.TensorSpec([], tf.float32)])
+
+    def _reset_impl(self, learning_rate):
+        for variable, value in zip(self.optimizer.variables, self._initial_state):
+            variable.assign(tf.zeros(variable.shape, variable.dtype) if value is None else value)
+        self.optimizer.learning_rate.assign(learning_rate)
 
     def reset(self, learning_rate: float) -> None:
-        for variable, value in zip(self.optimizer.variables, self._initial_state):
-            variable.assign(value)
-        self.optimizer.learning_rate.assign(learning_rate)
+        """Back to the optimizer's initial state with ``learning_rate``: one compiled call, not one per variable."""
+        self._reset(tf.constant(learning_rate, tf.float32))
 
     def apply(self, gradients, variables) -> None:
         self.optimizer.apply_gradients(zip(gradients, variables))

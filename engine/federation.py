@@ -126,7 +126,8 @@ class Federation(FederationBackend):
             except (ModelError, ValueError) as error:  # a model that does not fit the data's shape
                 raise ModelError(f"model {config.model!r} cannot be built for inputs {self.dataset.input_shape}: "
                                  f"{str(error).splitlines()[0]}") from None
-        self._predictor = make_replica()
+        self._make_predictor = make_replica  # built on the first prediction: a model build off "create"
+        self._predictor: ModelReplica | None = None
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
         self._weights: Weights = evaluator.get_weights()
@@ -342,6 +343,8 @@ class Federation(FederationBackend):
         with self._lock:
             weights, version = self._weights, len(self._history)
         with self._predictor_lock:
+            if self._predictor is None:
+                self._predictor = self._make_predictor()
             if version != self._predictor_version:
                 self._predictor.set_weights(weights)
                 self._predictor_version = version

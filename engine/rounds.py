@@ -21,7 +21,7 @@ from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, Round
 from engine.setup import ServerTestSet
 from engine.strategies.base import AggregationSkipped, Strategy
 from engine.transport import Reply, Transport
-from engine.transport_checks import decode_update, masked_problem, reply_problem
+from engine.transport_checks import decode_update, masked_problem, mean_of_updates, reply_problem
 
 StatusCallback = Callable[[int, DeviceStatus, str], None]
 
@@ -195,6 +195,8 @@ class RoundRunner:
         self, server_round: int, weights: Weights, arrivals: Arrivals
     ) -> tuple[Weights, list[EncodedUpdate]]:
         """Decode and validate each update, then let the (wrapped) strategy aggregate the valid ones."""
+        if self.aggregation.averages:
+            return self.aggregate_mean(server_round, weights, arrivals)
         valid: list[DeviceUpdate] = []
         accepted = []
         for encoded in arrivals.updates:
@@ -211,6 +213,18 @@ class RoundRunner:
         except AggregationSkipped as skipped:  # e.g. too few updates for Krum's guarantee
             arrivals.problems.extend(DeviceProblem(u.device_id, "not aggregated", str(skipped)) for u in valid)
             return weights, []
+
+    def aggregate_mean(
+        self, server_round: int, weights: Weights, arrivals: Arrivals
+    ) -> tuple[Weights, list[EncodedUpdate]]:
+        """For strategies that use only the weighted mean: each update is decoded into one scratch model and
+        added to a running sum (no model per update), then the mean becomes the next model."""
+        mean, accepted, rejected = mean_of_updates(arrivals.updates, weights, self.aggregation.coefficient)
+        for encoded, problem in rejected:
+            self._problem(arrivals, DeviceProblem(encoded.device_id, "rejected", problem))
+        if mean is None:
+            return weights, []
+        return self.aggregation.from_mean(server_round, weights, mean, len(accepted)), accepted
 
     def aggregate_secure(
         self, server_round: int, weights: Weights, arrivals: Arrivals, plans: dict[int, SecureAggregationPlan]
