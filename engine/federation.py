@@ -219,8 +219,10 @@ class Federation(FederationBackend):
             runner, test = self._runner, self._runner.test_set
             selected = runner.select(1, range(len(self.devices)))
             instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
-            widths = [len(group) for group in self.transport.training_groups(instructions)]
-            futures = self._pool.warm_up(widths, self.config.batch_size)
+            groups = self.transport.training_groups(instructions)
+            steps = {d: self.devices[d].local_steps(instructions[d]) for d in selected}
+            uneven = any(len({steps[d] for d in group}) > 1 for group in groups)
+            futures = self._pool.warm_up([len(group) for group in groups], self.config.batch_size, uneven)
             runner.evaluator.evaluate(test.x[:1], test.y[:1])
             wait(futures)
         except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
