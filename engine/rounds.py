@@ -20,8 +20,8 @@ from engine.metrics import RegressionScores, confusion_matrix, regression_scores
 from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, RoundResult
 from engine.setup import ServerTestSet
 from engine.strategies.base import AggregationSkipped, Strategy
-from engine.transport import Reply, Transport
-from engine.transport_checks import decode_update, masked_problem, mean_of_updates, reply_problem
+from engine.transport import Reply, SecureSum, Transport
+from engine.transport_checks import control_delta_problem, decode_update, masked_problem, mean_of_updates, reply_problem
 
 StatusCallback = Callable[[int, DeviceStatus, str], None]
 
@@ -186,6 +186,8 @@ class RoundRunner:
     def decode(self, update: EncodedUpdate, weights: Weights) -> tuple[DeviceUpdate | None, str | None]:
         """The device's model as the server reconstructs it, or why it is unusable."""
         model, problem = decode_update(update, weights)
+        if problem is None and update.control_delta is not None:
+            problem = control_delta_problem(update.control_delta, weights)
         if problem is not None:
             return None, problem
         return DeviceUpdate(update.device_id, model, update.num_samples, update.metrics,
@@ -219,7 +221,14 @@ class RoundRunner:
     ) -> tuple[Weights, list[EncodedUpdate]]:
         """For strategies that use only the weighted mean: each update is decoded into one scratch model and
         added to a running sum (no model per update), then the mean becomes the next model."""
-        mean, accepted, rejected = mean_of_updates(arrivals.updates, weights, self.aggregation.coefficient)
+        usable = []
+        for encoded in arrivals.updates:  # what decode() checks besides the model
+            problem = None if encoded.control_delta is None else control_delta_problem(encoded.control_delta, weights)
+            if problem is not None:
+                self._problem(arrivals, DeviceProblem(encoded.device_id, "rejected", problem))
+            else:
+                usable.append(encoded)
+        mean, accepted, rejected = mean_of_updates(usable, weights, self.aggregation.coefficient)
         for encoded, problem in rejected:
             self._problem(arrivals, DeviceProblem(encoded.device_id, "rejected", problem))
         if mean is None:
@@ -229,7 +238,11 @@ class RoundRunner:
     def aggregate_secure(
         self, server_round: int, weights: Weights, arrivals: Arrivals, plans: dict[int, SecureAggregationPlan]
     ) -> tuple[Weights, list[EncodedUpdate]]:
-        """Sum the masked vectors, remove the masks of devices that never delivered, then aggregate the mean."""
+        """Sum the masked vectors, remove the masks of devices that never delivered, then aggregate the mean
+        (or aggregate the sum the transport's own protocol revealed, e.g. Flower's SecAgg+)."""
+        summed = self.transport.secure_sum()
+        if summed is not None:
+            return self.aggregate_summed(server_round, weights, arrivals, summed)
         size = sum(w.size for w in weights)
         delivered = []
         for update in arrivals.updates:
@@ -246,15 +259,34 @@ class RoundRunner:
         corrections = [mask_sum(d, missing, plans[d].secret, size) for d in survivors]
         total = unmask_total([u.masked for u in delivered], corrections if missing else [])
         share = sum(plans[d].weight for d in survivors)
-        mean_delta = unflatten(total / share, weights)
+        return self.aggregate_mean_delta(server_round, weights, unflatten(total / share, weights), delivered,
+                                         len(survivors), arrivals)
+
+    def aggregate_summed(
+        self, server_round: int, weights: Weights, arrivals: Arrivals, summed: SecureSum
+    ) -> tuple[Weights, list[EncodedUpdate]]:
+        """The next model from a sum the transport's secure aggregation revealed (its devices' metrics only)."""
+        delivered = [u for u in arrivals.updates if u.device_id in summed.devices]
+        if summed.mean_delta is None:
+            for update in delivered:
+                arrivals.problems.append(DeviceProblem(update.device_id, "not aggregated", summed.reason))
+            return weights, []
+        return self.aggregate_mean_delta(server_round, weights, summed.mean_delta, delivered, len(summed.devices),
+                                         arrivals)
+
+    def aggregate_mean_delta(
+        self, server_round: int, weights: Weights, mean_delta: Weights, delivered: list[EncodedUpdate],
+        count: int, arrivals: Arrivals,
+    ) -> tuple[Weights, list[EncodedUpdate]]:
+        """The (wrapped) strategy's next model from the securely summed mean delta of ``count`` devices."""
         problem = update_problem(mean_delta, weights)
         if problem is not None:
             reason = f"the masked sum is unusable ({problem}); secure aggregation hides which device sent it"
             for update in delivered:
                 arrivals.problems.append(DeviceProblem(update.device_id, "rejected", reason))
             return weights, []
-        mean = [w + d for w, d in zip(weights, mean_delta)]
-        return self.aggregation.from_mean(server_round, weights, mean, len(survivors)), delivered
+        mean = [(w + np.asarray(d, np.float64)).astype(w.dtype) for w, d in zip(weights, mean_delta)]
+        return self.aggregation.from_mean(server_round, weights, mean, count), delivered
 
     # -- evaluation and the whole round ----------------------------------------------------
     def evaluate(

@@ -11,18 +11,20 @@ loop validates every update before it uses it (``engine.transport_checks``).
 - :class:`InProcessTransport`: simulated devices on this machine's worker pool
   (stacked cohorts or one device at a time).
 - ``flower_app.transport.GridTransport``: Flower messages through a ServerApp's
-  ``Grid`` to SuperNodes.
+  ``Grid`` to SuperNodes; under secure aggregation it runs Flower's SecAgg+
+  and hands the loop only the sum (:class:`SecureSum`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 from devices.codec import encode_delta
 from devices.cohort import Outcome, plan_cohorts
 from devices.device import Device
-from devices.messages import TrainInstructions
+from devices.messages import TrainInstructions, Weights
 from devices.pool import WorkerPool
 from devices.trainer import TrainingStopped
 from engine.results import DeviceProblem
@@ -30,6 +32,19 @@ from engine.results import DeviceProblem
 Reply = Outcome | DeviceProblem
 Receive = Callable[[int, Reply], None]
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SecureSum:
+    """A secure-aggregation round the transport ran itself (Flower's SecAgg+): only the sum is known.
+
+    ``mean_delta`` is the plan-weighted mean of the deltas of ``devices`` (None: the protocol halted, with
+    ``reason``); no device's own update ever reached the server.
+    """
+
+    mean_delta: Weights | None
+    devices: tuple[int, ...]
+    reason: str = ""
 
 
 class Transport(Protocol):
@@ -46,6 +61,10 @@ class Transport(Protocol):
     ) -> int:
         """Deliver ``instructions`` (device id -> its instructions), call ``receive`` once per device with
         its reply, as replies arrive; return the bytes sent down. ``checkpoint`` raises to stop the round."""
+
+    def secure_sum(self) -> SecureSum | None:
+        """The last ``collect``'s sum when the transport ran secure aggregation itself; None when the devices
+        masked their updates (``TrainInstructions.secure``) and the round loop unmasks their sum."""
 
 
 def task_outcomes(future: Future, count: int) -> list[Outcome]:
@@ -75,6 +94,9 @@ class InProcessTransport:
 
     def slowdown(self, device_id: int) -> float:
         return self.devices[device_id].slowdown
+
+    def secure_sum(self) -> SecureSum | None:
+        return None  # simulated devices mask their updates; the round loop unmasks the sum
 
     def collect(
         self, instructions: dict[int, TrainInstructions], checkpoint: Callable[[int], None], receive: Receive

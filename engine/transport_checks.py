@@ -149,6 +149,22 @@ def mean_of_updates(
     return [layer.astype(w.dtype) for layer, w in zip(mean.mean(), reference)], accepted, rejected
 
 
+def control_delta_problem(control_delta: Weights, reference: Weights) -> str | None:
+    """SCAFFOLD's control-variate change must be float arrays of the model's shapes, finite as float32."""
+    if len(control_delta) != len(reference):
+        return f"control-variate change has {len(control_delta)} arrays, the model has {len(reference)}"
+    for index, (array, expected) in enumerate(zip(control_delta, reference)):
+        array = np.asarray(array)
+        if array.dtype.kind != "f" or array.dtype.fields is not None:
+            return f"control-variate change array {index} must hold floating point, got dtype {array.dtype.str}"
+        if array.shape != expected.shape:
+            return f"control-variate change array {index} has shape {array.shape}, expected {expected.shape}"
+        with np.errstate(over="ignore"):
+            if not np.all(np.isfinite(array.astype(expected.dtype))):
+                return f"control-variate change array {index} contains NaN or Inf"
+    return None
+
+
 def masked_problem(masked: object, size: int) -> str | None:
     """A secure-aggregation vector must be ``size`` unsigned 64-bit integers."""
     if not isinstance(masked, np.ndarray) or masked.dtype != np.uint64 or masked.shape != (size,):

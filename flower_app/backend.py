@@ -81,8 +81,9 @@ def unsupported(config: FederationConfig) -> list[str]:
     if config.dataset not in DATASET_NAMES or config.model not in BUILTIN_MODELS[:2]:
         problems.append("one's own data sets and the linear, MobileNetV2 and file models train in-process only "
                         "(Flower runs use the built-in sets with the CNN or MLP)")
-    if config.secure_aggregation:
-        problems.append("secure aggregation is simulated in-process only (Flower's SecAgg+ is not wired in yet)")
+    if config.secure_aggregation and config.min_devices < 2:
+        problems.append("secure aggregation on Flower (its SecAgg+) needs at least 2 devices per round "
+                        "(set minimum devices per round to 2 or more)")
     if any(factor != 1.0 for factor in config.slowdowns.values()):
         problems.append("simulated device slowdowns have no meaning for real processes (they take the time they take)")
     if config.strategy in STRATEGIES and STRATEGIES[config.strategy].in_process_only:
@@ -235,7 +236,8 @@ class FlowerFederation(FederationBackend):
         self.weights_file = self.workdir / "global-weights.npz"
         self.deployment = _Deployment(
             self.workdir / "deployment", config.num_devices, data_dir=config.data_dir, output_dir=self.workdir,
-            extra_env={WEIGHTS_FILE_VARIABLE: str(self.weights_file)},
+            extra_env={WEIGHTS_FILE_VARIABLE: str(self.weights_file),  # runs-dir is confined to FL_FLOWER_RUNS_DIR
+                       **({"FL_FLOWER_RUNS_DIR": str(Path(store.root).resolve())} if store is not None else {})},
         )
         self.leftovers: list[int] = []  # tagged processes that outlived the teardown (then killed)
 

@@ -12,6 +12,10 @@ Messages it answers:
   ``setup-seconds`` (TensorFlow import, data loading and model building in this
   process: paid every round when Flower starts a fresh ClientApp process per
   message, once when a long-lived worker runs them, see ``flower_app.node``).
+  Under secure aggregation the train messages are Flower's SecAgg+ rounds:
+  ``secaggplus_mod`` (through ``flower_app.secagg.secure_mod``) answers the
+  key stages itself and masks the delta this function returns in the
+  masked-vector stage, so the update never leaves the node unmasked.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from flwr.clientapp import ClientApp
 
 from data.datasets import load_dataset
 from engine.setup import device_indices
-from flower_app import records
+from flower_app import records, secagg
 from flower_app.config import NodeSpec, node_spec
 
 app = ClientApp()
@@ -48,7 +52,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[secagg.secure_mod])
 def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     from flower_app.node import local_node  # TensorFlow: imported only by processes that train
@@ -56,5 +60,9 @@ def train(msg: Message, context: Context) -> Message:
     spec = node_spec(context.node_config, context.run_config, context.node_id)
     node = local_node(spec)
     setup_seconds = time.perf_counter() - started  # TensorFlow import, data loading, model building
-    update = node.respond(records.instructions_from(msg.content))
+    if secagg.is_secure(msg.content):  # SecAgg+'s masked-vector stage: secaggplus_mod masks what we return
+        instructions, weight = secagg.secure_instructions(msg.content)
+        update = node.respond(instructions)
+        return Message(secagg.secure_reply(update, weight, {"setup_seconds": setup_seconds}), reply_to=msg)
+    update = node.respond_with_state(records.instructions_from(msg.content), context.state)
     return Message(records.update_content(update, {"setup_seconds": setup_seconds}), reply_to=msg)

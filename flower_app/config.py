@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from engine.config import ConfigError, FederationConfig
 from engine.settings import declared_settings, kinds
 from engine.strategies import STRATEGIES
-from flower_app.output_dir import confined_path, output_dir
+from flower_app.output_dir import confined_folder, confined_path, output_dir, runs_root
 
 UNTIL_STOPPED_ROUNDS = 1_000_000  # rounds=None ("until stopped"): Flower needs a number
 
@@ -118,6 +118,9 @@ def federation_config(
     reason = STRATEGIES[config.strategy].in_process_only if config.strategy in STRATEGIES else ""
     if reason:
         raise ConfigError([f"{config.strategy} runs in-process only: {reason}"])
+    if config.secure_aggregation and config.min_devices < 2:
+        raise ConfigError(["secure aggregation on Flower (its SecAgg+) needs at least 2 devices per round; "
+                           "set min-devices to 2 or more"])
     return config.validate(devices_known=False)  # nodes announce themselves: too few updates are reported per round
 
 
@@ -132,6 +135,7 @@ class ServerSettings:
     results_file: Path | None
     deactivated: frozenset[int]
     deactivated_file: Path | None
+    runs_dir: Path | None = None  # the run store to record into, inside the server's runs folder
 
     def deactivated_now(self) -> frozenset[int]:
         """Deactivated partition ids: the run config's plus the file's current content."""
@@ -144,9 +148,13 @@ class ServerSettings:
         return ids
 
 
-def server_settings(run_config: Mapping[str, Any], folder: Path | None = None) -> ServerSettings:
-    """The ServerApp's settings; file names are confined to ``folder`` (default: the output folder)."""
+def server_settings(
+    run_config: Mapping[str, Any], folder: Path | None = None, runs_folder: Path | None = None
+) -> ServerSettings:
+    """The ServerApp's settings; file names are confined to ``folder`` (default: the output folder), and
+    ``runs-dir`` to ``runs_folder`` (default: ``flower_app.output_dir.runs_root``)."""
     folder = folder or output_dir()
+    runs_dir = _text(_get(run_config, "runs-dir"))
     min_devices = int(_get(run_config, "min-devices"))
     data_dir = _text(_get(run_config, "data-dir"))
     results_file = _text(_get(run_config, "results-file"))
@@ -160,6 +168,7 @@ def server_settings(run_config: Mapping[str, Any], folder: Path | None = None) -
         results_file=confined_path("results-file", results_file, folder) if results_file else None,
         deactivated=parse_ids(str(_get(run_config, "deactivated"))),
         deactivated_file=confined_path("deactivated-file", deactivated_file, folder) if deactivated_file else None,
+        runs_dir=confined_folder("runs-dir", runs_dir, runs_folder or runs_root()) if runs_dir else None,
     )
 
 

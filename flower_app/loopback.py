@@ -11,9 +11,12 @@ machines. By default it is set up as a real deployment should be:
   public key is registered (``flwr supernode register``) before it starts;
 * **fast rounds**: each SuperNode runs in ``--isolation process`` next to one
   long-lived ClientApp worker (``scripts/clientapp_worker.py``) that keeps
-  TensorFlow, its data and its model replica loaded across messages, the
-  SuperNode pulls every ``poll_seconds`` instead of 3 s
-  (``scripts/supernode.py``) and so does the ServerApp (``flower_app.polling``);
+  TensorFlow, its data, its model replica and the installed app loaded across
+  messages; the SuperNode pulls every ``poll_seconds`` instead of 3 s right
+  after it handled a message (``scripts/supernode.py``) and so do the worker
+  and the ServerApp (``flower_app.polling``), all backing off while idle (up to
+  1 s) so that polling costs the machine little; a message's parts move on 8
+  threads instead of 2;
 * files named by the run config are confined to ``output_dir``
   (``FL_FLOWER_OUTPUT_DIR`` of the ServerApp, see ``flower_app.output_dir``).
 
@@ -57,6 +60,17 @@ CONNECTION = "loopback"
 ISOLATION_MODES = ("process", "subprocess")
 SPARE_KEYS = 2  # secure deployments: registered keys for SuperNodes added mid-run
 DEFAULT_POLL_SECONDS = 0.1  # SuperNodes, ClientApp workers and the ServerApp (Flower: 3 s, 1 s, 3 s)
+SUPEREXEC_POLL_SECONDS = 0.5
+# `flwr supernode register KEY CONNECTION` for every KEY given, in one process: the flwr CLI itself, called N times.
+REGISTER_KEYS = """
+import sys
+from flwr.cli.app import app
+connection, keys = sys.argv[1], sys.argv[2:]
+for key in keys:
+    code = app(["supernode", "register", key, connection], standalone_mode=False)
+    if code:
+        sys.exit(f"flwr supernode register {key} {connection}: exit code {code}")
+"""
 
 
 def make_certificates(folder: Path, num_supernodes: int) -> None:
@@ -126,6 +140,7 @@ class LocalDeployment:
         self.tag = uuid.uuid4().hex
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
+        self.runtime_ports: dict[str, int] = {}  # SuperNode name -> the port of its Runtime API (127.0.0.1)
         self._logs: list = []
         self._registered = 0  # SuperNode keys registered at the SuperLink
 
@@ -145,7 +160,8 @@ class LocalDeployment:
                 TAG_VARIABLE: self.tag,
                 OUTPUT_DIR_VARIABLE: str(self.output_dir),
                 POLL_VARIABLE: repr(self.poll_seconds),  # the ServerApp's grid
-                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": repr(self.poll_seconds),  # SuperExecs starting apps
+                # SuperExecs starting ServerApps (Flower: 1 s): polled all the time, needed once per run
+                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": repr(max(self.poll_seconds, SUPEREXEC_POLL_SECONDS)),
             }
         )
         # The app's code reaches the processes inside the FAB that `flwr run` builds, not via PYTHONPATH.
@@ -208,16 +224,13 @@ class LocalDeployment:
         )
 
     def register_supernodes(self, indices) -> None:
-        """``flwr supernode register`` each node's public key (in parallel: each is a CLI start-up)."""
-        commands = {i: ["flwr", "supernode", "register", str(self.certificates / f"supernode-{i}.pub"), CONNECTION]
-                    for i in indices}
-        running = {i: subprocess.Popen(c, cwd=self.project_root, env=self.env("cli-home"), stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
-                   for i, c in commands.items()}
-        for index, process in running.items():
-            output = process.communicate(timeout=self.startup_timeout)[0]
-            if process.returncode != 0:
-                raise RuntimeError(f"registering supernode-{index} failed: {output[-1000:]}")
+        """``flwr supernode register`` each node's public key, all in one CLI process (one start-up, not N)."""
+        keys = [str(self.certificates / f"supernode-{i}.pub") for i in indices]
+        result = subprocess.run([sys.executable, "-c", REGISTER_KEYS, CONNECTION, *keys], cwd=self.project_root,
+                                env=self.env("cli-home"), capture_output=True, text=True,
+                                timeout=self.startup_timeout, start_new_session=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"registering SuperNode keys failed: {(result.stdout + result.stderr)[-1000:]}")
 
     def supernode_command(self, index: int, runtime_port: int, key: Path | None = None, authenticate: bool = True,
                           runtime_secret: Path | None = None) -> list[str]:
@@ -239,14 +252,18 @@ class LocalDeployment:
         return command + ["--auth-supernode-private-key", str(key or self.certificates / f"supernode-{index}")]
 
     def start_supernode(self, index: int, key: Path | None = None, name: str | None = None,
-                        authenticate: bool = True) -> subprocess.Popen:
-        """Start SuperNode ``index`` and, in process isolation, its long-lived ClientApp worker."""
+                        authenticate: bool = True, worker: bool = True) -> subprocess.Popen:
+        """Start SuperNode ``index`` and, in process isolation, its long-lived ClientApp worker.
+
+        ``worker=False``: no worker (a SuperNode expected to be refused has no tasks to run).
+        """
         name = name or f"supernode-{index}"
         runtime_port = free_port()
+        self.runtime_ports[name] = runtime_port
         home = f"{name}-home"
         secret = self._runtime_secret(home) if self.isolation == "process" else None
         supernode = self._start(name, self.supernode_command(index, runtime_port, key, authenticate, secret), home)
-        if secret is not None:
+        if secret is not None and worker:
             self._start(name.replace("supernode", "clientapp"), [
                 sys.executable, str(SCRIPTS / "clientapp_worker.py"), "--insecure",
                 "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--poll-interval", repr(self.poll_seconds),

@@ -5,7 +5,8 @@ process and the cache below serves one message. With ``--isolation process``
 and the long-lived worker (``scripts/clientapp_worker.py``, the loopback
 default) every message of a run reaches the same process, so the device's data
 and model replica are built once, in the first round. Top-k error feedback
-(the device's residual) lives as long as that process.
+(the device's residual) lives as long as that process; SCAFFOLD's control
+variate lives in the node's ``context.state`` (:meth:`LocalNode.respond_with_state`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+from flwr.app import RecordDict
 
 from data.datasets import CLASS_NAMES, load_dataset
 from data.partition import split_local_test
@@ -22,10 +24,12 @@ from devices.messages import DeviceUpdate, EncodedUpdate, TrainInstructions
 from devices.trainer import ModelReplica, OptimizerSpec
 from engine.setup import build_devices
 from engine.models import ModelRegistry
+from flower_app import records
 from flower_app.config import NodeSpec, federation_config, parse_faults
 from flower_app.image_folder import load_image_folder
 
 IMAGE_SHAPE = (28, 28, 1)
+DEVICE_CONTROL = "scaffold-control"  # the device's SCAFFOLD control variate c_i in context.state
 
 
 @dataclass
@@ -43,6 +47,18 @@ class LocalNode:
     def respond(self, instructions: TrainInstructions) -> EncodedUpdate:
         """Train, then clip, noise and compress the update as instructed: what the server receives."""
         return self.device.respond(instructions, self.replica, checkpoint=lambda steps: None)
+
+    def respond_with_state(self, instructions: TrainInstructions, state: RecordDict) -> EncodedUpdate:
+        """:meth:`respond`, with the device's own state (SCAFFOLD's c_i) read from and written back to
+        ``state``, the node's Flower ``context.state``: it lasts the whole run on the SuperNode, whichever
+        ClientApp process handles each message (a new run starts from zero)."""
+        kept = state.array_records.get(DEVICE_CONTROL)
+        self.device.restore_state({"control": records.to_weights(kept)} if kept is not None else {})
+        update = self.respond(instructions)
+        control = self.device.state().get("control")
+        if control is not None:
+            state.array_records[DEVICE_CONTROL] = records.to_arrays(control)
+        return update
 
 
 def _device(spec: NodeSpec) -> Device:

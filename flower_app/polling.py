@@ -4,12 +4,14 @@ Flower 1.42's deployment grid (``flwr.superlink.grid.http_grid.HttpGrid``)
 sleeps 3 s between pulls while it waits for the replies of a round, so a round
 ends up to 3 s after its last device answered. :class:`PollingGrid` wraps any
 grid and does the same push-then-pull with ``interval`` seconds between pulls
-(``FL_FLOWER_POLL_SECONDS`` in the ServerApp's environment, default 0.05);
-everything else goes to the wrapped grid unchanged.
+(``FL_FLOWER_POLL_SECONDS`` in the ServerApp's environment, default 0.05) right
+after the push and after each reply, backing off while no reply comes
+(:func:`pull_wait`); everything else goes to the wrapped grid unchanged.
 
 :func:`fast_object_pulls` does the same for the parts of a reply that are still
 on their way to the SuperLink when the ServerApp pulls it: Flower 1.42 asks
-again after 1 s (doubling up to 10 s); this retries every ``interval``.
+again after 1 s (doubling up to 10 s); this retries every ``interval``, and
+moves a message's parts over more threads (:func:`transfer_threads`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import math
 import os
 import time
 from collections.abc import Iterable
+from logging import INFO
 
 from flwr.app import Message
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 POLL_VARIABLE = "FL_FLOWER_POLL_SECONDS"
@@ -42,6 +46,15 @@ def poll_seconds(environ: dict[str, str] | None = None) -> float:
 
 
 EXPECTED_FLOWER = "1.42.0"
+BACKOFF_SHARE = 0.1  # no reply for t seconds: pull every 0.1 t (a reply waits at most ~10% longer than it took)
+MAX_PULL_SECONDS = 1.0
+
+
+def pull_wait(interval: float, quiet: float) -> float:
+    """Seconds until the next pull: ``interval`` right after the push or a reply, then a ``BACKOFF_SHARE`` of
+    the ``quiet`` seconds since, up to ``MAX_PULL_SECONDS``: fewer requests to the SuperLink during long rounds,
+    whose machine trains the devices of a local deployment."""
+    return min(max(interval, MAX_PULL_SECONDS), max(interval, BACKOFF_SHARE * quiet))
 
 
 def fast_object_pulls(interval: float) -> bool:
@@ -52,11 +65,27 @@ def fast_object_pulls(interval: float) -> bool:
     from flwr.superlink.grid import http_grid
     from flwr.supercore.version import package_version
 
+    from flwr.supercore.inflatable import inflatable_utils
+
     pull = getattr(http_grid, "pull_objects", None)
     if package_version != EXPECTED_FLOWER or pull is None or isinstance(pull, functools.partial):
         return False
     http_grid.pull_objects = functools.partial(pull, initial_backoff=interval, backoff_cap=interval)
+    inflatable_utils.get_num_workers = transfer_threads
     return True
+
+
+TRANSFER_THREADS = 8
+
+
+def transfer_threads(max_concurrent: int) -> int:
+    """Threads pushing or pulling a message's parts: at least ``TRANSFER_THREADS``.
+
+    Flower 1.42 uses ``min(2, CPU cores)``, and each part is one request, so a
+    model of 8 layers (16 parts) crosses each hop in 8 sequential round trips;
+    they wait on the network and the other side, not on this CPU.
+    """
+    return max(max_concurrent, TRANSFER_THREADS)
 
 
 class PollingGrid(Grid):
@@ -90,17 +119,30 @@ class PollingGrid(Grid):
         return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Push ``messages``, then pull until every one has a reply or ``timeout`` seconds passed."""
+        """Push ``messages``, then pull until every one has a reply or ``timeout`` seconds passed.
+
+        Logs how long the push took, when it ended (wall clock, to line up with the nodes' logs) and how
+        long after it each reply arrived: where a round's time goes between the server and its devices.
+        """
+        started = time.perf_counter()
         waiting = set(self.push_messages(messages))
+        pushed, pushed_at, count = time.perf_counter(), time.time(), len(waiting)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
+        arrivals: list[float] = []
+        last_event = pushed
         while waiting:
             received = list(self.pull_messages(waiting))
             replies.extend(received)
+            now = time.perf_counter()
+            arrivals += [now - pushed] * len(received)
+            last_event = now if received else last_event
             waiting -= {reply.metadata.reply_to_message_id for reply in received}
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 break
-            time.sleep(self.interval)
+            time.sleep(pull_wait(self.interval, now - last_event))
+        log(INFO, "grid: pushed %d message(s) in %.3f s, at %.3f; replies after %s s",
+            count, pushed - started, pushed_at, " ".join(f"{a:.3f}" for a in arrivals))
         return replies
 
     def __getattr__(self, name: str):

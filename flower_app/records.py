@@ -2,12 +2,14 @@
 
 Down: ``TrainInstructions`` -> an ``ArrayRecord`` (the global weights) and a
 ``ConfigRecord`` (round, epochs, batch size, learning rate, seed, FedProx's mu,
-clipping norm, local noise, compression).
+clipping norm, local noise, compression; SCAFFOLD's local momentum) and, for
+SCAFFOLD, the server's control variate c as a second ``ArrayRecord``.
 Up: ``EncodedUpdate`` (what ``Device.respond`` sends in-process: the clipped,
 noised, compressed delta as bytes) -> an ``ArrayRecord`` holding those bytes as
 one ``uint8`` array, and a ``MetricRecord`` (``num-examples``, ``partition-id``
 and every ``DeviceMetrics`` field, with dashes: ``train-loss``, ``local-accuracy``
-...). Bytes up are the payload's length, as in-process.
+...), plus SCAFFOLD's control-variate change as its own ``ArrayRecord``.
+Bytes up are the payload's length, as in-process.
 
 Nothing read from a reply is trusted: :func:`encoded_from` and
 :func:`node_from` return a reason instead of raising on anything malformed.
@@ -22,7 +24,9 @@ from typing import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from devices.messages import DeviceMetrics, DeviceUpdate, EncodedUpdate, PrivacySettings, TrainInstructions, Weights
+from devices.messages import (
+    ControlVariate, DeviceMetrics, DeviceUpdate, EncodedUpdate, PrivacySettings, TrainInstructions, Weights,
+)
 from engine.results import RoundResult
 
 ARRAYS = "arrays"
@@ -30,6 +34,8 @@ CONFIG = "config"
 METRICS = "metrics"
 NODE = "node"  # query replies: which partition a node holds
 PAYLOAD = "payload"  # the encoded update's bytes, one uint8 array
+CONTROL = "control"  # SCAFFOLD: the server's control variate c, down (absent while it is zero)
+CONTROL_DELTA = "control-delta"  # SCAFFOLD: how the device's own control variate c_i changed, up
 
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
@@ -64,7 +70,12 @@ def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | 
             "topk-fraction": float(instructions.topk_fraction),
         }
     )
-    return RecordDict({ARRAYS: arrays if arrays is not None else to_arrays(instructions.weights), CONFIG: config})
+    content = RecordDict({ARRAYS: arrays if arrays is not None else to_arrays(instructions.weights), CONFIG: config})
+    if instructions.control is not None:
+        config["control-momentum"] = float(instructions.control.local_momentum)
+        if instructions.control.weights is not None:
+            content.array_records[CONTROL] = to_arrays(instructions.control.weights)
+    return content
 
 
 def instructions_from(content: RecordDict) -> TrainInstructions:
@@ -81,19 +92,36 @@ def instructions_from(content: RecordDict) -> TrainInstructions:
                                 float(config.get("local-noise-multiplier", 0.0))),
         compression=str(config.get("compression", "none")),
         topk_fraction=float(config.get("topk-fraction", 0.01)),
+        control=_control_from(content),
     )
 
 
-def update_content(update: EncodedUpdate, extras: Mapping[str, float] | None = None) -> RecordDict:
-    """A train reply's content; ``extras`` (e.g. ``setup_seconds``) travel as further metrics."""
+def _control_from(content: RecordDict) -> ControlVariate | None:
+    config = content.config_records[CONFIG]
+    if "control-momentum" not in config:
+        return None
+    weights = to_weights(content.array_records[CONTROL]) if CONTROL in content.array_records else None
+    return ControlVariate(weights, float(config["control-momentum"]))
+
+
+def update_metrics(update: EncodedUpdate, extras: Mapping[str, float] | None = None) -> dict[str, int | float]:
+    """A train reply's metrics: ``num-examples``, ``partition-id``, the ``DeviceMetrics`` and ``extras``."""
     metrics: dict[str, int | float] = {NUM_EXAMPLES: int(update.num_samples), PARTITION_ID: int(update.device_id)}
     for name in METRIC_FIELDS:
         value = getattr(update.metrics, name)
         metrics[_dashed(name)] = int(value) if name == "steps" else float(value)
     for name, value in (extras or {}).items():
         metrics[_dashed(name)] = float(value)
+    return metrics
+
+
+def update_content(update: EncodedUpdate, extras: Mapping[str, float] | None = None) -> RecordDict:
+    """A train reply's content; ``extras`` (e.g. ``setup_seconds``) travel as further metrics."""
     payload = ArrayRecord({PAYLOAD: Array(np.frombuffer(update.payload, np.uint8))})
-    return RecordDict({ARRAYS: payload, METRICS: MetricRecord(metrics)})
+    content = RecordDict({ARRAYS: payload, METRICS: MetricRecord(update_metrics(update, extras))})
+    if update.control_delta is not None:
+        content.array_records[CONTROL_DELTA] = to_arrays(update.control_delta)
+    return content
 
 
 def _metric(metrics: Mapping[str, object], name: str) -> object:
@@ -119,12 +147,23 @@ def update_from(content: RecordDict, device_id: int) -> tuple[EncodedUpdate, dic
         payload = arrays[PAYLOAD].numpy()
         if payload.dtype != np.uint8 or payload.ndim != 1:
             return f"the payload must be a 1-D uint8 array, got {payload.dtype.str} with shape {payload.shape}"
-        metrics = content.metric_records[METRICS]
-        values = {name: _metric(metrics, _dashed(name)) for name in METRIC_FIELDS}
-        update = EncodedUpdate(device_id, _metric(metrics, NUM_EXAMPLES), DeviceMetrics(**values),  # type: ignore
-                               payload=payload.tobytes())
+        control_delta = None
+        if CONTROL_DELTA in content.array_records:
+            control_delta = [array.numpy() for array in content.array_records[CONTROL_DELTA].values()]
+        return metered_update(content.metric_records[METRICS], device_id, payload=payload.tobytes(),
+                              control_delta=control_delta)
     except (KeyError, TypeError, ValueError, EOFError, OSError) as error:
         return f"malformed reply: {type(error).__name__}: {error}"[:300]
+
+
+def metered_update(
+    metrics: Mapping[str, object], device_id: int, payload: bytes = b"", masked: np.ndarray | None = None,
+    control_delta: Weights | None = None,
+) -> tuple[EncodedUpdate, dict]:
+    """The ``EncodedUpdate`` a reply's ``metrics`` describe, and its extra metrics (raises if one is missing)."""
+    values = {name: _metric(metrics, _dashed(name)) for name in METRIC_FIELDS}
+    update = EncodedUpdate(device_id, _metric(metrics, NUM_EXAMPLES), DeviceMetrics(**values),  # type: ignore
+                           payload=payload, masked=masked, control_delta=control_delta)
     known = {NUM_EXAMPLES, PARTITION_ID, *(_dashed(name) for name in METRIC_FIELDS)}
     extras = {key.replace("-", "_"): value for key, value in metrics.items() if key not in known}
     return update, extras

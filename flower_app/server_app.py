@@ -18,7 +18,8 @@ appended there (``flower_app.records.round_record``)::
      "refused_nodes": {"4412": "the query reply has no 'node' config record"},
      "confusion": [[...], ...]}
 
-When ``runs-dir`` is set, the run is also recorded in that run store
+When ``runs-dir`` is set (a folder inside the server's runs folder, ``flower_app.output_dir.runs_root``),
+the run is also recorded in that run store
 (``engine.store.RunStore``: rounds and checkpoints), so it can be resumed,
 compared and exported like an in-process run.
 
@@ -119,13 +120,13 @@ def log_status(device_id: int, status: DeviceStatus, detail: str) -> None:
 class RunRecorder:
     """Where each finished round goes: the weights file, the results file and the run store."""
 
-    def __init__(self, context: Context, config: FederationConfig, results_file: Path | None):
+    def __init__(self, context: Context, config: FederationConfig, results_file: Path | None,
+                 runs_dir: Path | None = None):
         self.run_id = context.run_id
         self.config = config
         self.results_file = results_file
         self.weights_path = weights_file(context.run_config)
-        runs_dir = str(context.run_config.get("runs-dir", "") or "").strip()
-        self.store = RunStore(Path(runs_dir).expanduser()) if runs_dir else None
+        self.store = RunStore(runs_dir) if runs_dir else None  # confined by server_settings
         self.store_run_id: str | None = str(context.run_config.get("store-run-id", "") or "").strip() or None
         self._lease = None
         if self.store is not None and self.store_run_id is not None:
@@ -175,14 +176,14 @@ class RunRecorder:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     grid = PollingGrid(grid, poll_seconds())  # Flower's deployment grid waits 3 s between pulls
-    settings = server_settings(context.run_config)  # refuses file names outside the output folder
+    settings = server_settings(context.run_config)  # refuses file names outside the output and runs folders
     weights_file(context.run_config)  # the same, before anything is loaded
     config = settings.federation
     evaluator = CentralEvaluator(config)
     transport = GridTransport(grid, settings)
     strategy = build_strategy(config.strategy, config.strategy_params)
     runner = RoundRunner(config, transport, evaluator.replica, strategy, evaluator.test_set, log_status)
-    recorder = RunRecorder(context, config, settings.results_file)
+    recorder = RunRecorder(context, config, settings.results_file, settings.runs_dir)
     weights = evaluator.initial_weights
     try:
         for server_round in range(1, settings.rounds + 1):

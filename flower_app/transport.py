@@ -6,9 +6,12 @@ as a Flower ``train`` message and hands every reply back to
 ``engine.rounds.RoundRunner`` as an ``EncodedUpdate`` (checked there like any
 other) or a ``DeviceProblem``: an error reply, no reply within
 ``round-timeout``, or a reply :func:`flower_app.records.update_from` cannot
-read. Device ids are partition ids; :class:`Roster` learns which node holds
-which partition (and how many samples it declares) by asking each new node
-once with a ``query`` message. A node whose query reply is unusable is
+read. Under secure aggregation a round is Flower's SecAgg+
+(:mod:`flower_app.secagg`): the loop gets each device's metrics and only the
+sum of their updates (:meth:`GridTransport.secure_sum`). Device ids are
+partition ids; :class:`Roster` learns which node holds which partition (and
+how many samples it declares) by asking each new node once with a ``query``
+message. A node whose query reply is unusable is
 refused (listed in :attr:`Roster.refused`, never selected); it never ends the
 run.
 """
@@ -25,9 +28,9 @@ from flwr.serverapp import Grid
 
 from devices.messages import TrainInstructions
 from engine.results import DeviceProblem
-from engine.transport import Receive, Reply
+from engine.transport import Receive, Reply, SecureSum
 from engine.transport_checks import MAX_SAMPLES
-from flower_app import records
+from flower_app import records, secagg
 from flower_app.config import ServerSettings
 
 QUERY_TIMEOUT = 60.0
@@ -103,6 +106,7 @@ class GridTransport:
         self.sleep = sleep
         self.nodes: dict[int, int] = {}  # partition id -> node id, as of the last refresh
         self.extras: dict[int, dict] = {}  # partition id -> extra metrics of its last reply (e.g. setup_seconds)
+        self._secure_sum: SecureSum | None = None  # the last round's, under secure aggregation
 
     # -- what the round loop asks -------------------------------------------------------
     def declared_samples(self, device_id: int) -> int | None:
@@ -112,13 +116,20 @@ class GridTransport:
     def slowdown(self, device_id: int) -> float:
         return 1.0  # real devices take the time they take
 
+    def secure_sum(self) -> SecureSum | None:
+        return self._secure_sum
+
     def collect(
         self, instructions: dict[int, TrainInstructions], checkpoint: Callable[[int], None], receive: Receive
     ) -> int:
+        self._secure_sum = None
+        if any(instruction.secure is not None for instruction in instructions.values()):
+            return self._collect_secure(instructions, receive)
         messages, partition_of, bytes_down = [], {}, 0
         for partition, instruction in instructions.items():
             content = records.instructions_content(instruction)
-            bytes_down += sum(len(array.data) for array in content.array_records[records.ARRAYS].values())
+            bytes_down += sum(len(array.data) for record in content.array_records.values()  # SCAFFOLD: c too
+                              for array in record.values())
             node = self.nodes[partition]
             partition_of[node] = partition
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
@@ -134,6 +145,33 @@ class GridTransport:
             reason = f"no reply (the node left, or round-timeout {self.settings.round_timeout:g} s passed)"
             receive(partition, DeviceProblem(partition, "failed", reason))
         return bytes_down
+
+    def _collect_secure(self, instructions: dict[int, TrainInstructions], receive: Receive) -> int:
+        """One round of Flower's SecAgg+: the devices' metrics to the loop, and only the sum of their updates."""
+        partition_of = {self.nodes[partition]: partition for partition in instructions}
+        fitins = {node: secagg.fit_ins(instructions[p], instructions[p].secure.weight)  # type: ignore[union-attr]
+                  for node, p in partition_of.items()}
+        server_round = next(iter(instructions.values())).server_round
+        outcome = secagg.secure_round(self.grid, fitins, server_round, self.settings.round_timeout)
+        for node, partition in partition_of.items():
+            if node not in outcome.metrics:
+                reason = ("it did not complete Flower's SecAgg+ round (no reply, an error, or round-timeout "
+                          f"{self.settings.round_timeout:g} s passed)")
+                receive(partition, DeviceProblem(partition, "failed", reason))
+                continue
+            try:
+                update, extras = records.metered_update(outcome.metrics[node], partition,
+                                                        masked=outcome.masked.get(node))
+            except (KeyError, TypeError, ValueError) as error:
+                reason = f"malformed metrics: {type(error).__name__}: {error}; its masked update is in the sum"
+                receive(partition, DeviceProblem(partition, "rejected", reason[:300]))
+                continue
+            self.extras[partition] = {**extras, "steps": update.metrics.steps}
+            receive(partition, update)
+        summed = tuple(sorted(partition_of[node] for node in outcome.metrics))
+        halted = "" if outcome.mean_delta is not None else "Flower's SecAgg+ halted: too few devices completed it"
+        self._secure_sum = SecureSum(outcome.mean_delta, summed, halted)
+        return sum(len(tensor) for ins in fitins.values() for tensor in ins.parameters.tensors)
 
     def _outcome(self, partition: int, reply: Message) -> Reply:
         if reply.has_error():

@@ -5,7 +5,8 @@ Flower 1.42 runs every message in a new ``flwr-clientapp`` process (started by
 device pays a Python start-up, its app's imports (TensorFlow: seconds), loading
 its data and building its model. This worker does the job of both, in one
 process that stays up: it asks the SuperNode's Runtime API for the next
-ClientApp task every ``--poll-interval`` seconds (default 0.05) and runs it here
+ClientApp task every ``--poll-interval`` seconds (default 0.05) right after a
+task, less and less often while it stays idle (up to 1 s), and runs it here
 exactly as ``flwr-clientapp`` does (install the FAB, load its ClientApp, call
 it, push the reply and the task's status). Modules stay imported between
 messages, so whatever the app caches (``flower_app.node.local_node``: the
@@ -31,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import os
+import socket
 import sys
 import time
 from logging import ERROR, INFO
@@ -39,12 +42,13 @@ from logging import ERROR, INFO
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.cli.install import install_from_fab
-from flwr.clientapp.client_app import LoadClientAppError
+from flwr.clientapp.client_app import ClientApp, LoadClientAppError
 from flwr.clientapp.utils import get_load_client_app_fn
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore import log
 from flwr.supercore.constant import TaskType
+from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.auth import load_superexec_auth_secret
 from flwr.supercore.interceptors import (
@@ -63,12 +67,19 @@ ACQUIRE_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})  # what the Sup
 # Flower waits 1 s (doubling to 10 s) before re-asking for a message part that has not reached the SuperNode
 # yet; the SuperNode is on this machine, so ask again sooner.
 PULL_BACKOFF = {"initial_backoff": 0.02, "backoff_cap": 0.02}
+IDLE_CAP_SECONDS = 1.0  # longest wait between task polls of an idle worker
+BACKOFF_SHARE = 0.1  # idle for t seconds: poll every 0.1 t
+TRANSFER_THREADS = 8  # as flower_app/polling.py
+STARTUP_TIMEOUT = 120.0  # seconds to wait for the SuperNode's Runtime API at start-up
 
 
 def fast_object_pulls() -> None:
-    """Make ``pull_task_input`` retry missing message parts every 20 ms instead of after 1 s, doubling."""
+    """Make ``pull_task_input`` retry missing message parts every 20 ms instead of after 1 s, doubling,
+    and move a message's parts over more threads."""
     original = run_clientapp.pull_and_inflate_object_from_tree
     run_clientapp.pull_and_inflate_object_from_tree = functools.partial(original, **PULL_BACKOFF)
+    # A message's parts (one request each) over TRANSFER_THREADS threads, not min(2, CPU cores).
+    inflatable_utils.get_num_workers = lambda max_concurrent: max(max_concurrent, TRANSFER_THREADS)
 
 
 def runtime_client(args: argparse.Namespace, token: str | None = None) -> RuntimeHttpClient:
@@ -88,20 +99,34 @@ def runtime_client(args: argparse.Namespace, token: str | None = None) -> Runtim
     )
 
 
-def run_task(args: argparse.Namespace, token: str) -> None:
-    """One ClientApp task, as ``flwr.supernode.runtime.run_clientapp`` runs it, without exiting."""
+def loaded_client_app(run, fab, apps: dict[str, ClientApp]) -> ClientApp:
+    """The FAB's ClientApp: installed and imported on its first task, then the same object (``apps``)."""
+    if hashlib.sha256(fab.content).hexdigest() != fab.hash_str:
+        raise LoadClientAppError(f"the FAB received does not match its hash {fab.hash_str}")
+    digest = fab.hash_str
+    if digest not in apps:
+        install_from_fab(fab.content, skip_prompt=True)
+        load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+        apps[digest] = load(run.fab_id, run.fab_version, fab.hash_str)
+    return apps[digest]
+
+
+def run_task(args: argparse.Namespace, token: str, apps: dict[str, ClientApp]) -> None:
+    """One ClientApp task, as ``flwr.supernode.runtime.run_clientapp`` runs it, without exiting.
+
+    ``apps``: the ClientApps this process has loaded, by FAB hash (an app is installed once, not per task).
+    """
     client = runtime_client(args, token)
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     message = reply = context = None
     status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     marks = [("start", time.perf_counter())]
+    started_at = time.time()
     try:
         heartbeat.start()
         message, context, run, fab = pull_task_input(client)
         marks.append(("pull", time.perf_counter()))
-        install_from_fab(fab.content, skip_prompt=True)
-        load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
-        client_app = load(run.fab_id, run.fab_version, fab.hash_str)
+        client_app = loaded_client_app(run, fab, apps)
         marks.append(("load", time.perf_counter()))
         reply = client_app(message=message, context=context)
         marks.append(("app", time.perf_counter()))
@@ -125,8 +150,9 @@ def run_task(args: argparse.Namespace, token: str) -> None:
             heartbeat.stop()
         client.close()
         marks.append(("close", time.perf_counter()))
-        log(INFO, "task %s in %.2f s (%s)", status, marks[-1][1] - marks[0][1],
-            ", ".join(f"{name} {end - begin:.2f}" for (_, begin), (name, end) in zip(marks, marks[1:])))
+        log(INFO, "task %s in %.3f s (%s) from %.3f", status, marks[-1][1] - marks[0][1],
+            ", ".join(f"{name} {end - begin:.3f}" for (_, begin), (name, end) in zip(marks, marks[1:])),
+            started_at)
 
 
 def restart_for(token: str, fab_hash: str) -> None:
@@ -140,14 +166,35 @@ def restart_for(token: str, fab_hash: str) -> None:
                               "--token", token, "--fab-hash", fab_hash])
 
 
+def wait_for_runtime_api(address: str, interval: float, timeout: float = STARTUP_TIMEOUT) -> None:
+    """Wait until the SuperNode's Runtime API accepts connections, asking every ``interval`` seconds.
+
+    Worker and SuperNode start together, and the SuperNode takes seconds to listen; Flower's client would
+    retry with exponential backoff (waits of 4 s, then 12 s...), so the first task could wait that long.
+    """
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                return  # Flower's client reports it from here on
+            time.sleep(interval)
+
+
 def serve(args: argparse.Namespace) -> None:
     fast_object_pulls()
+    wait_for_runtime_api(args.runtime_api_address, args.poll_interval)
     loaded_fab: str | None = None
+    apps: dict[str, ClientApp] = {}
     if args.token:
-        run_task(args, args.token)  # handed over by the worker this process replaced
+        run_task(args, args.token, apps)  # handed over by the worker this process replaced
         loaded_fab = args.fab_hash
     client = runtime_client(args)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    idle_since = time.monotonic()
     while True:
         response = client.AcquireTask(request)
         if response.HasField("task") and response.token:
@@ -156,10 +203,17 @@ def serve(args: argparse.Namespace) -> None:
                 log(INFO, "Task of another app (FAB %s): starting a fresh worker", fab_hash)
                 client.close()
                 restart_for(response.token, fab_hash)
-            run_task(args, response.token)
+            run_task(args, response.token, apps)
             loaded_fab = fab_hash
+            idle_since = time.monotonic()
             continue  # maybe more work already waiting
-        time.sleep(args.poll_interval)
+        time.sleep(poll_wait(args.poll_interval, time.monotonic() - idle_since))
+
+
+def poll_wait(fast: float, idle: float) -> float:
+    """Seconds until the next task poll: ``fast`` right after a task (the next round follows soon), then a
+    ``BACKOFF_SHARE`` of the time idle, up to ``IDLE_CAP_SECONDS`` (as ``scripts/supernode.py`` polls)."""
+    return min(max(fast, IDLE_CAP_SECONDS), max(fast, BACKOFF_SHARE * idle))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

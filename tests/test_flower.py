@@ -1,9 +1,12 @@
 """The Flower app: message conversions, the Grid transport, and a real deployment on 127.0.0.1.
 
-The last tests start ``flower-superlink``, three ``flower-supernode`` processes
-and ``flwr run`` (insecure, free ports, telemetry off), train two rounds on a
-small slice of Fashion-MNIST with partition 2 deactivated, and compare the
-rounds with the in-process engine on the same configuration.
+The last tests start one loopback deployment for the module (``flower-superlink``
+with TLS and SuperNode authentication, three ``flower-supernode`` processes each
+with its long-lived ClientApp worker, free ports, telemetry off), ``flwr run``
+two rounds on a small slice of Fashion-MNIST with partition 2 deactivated,
+compare the rounds with the in-process engine on the same configuration, try
+the deployment as an attacker would (SuperNodes that are not registered, a
+client without the worker's secret), and stop it, checking nothing is left.
 """
 
 from __future__ import annotations
@@ -334,29 +337,29 @@ RUN_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def deployment(data_dir, tmp_path_factory):
-    """Start a SuperLink and three SuperNodes, run the app for two rounds, stop everything."""
+def loopback(data_dir, tmp_path_factory):
+    """A SuperLink (TLS, node authentication) and three SuperNodes with their workers, for this module's tests."""
     from flower_app.loopback import LocalDeployment
 
-    workdir = tmp_path_factory.mktemp("flower-loopback")
+    local = LocalDeployment(tmp_path_factory.mktemp("flower-loopback"), NUM_SUPERNODES, data_dir=data_dir)
+    with local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def deployment(loopback, data_dir):
+    """The app run for two rounds on the loopback deployment, partition 2 deactivated."""
+    workdir = loopback.workdir
     (workdir / "deactivated.txt").write_text(str(DEACTIVATED))
     run_config = {**RUN_CONFIG, "results-file": str(workdir / "rounds.jsonl"),
                   "deactivated-file": str(workdir / "deactivated.txt"), "data-dir": data_dir}
-    started = time.monotonic()
-    local = LocalDeployment(workdir, NUM_SUPERNODES, data_dir=data_dir)
-    with local:
-        outcome = local.run(run_config, timeout=240)
-        status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
-        stop_started = time.monotonic()
-        leftovers = local.stop()
-    logs = {name: local.log(name)[-3000:] for name in ("superlink", "supernode-0")}
-    return {
-        "outcome": outcome, "status": status, "leftovers": leftovers, "seconds": time.monotonic() - started,
-        "stop_seconds": time.monotonic() - stop_started, "processes": local.processes, "logs": logs,
-    }
+    outcome = loopback.run(run_config, timeout=600)
+    status = loopback.run_status(outcome.run_id) if outcome.run_id else "not started"
+    logs = {name: loopback.log(name)[-3000:] for name in ("superlink", "supernode-0", "clientapp-0")}
+    return {"outcome": outcome, "status": status, "logs": logs}
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(900)  # includes starting the deployment; generous for a loaded machine
 def test_flower_deployment_trains_over_loopback(deployment):
     outcome = deployment["outcome"]
     context = f"{outcome.output[-3000:]}\n{deployment['logs']}"
@@ -382,12 +385,6 @@ def test_per_device_metrics_arrive_and_deactivated_partitions_sit_out(deployment
         assert record["seconds"] >= record["train_seconds"] > 0
 
 
-def test_everything_shuts_down_cleanly(deployment):
-    assert deployment["leftovers"] == [], "processes survived the deployment (killed now)"
-    assert all(process.poll() is not None for process in deployment["processes"].values())
-    assert deployment["stop_seconds"] < 30
-
-
 def test_flower_rounds_match_the_in_process_engine(deployment, fashion, data_dir):
     """Same devices, same selection, same aggregation: the same model, up to float noise."""
     from engine.federation import Federation
@@ -408,3 +405,74 @@ def test_flower_rounds_match_the_in_process_engine(deployment, fashion, data_dir
             k: d["samples"] for k, d in flower_round["devices"].items()
         }
         assert flower_round["global_accuracy"] == pytest.approx(engine_round.global_accuracy, abs=0.02)
+
+
+# -- the same deployment, as an attacker sees it ---------------------------------------------------
+def connected_nodes(deployment) -> list[dict]:
+    listed = deployment.flwr("supernode", "ls", "loopback", "--format", "json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    return json.loads(listed.stdout)["nodes"]
+
+
+def wait_for_exit(process, timeout: float) -> int | None:
+    import subprocess
+
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+@pytest.mark.timeout(180)
+def test_superlink_refuses_supernodes_that_are_not_registered(loopback, tmp_path):
+    import subprocess
+
+    stranger_key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(stranger_key)],
+                   check=True, timeout=30)
+    stranger = loopback.start_supernode(0, key=stranger_key, name="supernode-stranger", worker=False)
+    keyless = loopback.start_supernode(0, name="supernode-keyless", authenticate=False, worker=False)
+    for name, process in (("supernode-stranger", stranger), ("supernode-keyless", keyless)):
+        code = wait_for_exit(process, 60)
+        log = loopback.log(name)
+        assert code not in (None, 0), log[-2000:]
+        assert "could not establish a connection to the SuperLink" in log, log[-2000:]  # refused, not broken
+    assert "must be registered" in loopback.log("supernode-keyless")
+    online = [n for n in connected_nodes(loopback) if n.get("status") == "online"]
+    assert len(online) == NUM_SUPERNODES, online  # the registered ones only
+    assert all(loopback.processes[f"supernode-{i}"].poll() is None for i in range(NUM_SUPERNODES))
+
+
+@pytest.mark.timeout(120)
+def test_only_the_worker_with_the_secret_can_take_a_supernodes_tasks(loopback):
+    """A real SuperNode in process isolation: acquiring its tasks needs the secret its worker is given."""
+    import importlib.util
+
+    import httpx
+
+    from flower_app.loopback import SCRIPTS
+
+    spec = importlib.util.spec_from_file_location("script_clientapp_worker", SCRIPTS / "clientapp_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    address = f"127.0.0.1:{loopback.runtime_ports['supernode-0']}"
+    secret = loopback._runtime_secret("supernode-0-home")  # the file SuperNode 0 and its worker share
+    request = worker.AcquireTaskRequest(supported_task_types=[worker.TaskType.CLIENT_APP])
+    options = ["--runtime-api-address", address, "--insecure"]
+    signed = worker.runtime_client(worker.parse_args([*options, "--superexec-auth-secret-file", str(secret)]))
+    signed.AcquireTask(request)  # accepted (no HTTP error); after the run there is no work to hand out anyway
+    anonymous = worker.RuntimeHttpClient.from_server_address(  # no retries: Flower's stop the process on a 401
+        server_address=address, insecure=True, root_certificates=None,
+        interceptors=[worker.RuntimeVersionHttpInterceptor(component_name=worker.COMPONENT)])
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        anonymous.AcquireTask(request)
+    assert refused.value.response.status_code in (401, 403)
+
+
+def test_everything_shuts_down_cleanly(loopback):
+    """Last in this module: stopping the deployment leaves no process behind (SuperExec, ServerApp, workers)."""
+    started = time.monotonic()
+    leftovers = loopback.stop()
+    assert leftovers == [], "processes survived the deployment (killed now)"
+    assert all(process.poll() is not None for process in loopback.processes.values())
+    assert time.monotonic() - started < 30

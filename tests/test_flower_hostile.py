@@ -1,13 +1,16 @@
 """No device can break the server: hostile replies from real SuperNodes, a node killed mid-round, one joining.
 
-One deployment (a real SuperLink, real SuperNodes, ``flwr run``) with a test
+One deployment (a real SuperLink with TLS and node authentication, real
+SuperNodes each with its long-lived ClientApp worker, ``flwr run``) with a test
 ClientApp (``flower_app.testing.hostile_client_app``) that misbehaves on some
-partitions: four send a different bad train reply every round (twelve cases),
-two send unusable query replies. Only partition 0 trains with TensorFlow (the
-real ClientApp); partitions 1 and 8 send valid zero updates cheaply. Partition
-1 is killed during round 2 (while it takes its time) and partition 8 joins
-after round 1. Every round must complete, with each bad
-reply reported as its device's problem and the honest devices aggregated.
+partitions: two send a different bad train reply every round (twelve cases over
+six rounds), two send unusable query replies. Only partition 0 trains with
+TensorFlow (the real ClientApp); partitions 1 and 6 send valid zero updates
+cheaply. Partition 1 takes its time in round 2; meanwhile partition 6 joins
+and, once it is connected, partition 1's SuperNode and worker are killed, so
+round 2 ends without it and partition 6 is in every round from round 3 on.
+Every round must complete, with each bad reply reported as its device's
+problem and the honest devices aggregated.
 """
 
 from __future__ import annotations
@@ -21,18 +24,17 @@ import time
 
 import pytest
 
-from flower_app.testing.hostile_client_app import TRAIN_CASES
+from flower_app.testing.hostile_client_app import SLOW_SECONDS, TRAIN_CASES
 
-PARTITIONS = 9
+PARTITIONS = 7
 HOSTILE = {
     1: "honest+slow+honest",
-    2: "strings+bytes+structured",
-    3: "datetime+huge+shape",
-    4: "negative-examples+too-many-examples+nan-seconds",
-    5: "no-metrics+payload-strings+garbage",
-    6: "no-node-record",
-    7: "bad-partition-id",
+    2: "strings+bytes+structured+datetime+huge+shape",
+    3: "negative-examples+too-many-examples+nan-seconds+no-metrics+payload-strings+garbage",
+    4: "no-node-record",
+    5: "bad-partition-id",
 }
+TRAIN_HOSTILE = (2, 3)
 EXPECTED = {  # case -> what the reported reason says
     "strings": "must hold floating point", "bytes": "must hold floating point",
     "structured": "must hold floating point", "datetime": "must hold floating point",
@@ -40,8 +42,8 @@ EXPECTED = {  # case -> what the reported reason says
     "too-many-examples": "num-examples must be in", "nan-seconds": "metric seconds", "no-metrics": "no 'metrics'",
     "payload-strings": "1-D uint8", "garbage": "malformed",
 }
-ROUNDS = 3
-KILLED, JOINING = 1, 8
+ROUNDS = 6
+KILLED, JOINING = 1, 6
 
 
 def hostile_project(root, folder):
@@ -62,6 +64,14 @@ def lines(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
+def wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds:g} s")
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def hostile_run(data_dir, tmp_path_factory):
     from flower_app.loopback import PROJECT_ROOT, LocalDeployment
@@ -71,30 +81,30 @@ def hostile_run(data_dir, tmp_path_factory):
     results = workdir / "rounds.jsonl"
     run_config = {
         "num-server-rounds": ROUNDS, "model": "mlp", "train-samples": 1600, "local-epochs": 3, "test-samples": 300,
-        "min-devices": 1, "round-timeout": 90.0, "results-file": str(results), "data-dir": data_dir,
+        "min-devices": 1, "round-timeout": SLOW_SECONDS + 60, "results-file": str(results), "data-dir": data_dir,
         "hostile": ",".join(f"{p}:{cases}" for p, cases in {**HOSTILE, JOINING: "honest"}.items()),
     }
     nodes = [{"partition-id": i, "num-partitions": PARTITIONS} for i in range(PARTITIONS - 1)]
-    # Flower's per-message ClientApp processes: rounds slow enough for the joining node to be in the last one
-    local = LocalDeployment(workdir, len(nodes), data_dir=data_dir, node_configs=nodes, project_root=project,
-                            isolation="subprocess")
+    local = LocalDeployment(workdir, len(nodes), data_dir=data_dir, node_configs=nodes, project_root=project)
     outcome: list = []
     with local:
-        runner = threading.Thread(target=lambda: outcome.append(local.run(run_config, timeout=500)), daemon=True)
+        runner = threading.Thread(target=lambda: outcome.append(local.run(run_config, timeout=800)), daemon=True)
         runner.start()
-        deadline = time.monotonic() + 300
-        while not lines(results) and time.monotonic() < deadline and runner.is_alive():
-            time.sleep(0.2)
-        time.sleep(3.0)  # round 2's train messages are out; partition 1 is taking its time
-        os.killpg(local.processes[f"supernode-{KILLED}"].pid, signal.SIGTERM)
-        local.add_supernode({"partition-id": JOINING, "num-partitions": PARTITIONS})
-        runner.join(520)
+        wait_for(lambda: lines(results) or not runner.is_alive(), 500, "round 1")
+        # Round 2 is out and partition 1 takes its time (SLOW_SECONDS): partition 6 joins now...
+        joining = local.add_supernode({"partition-id": JOINING, "num-partitions": PARTITIONS})
+        wait_for(lambda: "SuperNode ID" in local.log(joining) or not runner.is_alive(), 120, f"{joining} connecting")
+        wait_for(lambda: "ROUND 2]" in local.log(f"supernode-{KILLED}") or not runner.is_alive(), 120,
+                 f"supernode-{KILLED} receiving round 2")
+        for name in (f"supernode-{KILLED}", f"clientapp-{KILLED}"):  # ...then partition 1's machine dies
+            os.killpg(local.processes[name].pid, signal.SIGKILL if name.startswith("clientapp") else signal.SIGTERM)
+        runner.join(820)
         status = local.run_status(outcome[0].run_id) if outcome and outcome[0].run_id else "not started"
     return {"outcome": outcome[0] if outcome else None, "status": status, "rounds": lines(results),
             "log": local.log("superlink")[-3000:]}
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1000)  # generous: a loaded 2-core machine runs these rounds 20x slower
 def test_a_run_with_hostile_supernodes_completes_every_round(hostile_run):
     outcome, rounds = hostile_run["outcome"], hostile_run["rounds"]
     context = f"{outcome.output[-3000:] if outcome else ''}\n{hostile_run['log']}"
@@ -103,7 +113,7 @@ def test_a_run_with_hostile_supernodes_completes_every_round(hostile_run):
     assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1)), context
     for record in rounds:
         assert "0" in record["devices"], record["problems"]  # the honest device is aggregated every round
-        assert math.isfinite(record["global_loss"]) and set(record["devices"]) <= {"0", "1", "8"}
+        assert math.isfinite(record["global_loss"]) and set(record["devices"]) <= {"0", str(KILLED), str(JOINING)}
     assert rounds[-1]["global_accuracy"] > 0.2  # chance is 0.1: the hostile replies never reached the model
 
 
@@ -111,7 +121,7 @@ def test_every_bad_reply_is_that_devices_problem_with_its_reason(hostile_run):
     seen = set()
     for record in hostile_run["rounds"]:
         problems = {p["partition_id"]: p for p in record["problems"]}
-        for partition in (2, 3, 4, 5):
+        for partition in TRAIN_HOSTILE:
             cases = HOSTILE[partition].split("+")
             case = cases[(record["round"] - 1) % len(cases)]
             problem = problems[partition]
@@ -129,4 +139,5 @@ def test_a_supernode_killed_mid_round_fails_that_round_and_one_joining_takes_par
     assert str(KILLED) not in rounds[1]["devices"]
     assert [p["kind"] for p in rounds[1]["problems"] if p["partition_id"] == KILLED] == ["failed"]
     assert all(str(KILLED) not in r["devices"] for r in rounds[2:])
-    assert str(JOINING) in rounds[-1]["devices"], rounds[-1]
+    assert str(JOINING) not in rounds[0]["devices"]
+    assert all(str(JOINING) in r["devices"] for r in rounds[2:]), rounds[2:]  # connected before round 3 began

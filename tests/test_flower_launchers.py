@@ -26,10 +26,30 @@ def test_supernode_launcher_takes_its_option_and_passes_the_rest_to_flower():
     assert launcher.split_argv([]) == (launcher.DEFAULT_SECONDS, [])
     with pytest.raises(SystemExit, match="fleet-poll-interval"):
         launcher.split_argv(["--fleet-poll-interval", "5"])
-    capped = launcher.capped_time(0.01)
+    clock = launcher.PollClock(0.01)
     started = time.perf_counter()
-    capped.sleep(3)  # Flower's 3 s wait, capped
-    assert time.perf_counter() - started < 1 and capped.time is time.time
+    clock.sleep(3)  # Flower's 3 s idle wait: a short poll
+    clock.sleep(0.5)  # Flower's wait for a reply, capped
+    assert time.perf_counter() - started < 1 and clock.time is time.time and clock.monotonic is time.monotonic
+
+
+def test_an_idle_supernode_polls_less_and_less_until_it_works_again():
+    launcher = load_script("supernode")
+    now, slept = [0.0], []
+
+    def sleep(seconds):
+        slept.append(round(seconds, 3))
+        now[0] += seconds
+
+    clock = launcher.PollClock(0.1, idle_cap=1.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(40):
+        clock.sleep(3)  # no message, again and again
+    assert slept[0] == 0.1 and slept[-1] == 1.0 and slept == sorted(slept)  # backs off up to the cap
+    now[0] += 2.0  # it handled a message (pulled, ran, pushed) for 2 s
+    clock.sleep(3)
+    assert slept[-1] == 0.1  # fast again: the next round is coming
+    clock.sleep(0.5)  # waiting for its ClientApp's reply
+    assert slept[-1] == 0.1
 
 
 def test_worker_options_are_checked():
@@ -44,3 +64,14 @@ def test_server_poll_interval_comes_from_the_environment():
     assert poll_seconds({}) == 0.05 and poll_seconds({"FL_FLOWER_POLL_SECONDS": "0.5"}) == 0.5
     with pytest.raises(ValueError, match="FL_FLOWER_POLL_SECONDS"):
         poll_seconds({"FL_FLOWER_POLL_SECONDS": "soon"})
+
+
+def test_polls_back_off_while_nothing_happens():
+    from flower_app.polling import pull_wait
+
+    worker = load_script("clientapp_worker")
+    for wait in (pull_wait, worker.poll_wait):
+        assert wait(0.05, 0.0) == 0.05  # right after a push, a reply or a task
+        assert wait(0.05, 3.0) == pytest.approx(0.3)  # a tenth of the quiet time
+        assert wait(0.05, 600.0) == 1.0  # capped
+        assert wait(2.0, 600.0) == 2.0  # never faster than asked

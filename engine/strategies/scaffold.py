@@ -22,7 +22,9 @@ class Scaffold(Strategy):
     data on non-IID splits, and afterwards set ``c_i = c_i - c + (x - y) / (K lr)``. The server averages the
     models (unweighted, as in the paper), scaled by ``server_learning_rate``, and adds the mean change of
     the ``c_i`` times ``|S| / N``. Needs local SGD (the update of ``c_i`` assumes it); momentum is
-    accounted for like FedNova's ``||a||_1``. Each device's ``c_i`` lives on the device and in the run store.
+    accounted for like FedNova's ``||a||_1``. Each device's ``c_i`` lives on the device (on Flower: in the
+    SuperNode's ``context.state``, ``flower_app.node.LocalNode.respond_with_state``) and, in-process, in the run
+    store.
     """
 
     name = "scaffold"
@@ -30,8 +32,6 @@ class Scaffold(Strategy):
     summary = "Control variates correct each device's local steps towards the global direction (needs SGD)."
     linear = False
     needs_sgd = True
-    in_process_only = ("its devices keep a control variate between rounds, which Flower's per-message ClientApp "
-                       "processes do not keep yet, and the variates do not travel in the Flower records")
 
     server_learning_rate: float = hyperparameter(1.0, "server step size on the averaged update", POSITIVE)
 

@@ -26,7 +26,7 @@ QUERY_CASES = ("no-node-record", "bad-partition-id")
 TRAIN_CASES = ("strings", "bytes", "structured", "datetime", "huge", "shape", "negative-examples",
                "too-many-examples", "nan-seconds", "no-metrics", "payload-strings", "garbage")
 WELL_BEHAVED_CASES = ("honest", "slow")
-SLOW_SECONDS = 60.0
+SLOW_SECONDS = 150.0  # longer than a SuperNode takes to start on a busy machine: the test kills it first
 
 app = ClientApp()
 

@@ -1,0 +1,98 @@
+"""SCAFFOLD on Flower: the server's c travels down, each device's c_i lives in its SuperNode's context.state.
+
+One deployment for the module: a real SuperLink and three SuperNodes (the
+loopback's long-lived ClientApp workers). The ClientApp restores each device's
+control variate from the node's ``context.state`` before every round (a lost
+state would reset it to zero), so round 2 only matches the in-process math if
+the SuperNode kept it. Two rounds must learn and match the in-process engine's
+control-variate math on the same seed (same selection, same global model up
+to float noise between processes). A fast test checks that the records carry
+the control variates both ways and that the loop refuses a bad one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from devices.messages import ControlVariate, DeviceMetrics, EncodedUpdate, TrainInstructions
+from flower_app import records
+
+ROUNDS = 2
+NUM_SUPERNODES = 3
+RUN_CONFIG = {
+    "num-server-rounds": ROUNDS, "model": "mlp", "train-samples": 900, "test-samples": 300, "min-devices": 3,
+    "strategy": "scaffold", "optimizer": "sgd", "learning-rate": 0.1, "local-epochs": 3, "seed": 11,
+}
+SHAPES = [(3, 2), (2,)]
+
+
+def test_control_variates_travel_both_ways_and_a_bad_one_is_refused():
+    from engine.transport_checks import control_delta_problem
+
+    control = [np.full(shape, 0.25, np.float32) for shape in SHAPES]
+    model = [np.zeros(shape, np.float32) for shape in SHAPES]
+    instructions = TrainInstructions(2, model, 1, 16, 0.05, 7, control=ControlVariate(control, 0.9))
+    back = records.instructions_from(records.instructions_content(instructions))
+    assert back.control.local_momentum == pytest.approx(0.9)
+    assert all(np.array_equal(a, b) for a, b in zip(back.control.weights, control))
+    first = records.instructions_from(records.instructions_content(
+        TrainInstructions(1, model, 1, 16, 0.05, 7, control=ControlVariate(None, 0.0))))
+    assert first.control == ControlVariate(None, 0.0)  # c is zero before the first aggregation
+    plain = records.instructions_from(records.instructions_content(TrainInstructions(1, model, 1, 16, 0.05, 7)))
+    assert plain.control is None  # other strategies send none
+
+    metrics = DeviceMetrics(0.5, 0.8, 1.0, 0.6, 0.6, 0.75, 3, 0.1)
+    delta = [np.full(shape, -0.5, np.float32) for shape in SHAPES]
+    update = EncodedUpdate(1, 10, metrics, payload=b"x", control_delta=delta)
+    got, _ = records.update_from(records.update_content(update), device_id=1)
+    assert all(np.array_equal(a, b) for a, b in zip(got.control_delta, delta))
+    assert control_delta_problem(got.control_delta, model) is None
+    assert "shape" in control_delta_problem([np.zeros((2, 2), np.float32), delta[1]], model)
+    assert "NaN" in control_delta_problem([np.full((3, 2), 1e300), delta[1]], model)  # inf once float32
+    assert "floating point" in control_delta_problem([np.zeros((3, 2), np.int64), delta[1]], model)
+
+
+@pytest.fixture(scope="module")
+def scaffold_run(data_dir, tmp_path_factory):
+    from flower_app.loopback import LocalDeployment
+
+    class SavingDeployment(LocalDeployment):
+        def env(self, home: str) -> dict[str, str]:  # the ServerApp saves the global model after each round
+            return {**super().env(home), "FL_FLOWER_WEIGHTS_FILE": str(self.output_dir / "weights.npz")}
+
+    workdir = tmp_path_factory.mktemp("flower-scaffold")
+    run_config = {**RUN_CONFIG, "results-file": "rounds.jsonl", "data-dir": data_dir}
+    with SavingDeployment(workdir, NUM_SUPERNODES, data_dir=data_dir) as local:
+        outcome = local.run(run_config, timeout=700)
+        status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
+        with np.load(local.output_file("weights.npz")) as saved:
+            weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+        logs = local.log("superlink")[-3000:]
+    return {"outcome": outcome, "status": status, "weights": weights, "logs": logs}
+
+
+@pytest.mark.timeout(1200)  # a loaded machine: the fixture's processes start here
+def test_scaffold_on_supernodes_learns_and_matches_the_in_process_math(scaffold_run, fashion, data_dir):
+    from engine.federation import Federation
+    from flower_app.config import federation_config
+
+    outcome = scaffold_run["outcome"]
+    context = f"{outcome.output[-3000:]}\n{scaffold_run['logs']}"
+    assert outcome.returncode == 0 and scaffold_run["status"] == "finished:completed", context
+    assert [r["round"] for r in outcome.rounds] == list(range(1, ROUNDS + 1)), context
+    for record in outcome.rounds:
+        assert sorted(record["devices"]) == ["0", "1", "2"] and record["problems"] == [], record
+    assert outcome.rounds[-1]["global_accuracy"] > 0.3  # chance is 0.1
+
+    federation = Federation(federation_config(RUN_CONFIG, num_devices=NUM_SUPERNODES, data_dir=data_dir),
+                            dataset=fashion)
+    snapshot = federation.run_to_end()
+    engine_weights = federation.global_weights
+    for engine_round, flower_round in zip(snapshot.history, outcome.rounds):
+        assert list(engine_round.selected) == flower_round["selected"]
+        assert flower_round["global_accuracy"] == pytest.approx(engine_round.global_accuracy, abs=0.03)
+    # round 2 used each device's c_i from round 1: had a node lost it, its corrected steps would differ
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(scaffold_run["weights"], engine_weights))
+    scale = max(float(np.abs(b).max()) for b in engine_weights)
+    assert difference < 0.01 * scale, (difference, scale)
