@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.results import RoundResult, Snapshot
-from app import charts
+from app import charts, strategy_charts
 
 CHART_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 MAX_DEVICE_LINES = 10  # above this many devices, the per-device charts show a chosen subset
@@ -68,6 +68,12 @@ def render_rounds_detail(history: Sequence[RoundResult], prefix: str = "") -> No
     with communication:
         st.plotly_chart(charts.bytes_figure(history), key=f"{prefix}bytes", config=CHART_CONFIG)
         st.caption(charts.traffic_caption(history[-1]))
+    if strategy_charts.is_asynchronous(history):
+        st.plotly_chart(strategy_charts.staleness_figure(history), key=f"{prefix}staleness", config=CHART_CONFIG)
+        st.caption(strategy_charts.staleness_caption(history))
+    if strategy_charts.has_selection(history):
+        st.plotly_chart(strategy_charts.selection_figure(history), key=f"{prefix}selection", config=CHART_CONFIG)
+        st.caption(strategy_charts.selection_caption(history))
     rows = charts.problems_table(history, PROBLEM_ROUNDS)
     if rows:
         st.markdown(f"**Devices left out of the last {min(PROBLEM_ROUNDS, len(history))} rounds**")

@@ -202,6 +202,7 @@ def round_json(result: RoundResult) -> dict:
         "global_mae": result.global_mae,
         "global_r2": finite(result.global_r2),
         "seconds": result.seconds,
+        "simulated_time": result.simulated_time,
         "test_samples": result.test_samples,
         "bytes_down": result.bytes_down,
         "bytes_up": result.bytes_up,
@@ -209,7 +210,7 @@ def round_json(result: RoundResult) -> dict:
         "epsilon": result.epsilon,
         "devices": [
             {"id": d.device_id, "samples": d.samples, "accuracy": finite(d.accuracy), "loss": d.loss,
-             "train_accuracy": finite(d.train_accuracy), "train_loss": d.train_loss}
+             "train_accuracy": finite(d.train_accuracy), "train_loss": d.train_loss, "staleness": d.staleness}
             for d in result.devices
         ],
         "problems": [{"id": p.device_id, "kind": p.kind, "reason": p.reason} for p in result.problems],

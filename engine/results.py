@@ -27,6 +27,7 @@ class DeviceStatus(str, enum.Enum):
     REJECTED = "rejected"
     DROPPED = "dropped"
     INACTIVE = "inactive"
+    OFFLINE = "not connected"  # a device on another machine whose node is not connected now
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class DeviceRoundResult:
     seconds: float
     simulated_seconds: float  # seconds times the device's slowdown
     bytes_up: int
+    staleness: int = 0  # fedbuff: server steps between the model it trained from and the one its update went into
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class RoundResult:
     test_samples: int = 0  # server test samples the global model was evaluated on (0: not recorded)
     global_mae: float | None = None  # regression only: global_loss is then the MSE
     global_r2: float | None = None
+    kept: tuple[int, ...] | None = None  # devices whose models a selecting rule (Krum, Bulyan) used; None: all
+    simulated_time: float = 0.0  # in local steps of a full-speed device: its slowest update; fedbuff: since the last step
 
     @property
     def is_regression(self) -> bool:

@@ -57,6 +57,15 @@ def local_training_instructions(
     )
 
 
+def simulated_time(reply: Reply, slowdown: float) -> float:
+    """How long a device's local training takes on the simulated clock: its local steps times its slowdown.
+
+    The unit is one local step of a full-speed device; deterministic, unlike measured seconds on a shared
+    machine. A failed device answers at once (0).
+    """
+    return reply.metrics.steps * slowdown if isinstance(reply, EncodedUpdate) else 0.0
+
+
 @dataclass
 class Arrivals:
     """What came back from the devices of one round."""
@@ -348,6 +357,9 @@ class RoundRunner:
             test_samples=test_samples,
             global_mae=scores.mae if scores else None,
             global_r2=scores.r2 if scores else None,
+            simulated_time=max((simulated_time(u, self.transport.slowdown(u.device_id)) for u in accepted),
+                               default=0.0),
+            kept=self.strategy.kept_devices() if accepted else None,
         )
 
     def _device_result(self, update: EncodedUpdate) -> DeviceRoundResult:

@@ -163,13 +163,15 @@ def round_from_record(record: dict) -> RoundResult:
     fields["devices"] = tuple(DeviceRoundResult(**d) for d in fields["devices"])
     fields["problems"] = tuple(DeviceProblem(**p) for p in fields["problems"])
     fields["confusion"] = np.asarray(fields["confusion"], dtype=np.int64)
+    if fields.get("kept") is not None:
+        fields["kept"] = tuple(fields["kept"])
     return RoundResult(**fields)
 
 
 def private_record(result: RoundResult) -> dict:
     """The round as stored under secure aggregation: nothing about individual devices."""
     record = result.to_json_dict()
-    record["devices"], record["problems"], record["selected"] = [], [], []
+    record["devices"], record["problems"], record["selected"], record["kept"] = [], [], [], None
     return record
 
 

@@ -219,6 +219,8 @@ def round_record(
         "round": result.round,
         "global_accuracy": number(result.global_accuracy),
         "global_loss": number(result.global_loss),
+        "global_mae": None if result.global_mae is None else number(result.global_mae),  # regression runs
+        "global_r2": None if result.global_r2 is None else number(result.global_r2),
         "seconds": number(result.seconds),
         "train_seconds": number(result.train_seconds),
         "eval_seconds": number(result.eval_seconds),

@@ -11,6 +11,7 @@ from devices.pool import WorkerPool
 from devices.trainer import ModelReplica, OptimizerSpec
 from engine.config import FederationConfig
 from engine.models import ModelRegistry
+from engine.async_rounds import AsyncRoundRunner
 from engine.rounds import RoundRunner
 from engine.setup import build_devices, server_test_set
 from engine.strategies import STRATEGIES, build_strategy
@@ -65,11 +66,13 @@ def test_every_accepted_strategy_and_privacy_combination_runs_a_round(bench):
             transport = InProcessTransport(devices, pool, config.stack_width, lambda device, steps: None)
             strategy = build_strategy(name)
             strategy.bind(len(devices))
-            runner = RoundRunner(config, transport, evaluator, strategy, test_set,
-                                 lambda device, status, detail: None)
+            runner_class = AsyncRoundRunner if strategy.asynchronous else RoundRunner  # fedbuff: one server step
+            runner = runner_class(config, transport, evaluator, strategy, test_set,
+                                  lambda device, status, detail: None)
             weights, result = runner.run(1, start, DEVICES, lambda steps: None)
             context = (name, mode_name, result.problems)
-            assert len(result.devices) == len(DEVICES) and result.problems == (), context
+            expected = int(strategy.buffer_size) if strategy.asynchronous else len(DEVICES)
+            assert len(result.devices) == expected and result.problems == (), context
             assert all(np.all(np.isfinite(w)) and w.shape == s.shape for w, s in zip(weights, start)), context
             assert not all(np.array_equal(w, s) for w, s in zip(weights, start)), context
             noisy = mode.get("noise_multiplier", 0) > 0 or mode.get("local_noise_multiplier", 0) > 0

@@ -59,7 +59,7 @@ def step(strategy: Strategy, server_round: int, global_weights: list[np.ndarray]
 def test_all_strategies_are_registered_in_order():
     assert tuple(STRATEGIES) == (
         "fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
-        "krum", "multikrum", "bulyan", "qfedavg", "fednova", "scaffold",
+        "krum", "multikrum", "bulyan", "qfedavg", "fednova", "scaffold", "fedbuff",
     )
     for name, cls in STRATEGIES.items():
         assert cls.name == name and cls.title and cls.summary and cls.__doc__
@@ -298,7 +298,7 @@ def test_every_problem_is_reported_at_once():
 def test_unknown_strategy_lists_the_known_ones():
     assert strategy_problems("fedsgd") == [
         "unknown strategy 'fedsgd'; choose one of fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, "
-        "fedtrimmedavg, krum, multikrum, bulyan, qfedavg, fednova, scaffold"
+        "fedtrimmedavg, krum, multikrum, bulyan, qfedavg, fednova, scaffold, fedbuff"
     ]
     with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose one of fedavg, fedavgm"):
         build_strategy("fedsgd")

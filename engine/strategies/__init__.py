@@ -9,6 +9,7 @@ from engine.strategies.base import AggregationSkipped, LocalOptions, Strategy
 from engine.strategies.bulyan import Bulyan
 from engine.strategies.fedavg import FedAvg
 from engine.strategies.fedavgm import FedAvgM
+from engine.strategies.fedbuff import FedBuff
 from engine.strategies.fedmedian import FedMedian
 from engine.strategies.fednova import FedNova
 from engine.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
@@ -23,7 +24,7 @@ STRATEGIES: Mapping[str, type[Strategy]] = MappingProxyType(
         cls.name: cls
         for cls in (
             FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan,
-            QFedAvg, FedNova, Scaffold,
+            QFedAvg, FedNova, Scaffold, FedBuff,
         )
     }
 )
@@ -79,6 +80,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBuff",
     "FedMedian",
     "FedNova",
     "FedOpt",

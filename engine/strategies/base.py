@@ -69,6 +69,7 @@ class Strategy(ABC):
     needs_received_loss: ClassVar[bool] = False  # uses each device's loss of the model it received
     needs_sgd: ClassVar[bool] = False  # its device-side math assumes local SGD
     in_process_only: ClassVar[str] = ""  # why it cannot run on Flower yet ("" when it can)
+    asynchronous: ClassVar[bool] = False  # runs on engine.async_rounds' schedule instead of synchronous rounds
 
     def __post_init__(self) -> None:
         problems = self.parameter_problems({f.name: getattr(self, f.name) for f in self._hyperparameter_fields()})
@@ -89,6 +90,10 @@ class Strategy(ABC):
         """Return the new global weights (default: :meth:`from_mean` of the weighted mean)."""
         mean = weighted_average([u.weights for u in updates], [u.num_samples for u in updates])
         return self.from_mean(server_round, global_weights, mean)
+
+    def kept_devices(self) -> tuple[int, ...] | None:
+        """The devices whose models the last :meth:`aggregate` used (Krum, Bulyan select); None: all of them."""
+        return None
 
     def from_mean(self, server_round: int, global_weights: Weights, mean: Weights) -> Weights:
         """New global weights from the sample-weighted mean of the devices' models (linear strategies)."""

@@ -27,6 +27,5 @@ class Bulyan(Krum):
     def minimum_updates(self) -> int:
         return bulyan_minimum(self.malicious)
 
-    def combine(self, models: list[Weights]) -> Weights:
-        model, _ = bulyan(models, self.malicious)
-        return model
+    def combine(self, models: list[Weights]) -> tuple[Weights, list[int]]:
+        return bulyan(models, self.malicious)

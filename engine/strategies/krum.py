@@ -41,10 +41,16 @@ class Krum(Strategy):
     def minimum_updates(self) -> int:
         return krum_minimum(self.malicious)
 
-    def combine(self, models: list[Weights]) -> Weights:
-        """The robust aggregate of at least :meth:`minimum_updates` models."""
-        model, _ = multi_krum(models, self.malicious, self.selected_count(len(models)))
-        return model
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.kept: tuple[int, ...] | None = None  # the devices whose models the last aggregate used
+
+    def kept_devices(self) -> tuple[int, ...] | None:
+        return self.kept
+
+    def combine(self, models: list[Weights]) -> tuple[Weights, list[int]]:
+        """The robust aggregate of at least :meth:`minimum_updates` models, and the positions of those it kept."""
+        return multi_krum(models, self.malicious, self.selected_count(len(models)))
 
     def device_problems(self, devices_per_round: int) -> list[str]:
         need = self.minimum_updates()
@@ -58,7 +64,9 @@ class Krum(Strategy):
         if len(updates) < need:
             raise AggregationSkipped(f"{self.name} with f={self.malicious} needs at least {need} updates, "
                                      f"{len(updates)} arrived; the global model is unchanged")
-        return as_float32(self.combine([u.weights for u in updates]))
+        model, positions = self.combine([u.weights for u in updates])
+        self.kept = tuple(sorted(updates[i].device_id for i in positions))
+        return as_float32(model)
 
 
 @dataclass
