@@ -129,20 +129,27 @@ class LocalOptimizer:
     def __init__(self, spec: OptimizerSpec, variables):
         self.optimizer = spec.build()
         self.optimizer.build(variables)
+        # all-zero initial states (moments, step counters) are made in the graph, not copied from NumPy
         self._initial_state = [v.numpy() for v in self.optimizer.variables]
+        self._initial_state = [None if not np.any(value) else value for value in self._initial_state]
+        self._reset = tf.function(self._reset_impl, input_signature=[tf.TensorSpec([], tf.float32)])
         # the state: the step count and the slot variables (moments, momentum), not the learning rate
         self._state_variables = [v for v in self.optimizer.variables if v.name != "learning_rate"]
         self.fresh_state = [v.numpy() for v in self._state_variables]
         self.slot_betas = [slot_beta(self.optimizer, v.name) for v in self._state_variables[1:]]
 
-    def reset(self, learning_rate: float, state: OptimizerState | None = None) -> None:
-        """A fresh state, or ``state`` (a device's own, or a stack's) when it fits."""
+    def _reset_impl(self, learning_rate):
         for variable, value in zip(self.optimizer.variables, self._initial_state):
-            variable.assign(value)
+            variable.assign(tf.zeros(variable.shape, variable.dtype) if value is None else value)
+        self.optimizer.learning_rate.assign(learning_rate)
+
+    def reset(self, learning_rate: float, state: OptimizerState | None = None) -> None:
+        """A fresh state (one compiled call, not one per variable), or ``state`` (a device's own, or a stack's)
+        when it fits."""
+        self._reset(tf.constant(learning_rate, tf.float32))
         if fits(state, self.fresh_state):
             for variable, value in zip(self._state_variables, state):
                 variable.assign(value)
-        self.optimizer.learning_rate.assign(learning_rate)
 
     def state(self) -> OptimizerState:
         return [np.array(v.numpy()) for v in self._state_variables]

@@ -152,7 +152,8 @@ class Federation(FederationBackend):
             except (ModelError, ValueError) as error:  # a model that does not fit the data's shape
                 raise ModelError(f"model {config.model!r} cannot be built for inputs {self.dataset.input_shape}: "
                                  f"{str(error).splitlines()[0]}") from None
-        self._predictor = make_replica()
+        self._make_predictor = make_replica  # built on the first prediction: a model build off "create"
+        self._predictor: ModelReplica | None = None
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
         self._weights: Weights = evaluator.get_weights()
@@ -254,8 +255,10 @@ class Federation(FederationBackend):
                 return
             selected = runner.select(1, range(len(self.devices)))
             instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
-            widths = [len(group) for group in self.transport.training_groups(instructions)]
-            futures = self._pool.warm_up(widths, self.config.batch_size)
+            groups = self.transport.training_groups(instructions)
+            steps = {d: self.devices[d].local_steps(instructions[d]) for d in selected}
+            uneven = any(len({steps[d] for d in group}) > 1 for group in groups)
+            futures = self._pool.warm_up([len(group) for group in groups], self.config.batch_size, uneven)
             runner.evaluator.evaluate(test.x[:1], test.y[:1])
             wait(futures)
         except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
@@ -373,6 +376,8 @@ class Federation(FederationBackend):
         with self._lock:
             weights, version = self._weights, len(self._history)
         with self._predictor_lock:
+            if self._predictor is None:
+                self._predictor = self._make_predictor()
             if version != self._predictor_version:
                 self._predictor.set_weights(weights)
                 self._predictor_version = version
