@@ -27,6 +27,7 @@ INTRO = (
 )
 LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 DRAWN_AT_KEY = "page_drawn_at"
+IDLE_DEVICE_WATCH_SECONDS = 2.0
 MIN_REDRAW_SECONDS = 1.0  # at most one full redraw per second for new rounds, however fast rounds are
 
 
@@ -59,6 +60,8 @@ def training_page(federation, setup) -> None:
     st.subheader("Training", anchor="training")
     controls_view.render_buttons(federation, setup)
     interval = refresh_seconds(os.environ) if phase != "idle" else None  # refresh only while a run is live
+    if interval is None and state.backend_of(federation) != "in-process":
+        interval = IDLE_DEVICE_WATCH_SECONDS  # devices on other machines join and leave at any time
     st.fragment(live_status, run_every=interval)(federation, phase, snapshot.round)
     devices_view.render_label_distribution(federation)
     st.divider()

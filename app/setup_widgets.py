@@ -16,6 +16,7 @@ import streamlit as st
 from engine.config import BUILTIN_MODELS, FederationConfig
 from engine.settings import declared_settings, kinds
 from engine.strategies import STRATEGIES
+from app.data_upload import dataset_widget
 from app.setup_helpers import (
     MALICIOUS_KINDS,
     PICK_MODES,
@@ -182,6 +183,10 @@ def _momentum_widget(box, name: str, defaults: FederationConfig, values: dict):
     return setting_widget(box, name, defaults.momentum) if values["optimizer"] == "sgd" else defaults.momentum
 
 
+def _dataset_widget(box, name: str, defaults: FederationConfig, values: dict):
+    return dataset_widget(box, setting_widget(box, name, defaults.dataset))
+
+
 def _data_dir_widget(box, name: str, defaults: FederationConfig, values: dict):
     return setting_widget(box, name, defaults.data_dir or os.environ.get("FL_DATA_DIR", ""),
                           help="Empty: $FL_DATA_DIR, else Keras downloads the data set.")
@@ -278,6 +283,7 @@ def _topk_widget(box, name: str, defaults: FederationConfig, values: dict):
 
 
 SPECIAL_WIDGETS = {
+    "dataset": _dataset_widget,
     "data_dir": _data_dir_widget,
     "alpha": _partition_parameter("dirichlet"),
     "shards_per_device": _partition_parameter("shards"),

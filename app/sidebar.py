@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from engine.federation import Federation
 
 BACKEND_LABELS = {
-    "in-process": "In-process engine (simulated devices)",
-    "flower": "Flower (SuperLink + SuperNode processes)",
+    "in-process": "Simulated on this machine",
+    "flower": "Flower loopback (try it on one machine: SuperNodes started for you)",
+    "deployment": "A Flower deployment (SuperNodes join from other machines)",
 }
 
 
@@ -93,13 +94,38 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
                 values[name] = special(st, name, defaults, values) if special else \
                     setting_widget(st, name, getattr(defaults, name))
             if section == "advanced":
-                st.selectbox("Where devices run", ("in-process", "flower"), key=state.BACKEND_KEY,
-                             format_func=BACKEND_LABELS.get,
-                             help="Flower starts a real SuperLink and one SuperNode process per device on this "
-                                  "machine (slower rounds; up to 8 devices; no DP, secure aggregation, compression "
-                                  "or simulated dropouts). The in-process engine is the default.")
+                _where_devices_run()
     values.pop("_use_dp", None)
     return FederationConfig(**values)
+
+
+def _where_devices_run() -> None:
+    """The backend choice and, for a deployment, where its SuperLink is (session state, not configuration)."""
+    st.selectbox("Where devices run", tuple(BACKEND_LABELS), key=state.BACKEND_KEY, format_func=BACKEND_LABELS.get,
+                 help="Simulated devices train in this process (the default). Flower loopback starts a SuperLink "
+                      "and one SuperNode process per device here (up to 8). A deployment starts a SuperLink with "
+                      "TLS and SuperNode authentication (or attaches to one); SuperNodes join from other machines "
+                      "with --node-config 'partition-id=I num-partitions=N' (N: the number of devices).")
+    if state.selected_backend() != "deployment":
+        return
+    defaults = state.DeploymentSettings()
+    st.radio("SuperLink", ("start", "attach"), key=state.DEPLOYMENT_KEYS["start_superlink"], horizontal=True,
+             format_func={"start": "Start one here", "attach": "Attach to a running one"}.get,
+             help="Start: a SuperLink in this process's care, TLS and SuperNode authentication on. Attach: a "
+                  "SuperLink on this machine (or tunnelled here) started with --isolation process.")
+    starting = st.session_state.get(state.DEPLOYMENT_KEYS["start_superlink"], "start") == "start"
+    st.text_input("SuperLink address", value=defaults.address, key=state.DEPLOYMENT_KEYS["address"],
+                  help="host:port it listens on (0.0.0.0: every interface)" if starting else "host:port to reach it")
+    st.text_input("Certificates folder", value=defaults.certificates, key=state.DEPLOYMENT_KEYS["certificates"],
+                  help="ca.crt (copy to each device), the SuperLink's certificate and the SuperNode keys "
+                       "(supernode-N: give one to each device); made with scripts/make_certificates.sh if missing")
+    if starting:
+        st.number_input("SuperNode keys", min_value=0, max_value=1000, value=defaults.supernode_keys,
+                        key=state.DEPLOYMENT_KEYS["supernode_keys"],
+                        help="Key pairs made with a new CA; every supernode-*.pub in the folder is registered")
+    else:
+        st.text_input("SuperExec secret file", value="", key=state.DEPLOYMENT_KEYS["superexec_secret"],
+                      help="the SuperLink's --superexec-auth-secret-file, if it was started with one")
 
 
 def _apply_button(setup: Setup, federation: Federation | None) -> None:
@@ -108,7 +134,8 @@ def _apply_button(setup: Setup, federation: Federation | None) -> None:
     if federation is None:
         label, allowed, note = "Create federation", setup.valid, None
     elif same_setup(setup.config, state.requested_config(federation)) \
-            and state.backend_of(federation) == state.selected_backend():
+            and state.backend_of(federation) == state.selected_backend() \
+            and state.deployment_of(federation) in (None, state.deployment_settings()):
         label, allowed, note = "Apply setup", False, "The federation matches this setup."
     elif has_run(federation):
         label, allowed, note = "Apply setup", False, None

@@ -18,8 +18,11 @@ from data.errors import DataError
 from data.sources import load_source
 from data.spec import SourceOptions
 from engine.model_defaults import GENERAL_DEFAULTS, ModelError, training_defaults
+from engine.backends import DeploymentSettings
+from engine.data_fit import data_problem
 from engine.config import ConfigError, FederationConfig
 from engine.errors import UserError, one_line
+from engine.settings import reword
 from engine.store import short_id
 
 if TYPE_CHECKING:  # importing the federation pulls in TensorFlow; done lazily in create_federation
@@ -141,6 +144,26 @@ def take_create_request(config: FederationConfig, auto_create: bool) -> Federati
 
 
 BACKEND_KEY = "setup_backend"
+# Where a deployment's SuperLink is: session state of the setup panel, not FederationConfig fields
+DEPLOYMENT_KEYS = {name: f"setup_deployment_{name}"
+                   for name in ("start_superlink", "address", "certificates", "supernode_keys", "superexec_secret")}
+
+
+def deployment_settings() -> DeploymentSettings:
+    """The setup panel's deployment settings (defaults for what it does not show)."""
+    defaults, session = DeploymentSettings(), st.session_state
+    return DeploymentSettings(
+        start_superlink=session.get(DEPLOYMENT_KEYS["start_superlink"], "start") == "start",
+        address=str(session.get(DEPLOYMENT_KEYS["address"], defaults.address)),
+        certificates=str(session.get(DEPLOYMENT_KEYS["certificates"], defaults.certificates)),
+        supernode_keys=int(session.get(DEPLOYMENT_KEYS["supernode_keys"], defaults.supernode_keys)),
+        superexec_secret=str(session.get(DEPLOYMENT_KEYS["superexec_secret"], defaults.superexec_secret)),
+    )
+
+
+def deployment_of(federation) -> DeploymentSettings | None:
+    """The deployment settings ``federation`` was built with (None: not a deployment)."""
+    return getattr(federation, "deployment_settings", None)
 
 
 def selected_backend() -> str:
@@ -152,13 +175,16 @@ def transport_problems(config: FederationConfig) -> list[str]:
     """What the selected backend cannot run, shown in place like every other setup problem."""
     from engine.backends import backend_problems
 
-    return backend_problems(config, selected_backend())
+    problems = backend_problems(config, selected_backend())
+    if selected_backend() == "deployment":
+        problems += [f"Deployment: {problem}" for problem in deployment_settings().problems()]
+    return problems
 
 
 def backend_of(federation: Federation) -> str:
-    from engine.federation import Federation  # a federation exists, so TensorFlow is already loaded
-
-    return "in-process" if isinstance(federation, Federation) else "flower"
+    """Where ``federation``'s devices run: "in-process", or the name of its remote transport's backend."""
+    remote = getattr(federation, "remote", None)
+    return "in-process" if remote is None else remote.backend
 
 
 def create_federation(config: FederationConfig) -> Federation | None:
@@ -173,13 +199,20 @@ def create_federation(config: FederationConfig) -> Federation | None:
             status.write(f"Loading the {config.dataset} data set...")
             dataset = dataset_slot(config.dataset, config.data_dir, config.source_options).get(progress=status.write)
             requested, config = config, fit_to_data(config, dataset, status.write)
+            problem = data_problem(dataset, config, audience="dashboard")  # the settings' labels, not CLI flags
+            if problem:
+                return _failed(status, problem)
             status.write(f"Splitting the data across {config.num_devices} devices and building the "
                          f"{config.model.upper()} model...")
             from app.runs import current_store, run_label
             from engine.backends import create_federation as build  # imports TensorFlow (slow the first time)
 
+            deployment = deployment_settings() if selected_backend() == "deployment" else None
+            if deployment is not None:
+                status.write(f"Reaching the SuperLink ({deployment.address}) and submitting the run...")
             federation = build(config, selected_backend(), dataset=dataset, store=current_store(),
-                               label=run_label(config, len(dataset.y_train)))
+                               label=run_label(config, len(dataset.y_train)), deployment=deployment)
+            federation.deployment_settings = deployment
         except (DataError, ModelError) as error:  # one line on what is wrong with the data or model
             return _failed(status, str(error))
         except ConfigError as error:
@@ -262,7 +295,7 @@ def is_resumed(federation: Federation | None) -> bool:
 
 def _failed(status, message: str) -> None:
     status.update(label="That did not work.", state="error", expanded=False)
-    st.session_state[ERROR_KEY] = message
+    st.session_state[ERROR_KEY] = reword(FederationConfig, message, "dashboard")  # labels, not CLI flags
     return None
 
 

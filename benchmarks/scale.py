@@ -27,6 +27,7 @@ import statistics
 import time
 
 from benchmarks.child import peak_rss_mb, run_child
+from benchmarks.phases import timed_phases
 
 SIZES = (10, 100, 1000, 10000)
 REFERENCE_SAMPLES = 6000
@@ -73,7 +74,8 @@ def measure(num_devices: int, rounds: int, model: str, stack_width: int, eval_sa
                               eval_samples=eval_samples, precision=precision)
     federation = Federation(config)
     setup = time.perf_counter() - started
-    snapshot = federation.run_to_end()
+    with timed_phases() as phases:
+        snapshot = federation.run_to_end()
     after = fit_epoch()
     if snapshot.status.value != "finished":
         raise RuntimeError(snapshot.message)
@@ -96,6 +98,11 @@ def measure(num_devices: int, rounds: int, model: str, stack_width: int, eval_sa
         "reference_fit_seconds": [round(before, 3), round(after, 3)],
         "ratio_to_fit_on_same_samples": round(statistics.median(
             r.seconds / (per_sample * max(sum(d.samples for d in r.devices), 1)) for r in timed), 3),
+        "phase_seconds_per_round": {
+            phase: round(statistics.median(phases.of_round(r.round).get(phase, 0.0) for r in timed), 3)
+            for phase in sorted({p for r in timed for p in phases.of_round(r.round)})
+        },
+        "load_average": round(os.getloadavg()[0], 1),
         "final_accuracy": round(final.global_accuracy, 4),
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -132,7 +139,10 @@ def main() -> None:
                   f" = {result['ratio_to_fit_on_same_samples']:.2f}x model.fit on the same samples; "
                   f"round 1 {result['first_round_seconds']:.2f} s, final round on {result['final_test_samples']} test "
                   f"samples {result['final_round_seconds']:.2f} s; set-up {result['setup_seconds']:.2f} s, "
-                  f"peak RSS {result['peak_rss_mb']:.0f} MB, accuracy {result['final_accuracy']:.3f}", flush=True)
+                  f"peak RSS {result['peak_rss_mb']:.0f} MB, accuracy {result['final_accuracy']:.3f}; "
+                  f"load average {result['load_average']}", flush=True)
+            print("    per round, seconds summed over threads: " + ", ".join(
+                f"{phase} {seconds:.2f}" for phase, seconds in result["phase_seconds_per_round"].items()), flush=True)
     print(json.dumps({"benchmark": "scale", "cpu": cpu_info().describe(), "results": results}))
 
 

@@ -77,3 +77,26 @@ def load_npz(path: str | Path, options: SourceOptions, report: Callable[[str], N
     )
     report(f"{path.name}: {len(y_train)} training and {len(y_test)} test samples, {task}")
     return Dataset(path.stem, x_train, y_train, x_test, y_test, names, task, spec)
+
+
+def encode_npz(path: str | Path, spec: Preprocessing, report: Callable[[str], None] = lambda m: None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """A device's own ``.npz`` (all its samples, train and test) with the federation's classes."""
+    path = Path(path).expanduser()
+    arrays = read_npz(path)
+    x = inputs(arrays["x_train"], path, "x_train")
+    y = arrays["y_train"].reshape(-1)
+    if "x_test" in arrays and "y_test" in arrays:
+        x = np.concatenate([x, inputs(arrays["x_test"], path, "x_test")])
+        y = np.concatenate([y, arrays["y_test"].reshape(-1)])
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} samples but {len(y)} targets")
+    if spec.task == "regression":
+        return x, y.astype(np.float32)
+    names = [str(value) for value in y]
+    unknown = sorted(set(names) - set(spec.class_names))
+    if unknown:
+        raise DataError(f"{path.name}: target value(s) {', '.join(unknown[:5])} are not classes of this federation "
+                        f"({', '.join(spec.class_names)})")
+    report(f"{path.name}: {len(y)} samples")
+    return x, np.array([spec.class_names.index(n) for n in names], np.int32)

@@ -164,3 +164,29 @@ def load_image_folder(root: str | Path, options: SourceOptions, report: Report =
         train_groups=np.array([group_names.index(g) for g in groups], np.int32) if group_names else None,
         group_names=group_names,
     )
+
+
+def encode_image_folder(
+    root: str | Path, spec: Preprocessing, report: Report = lambda m: None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A device's own image folder encoded with the federation's ``spec``: every image of any layout above.
+
+    The images are brought to ``spec``'s side and colour mode and labelled by
+    ``spec``'s class names, so every device's inputs match the server's model
+    whatever its own files look like; a class the federation does not know is
+    a DataError (a device need not hold every class).
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    train, test, _ = layout(root)
+    files, _ = readable(merge([train] + ([test] if test is not None else [])), report)
+    unknown = sorted(set(files.classes) - set(spec.class_names))
+    if unknown:
+        raise DataError(f"{root}: class folder(s) {', '.join(unknown)} are not classes of this federation "
+                        f"({', '.join(spec.class_names)})")
+    x, files = decode_all(files, int(spec.image_size or 28), report)
+    if not files.paths:
+        raise DataError(f"no readable images under {root}")
+    y = np.array([spec.class_names.index(c) for c in files.classes], np.int32)
+    return (x if spec.color == "rgb" else to_grey(x)), y

@@ -125,7 +125,7 @@ def load_csv(path: str | Path, options: SourceOptions, report: Callable[[str], N
     frame = read_csv(path)
     columns = ", ".join(map(str, frame.columns))
     if not options.target:
-        raise DataError(f"a CSV data set needs --target COLUMN; {path.name} has columns {columns}")
+        raise DataError(f"a CSV data set needs a target column (--target COLUMN); {path.name} has columns {columns}")
     for role, column in (("target", options.target), ("device column", options.device_column)):
         if column and column not in frame.columns:
             raise DataError(f"{path.name} has no {role} {column!r}; its columns are {columns}")
@@ -154,3 +154,31 @@ def load_csv(path: str | Path, options: SourceOptions, report: Callable[[str], N
         groups = np.array([group_names.index(v) for v in device_values], np.int32)
     report(f"{path.name}: {len(frame)} rows, {len(spec.feature_names)} features, {task} of {options.target!r}")
     return Dataset(path.stem, x[train], y[train], x[test], y[test], class_names, task, spec, groups, group_names)
+
+
+def encode_csv(path: str | Path, spec: Preprocessing, report: Callable[[str], None] = lambda m: None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """A device's own CSV encoded with the federation's ``spec``: its statistics, categories and classes.
+
+    A device standardises with the federation's mean and deviation (not its
+    own), so the same row means the same input everywhere.
+    """
+    path = Path(path).expanduser()
+    frame = read_csv(path)
+    if spec.target not in frame.columns:
+        raise DataError(f"{path.name} has no target {spec.target!r}; its columns are "
+                        f"{', '.join(map(str, frame.columns))}")
+    check_missing(frame, path)
+    x = encode_rows(frame, spec)
+    values = frame[spec.target]
+    if spec.task == "regression":
+        y, _ = targets(values, "regression", path, spec.target)
+    else:
+        text = values.astype(str)
+        unknown = sorted(set(text) - set(spec.class_names))
+        if unknown:
+            raise DataError(f"{path.name}: target value(s) {', '.join(unknown[:5])} are not classes of this "
+                            f"federation ({', '.join(spec.class_names)})")
+        y = np.array([spec.class_names.index(v) for v in text], np.int32)
+    report(f"{path.name}: {len(y)} rows encoded with the federation's preprocessing")
+    return x, y

@@ -70,7 +70,8 @@ def train_cohort(
                     failures[i] = crash
 
     stack.load(first.weights)
-    stack.reset_optimizer(first.learning_rate)
+    stack.reset_optimizer(first.learning_rate, [d.optimizer_state(i) for d, i in zip(devices, instructions)]
+                          if first.keep_optimizer_state else None)
     tests = [(d.data.x_test, d.data.y_test) for d in devices]
     received = stack.evaluate(tests)
     starts = [starting_weights(device, instr) for device, instr in zip(devices, instructions)]
@@ -86,6 +87,7 @@ def train_cohort(
         corrections=[device.correction(instr) for device, instr in zip(devices, instructions)],
     )
     local = stack.evaluate(tests)
+    states = stack.optimizer_states() if first.keep_optimizer_state else [None] * len(devices)
     models = stack.get_weights()
     kept = [(device.head, device.personal_model) for device in devices]
     personal = personalize_stack(devices, instructions, stack, models, local, lambda _: stack_checkpoint(max(totals)))
@@ -97,6 +99,8 @@ def train_cohort(
         if failures[i] is not None:
             outcomes.append(failures[i])
             continue
+        if states[i] is not None:
+            device.keep_optimizer_state(instr, states[i])
         try:
             report = device.report(instr, weights, trained[i], received[i], local[i], personal[i])
             outcomes.append(device.encode(instr, report))

@@ -8,6 +8,7 @@ import numpy as np
 
 from devices.codec import encode_delta
 from devices.faults import SimulatedCrash, misbehave
+from devices.optimizer_state import OptimizerState
 from devices.messages import DeviceMetrics, DeviceUpdate, EncodedUpdate, TrainInstructions, Weights
 from devices.personal import NO_SCORES, Scores, personalize_one, sent_part, starting_weights
 from devices.scaffold import control_correction, updated_control
@@ -50,6 +51,7 @@ class Device:
         self._control: Weights | None = None  # SCAFFOLD: this device's control variate c_i (None: zero)
         self.head: Weights | None = None  # FedPer: this device's own head (None: not trained yet)
         self.personal_model: Weights | None = None  # Ditto: this device's personal model v (None: not yet)
+        self._optimizer_state: OptimizerState | None = None  # its local optimizer's, when kept between rounds
 
     def state(self) -> dict[str, Weights]:
         """What this device must remember between rounds (kept in the run store so a resume keeps it).
@@ -65,6 +67,16 @@ class Device:
         self._control = state.get("control")
         self.head = state.get("head")
         self.personal_model = state.get("personal")
+
+    def optimizer_state(self, instructions: TrainInstructions) -> OptimizerState | None:
+        """The optimizer state to train with this round: its own from its last round when kept, else None (fresh).
+
+        Like top-k's residual it lives only on the device: not in the run store (a resume starts it fresh)."""
+        return self._optimizer_state if instructions.keep_optimizer_state else None
+
+    def keep_optimizer_state(self, instructions: TrainInstructions, state: OptimizerState) -> None:
+        if instructions.keep_optimizer_state:
+            self._optimizer_state = state
 
     def correction(self, instructions: TrainInstructions) -> Weights | None:
         """SCAFFOLD's gradient correction ``c - c_i`` for this round, or None when the round uses none."""
@@ -92,7 +104,7 @@ class Device:
         start = starting_weights(self, instructions)
         if start is not instructions.weights:
             replica.set_weights(start)
-        replica.reset_optimizer(instructions.learning_rate)
+        replica.reset_optimizer(instructions.learning_rate, self.optimizer_state(instructions))
         trained = replica.train(
             data.x_train,
             data.y_train,
@@ -103,6 +115,7 @@ class Device:
             proximal_mu=instructions.proximal_mu,
             correction=self.correction(instructions),
         )
+        self.keep_optimizer_state(instructions, replica.optimizer_state())
         local = replica.evaluate(data.x_test, data.y_test)[:2]
         weights = replica.get_weights()
         personal = personalize_one(self, instructions, replica, weights, local, lambda _: checkpoint(trained.steps))

@@ -70,6 +70,7 @@ class TrainInstructions:
     topk_fraction: float = 0.01
     secure: SecureAggregationPlan | None = None
     control: ControlVariate | None = None  # SCAFFOLD only
+    keep_optimizer_state: bool = False  # start from this device's own optimizer state of its last round
     personal: Personalization | None = None  # --personalize only
 
 

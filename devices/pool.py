@@ -83,14 +83,22 @@ def blank_sample(spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
 def trace_replica(replica: ModelReplica, batch_size: int) -> None:
     """Run the replica's compiled train and evaluate once on one blank sample, so they are traced."""
     x, y = blank_sample(replica.samples)
+    replica.reset_optimizer(0.0)
     replica.train(x, y, epochs=1, batch_size=batch_size, seed=0)
     replica.evaluate(x, y)
 
 
-def trace_stack(stack: StackedReplica, batch_size: int) -> None:
-    """Run the stack's compiled train and evaluate once on one blank sample per device, so they are traced."""
+def trace_stack(stack: StackedReplica, batch_size: int, uneven: bool = False) -> None:
+    """Run the stack's compiled train and evaluate once on one blank sample per device, so they are traced;
+    ``uneven`` also traces the training of devices with different numbers of local steps."""
     samples = [blank_sample(stack.samples)] * stack.width
+    stack.load([np.zeros(v.shape[1:], np.float32) for v in stack.variables])
+    stack.reset_optimizer(0.0)
     stack.train(samples, epochs=1, batch_size=batch_size, seeds=list(range(stack.width)))
+    if uneven:  # the first device has two local steps, the others one
+        x, y = blank_sample(stack.samples)
+        longer = (np.repeat(x, batch_size + 1, axis=0), np.repeat(y, batch_size + 1, axis=0))
+        stack.train([longer, *samples[1:]], epochs=1, batch_size=batch_size, seeds=list(range(stack.width)))
     stack.evaluate(samples)
 
 
@@ -143,8 +151,9 @@ class WorkerPool:
         """Train ``devices`` together; the future holds each device's update or failure, in order."""
         return self._with_stack(len(devices), lambda stack: train_cohort(devices, instructions, stack, checkpoints))
 
-    def warm_up(self, widths: Sequence[int], batch_size: int) -> list[Future]:
-        """Build and trace ahead of time what a round with stacks of ``widths`` needs (one by one: ``[1]``s).
+    def warm_up(self, widths: Sequence[int], batch_size: int, uneven: bool = False) -> list[Future]:
+        """Build and trace ahead of time what a round with stacks of ``widths`` needs (one by one: ``[1]``s);
+        ``uneven``: some stack holds devices with different numbers of local steps.
 
         Queued on the workers, so a round submitted later starts once they are done.
         """
@@ -154,7 +163,7 @@ class WorkerPool:
                     for _ in range(count)]
         # as many replicas of each width as the round will train at once
         needed = Counter({width: min(n, self.workers) for width, n in Counter(widths).items()})
-        return [self._with_stack(width, lambda stack: trace_stack(stack, batch_size))
+        return [self._with_stack(width, lambda stack: trace_stack(stack, batch_size, uneven))
                 for width, n in sorted(needed.items()) for _ in range(n)]
 
     def shutdown(self) -> None:

@@ -13,12 +13,14 @@ the result equals training each device on its own (``tests/test_stacked.py``).
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from devices.messages import Weights
+from devices.optimizer_state import OptimizerState, device_states, stack_states
 from devices.precision import compute_dtype
 from devices.stacked_layers import compiles_well, forward, stack_plan
 from devices.trainer import (
@@ -94,14 +96,21 @@ class StackedReplica:
         self._anchors = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
         self._proximal_mu = tf.Variable(0.0, trainable=False)
         self._corrections = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
+        self._corrections_zero = True  # skip re-zeroing them for every stack of a round without SCAFFOLD
         self.optimizer = LocalOptimizer(optimizer, self._variables)
+        self._load = tf.function(
+            self._load_impl, input_signature=[[tf.TensorSpec(w.shape, tf.float32) for w in template.weights]]
+        )
         images = tf.TensorSpec([None, *self.samples.shape], tf.as_dtype(self.samples.dtype))
         labels = tf.TensorSpec([None], self.samples.target_dtype)
         chunk = tf.TensorSpec([width, None, None], tf.int32)
-        self._train_chunk = tf.function(
-            self._train_chunk_impl,
-            input_signature=[images, labels, chunk, tf.TensorSpec(chunk.shape, tf.float32), tf.TensorSpec([], tf.int32)],
-        )
+        signature = [images, labels, chunk, tf.TensorSpec(chunk.shape, tf.float32), tf.TensorSpec([], tf.int32)]
+        # two variants, each traced when first needed: chunks where every device trains every step (IID data:
+        # all of them) skip the per-step choice between updating all devices and only those still training
+        self._train_chunk = {
+            every: tf.function(partial(self._train_chunk_impl, every_step=every), input_signature=signature)
+            for every in (True, False)
+        }
         # the step loop sees only fixed shapes, so XLA compiles it once per width and batch size
         self._train_steps = tf.function(self._train_steps_impl, jit_compile=xla and compiles_well(self._ops))
         self._evaluate_batch = tf.function(
@@ -112,9 +121,12 @@ class StackedReplica:
 
     # -- weights -------------------------------------------------------------
     def load(self, weights: Weights) -> None:
-        """Every device starts from ``weights``, which are also FedProx's anchor."""
+        """Every device starts from ``weights``, which are also FedProx's anchor (one compiled call)."""
+        self._load([np.asarray(value, np.float32) for value in weights])
+
+    def _load_impl(self, weights):
         for variable, anchor, value in zip(self._variables, self._anchors, weights):
-            stacked = tf.broadcast_to(tf.constant(value, tf.float32), variable.shape)
+            stacked = tf.broadcast_to(value, variable.shape)
             variable.assign(stacked)
             anchor.assign(stacked)
 
@@ -126,19 +138,39 @@ class StackedReplica:
             anchor.assign(np.stack([np.asarray(a[layer], np.float32) for a in anchors]))
 
     def _load_corrections(self, corrections: Sequence[Weights | None]) -> None:
+        """SCAFFOLD's per-device corrections; all None (every other strategy) keeps them at zero."""
+        none = all(c is None for c in corrections)
+        if none and self._corrections_zero:
+            return
+        self._corrections_zero = none
         for layer, variable in enumerate(self._corrections):
             variable.assign(np.stack([
                 np.zeros(variable.shape[1:], np.float32) if c is None else np.asarray(c[layer], np.float32)
                 for c in corrections
             ]))
 
+    @property
+    def variables(self) -> list[tf.Variable]:
+        """The stacked weights, ``[width, *shape]`` each, in ``model.weights`` order."""
+        return self._variables
+
     def get_weights(self) -> list[Weights]:
         """Each device's weights, in ``model.weights`` order."""
         arrays = [v.numpy() for v in self._variables]
         return [[array[d] for array in arrays] for d in range(self.width)]
 
-    def reset_optimizer(self, learning_rate: float) -> None:
-        self.optimizer.reset(learning_rate)
+    def reset_optimizer(self, learning_rate: float, states: Sequence[OptimizerState | None] | None = None) -> None:
+        """Fresh optimizers, or each device's kept state (``states[d]``, None: fresh) in its slot."""
+        if states is None:
+            self.optimizer.reset(learning_rate)
+            return
+        fresh = self.optimizer.fresh_state
+        one_device = [fresh[0]] + [slot[0] for slot in fresh[1:]]
+        self.optimizer.reset(learning_rate, stack_states(states, one_device, self.optimizer.slot_betas))
+
+    def optimizer_states(self) -> list[OptimizerState]:
+        """Each device's optimizer state after training (the stack's step count, its own slots)."""
+        return device_states(self.optimizer.state(), self.width)
 
     # -- compiled steps --------------------------------------------------------
     def _losses(self, images, labels, mask):
@@ -150,11 +182,11 @@ class StackedReplica:
         per_sample, score = sample_losses(self.samples.task, outputs, labels)
         return per_sample * mask, score * mask
 
-    def _train_chunk_impl(self, x, y, index, mask, num_steps):
+    def _train_chunk_impl(self, x, y, index, mask, num_steps, every_step):
         index, mask = tf.transpose(index, [1, 0, 2]), tf.transpose(mask, [1, 0, 2])  # step-major: contiguous steps
-        return self._train_steps(tf.gather(x, index), tf.gather(y, index), mask, num_steps)
+        return self._train_steps(tf.gather(x, index), tf.gather(y, index), mask, num_steps, every_step)
 
-    def _train_steps_impl(self, images, labels, mask, num_steps):
+    def _train_steps_impl(self, images, labels, mask, num_steps, every_step):
         """``num_steps`` steps on ``images`` ``[steps, D, B, H, W]``; per-device loss sums, correct and seen counts."""
         loss_total = tf.zeros([self.width])
         correct_total = tf.zeros([self.width])
@@ -168,7 +200,10 @@ class StackedReplica:
                 loss = tf.reduce_sum(loss_sums / tf.maximum(count, 1.0))
             gradients = with_correction(tape.gradient(loss, variables), self._corrections)
             gradients = with_proximal_term(gradients, variables, self._anchors, self._proximal_mu)
-            self._apply(gradients, training=count > 0)
+            if every_step:  # a Python bool: which variant is being traced
+                self.optimizer.apply(gradients, variables)
+            else:
+                self._apply(gradients, training=count > 0)
             loss_total += loss_sums
             correct_total += tf.reduce_sum(correct, axis=1)
             seen += count
@@ -216,7 +251,8 @@ class StackedReplica:
         self._load_corrections(corrections or [None] * self.width)
         plans = [batch_plan(len(y), epochs, batch_size, seed) for (_, y), seed in zip(samples, seeds)]
         x, y, offsets = concatenated(samples, self.samples.target_dtype.as_numpy_dtype)
-        total_steps = max(len(p) for p in plans)
+        steps = [len(p) for p in plans]
+        total_steps = max(steps)
         # chunks of a few fixed lengths, so XLA compiles the step loop a few times, not once per device size
         chunk_steps = min(self.steps_per_call, 1 << max(total_steps - 1, 0).bit_length())
         index, mask = stacked_batches(plans, offsets, multiple_of=chunk_steps)
@@ -226,10 +262,11 @@ class StackedReplica:
             checkpoint(first)
             chunk = slice(first, first + chunk_steps)
             count = min(chunk_steps, total_steps - first)
-            totals += np.array([t.numpy() for t in self._train_chunk(x_t, y_t, index[:, chunk], mask[:, chunk], count)])
+            every_step = min(steps) >= first + count  # no device runs out of steps in this chunk
+            train_chunk = self._train_chunk[every_step]
+            totals += np.array([t.numpy() for t in train_chunk(x_t, y_t, index[:, chunk], mask[:, chunk], count)])
         checkpoint(total_steps)
         seconds = time.perf_counter() - started
-        steps = [len(p) for p in plans]
         return [
             TrainResult(loss=loss / max(seen, 1), accuracy=self._accuracy(correct, seen), steps=count,
                         seconds=seconds * count / max(sum(steps), 1))

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from devices.messages import Weights
+from devices.optimizer_state import OptimizerState, fits
 from devices.precision import in_precision
 
 ModelBuilder = Callable[[], keras.Model]
@@ -39,7 +40,7 @@ class TrainingStopped(Exception):
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """The local optimizer every device uses (a fresh state each round)."""
+    """The local optimizer every device uses (fresh each round, or each device's own kept state)."""
 
     name: str = "sgd"
     momentum: float = 0.9
@@ -122,20 +123,46 @@ def batch_plan(num_samples: int, epochs: int, batch_size: int, seed: int) -> np.
 
 
 class LocalOptimizer:
-    """The device's optimizer over ``variables``, reset to a fresh state for every device and round."""
+    """The device's optimizer over ``variables``: fresh for every device and round, or loaded with a device's
+    own state (:mod:`devices.optimizer_state`)."""
 
     def __init__(self, spec: OptimizerSpec, variables):
         self.optimizer = spec.build()
         self.optimizer.build(variables)
+        # all-zero initial states (moments, step counters) are made in the graph, not copied from NumPy
         self._initial_state = [v.numpy() for v in self.optimizer.variables]
+        self._initial_state = [None if not np.any(value) else value for value in self._initial_state]
+        self._reset = tf.function(self._reset_impl, input_signature=[tf.TensorSpec([], tf.float32)])
+        # the state: the step count and the slot variables (moments, momentum), not the learning rate
+        self._state_variables = [v for v in self.optimizer.variables if v.name != "learning_rate"]
+        self.fresh_state = [v.numpy() for v in self._state_variables]
+        self.slot_betas = [slot_beta(self.optimizer, v.name) for v in self._state_variables[1:]]
 
-    def reset(self, learning_rate: float) -> None:
+    def _reset_impl(self, learning_rate):
         for variable, value in zip(self.optimizer.variables, self._initial_state):
-            variable.assign(value)
+            variable.assign(tf.zeros(variable.shape, variable.dtype) if value is None else value)
         self.optimizer.learning_rate.assign(learning_rate)
+
+    def reset(self, learning_rate: float, state: OptimizerState | None = None) -> None:
+        """A fresh state (one compiled call, not one per variable), or ``state`` (a device's own, or a stack's)
+        when it fits."""
+        self._reset(tf.constant(learning_rate, tf.float32))
+        if fits(state, self.fresh_state):
+            for variable, value in zip(self._state_variables, state):
+                variable.assign(value)
+
+    def state(self) -> OptimizerState:
+        return [np.array(v.numpy()) for v in self._state_variables]
 
     def apply(self, gradients, variables) -> None:
         self.optimizer.apply_gradients(zip(gradients, variables))
+
+
+def slot_beta(optimizer: keras.optimizers.Optimizer, name: str) -> float | None:
+    """The decay whose bias correction a slot variable has: Adam's beta_1 (moments) or beta_2 (velocities)."""
+    if not isinstance(optimizer, keras.optimizers.Adam):
+        return None
+    return optimizer.beta_2 if name.endswith("_velocity") else optimizer.beta_1
 
 
 def with_correction(gradients, corrections):
@@ -211,8 +238,12 @@ class ModelReplica:
         for variable, value in zip(self._anchors, anchors):
             variable.assign(value)
 
-    def reset_optimizer(self, learning_rate: float) -> None:
-        self.optimizer.reset(learning_rate)
+    def reset_optimizer(self, learning_rate: float, state: OptimizerState | None = None) -> None:
+        """A fresh optimizer, or one with a device's kept ``state``."""
+        self.optimizer.reset(learning_rate, state)
+
+    def optimizer_state(self) -> OptimizerState:
+        return self.optimizer.state()
 
     # -- compiled steps ----------------------------------------------------
     def _model_inputs(self, values):

@@ -446,11 +446,13 @@ COMMANDS = {
 
 def with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> argparse.Namespace:
     """Parse again with the ``--config`` file's values as the defaults, so options on the command line win."""
-    from engine.experiments import load_config
+    from engine.experiments import load_config, read_toml
 
-    config = load_config(args.config)
+    config = load_config(args.config)  # checks every value the file sets
+    named = set(read_toml(args.config))  # only those: the rest keep the CLI's own (model-dependent) defaults
     # generated options have the field's name as their destination; mappings collect repeated KEY=VALUE items
-    defaults = {name: [value] if isinstance(value, dict) else value for name, value in config.to_dict().items()}
+    defaults = {name: [value] if isinstance(value, dict) else value
+                for name, value in config.to_dict().items() if name in named}
     args.command_parser.set_defaults(**defaults)
     return parser.parse_args(argv)
 

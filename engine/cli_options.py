@@ -14,7 +14,7 @@ import re
 from dataclasses import MISSING, Field
 from typing import Any, Callable, NoReturn
 
-from engine.settings import Kind, Setting, declared_settings, kinds, parse_setting
+from engine.settings import Kind, Setting, declared_settings, flag_name, kinds, parse_setting
 
 GROUP_TITLES = {
     "devices": "devices and how the data is split",
@@ -44,7 +44,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def flag_of(f: Field, spec: Setting) -> str:
-    return spec.flag or "--" + f.name.replace("_", "-")
+    return flag_name(f.name, spec)
 
 
 def default_of(f: Field) -> Any:

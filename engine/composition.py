@@ -55,6 +55,16 @@ class Aggregation:
         """Whether devices count equally (not by sample count) in this aggregation."""
         return False
 
+    @property
+    def averages(self) -> bool:
+        """Whether the next model depends on the updates only through their weighted mean (:meth:`coefficient`
+        each), so the round can add each update into a running mean as it decodes it, then call :meth:`from_mean`."""
+        return self.strategy.linear and type(self.strategy).aggregate is Strategy.aggregate
+
+    def coefficient(self, update) -> float:
+        """An update's weight in the mean: its sample count (FedAvg), or 1 when devices count equally."""
+        return 1.0 if self.uniform else float(update.num_samples)
+
     def local_options(self) -> LocalOptions:
         return self.strategy.local_options()
 
@@ -100,6 +110,10 @@ class DifferentialPrivacy(Aggregation):
     @property
     def uniform(self) -> bool:
         return self.accountant is not None  # clipping alone keeps FedAvg's sample weighting
+
+    @property
+    def averages(self) -> bool:
+        return self.noise_multiplier > 0 or self.inner.averages  # central noise goes on the weighted mean
 
     def privacy(self) -> PrivacySettings:
         return PrivacySettings(self.clip_norm, self.local_noise_multiplier)

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import wait
 from dataclasses import replace
 from functools import partial
-from typing import Callable
+from typing import Callable, Protocol
 
 import keras
 import numpy as np
@@ -39,10 +39,10 @@ from engine.precision import precision_note, resolve_precision
 from engine.personalization import training_note as personalization_note
 from engine.async_rounds import AsyncRoundRunner
 from engine.rounds import RoundRunner
-from engine.setup import build_devices, server_test_set  # noqa: F401  (also imported from here)
+from engine.setup import build_devices, server_test_set, stored_samples  # noqa: F401  (also imported from here)
 from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore, StoreError
-from engine.transport import InProcessTransport
+from engine.transport import InProcessTransport, Transport
 from engine.strategies import build_strategy
 from engine.tracking import TensorBoardLog
 
@@ -66,8 +66,7 @@ def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, s
 
 def sample_spec(dataset: Dataset) -> SampleSpec:
     """How the devices' stored samples of ``dataset`` feed the model."""
-    dtype = "uint8" if dataset.x_train.dtype == np.uint8 else "float32"
-    return SampleSpec(tuple(dataset.x_train.shape[1:]), dtype, dataset.task)
+    return stored_samples(dataset.x_train, dataset.task)
 
 
 def save_preprocessing(store: RunStore, run_id: str, spec: Preprocessing) -> None:
@@ -86,6 +85,30 @@ def data_histogram(dataset: Dataset, devices: list) -> tuple[np.ndarray, tuple[s
     return label_histogram(targets, dataset.num_classes), dataset.class_names
 
 
+class RemoteTransport(Transport, Protocol):
+    """A transport to devices that run elsewhere (e.g. ``flower_app.serverapp_link.LinkTransport``)."""
+
+    training_note: str
+
+    def node_view(self, device_id: int):
+        """The device's node (``node_id``, ``declared_samples``, ``last_seen`` monotonic seconds), or None."""
+
+    def close(self, status: str, details: str) -> None:
+        """Release the link; ``status``: completed, stopped or failed."""
+
+
+def remote_device_state(state: DeviceState, node, now: float | None = None) -> DeviceState:
+    """``state`` of a device that runs elsewhere: its node, declared data and last contact, or not connected."""
+    if node is None:
+        status = state.status if state.status in (DeviceStatus.INACTIVE, DeviceStatus.TRAINING) \
+            else DeviceStatus.OFFLINE
+        return replace(state, status=status, detail=state.detail or "no node connected for this device yet")
+    seen = max(0.0, (time.monotonic() if now is None else now) - node.last_seen)
+    samples = state.samples if node.declared_samples is None else node.declared_samples
+    detail = f"node {node.node_id}, seen {seen:.0f} s ago" + (f"; {state.detail}" if state.detail else "")
+    return replace(state, samples=samples, detail=detail)
+
+
 class Federation(FederationBackend):
     """A federated run: create it, then ``start`` it; it trains in its own thread."""
 
@@ -98,7 +121,9 @@ class Federation(FederationBackend):
         store: RunStore | None = None,
         run_id: str | None = None,
         label: str = "",
+        transport: RemoteTransport | None = None,
     ):
+        """``transport``: where the devices are (default: simulated here, on a worker pool), e.g. Flower nodes."""
         registry = registry or ModelRegistry(config.model_weights)
         self.config = config.validate(registry.names())
         self.dataset = dataset or load_source(config.dataset, config.data_dir, config.source_options, progress)
@@ -128,14 +153,19 @@ class Federation(FederationBackend):
             except (ModelError, ValueError) as error:  # a model that does not fit the data's shape
                 raise ModelError(f"model {config.model!r} cannot be built for inputs {self.dataset.input_shape}: "
                                  f"{str(error).splitlines()[0]}") from None
-        self._predictor = make_replica()
+        self._make_predictor = make_replica  # built on the first prediction: a model build off "create"
+        self._predictor: ModelReplica | None = None
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
         self._weights: Weights = evaluator.get_weights()
-        stacks, mode_note = training_mode(evaluator.model, config)
-        self.training_note = " ".join(filter(None, (mode_note, precision_note(self.precision),
-                                                    personalization_note(config))))
-        self._pool = WorkerPool(make_device_replica, config.workers, make_stack if stacks else None)
+        if transport is None:
+            stacks, mode_note = training_mode(evaluator.model, config)
+            self.training_note = " ".join(filter(None, (mode_note, precision_note(self.precision),
+                                                        personalization_note(config))))
+            self._pool: WorkerPool | None = WorkerPool(make_device_replica, config.workers,
+                                                       make_stack if stacks else None)
+        else:
+            self.training_note, self._pool = transport.training_note, None
         self._control = RunControl()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -159,7 +189,9 @@ class Federation(FederationBackend):
         self._tensorboard: TensorBoardLog | None = None  # opened at start, named after the run recorded then
         self.preprocessing = replace(self.dataset.preprocessing, input_shape=self.dataset.input_shape,
                                      task=self.dataset.task, class_names=self.dataset.class_names)
-        self.transport = InProcessTransport(self.devices, self._pool, config.stack_width, self._set_device_progress)
+        self.remote = transport
+        self.transport = transport or InProcessTransport(self.devices, self._pool, config.stack_width,
+                                                         self._set_device_progress)
         runner = AsyncRoundRunner if self.strategy.asynchronous else RoundRunner  # fedbuff: no synchronous rounds
         self._runner = runner(
             config,
@@ -220,10 +252,15 @@ class Federation(FederationBackend):
         """Build and trace the stacks (or replicas) and the server's evaluation that the first round will use."""
         try:
             runner, test = self._runner, self._runner.test_set
+            if self._pool is None:  # devices elsewhere: only the server's evaluation runs here
+                runner.evaluator.evaluate(test.x[:1], test.y[:1])
+                return
             selected = runner.select(1, range(len(self.devices)))
             instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
-            widths = [len(group) for group in self.transport.training_groups(instructions)]
-            futures = self._pool.warm_up(widths, self.config.batch_size)
+            groups = self.transport.training_groups(instructions)
+            steps = {d: self.devices[d].local_steps(instructions[d]) for d in selected}
+            uneven = any(len({steps[d] for d in group}) > 1 for group in groups)
+            futures = self._pool.warm_up([len(group) for group in groups], self.config.batch_size, uneven)
             runner.evaluator.evaluate(test.x[:1], test.y[:1])
             wait(futures)
         except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
@@ -280,7 +317,11 @@ class Federation(FederationBackend):
         self.stop()
         with self._lock:
             self._closed = True
-        self._pool.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self.remote is not None:
+            status = {RunStatus.FAILED: "failed", RunStatus.STOPPED: "stopped"}.get(self.snapshot().status, "completed")
+            self.remote.close(status, self.snapshot().message)
         if self._tensorboard is not None:
             self._tensorboard.close()
 
@@ -321,16 +362,7 @@ class Federation(FederationBackend):
                 total_rounds=self._total_rounds,
                 round_progress=done / total if total else 0.0,
                 elapsed=self._elapsed_before + running_for,
-                devices=tuple(
-                    DeviceState(
-                        device_id=d.device_id,
-                        active=self._active[d.device_id],
-                        status=self._visible_status(d.device_id),
-                        samples=d.data.num_train,
-                        detail=self._device_detail[d.device_id],
-                    )
-                    for d in self.devices
-                ),
+                devices=tuple(self._device_state(d) for d in self.devices),
                 history=tuple(self._history),
                 model_version=len(self._history),
                 save_problems=tuple(self._save_problems),
@@ -346,6 +378,8 @@ class Federation(FederationBackend):
         with self._lock:
             weights, version = self._weights, len(self._history)
         with self._predictor_lock:
+            if self._predictor is None:
+                self._predictor = self._make_predictor()
             if version != self._predictor_version:
                 self._predictor.set_weights(weights)
                 self._predictor_version = version
@@ -354,6 +388,13 @@ class Federation(FederationBackend):
     # -- the round loop -----------------------------------------------------------------
     def _is_running_locked(self) -> bool:
         return self._started_at is not None and self._thread is not None and self._thread.is_alive()
+
+    def _device_state(self, device) -> DeviceState:
+        device_id = device.device_id
+        state = DeviceState(device_id=device_id, active=self._active[device_id],
+                            status=self._visible_status(device_id), samples=device.data.num_train,
+                            detail=self._device_detail[device_id])
+        return state if self.remote is None else remote_device_state(state, self.remote.node_view(device_id))
 
     def _visible_status(self, device_id: int) -> DeviceStatus:
         status = self._device_status[device_id]
@@ -412,14 +453,16 @@ class Federation(FederationBackend):
             while self._rounds_left():
                 control.checkpoint()
                 with self._lock:
-                    active = [i for i, on in enumerate(self._active) if on]
+                    switched_on = [i for i, on in enumerate(self._active) if on]
                     server_round = len(self._history) + 1
                     weights = self._weights
                     last = server_round == self._total_rounds
+                active = self.transport.reachable(switched_on)
                 if len(active) < self.config.min_devices:
+                    away = f" ({len(switched_on) - len(active)} not connected)" if len(active) < len(switched_on) else ""
                     self._set_state(
                         RunStatus.WAITING,
-                        f"Waiting for devices: {len(active)} active, at least {self.config.min_devices} needed.",
+                        f"Waiting for devices: {len(active)} active{away}, at least {self.config.min_devices} needed.",
                     )
                     control.wait(WAIT_POLL_SECONDS)
                     continue

@@ -27,6 +27,7 @@ class DeviceStatus(str, enum.Enum):
     REJECTED = "rejected"
     DROPPED = "dropped"
     INACTIVE = "inactive"
+    OFFLINE = "not connected"  # a device on another machine whose node is not connected now
 
 
 @dataclass(frozen=True)

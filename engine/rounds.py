@@ -23,7 +23,7 @@ from engine.results import DeviceProblem, DeviceRoundResult, DeviceStatus, Round
 from engine.setup import ServerTestSet
 from engine.strategies.base import AggregationSkipped, Strategy
 from engine.transport import Reply, SecureSum, Transport
-from engine.transport_checks import control_delta_problem, decode_update, masked_problem, reply_problem
+from engine.transport_checks import control_delta_problem, decode_update, masked_problem, mean_of_updates, reply_problem
 
 StatusCallback = Callable[[int, DeviceStatus, str], None]
 
@@ -55,6 +55,7 @@ def local_training_instructions(
         seed=device_seed(config.seed, server_round, device_id),
         proximal_mu=options.proximal_mu,
         control=control,
+        keep_optimizer_state=config.keeps_optimizer_state,
         **transport,
     )
 
@@ -215,6 +216,8 @@ class RoundRunner:
         self, server_round: int, weights: Weights, arrivals: Arrivals
     ) -> tuple[Weights, list[EncodedUpdate]]:
         """Decode and validate each update, then let the (wrapped) strategy aggregate the valid ones."""
+        if self.aggregation.averages:
+            return self.aggregate_mean(server_round, weights, arrivals)
         valid: list[DeviceUpdate] = []
         accepted = []
         for encoded in arrivals.updates:
@@ -231,6 +234,25 @@ class RoundRunner:
         except AggregationSkipped as skipped:  # e.g. too few updates for Krum's guarantee
             arrivals.problems.extend(DeviceProblem(u.device_id, "not aggregated", str(skipped)) for u in valid)
             return weights, []
+
+    def aggregate_mean(
+        self, server_round: int, weights: Weights, arrivals: Arrivals
+    ) -> tuple[Weights, list[EncodedUpdate]]:
+        """For strategies that use only the weighted mean: each update is decoded into one scratch model and
+        added to a running sum (no model per update), then the mean becomes the next model."""
+        usable = []
+        for encoded in arrivals.updates:  # what decode() checks besides the model
+            problem = None if encoded.control_delta is None else control_delta_problem(encoded.control_delta, weights)
+            if problem is not None:
+                self._problem(arrivals, DeviceProblem(encoded.device_id, "rejected", problem))
+            else:
+                usable.append(encoded)
+        mean, accepted, rejected = mean_of_updates(usable, weights, self.aggregation.coefficient)
+        for encoded, problem in rejected:
+            self._problem(arrivals, DeviceProblem(encoded.device_id, "rejected", problem))
+        if mean is None:
+            return weights, []
+        return self.aggregation.from_mean(server_round, weights, mean, len(accepted)), accepted
 
     def aggregate_secure(
         self, server_round: int, weights: Weights, arrivals: Arrivals, plans: dict[int, SecureAggregationPlan]

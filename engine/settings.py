@@ -10,6 +10,7 @@ metadata, so they cannot drift apart. Strategy hyper-parameters use the same
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import MISSING, Field, dataclass, fields
 from numbers import Integral, Real
 from types import UnionType
@@ -107,6 +108,39 @@ def setting(
 def declared_settings(cls: type) -> list[tuple[Field, Setting]]:
     """The fields of dataclass ``cls`` declared with :func:`setting`, in declaration order."""
     return [(f, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata]
+
+
+AUDIENCES = ("cli", "dashboard")
+
+
+def flag_name(name: str, spec: Setting) -> str:
+    """The CLI option of field ``name``: its declared flag, else ``--field-name``."""
+    return spec.flag or "--" + name.replace("_", "-")
+
+
+def option_name(cls: type, name: str, audience: str = "cli") -> str:
+    """How a user names setting ``name`` of ``cls`` in a message: the CLI's flag, or the dashboard's quoted label."""
+    spec = next(s for f, s in declared_settings(cls) if f.name == name)
+    return flag_name(name, spec) if audience == "cli" else f'"{short_label(name, spec)}"'
+
+
+def use_value(cls: type, name: str, value: Any, audience: str = "cli") -> str:
+    """An instruction to set ``name`` to ``value``: ``use --devices 3`` or ``set "Number of devices" to 3``."""
+    option = option_name(cls, name, audience)
+    return f"use {option} {value}" if audience == "cli" else f"set {option} to {value}"
+
+
+def reword(cls: type, message: str, audience: str) -> str:
+    """``message`` (worded for the CLI) in ``audience``'s words: each ``--flag [METAVAR]`` of ``cls``'s settings
+    becomes the dashboard's quoted label (``needs --target COLUMN`` -> ``needs "Target column"``)."""
+    if audience == "cli":
+        return message
+    labels = {flag_name(f.name, spec): f'"{short_label(f.name, spec)}"' for f, spec in declared_settings(cls)}
+
+    def label(match: re.Match) -> str:
+        return labels.get(match.group(1), match.group(0))
+
+    return re.sub(r"(--[a-z][a-z0-9-]*)(?: [A-Z][A-Z_]+\b)?", label, message)
 
 
 def short_label(name: str, spec: Setting) -> str:

@@ -26,6 +26,13 @@ class ServerTestSet:
     task: str = "classification"
 
 
+def stored_samples(x: np.ndarray, task: str):
+    """How stored samples ``x`` feed the model (``devices.trainer.SampleSpec``): uint8 scaled, float32 as given."""
+    from devices.trainer import SampleSpec  # TensorFlow: only for those who train
+
+    return SampleSpec(tuple(x.shape[1:]), "uint8" if x.dtype == np.uint8 else "float32", task)
+
+
 def device_indices(
     labels: np.ndarray, config: FederationConfig, groups: np.ndarray | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:

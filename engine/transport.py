@@ -53,6 +53,9 @@ class Transport(Protocol):
     def declared_samples(self, device_id: int) -> int | None:
         """How many training samples the device says it holds (None: unknown); bounds its ``num_samples``."""
 
+    def reachable(self, device_ids: Sequence[int]) -> list[int]:
+        """The devices among ``device_ids`` that can be asked to train now (e.g. whose node is connected)."""
+
     def slowdown(self, device_id: int) -> float:
         """The device's simulated slowdown (1.0: none), for round deadlines."""
 
@@ -94,6 +97,10 @@ class InProcessTransport:
 
     def slowdown(self, device_id: int) -> float:
         return self.devices[device_id].slowdown
+
+    def reachable(self, device_ids: Sequence[int]) -> list[int]:
+        """Simulated devices are always there (their simulated dropouts are the round's business)."""
+        return list(device_ids)
 
     def secure_sum(self) -> SecureSum | None:
         return None  # simulated devices mask their updates; the round loop unmasks the sum

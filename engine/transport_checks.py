@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import Callable, Sequence
 
 import numpy as np
 
 from devices.codec import COMPRESSIONS, decode_delta, deserialize
 from devices.codec import _shapes as encoded_shapes
 from devices.messages import DeviceMetrics, EncodedUpdate, Weights
-from engine.aggregation import update_problem
+from engine.aggregation import RunningMean, update_problem
 
 MAX_SAMPLES = 10**9  # no device declares more; bounds what a weighted mean can be steered by
 DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError, UnicodeDecodeError)
@@ -100,20 +101,52 @@ def decode_update(update: EncodedUpdate, reference: Weights) -> tuple[Weights | 
     the result is finite *after* the cast to the model's dtype (a float64 1e300
     is finite, and inf once it is float32).
     """
+    model = [np.empty_like(w) for w in reference]
+    problem = decode_into(update, reference, model)
+    return (None, problem) if problem is not None else (model, None)
+
+
+def decode_into(update: EncodedUpdate, reference: Weights, model: Weights) -> str | None:
+    """:func:`decode_update` into the preallocated arrays ``model`` (shaped and typed like ``reference``):
+    what the server's running mean decodes each update into, so no update allocates a model."""
     try:
         problem = payload_problem(update.payload, reference)
         if problem is not None:
-            return None, problem
+            return problem
         with np.errstate(over="ignore", invalid="ignore"):  # overflow in the cast is caught just below
             delta = decode_delta(update.payload)
     except DECODE_ERRORS as error:
-        return None, f"malformed update: {type(error).__name__}: {error}"[:300]
+        return f"malformed update: {type(error).__name__}: {error}"[:300]
     with np.errstate(over="ignore", invalid="ignore"):
-        model = [(w + d).astype(w.dtype) for w, d in zip(reference, delta)]
-    problem = update_problem(model, reference)
-    if problem is not None:
-        return None, problem
-    return model, None
+        for out, w, d in zip(model, reference, delta):
+            np.add(w, d, out=out, casting="unsafe")  # (w + d).astype(w.dtype), without the two temporaries
+    return update_problem(model, reference)
+
+
+def mean_of_updates(
+    updates: Sequence[EncodedUpdate], reference: Weights, coefficient: Callable[[EncodedUpdate], float]
+) -> tuple[Weights | None, list[EncodedUpdate], list[tuple[EncodedUpdate, str]]]:
+    """The ``coefficient``-weighted mean of the usable updates' models, the accepted updates, and the rejected
+    ones with why.
+
+    Each update is decoded into one preallocated scratch model and added to a running float64 sum, so the
+    server holds three models whatever the number of updates; the result equals
+    ``weighted_average(decoded models, coefficients)`` exactly (same arithmetic, same order).
+    """
+    scratch = [np.empty_like(w) for w in reference]
+    mean = RunningMean(reference)
+    accepted: list[EncodedUpdate] = []
+    rejected: list[tuple[EncodedUpdate, str]] = []
+    for update in updates:
+        problem = decode_into(update, reference, scratch)
+        if problem is not None:
+            rejected.append((update, problem))
+            continue
+        mean.add(scratch, coefficient(update))
+        accepted.append(update)
+    if not accepted:
+        return None, accepted, rejected
+    return [layer.astype(w.dtype) for layer, w in zip(mean.mean(), reference)], accepted, rejected
 
 
 def control_delta_problem(control_delta: Weights, reference: Weights) -> str | None:

@@ -5,8 +5,8 @@ Messages it answers:
 - ``query``: which partition this node holds and how many training samples
   (cheap: no TensorFlow import), so the server can select devices by
   partition id, skip deactivated ones and bound each reply's ``num-examples``.
-- ``train``: load the node's device (its own partition, or its own image
-  folder), train the received global model on it exactly as the in-process
+- ``train``: load the node's device (its own partition, or its own files:
+  ``flower_app.byod``), train the received global model on it exactly as the in-process
   engine does, and reply with what ``Device.respond`` sends in-process (the
   clipped, noised, compressed delta), every ``DeviceMetrics`` field and
   ``setup-seconds`` (TensorFlow import, data loading and model building in this
@@ -25,7 +25,7 @@ import time
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from data.datasets import load_dataset
+from data.sources import load_source
 from engine.setup import device_indices
 from flower_app import records, secagg
 from flower_app.config import NodeSpec, node_spec
@@ -34,14 +34,19 @@ app = ClientApp()
 
 
 def declared_samples(spec: NodeSpec) -> int:
-    """How many samples this node trains on (an image folder: all its images, an upper bound)."""
+    """How many samples this node trains on (its own files: all of them, an upper bound)."""
+    if spec.data:
+        from flower_app.byod import PREPROCESSING_KEY, node_arrays
+
+        return len(node_arrays(spec.data, str(dict(spec.run)[PREPROCESSING_KEY]))[1])
     if spec.image_folder:
         from data.datasets import CLASS_NAMES
         from flower_app.image_folder import load_image_folder
 
         return len(load_image_folder(spec.image_folder, CLASS_NAMES[str(dict(spec.run)["dataset"])])[1])
     config = spec.federation()
-    train, _ = device_indices(load_dataset(config.dataset, config.data_dir).y_train, config)[spec.partition_id]
+    dataset = load_source(config.dataset, config.data_dir, config.source_options)
+    train, _ = device_indices(dataset.y_train, config, dataset.train_groups)[spec.partition_id]
     return len(train)
 
 

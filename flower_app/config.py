@@ -32,10 +32,16 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "wait-timeout": 600.0,  # seconds to wait for enough active devices before giving up
     "round-timeout": 600.0,  # seconds to wait for the replies of one round
     "results-file": "",  # one JSON line per round is appended here
+    "weights-file": "",  # the global model after each round is saved here (.npz)
     "deactivated": "",  # partition ids never selected, e.g. "1,3"
     "deactivated-file": "",  # re-read every round: partition ids to skip
     "runs-dir": "",  # record the run in this run store folder (resume, compare, export)
     "store-run-id": "",  # a run already created in runs-dir to record into ("": a new one)
+}
+
+# Keys the server and every node read (not FederationConfig fields): see flower_app.byod.
+DATA_DEFAULTS: dict[str, Any] = {
+    "preprocessing": "",  # the server's data set's preprocessing (base64 JSON): nodes encode their own data with it
 }
 
 
@@ -55,18 +61,21 @@ def config_run_values(config: FederationConfig) -> dict[str, Any]:
 
 
 # Defaults for keys missing from a run config; pyproject.toml sets the same values (a test checks).
-RUN_DEFAULTS: dict[str, Any] = {**config_run_values(FederationConfig()), **SERVER_DEFAULTS}
+RUN_DEFAULTS: dict[str, Any] = {**config_run_values(FederationConfig()), **SERVER_DEFAULTS, **DATA_DEFAULTS}
 
 # Run-config keys that decide what a node trains on; a node's cached device is keyed by them.
 NODE_RUN_KEYS = (
     "dataset", "model", "partition", "alpha", "shards-per-device", "quantity-alpha", "train-samples",
     "local-test-fraction", "seed", "optimizer", "momentum", "faults",
+    "image-size", "color", "target", "task", "device-column", "preprocessing",
 )
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 NODE_DATA_DIR = "data-dir"
 NODE_IMAGE_FOLDER = "image-folder"
+NODE_DATA = "data"  # the node's own folder, CSV or .npz (flower_app.byod)
+NODE_MODEL_FILE = "model-file"  # the node's own copy of the run's model file (flower_app.byod.node_model)
 
 
 def _get(run_config: Mapping[str, Any], key: str) -> Any:
@@ -184,10 +193,17 @@ class NodeSpec:
     data_dir: str | None
     image_folder: str | None
     run: tuple[tuple[str, Any], ...]  # the NODE_RUN_KEYS of the run config
+    data: str | None = None
+    model_file: str | None = None
 
     @property
     def source(self) -> str:
-        return "image-folder" if self.image_folder else "partition"
+        return "data" if self.data else "image-folder" if self.image_folder else "partition"
+
+    @property
+    def own_files(self) -> str | None:
+        """The node's own data (``data`` or ``image-folder``), None when it holds a partition."""
+        return self.data or self.image_folder
 
     def federation(self) -> FederationConfig:
         """The engine configuration this node's partition is cut with (the same on every node)."""
@@ -200,21 +216,26 @@ def node_spec(node_config: Mapping[str, Any], run_config: Mapping[str, Any], nod
     ``partition-id`` and ``num-partitions`` pick the node's slice of the shared
     data set (the same cut as the in-process engine's devices). With
     ``image-folder`` the node trains on its own images instead, and
-    ``partition-id`` only names it (default: the Flower node id).
+    ``partition-id`` only names it (default: the Flower node id); with
+    ``data`` (a folder, CSV or ``.npz``) it trains on its own files encoded
+    with the run's declared preprocessing (``flower_app.byod``), and
+    ``model-file`` is its own copy of the run's model file, if it uses one.
     ``data-dir`` is where the data set's IDX files are (default: $FL_DATA_DIR).
     """
     image_folder = _text(node_config.get(NODE_IMAGE_FOLDER, ""))
+    data = _text(node_config.get(NODE_DATA, ""))
+    own = image_folder or data
     if PARTITION_ID in node_config:
         partition_id = int(node_config[PARTITION_ID])
-    elif image_folder:
+    elif own:
         partition_id = int(node_id)
     else:
         raise ValueError(
-            f"node config needs {PARTITION_ID} and {NUM_PARTITIONS} (or {NODE_IMAGE_FOLDER}); "
+            f"node config needs {PARTITION_ID} and {NUM_PARTITIONS} (or {NODE_DATA} or {NODE_IMAGE_FOLDER}); "
             f"start the SuperNode with --node-config '{PARTITION_ID}=0 {NUM_PARTITIONS}=2'"
         )
-    num_partitions = int(node_config.get(NUM_PARTITIONS, 1 if image_folder else 0))
-    if not image_folder and not 0 <= partition_id < num_partitions:
+    num_partitions = int(node_config.get(NUM_PARTITIONS, 1 if own else 0))
+    if not own and not 0 <= partition_id < num_partitions:
         raise ValueError(f"{PARTITION_ID} must be in [0, {NUM_PARTITIONS}); got {partition_id} of {num_partitions}")
     data_dir = _text(node_config.get(NODE_DATA_DIR, "")) or os.environ.get("FL_DATA_DIR") or None
     return NodeSpec(
@@ -223,4 +244,6 @@ def node_spec(node_config: Mapping[str, Any], run_config: Mapping[str, Any], nod
         data_dir=data_dir,
         image_folder=image_folder,
         run=tuple((key, _get(run_config, key)) for key in NODE_RUN_KEYS),
+        data=data,
+        model_file=_text(node_config.get(NODE_MODEL_FILE, "")),
     )

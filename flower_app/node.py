@@ -7,28 +7,32 @@ default) every message of a run reaches the same process, so the device's data
 and model replica are built once, in the first round. Top-k error feedback
 (the device's residual) lives as long as that process; SCAFFOLD's control
 variate lives in the node's ``context.state`` (:meth:`LocalNode.respond_with_state`).
+Where a node's data comes from (a partition of the run's data set, or its own
+files) and which model file it may build: :mod:`flower_app.byod`.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from flwr.app import RecordDict
 
-from data.datasets import CLASS_NAMES, load_dataset
+from data.datasets import CLASS_NAMES
 from data.partition import split_local_test
+from data.sources import load_source
+from data.spec import BUILTIN_GREY, Preprocessing
 from devices.device import Device, DeviceData
 from devices.messages import DeviceUpdate, EncodedUpdate, TrainInstructions
 from devices.trainer import ModelReplica, OptimizerSpec
-from engine.setup import build_devices
 from engine.models import ModelRegistry
+from engine.setup import build_devices, stored_samples
 from flower_app import records
-from flower_app.config import NodeSpec, federation_config, parse_faults
+from flower_app.byod import PREPROCESSING_KEY, dataset_spec, decode_spec, node_arrays, node_model
+from flower_app.config import NodeSpec, parse_faults
 from flower_app.image_folder import load_image_folder
 
-IMAGE_SHAPE = (28, 28, 1)
 DEVICE_CONTROL = "scaffold-control"  # the device's SCAFFOLD control variate c_i in context.state
 
 
@@ -61,31 +65,46 @@ class LocalNode:
         return update
 
 
-def _device(spec: NodeSpec) -> Device:
-    if spec.image_folder:
-        run = dict(spec.run)
-        config = federation_config({**run, "faults": ""}, num_devices=1, data_dir=spec.data_dir)
-        x, y = load_image_folder(spec.image_folder, CLASS_NAMES[config.dataset])
-        rng = np.random.default_rng([config.seed, spec.partition_id])
-        train, test = split_local_test(np.arange(len(y)), config.local_test_fraction, rng)
-        fault = parse_faults(str(run.get("faults", ""))).get(spec.partition_id, "none")
-        return Device(spec.partition_id, DeviceData(x[train], y[train], x[test], y[test]), fault)
-    config = spec.federation()
-    dataset = load_dataset(config.dataset, config.data_dir)
-    # The same cut as the in-process engine: every node computes all partitions and keeps its own.
-    return build_devices(dataset, config)[spec.partition_id]
+def _own_device(spec: NodeSpec, x: np.ndarray, y: np.ndarray) -> Device:
+    """A device on the node's own files: all of them, less the local test split (seeded by partition id)."""
+    run = dict(spec.run)
+    seed, fraction = int(run["seed"]), float(run["local-test-fraction"])
+    train, test = split_local_test(np.arange(len(y)), fraction, np.random.default_rng([seed, spec.partition_id]))
+    fault = parse_faults(str(run.get("faults", ""))).get(spec.partition_id, "none")
+    return Device(spec.partition_id, DeviceData(x[train], y[train], x[test], y[test]), fault)
+
+
+def node_samples(spec: NodeSpec) -> tuple[np.ndarray, np.ndarray, Preprocessing]:
+    """The samples of a node with its own files, and the preprocessing they were encoded with."""
+    run = dict(spec.run)
+    if spec.data:
+        x, y = node_arrays(spec.data, str(run[PREPROCESSING_KEY]))
+        return x, y, decode_spec(run[PREPROCESSING_KEY])
+    dataset = str(run["dataset"])  # the legacy image-folder: 28x28 grey pictures of a built-in set's classes
+    x, y = load_image_folder(spec.image_folder, CLASS_NAMES[dataset])
+    return x, y, replace(BUILTIN_GREY, class_names=CLASS_NAMES[dataset])
 
 
 @functools.lru_cache(maxsize=2)
 def local_node(spec: NodeSpec) -> LocalNode:
     """Build (once per process and spec) the node's device and model replica."""
-    device = _device(spec)
     run = dict(spec.run)
-    dataset, model = str(run["dataset"]), str(run["model"])
-    num_classes = len(CLASS_NAMES[dataset])
+    if spec.own_files:
+        x, y, preprocessing = node_samples(spec)
+        device = _own_device(spec, x, y)
+    else:
+        # The same cut as the in-process engine: every node loads the data set, computes all partitions, keeps its own.
+        config = spec.federation()
+        dataset = load_source(config.dataset, config.data_dir, config.source_options)
+        device = build_devices(dataset, config)[spec.partition_id]
+        x, preprocessing = dataset.x_train, dataset_spec(dataset)
+    task = preprocessing.task
+    outputs = len(preprocessing.class_names) if task == "classification" else 1
+    model = node_model(str(run["model"]), spec.model_file)
     registry = ModelRegistry()
     replica = ModelReplica(
-        lambda: registry.build(model, IMAGE_SHAPE, num_classes),
+        lambda: registry.build(model, tuple(preprocessing.input_shape), outputs),
         OptimizerSpec(str(run["optimizer"]), float(run["momentum"])),
+        samples=stored_samples(x, task),
     )
     return LocalNode(spec, device, replica)

@@ -68,6 +68,7 @@ def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | 
             "local-noise-multiplier": float(instructions.privacy.local_noise_multiplier),
             "compression": str(instructions.compression),
             "topk-fraction": float(instructions.topk_fraction),
+            "keep-optimizer-state": bool(instructions.keep_optimizer_state),
         }
     )
     content = RecordDict({ARRAYS: arrays if arrays is not None else to_arrays(instructions.weights), CONFIG: config})
@@ -92,6 +93,7 @@ def instructions_from(content: RecordDict) -> TrainInstructions:
                                 float(config.get("local-noise-multiplier", 0.0))),
         compression=str(config.get("compression", "none")),
         topk_fraction=float(config.get("topk-fraction", 0.01)),
+        keep_optimizer_state=bool(config.get("keep-optimizer-state", False)),
         control=_control_from(content),
     )
 
@@ -219,6 +221,8 @@ def round_record(
         "round": result.round,
         "global_accuracy": number(result.global_accuracy),
         "global_loss": number(result.global_loss),
+        "global_mae": None if result.global_mae is None else number(result.global_mae),  # regression runs
+        "global_r2": None if result.global_r2 is None else number(result.global_r2),
         "seconds": number(result.seconds),
         "train_seconds": number(result.train_seconds),
         "eval_seconds": number(result.eval_seconds),

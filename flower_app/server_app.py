@@ -23,12 +23,11 @@ the run is also recorded in that run store
 (``engine.store.RunStore``: rounds and checkpoints), so it can be resumed,
 compared and exported like an in-process run.
 
-When ``FL_FLOWER_WEIGHTS_FILE`` is set in the ServerApp's environment (or a
-``weights-file`` run-config key exists), the global model after each round is
-also saved there as an ``.npz`` (``round`` plus ``arr_0``, ``arr_1``, ...),
+When the run config sets ``weights-file``, the global model after each round
+is also saved there as an ``.npz`` (``round`` plus ``arr_0``, ``arr_1``, ...),
 replaced atomically *before* that round's JSON line is appended, so a reader
-that sees round N can load at least round N's model
-(``flower_app.backend.FlowerFederation.predict`` does).
+that sees round N can load at least round N's model. (The dashboard needs none
+of these files: it plays the ServerApp itself, see ``flower_app.serverapp_link``.)
 
 ``devices`` is keyed by partition id (what node configs and ``deactivated``
 use); ``loss``/``accuracy`` are the trained model on the device's local test
@@ -54,7 +53,6 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from data.datasets import load_dataset
 from devices.messages import Weights
 from devices.trainer import ModelReplica, OptimizerSpec
 from engine.composition import strategy_state
@@ -62,10 +60,11 @@ from engine.config import FederationConfig
 from engine.models import ModelRegistry
 from engine.results import DeviceStatus, RunStatus
 from engine.rounds import RoundRunner
-from engine.setup import server_test_set
+from engine.setup import server_test_set, stored_samples
 from engine.store import RunStore, StoreError
 from engine.strategies import build_strategy
 from flower_app import records
+from flower_app.byod import server_dataset
 from flower_app.config import server_settings
 from flower_app.output_dir import confined_path, output_dir
 from flower_app.polling import PollingGrid, poll_seconds
@@ -73,20 +72,20 @@ from flower_app.transport import GridTransport
 
 app = ServerApp()
 
-WEIGHTS_FILE_VARIABLE = "FL_FLOWER_WEIGHTS_FILE"
-
 
 class CentralEvaluator:
     """The server's held-out test set and a model replica to score global models on it."""
 
-    def __init__(self, config: FederationConfig, registry: ModelRegistry | None = None):
-        registry = registry or ModelRegistry()
-        dataset = load_dataset(config.dataset, config.data_dir)
+    def __init__(self, config: FederationConfig, registry: ModelRegistry | None = None, run_config=None):
+        registry = registry or ModelRegistry(config.model_weights)
+        # The server's own data source; it must be the one the run config's preprocessing declares (flower_app.byod)
+        dataset = server_dataset(config.dataset, config.data_dir, config.source_options, run_config or {})
         self.test_set = server_test_set(dataset, config)
         keras.utils.set_random_seed(config.seed)  # the in-process engine's initial global model
         self.replica = ModelReplica(
-            lambda: registry.build(config.model, dataset.image_shape, dataset.num_classes),
+            lambda: registry.build(config.model, dataset.input_shape, dataset.num_classes),  # a file: named by the user
             OptimizerSpec(config.optimizer, config.momentum),
+            samples=stored_samples(dataset.x_test, dataset.task),
         )
         self.initial_weights: Weights = self.replica.get_weights()
 
@@ -99,7 +98,7 @@ def append_json_line(path: Path, record: dict) -> None:
 
 def weights_file(run_config) -> Path | None:
     """Where to save the global model after each round (None: nowhere), inside the output folder."""
-    path = str(run_config.get("weights-file", "") or os.environ.get(WEIGHTS_FILE_VARIABLE, "")).strip()
+    path = str(run_config.get("weights-file", "") or "").strip()
     return confined_path("weights-file", path, output_dir()) if path else None
 
 
@@ -179,7 +178,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = server_settings(context.run_config)  # refuses file names outside the output and runs folders
     weights_file(context.run_config)  # the same, before anything is loaded
     config = settings.federation
-    evaluator = CentralEvaluator(config)
+    evaluator = CentralEvaluator(config, run_config=context.run_config)
     transport = GridTransport(grid, settings)
     strategy = build_strategy(config.strategy, config.strategy_params)
     runner = RoundRunner(config, transport, evaluator.replica, strategy, evaluator.test_set, log_status)

@@ -67,3 +67,53 @@ def test_mean_delta_accumulated_in_place_equals_the_weighted_average():
         RunningMean(deltas[0]).mean()
     with pytest.raises(ValueError, match="non-negative"):
         mean.add(deltas[0], -1.0)
+
+
+def test_the_running_mean_of_encoded_updates_equals_the_weighted_average_of_their_models_exactly():
+    """The round's in-place path (decode each update into one scratch model, add it to a running sum) gives
+    bit for bit what decoding every model and averaging them gives, and rejects what decoding rejects."""
+    from devices.codec import encode_delta
+    from devices.messages import EncodedUpdate
+    from engine.transport_checks import decode_update, mean_of_updates
+
+    rng = np.random.default_rng(5)
+    reference = [rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
+    m = DeviceMetrics(0.5, 0.8, 0.6, 0.5, 0.4, 0.9, 2, 0.1)
+
+    def encoded(device_id, samples, method, delta):
+        return EncodedUpdate(device_id, samples, m, payload=encode_delta(delta, method, 0.5)[0])
+
+    updates = [encoded(d, 10 + 7 * d, method, [rng.normal(size=w.shape).astype(np.float32) for w in reference])
+               for d, method in enumerate(["none", "q8", "none", "topk", "q4"])]
+    updates.insert(2, encoded(9, 50, "none", [np.full((5, 4), np.nan, np.float32), np.zeros(4, np.float32)]))
+    updates.append(EncodedUpdate(11, 5, m, payload=b"\x00garbage"))
+    mean, accepted, rejected = mean_of_updates(updates, reference, lambda u: float(u.num_samples))
+    assert [u.device_id for u in accepted] == [0, 1, 2, 3, 4]
+    assert [(u.device_id, "NaN" in why or "malformed" in why) for u, why in rejected] == [(9, True), (11, True)]
+    models = [decode_update(u, reference)[0] for u in accepted]
+    expected = weighted_average(models, [u.num_samples for u in accepted])
+    for got, want in zip(mean, expected):
+        assert got.dtype == want.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+    assert mean_of_updates(updates[2:3], reference, lambda u: 1.0)[0] is None
+
+
+def test_only_strategies_that_use_the_weighted_mean_alone_take_the_running_mean_path():
+    from types import SimpleNamespace
+
+    from engine.composition import build_aggregation
+    from engine.strategies import build_strategy
+
+    def config(clip=None, noise=0.0, local=0.0):
+        return SimpleNamespace(clip_norm=clip, noise_multiplier=noise, local_noise_multiplier=local, dp_delta=1e-5,
+                               seed=0)
+
+    averages = {name: build_aggregation(build_strategy(name, {}), config()).averages
+                for name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedmedian", "krum", "fednova", "scaffold")}
+    assert averages == {"fedavg": True, "fedprox": True, "fedavgm": True, "fedadam": True, "fedmedian": False,
+                        "krum": False, "fednova": False, "scaffold": False}
+    update = SimpleNamespace(num_samples=40)
+    assert build_aggregation(build_strategy("fedavg", {}), config(clip=1.0)).coefficient(update) == 40.0
+    noisy = build_aggregation(build_strategy("fedavg", {}), config(clip=1.0, noise=1.0))
+    assert noisy.averages and noisy.coefficient(update) == 1.0
+    assert not build_aggregation(build_strategy("fedmedian", {}), config(clip=1.0, local=0.5)).averages

@@ -17,7 +17,7 @@ def test_dashboard_runs_a_federation_on_flower_with_the_same_controls_and_charts
     at.button(key="apply").click().run()
     no_exceptions(at)
     federation = federation_of(at)
-    assert type(federation).__name__ == "FlowerFederation"
+    assert type(federation).__name__ == "Federation" and federation.remote.backend == "flower"  # one class
     at.toggle(key="active_2").set_value(False).run()  # deactivated before the first round
     at.button(key="start").click().run()
     no_exceptions(at)
@@ -32,7 +32,9 @@ def test_dashboard_runs_a_federation_on_flower_with_the_same_controls_and_charts
         assert {"global_metrics", "device_accuracy", "latest_device_accuracy"} <= plotly_keys(at)
     finally:
         federation.close()
-    assert federation.remaining_processes() == []
+    from flower_app.processes import processes_tagged
+
+    assert processes_tagged(federation.remote.deployment.tag) == []
 
 
 def test_settings_flower_cannot_carry_are_refused_in_place(make_app, monkeypatch):
@@ -43,8 +45,23 @@ def test_settings_flower_cannot_carry_are_refused_in_place(make_app, monkeypatch
     # shown in place, before any click, like every other setup problem; nothing can be applied
     assert any("flower backend: secure aggregation" in e.value.lower() for e in at.sidebar.error)
     assert at.button(key="apply").disabled
-    assert type(federation_of(at)).__name__ == "Federation"  # the in-process federation is kept
+    assert federation_of(at).remote is None  # the in-process federation is kept
     at.number_input(key="setup_devices").set_value(20).run()
     assert any("too many for flower" in e.value.lower() for e in at.sidebar.error)
     at.selectbox(key="setup_backend").set_value("in-process").run()
     assert not any("flower" in e.value.lower() for e in at.sidebar.error)
+
+
+def test_a_deployment_has_no_device_cap_and_its_settings_are_checked_in_place(make_app):
+    at = make_app().run()
+    at.selectbox(key="setup_backend").set_value("deployment").run()
+    no_exceptions(at)
+    assert at.text_input(key="setup_deployment_address").value == "0.0.0.0:9093"
+    at.number_input(key="setup_devices").set_value(20).run()
+    assert not any("too many" in e.value.lower() for e in at.sidebar.error)  # only loopback is capped
+    at.text_input(key="setup_deployment_address").set_value("no-port").run()
+    assert any("host:port" in e.value for e in at.sidebar.error)
+    assert at.button(key="apply").disabled
+    at.radio(key="setup_deployment_start_superlink").set_value("attach").run()
+    assert at.text_input(key="setup_deployment_superexec_secret").value == ""
+    assert federation_of(at).remote is None  # nothing was built or started

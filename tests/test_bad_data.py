@@ -116,7 +116,7 @@ CASES = {
     "only corrupt files": (only_corrupt_files, "no readable images"),
     "a single class": (single_class_folder, "single class"),
     "csv without the target column": (csv_without_target_column, "has no target 'price'"),
-    "csv without --target": (csv_without_target_option, "needs --target"),
+    "csv without --target": (csv_without_target_option, "needs a target column (--target COLUMN)"),
     "csv with NaN": (csv_with_nan, "missing value"),
     "csv text column": (csv_text_column, "is text with 30 distinct values"),
     "csv single class": (csv_single_class, "single value"),
@@ -157,11 +157,32 @@ def test_bad_data_gets_one_line_and_exit_2(case, tmp_path, capsys):
     assert "Traceback" not in err and len(last) < 400
 
 
-def test_flower_says_own_data_trains_in_process(tmp_path):
+def test_flower_takes_own_data_and_model_files(tmp_path):
+    """One's own data and every model run on Flower too (tests/test_flower_byod.py trains them)."""
     from engine.config import FederationConfig
     from flower_app.backend import unsupported
 
     folder = colour_only_folder(tmp_path / "f", per_class=2, side=8)
-    problems = unsupported(FederationConfig(dataset=str(folder), model="mlp", num_devices=2))
-    assert any("train in-process only" in p for p in problems)
+    assert unsupported(FederationConfig(dataset=str(folder), model="linear", num_devices=2)) == []
     assert unsupported(FederationConfig(model="mlp", num_devices=2)) == []
+
+
+def test_messages_name_settings_as_the_cli_or_the_dashboard_knows_them(tmp_path):
+    """The CLI says --devices, the dashboard the setting's label (both from engine.settings)."""
+    from data.sources import load_source
+    from data.spec import SourceOptions
+    from engine.config import FederationConfig
+    from engine.data_fit import data_problem
+    from engine.settings import reword
+
+    path = str(linear_csv(tmp_path / "phones.csv", devices=3, per_device=20))
+    grouped = load_source(path, options=SourceOptions(target="y", device_column="phone"))
+    config = FederationConfig(dataset=path, target="y", device_column="phone", partition="natural", num_devices=5)
+    assert data_problem(grouped, config).endswith("use --devices 3")
+    assert data_problem(grouped, config, audience="dashboard").endswith('set "Number of devices" to 3')
+    plain = load_source(path, options=SourceOptions(target="y"))
+    assert data_problem(plain, config, audience="dashboard").endswith('a CSV\'s "Device column"')
+    assert data_problem(plain, config).endswith("a CSV's --device-column")
+    assert reword(FederationConfig, "needs a target column (--target COLUMN); use --lr 0.1", "dashboard") == \
+        'needs a target column ("Target column"); use "Learning rate" 0.1'
+    assert reword(FederationConfig, "unknown --nothing X", "dashboard") == "unknown --nothing X"

@@ -9,6 +9,7 @@ Uses the system Chromium at /usr/bin/chromium; never downloads a browser.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -76,16 +77,16 @@ def output_dir() -> Path:
     return OUTPUT
 
 
-@pytest.fixture
-def app_url(output_dir):
-    """`streamlit run app/main.py` on a free port; the whole process group is killed afterwards."""
+@contextlib.contextmanager
+def streamlit_server(output_dir: Path, env: dict[str, str]):
+    """`streamlit run app/main.py` with ``env`` on a free port; the whole process group is killed afterwards."""
     port = free_port()
     log = output_dir / "streamlit.log"
     with open(log, "w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
              "--server.headless", "true"],
-            cwd=PROJECT_ROOT, env={**os.environ, **APP_ENV}, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
@@ -93,14 +94,25 @@ def app_url(output_dir):
         wait_until_serving(process, url, log)
         yield url
     finally:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            if process.poll() is not None:
-                break
-            try:
-                os.killpg(process.pid, sig)
-                process.wait(wait)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+        kill_group(process)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """End ``process`` and its process group: SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(wait)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+
+@pytest.fixture
+def app_url(output_dir):
+    with streamlit_server(output_dir, APP_ENV) as url:
+        yield url
 
 
 @pytest.fixture
@@ -229,7 +241,7 @@ def test_dashboard_end_to_end(page, app_url, product_photo, output_dir):
     # Upload a product photo: the model's input, the predicted class and the probability chart appear.
     photo, true_name, class_names = product_photo
     page.get_by_text("Upload an image", exact=True).click()
-    page.set_input_files("input[type=file]", str(photo))
+    page.locator(".st-key-predict input[type=file]").set_input_files(str(photo))  # not the sidebar's data upload
     result = page.locator(".st-key-prediction-upload")
     expect(result).to_contain_text(re.compile(r"Predicted: \S"))
     headline = result.locator("h4").inner_text()

@@ -148,3 +148,35 @@ def test_a_tabular_row_predicts_its_value(tmp_path):
     row = table_input(pd.DataFrame({"x": [1.0], "phone": ["phone-0"]}), federation.preprocessing)
     value = float(load_classifier(path).predict(row)[0, 0])
     assert abs(value - 8.0) < 0.3, value  # 5 * 1 + 3
+
+
+def test_a_regression_run_on_a_csv_resumes_and_exports_to_int8(tmp_path):
+    """A run whose data set is a path resumes from the store (the path read again), and its regression model
+    exports to a fully quantised TFLite model that still predicts y = 5x + 3 (the CLI, in this process)."""
+    import io
+
+    import pandas as pd
+
+    from data.prepare import read_sidecar, table_input
+    from engine.cli import main
+    from engine.predict import load_classifier
+    from engine.store import RunStore
+
+    csv = str(linear_csv(tmp_path / "l.csv", devices=2, per_device=150))
+    runs = str(tmp_path / "runs")
+    out = io.StringIO()
+    common = ["--runs-dir", runs]
+    assert main(["run", "--dataset", csv, "--target", "y", "--model", "linear", "--devices", "2", "--rounds", "2",
+                 "--json", *common], out=out) == 0
+    (run_id,) = [run.run_id for run in RunStore(runs).list_runs()]
+    assert main(["resume", run_id, "--rounds", "1", "--json", *common], out=out) == 0
+    history = RunStore(runs).load_history(run_id)
+    assert [r.round for r in history] == [1, 2, 3] and history[-1].global_r2 > 0.99
+    destination = tmp_path / "l-int8.tflite"
+    assert main(["export", run_id, "--format", "tflite-int8", "--output", str(destination), *common], out=out) == 0
+    classifier = load_classifier(destination)
+    assert classifier.input_dtype == np.int8 and classifier.output_dtype == np.int8
+    spec = read_sidecar(destination)
+    assert spec.task == "regression" and spec.feature_names[0] == "x"
+    rows = table_input(pd.DataFrame({"x": [0.0, 1.0, 3.0], "phone": ["phone-0"] * 3}), spec)
+    np.testing.assert_allclose(classifier.predict(rows)[:, 0], [3.0, 8.0, 18.0], atol=0.3)  # int8 steps

@@ -116,3 +116,17 @@ def test_tensorboard_event_files_hold_the_round_scalars(data_dir, tmp_path):
     assert scalars["global/accuracy"][2] == pytest.approx(rounds[1]["global_accuracy"])
     assert scalars["privacy/epsilon"][2] == pytest.approx(rounds[1]["epsilon"]) and rounds[1]["epsilon"] > 0
     assert scalars["bytes/up"][1] == rounds[0]["bytes_up"]
+
+
+def test_a_config_file_leaves_the_model_dependent_defaults_to_the_model(tmp_path):
+    from engine.cli import build_parser, with_config_file
+
+    path = tmp_path / "run.toml"
+    path.write_text('model = "linear"\nrounds = 3\n')
+    parser = build_parser()
+    argv = ["run", "--config", str(path)]
+    from_file = with_config_file(parser, parser.parse_args(argv), argv)
+    plain = parser.parse_args(["run", "--model", "linear", "--rounds", "3"])
+    assert (from_file.model, from_file.rounds) == ("linear", 3)
+    for name in ("optimizer", "learning_rate", "momentum"):  # unset in the file: the model's own default applies
+        assert getattr(from_file, name) == getattr(plain, name), name

@@ -68,9 +68,11 @@ def encoded(device_id: int, delta_value: float, samples: int, **metric_changes) 
 
 def test_instructions_and_updates_survive_the_flower_records():
     instructions = TrainInstructions(3, weights(0.5), local_epochs=2, batch_size=16, learning_rate=0.01, seed=9,
-                                     proximal_mu=0.1, privacy=PrivacySettings(1.5, 0.3), compression="q8")
+                                     proximal_mu=0.1, privacy=PrivacySettings(1.5, 0.3), compression="q8",
+                                     keep_optimizer_state=True)
     back = records.instructions_from(records.instructions_content(instructions))
     assert (back.server_round, back.local_epochs, back.batch_size, back.seed) == (3, 2, 16, 9)
+    assert back.keep_optimizer_state
     assert back.learning_rate == pytest.approx(0.01) and back.proximal_mu == pytest.approx(0.1)
     assert back.privacy == PrivacySettings(1.5, pytest.approx(0.3)) and back.compression == "q8"
     assert all(np.array_equal(a, b) for a, b in zip(back.weights, instructions.weights))

@@ -57,13 +57,10 @@ def test_control_variates_travel_both_ways_and_a_bad_one_is_refused():
 def scaffold_run(data_dir, tmp_path_factory):
     from flower_app.loopback import LocalDeployment
 
-    class SavingDeployment(LocalDeployment):
-        def env(self, home: str) -> dict[str, str]:  # the ServerApp saves the global model after each round
-            return {**super().env(home), "FL_FLOWER_WEIGHTS_FILE": str(self.output_dir / "weights.npz")}
-
     workdir = tmp_path_factory.mktemp("flower-scaffold")
-    run_config = {**RUN_CONFIG, "results-file": "rounds.jsonl", "data-dir": data_dir}
-    with SavingDeployment(workdir, NUM_SUPERNODES, data_dir=data_dir) as local:
+    # the ServerApp saves the global model after each round into weights-file
+    run_config = {**RUN_CONFIG, "results-file": "rounds.jsonl", "weights-file": "weights.npz", "data-dir": data_dir}
+    with LocalDeployment(workdir, NUM_SUPERNODES, data_dir=data_dir) as local:
         outcome = local.run(run_config, timeout=700)
         status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
         with np.load(local.output_file("weights.npz")) as saved:

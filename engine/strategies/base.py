@@ -68,6 +68,7 @@ class Strategy(ABC):
     linear: ClassVar[bool] = False
     needs_received_loss: ClassVar[bool] = False  # uses each device's loss of the model it received
     needs_sgd: ClassVar[bool] = False  # its device-side math assumes local SGD
+    fresh_local_optimizer: ClassVar[bool] = False  # its math assumes each round's local optimizer starts fresh
     in_process_only: ClassVar[str] = ""  # why it cannot run on Flower yet ("" when it can)
     asynchronous: ClassVar[bool] = False  # runs on engine.async_rounds' schedule instead of synchronous rounds
 

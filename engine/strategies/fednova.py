@@ -27,6 +27,7 @@ class FedNova(Strategy):
     title = "FedNova"
     summary = "FedAvg with each update divided by the device's number of local steps: no drift to busy devices."
     linear = False
+    fresh_local_optimizer = True  # a_i is the local work of momentum started at zero
 
     local_momentum: float = hyperparameter(
         0.0, "momentum rho of the devices' local SGD, for ||a||_1 (0: plain SGD or Adam)", FRACTION

@@ -32,6 +32,7 @@ class Scaffold(Strategy):
     summary = "Control variates correct each device's local steps towards the global direction (needs SGD)."
     linear = False
     needs_sgd = True
+    fresh_local_optimizer = True  # c_i's update divides by the local work of momentum started at zero
 
     server_learning_rate: float = hyperparameter(1.0, "server step size on the averaged update", POSITIVE)
 

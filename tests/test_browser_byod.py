@@ -1,0 +1,104 @@
+"""The dashboard on a colour image folder in headless Chromium, against a real ``streamlit run``.
+
+A generated colour data set in per-device folders (``ROOT/devices/<phone>/<class>/``,
+the Flower demo's layout): the natural partition, the CNN on 24x24 colour
+images, six rounds, then a colour photo uploaded to *Try the global model*.
+Its screenshot is the README's ``docs/byod-colour.png`` (written to tests/output/;
+``FL_UPDATE_DOCS=1`` also copies it to docs/).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.test_browser import (APP_ENV, CHROMIUM, PROJECT_ROOT, Steps, completed_rounds, device_card,
+                                full_page_screenshot, output_dir, page, streamlit_server, wait_for)  # noqa: F401
+
+FRUIT = {  # class -> (colour, shape): shapes differ a little, colours a lot
+    "apple": ((200, 30, 40), "circle"),
+    "banana": ((235, 205, 50), "ellipse"),
+    "lime": ((90, 180, 50), "circle"),
+    "plum": ((100, 40, 120), "circle"),
+}
+PHONES = 3
+ROUNDS = 6  # a finished run: readable per-round charts in the screenshot
+
+
+def fruit_image(name: str, side: int, rng: np.random.Generator) -> Image.Image:
+    """A fruit-coloured blob of random size and place on a light, noisy table."""
+    colour, shape = FRUIT[name]
+    table = np.clip(rng.normal(225, 12, (side, side, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(table)
+    draw = ImageDraw.Draw(image)
+    radius = side * rng.uniform(0.22, 0.36)
+    x, y = side * rng.uniform(0.35, 0.65, 2)
+    tint = tuple(int(np.clip(c + rng.normal(0, 18), 0, 255)) for c in colour)
+    squash = 0.55 if shape == "ellipse" else 1.0
+    draw.ellipse([x - radius, y - radius * squash, x + radius, y + radius * squash], fill=tint)
+    return image
+
+
+def fruit_folder(root: Path, per_class: int = 24, side: int = 48) -> Path:
+    rng = np.random.default_rng(0)
+    for phone in range(PHONES):
+        for name in FRUIT:
+            folder = root / "devices" / f"phone-{phone}" / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                fruit_image(name, side, rng).save(folder / f"{i}.jpg", quality=90)
+    for name in FRUIT:
+        (root / "server" / name).mkdir(parents=True)
+        for i in range(20):
+            fruit_image(name, side, rng).save(root / "server" / name / f"{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def app_url(output_dir, tmp_path):
+    """``streamlit run`` on the fruit folder (the natural partition, the CNN, 24x24 colour)."""
+    root = fruit_folder(tmp_path / "fruit")
+    env = {**APP_ENV, "FL_DEFAULT_DATASET": str(root), "FL_DEFAULT_PARTITION": "natural",
+           "FL_DEFAULT_DEVICES": str(PHONES), "FL_DEFAULT_IMAGE_SIZE": "24", "FL_DEFAULT_TRAIN_SAMPLES": "0",
+           "FL_DEFAULT_TEST_SAMPLES": "0", "FL_DEFAULT_ROUNDS": str(ROUNDS)}
+    with streamlit_server(output_dir, env) as url:
+        yield url
+
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no system Chromium at {CHROMIUM}")
+
+
+def test_dashboard_on_a_colour_image_folder(page, output_dir, tmp_path):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=180_000)  # a colour CNN on a machine shared with other TensorFlow jobs
+    page.set_default_timeout(180_000)
+    step = Steps()
+    create = page.get_by_role("button", name="Create federation", exact=True)
+    expect(create).to_be_enabled(timeout=120_000)
+    create.click()
+    expect(device_card(page, PHONES - 1)).to_be_visible(timeout=240_000)  # imports TensorFlow: a loaded machine
+    step("federation on the fruit folder created")
+
+    page.get_by_role("button", name="Start", exact=True).click()
+    expect(page.locator('[data-testid="stMetric"]', has_text="Status")).to_contain_text("Finished", timeout=300_000)
+    assert completed_rounds(page) == ROUNDS
+    step(f"{ROUNDS} rounds trained")
+
+    photo = tmp_path / "apple-photo.jpg"
+    fruit_image("apple", 360, np.random.default_rng(7)).save(photo, quality=92)
+    page.locator(".st-key-predict input[type=file]").set_input_files(str(photo))
+    result = page.locator(".st-key-prediction-own-upload")
+    expect(result).to_contain_text("Predicted:", timeout=120_000)
+    full_page_screenshot(page, output_dir / "byod-colour.png")
+    expect(result).to_contain_text("Predicted: apple")
+    expect(page.get_by_text("What the model sees: 24×24")).to_be_visible()
+    step("the colour photo is predicted")
+    if os.environ.get("FL_UPDATE_DOCS") == "1":
+        shutil.copy(output_dir / "byod-colour.png", PROJECT_ROOT / "docs" / "byod-colour.png")
+    step("screenshot")
