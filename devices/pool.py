@@ -23,7 +23,7 @@ from devices.cohort import Outcome, train_cohort
 from devices.device import Device
 from devices.messages import EncodedUpdate, TrainInstructions
 from devices.stacked import StackedReplica
-from devices.trainer import Checkpoint, ModelReplica
+from devices.trainer import Checkpoint, ModelReplica, SampleSpec
 
 MakeStack = Callable[[int], StackedReplica]
 

@@ -6,16 +6,16 @@ Three SuperNode processes are then started separately, as on three machines
 (``scripts/supernode.py`` with the folder's ``ca.crt`` and one private key each,
 each next to its ClientApp worker). The test watches them join in the device view,
 trains, deactivates device 2 while round 1 runs (it sits out round 2), checks the
-run is recorded, and saves docs/deployment.png (the README's real-devices picture).
+run is recorded, and saves a screenshot (FL_UPDATE_DOCS=1: also the README's docs/deployment.png).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,8 @@ APP_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
-SCREENSHOT = PROJECT_ROOT / "docs" / "deployment.png"
+# written to tests/output/ (git-ignored); FL_UPDATE_DOCS=1 also copies it to the README's docs/deployment.png
+SCREENSHOT = PROJECT_ROOT / "tests" / "output" / "deployment.png"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no system Chromium at {CHROMIUM}")
 
@@ -153,6 +154,8 @@ def test_dashboard_drives_a_deployment_of_separately_started_supernodes(dashboar
 
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             full_page_screenshot(page, SCREENSHOT)
+            if os.environ.get("FL_UPDATE_DOCS") == "1":
+                shutil.copy(SCREENSHOT, PROJECT_ROOT / "docs" / "deployment.png")
             page.get_by_text("Recorded runs", exact=True).first.click()
             expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
             step("screenshot; the run is recorded")

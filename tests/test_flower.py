@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MessageType
+from flwr.app import Error, Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
