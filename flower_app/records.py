@@ -40,6 +40,9 @@ CONTROL_DELTA = "control-delta"  # SCAFFOLD: how the device's own control variat
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
 METRIC_FIELDS = tuple(field.name for field in dataclasses.fields(DeviceMetrics))
+# metrics with a default (e.g. the personalised ones) may be left out: a run without them reports NaN
+OPTIONAL_METRICS = frozenset(field.name for field in dataclasses.fields(DeviceMetrics)
+                             if field.default is not dataclasses.MISSING)
 
 
 def _dashed(name: str) -> str:
@@ -163,7 +166,8 @@ def metered_update(
     control_delta: Weights | None = None,
 ) -> tuple[EncodedUpdate, dict]:
     """The ``EncodedUpdate`` a reply's ``metrics`` describe, and its extra metrics (raises if one is missing)."""
-    values = {name: _metric(metrics, _dashed(name)) for name in METRIC_FIELDS}
+    values = {name: _metric(metrics, _dashed(name)) for name in METRIC_FIELDS
+              if name not in OPTIONAL_METRICS or _dashed(name) in metrics}
     update = EncodedUpdate(device_id, _metric(metrics, NUM_EXAMPLES), DeviceMetrics(**values),  # type: ignore
                            payload=payload, masked=masked, control_delta=control_delta)
     known = {NUM_EXAMPLES, PARTITION_ID, *(_dashed(name) for name in METRIC_FIELDS)}

@@ -84,6 +84,13 @@ def test_instructions_and_updates_survive_the_flower_records():
     assert (back.device_id, back.num_samples, back.metrics.steps, back.payload) == (7, 120, 12, update.payload)
     assert math.isnan(back.metrics.local_loss) and back.metrics.local_accuracy == pytest.approx(0.75)
     assert extras == {"setup_seconds": 2.5}
+    reply_metrics = content.metric_records["metrics"]
+    for name in ("personalized-loss", "personalized-accuracy"):  # a run without personalisation may leave them out
+        del reply_metrics[name]
+    back, _ = records.update_from(content, device_id=7)
+    assert math.isnan(back.metrics.personalized_accuracy) and back.metrics.train_loss == update.metrics.train_loss
+    del reply_metrics["train-loss"]  # every other metric is required
+    assert "no 'train-loss' metric" in records.update_from(content, 7)
     del content.metric_records["metrics"]
     assert "no 'metrics'" in records.update_from(content, 7)
     assert "no 'node'" in records.node_from(records.RecordDict())
