@@ -179,8 +179,8 @@ def latest_device_accuracy_figure(result: RoundResult | None, devices: Sequence[
     return _layout(figure, title, showlegend=False)
 
 
-def label_distribution_figure(histogram: np.ndarray, class_names: Sequence[str]) -> go.Figure:
-    """Heatmap of training samples per device (rows) and class (columns)."""
+def label_distribution_figure(histogram: np.ndarray, class_names: Sequence[str], regression: bool = False) -> go.Figure:
+    """Heatmap of training samples per device (rows) and class, or target range for a regression (columns)."""
     counts, devices = aggregate_histogram(histogram)
     show_text = counts.shape[0] <= 30 and np.asarray(histogram).shape[0] <= MAX_HEATMAP_ROWS
     figure = go.Figure(
@@ -198,7 +198,9 @@ def label_distribution_figure(histogram: np.ndarray, class_names: Sequence[str])
     figure.update_yaxes(autorange="reversed", type="category")
     figure.update_xaxes(type="category", tickangle=-35)
     height = max(CHART_HEIGHT, min(900, 60 + 26 * len(devices)))
-    return _layout(figure, "Label distribution: training images per device and class", height=height)
+    title = "Target distribution: training samples per device and target range" if regression else \
+        "Label distribution: training samples per device and class"
+    return _layout(figure, title, height=height)
 
 
 def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], round_number: int | None = None) -> go.Figure:
@@ -288,7 +290,7 @@ def bytes_figure(history: Sequence[RoundResult]) -> go.Figure:
     figure.update_xaxes(title_text="round", dtick=1 if len(rounds) <= 20 else None)
     figure.update_yaxes(title_text="bytes", rangemode="tozero")
     ratio = series["compression_ratio"][-1] if history else 1.0
-    title = "Communication (no compression)" if is_uncompressed(ratio) else \
+    title = "Communication (no compression)" if is_uncompressed(ratio) or ratio < 1.0 else \
         f"Communication (latest up-link compression {ratio:.1f}×)"
     return _layout(figure, title, barmode="group")
 
@@ -301,7 +303,12 @@ def is_uncompressed(ratio: float) -> bool:
 def traffic_caption(result: RoundResult) -> str:
     """One line on a round's traffic; the ratio to float32 only when the updates were compressed."""
     ratio = result.compression_ratio
-    how = "uncompressed float32" if is_uncompressed(ratio) else f"{ratio:.1f}× smaller than float32"
+    if is_uncompressed(ratio):
+        how = "uncompressed float32"
+    elif ratio < 1.0:  # a tiny model: the framing outweighs the numbers
+        how = f"{1 / ratio:.1f}× its raw float32 size: framing outweighs a small model's numbers"
+    else:
+        how = f"{ratio:.1f}× smaller than float32"
     return f"Round {result.round}: {result.bytes_up:,} B up ({how}), {result.bytes_down:,} B down."
 
 

@@ -206,7 +206,8 @@ def render_label_distribution(federation: Federation) -> None:
     heatmap_column, note_column = st.columns([3, 1], gap="medium", vertical_alignment="center")
     with heatmap_column:
         figure = label_distribution_figure(federation.label_histogram,
-                                           getattr(federation, "histogram_labels", federation.dataset.class_names))
+                                           getattr(federation, "histogram_labels", federation.dataset.class_names),
+                                           regression=federation.dataset.task == "regression")
         st.plotly_chart(figure, key="label_distribution", config={"displayModeBar": False})
         if len(federation.label_histogram) > MAX_HEATMAP_ROWS:
             st.caption(f"{len(federation.label_histogram)} devices: each row sums a group of consecutive devices.")

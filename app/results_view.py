@@ -41,7 +41,8 @@ def render_history_curves(history: Sequence[RoundResult], prefix: str = "") -> N
     with bars:
         st.plotly_chart(charts.latest_device_accuracy_figure(history[-1], subset),
                         key=f"{prefix}latest_device_accuracy", config=CHART_CONFIG)
-    st.caption("Global accuracy: the averaged model on the server's test images. Device accuracy: each device's "
+    metric = "error" if charts.is_regression(history) else "accuracy"
+    st.caption(f"Global {metric}: the averaged model on the server's test set. Device {metric}: each device's "
                "locally trained model on its own held-out data; gaps mark rounds a device sat out.")
     if charts.has_personalization(history) and not charts.is_regression(history):
         render_personalization(history, prefix)

@@ -147,6 +147,8 @@ def test_captions_say_what_happened_not_a_misleading_figure():
     assert "uncompressed float32" in traffic_caption(plain) and "×" not in traffic_caption(plain)
     squeezed = make(type(plain), **{**plain.__dict__, "bytes_up": 250})
     assert "4.0× smaller than float32" in traffic_caption(squeezed)
+    framed = make(type(plain), **{**plain.__dict__, "bytes_up": 20_000, "raw_bytes_up": 800})  # a 2-weight model
+    assert "25.0× its raw float32 size" in traffic_caption(framed) and "smaller" not in traffic_caption(framed)
 
     confusion = np.array([[5, 0], [5, 0]])  # class 1 is never right
     (bars,) = per_class_accuracy_figure(confusion, ["a", "b"]).data
