@@ -37,6 +37,7 @@ from flower_app.config import (
     server_settings,
 )
 from flower_app.transport import GridTransport, NotEnoughDevices, Roster
+from tests.flower_testing import StubGrid
 
 SHAPES = [(3, 2), (2,)]
 
@@ -154,7 +155,7 @@ def test_node_config_names_a_partition_or_an_image_folder():
 
 
 # -- the Grid transport against a fake grid ------------------------------------------------
-class FakeGrid(Grid):
+class FakeGrid(StubGrid):
     """Connected nodes answer queries with their partition id; train messages get ``answers``."""
 
     def __init__(self, partitions: dict[int, int]):
@@ -162,23 +163,8 @@ class FakeGrid(Grid):
         self.queries = 0
         self.answers = {}  # node id -> function(message) -> reply, for train messages
 
-    def set_run(self, run) -> None: ...
-
-    @property
-    def run(self):
-        raise NotImplementedError
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
-
     def get_node_ids(self):
         return list(self.partitions)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
 
     def send_and_receive(self, messages, *, timeout=None):
         replies = []

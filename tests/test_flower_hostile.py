@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -25,6 +24,7 @@ import time
 import pytest
 
 from flower_app.testing.hostile_client_app import SLOW_SECONDS, TRAIN_CASES
+from tests.flower_testing import app_copy
 
 PARTITIONS = 7
 HOSTILE = {
@@ -48,14 +48,9 @@ KILLED, JOINING = 1, 6
 
 def hostile_project(root, folder):
     """A copy of the app whose pyproject names the hostile ClientApp and declares its run-config key."""
-    for package in ("data", "devices", "engine", "flower_app"):
-        shutil.copytree(root / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
-    text = (root / "pyproject.toml").read_text()
-    text = text.replace('clientapp = "flower_app.client_app:app"',
-                        'clientapp = "flower_app.testing.hostile_client_app:app"')
-    text = text.replace("[tool.flwr.app.config]\n", '[tool.flwr.app.config]\nhostile = ""\n')
-    (folder / "pyproject.toml").write_text(text)
-    return folder
+    return app_copy(root, folder, {'clientapp = "flower_app.client_app:app"':
+                                   'clientapp = "flower_app.testing.hostile_client_app:app"',
+                                   "[tool.flwr.app.config]\n": '[tool.flwr.app.config]\nhostile = ""\n'})
 
 
 def lines(path):

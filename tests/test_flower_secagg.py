@@ -15,11 +15,11 @@ server's runs folder is refused.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
+from tests.flower_testing import app_copy
 
 ROUNDS = 2
 NUM_SUPERNODES = 3
@@ -31,14 +31,8 @@ RUN_CONFIG = {
 
 def recording_project(root, folder):
     """A copy of the app whose pyproject names the recording ServerApp."""
-    for package in ("data", "devices", "engine", "flower_app"):
-        shutil.copytree(root / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
-    text = (root / "pyproject.toml").read_text()
-    replaced = text.replace('serverapp = "flower_app.server_app:app"',
-                            'serverapp = "flower_app.testing.recording_server_app:app"')
-    assert replaced != text
-    (folder / "pyproject.toml").write_text(replaced)
-    return folder
+    return app_copy(root, folder, {'serverapp = "flower_app.server_app:app"':
+                                   'serverapp = "flower_app.testing.recording_server_app:app"'})
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import copy
 import numpy as np
 import pytest
 from flwr.app import Context, Error, Message, MessageType, RecordDict
-from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from devices.codec import encode_delta
@@ -25,6 +24,7 @@ from engine.strategies import build_strategy
 from flower_app import records, secagg
 from flower_app.config import server_settings
 from flower_app.transport import GridTransport, Roster
+from tests.flower_testing import StubGrid
 
 SHAPES = [(40, 3), (3,)]
 SAMPLES = {0: 100, 1: 300, 2: 600}  # partition -> declared training samples
@@ -48,7 +48,7 @@ def metrics() -> DeviceMetrics:
                          local_loss=0.6, local_accuracy=0.75, steps=3, seconds=0.1)
 
 
-class MemoryGrid(Grid):
+class MemoryGrid(StubGrid):
     """Three nodes answering queries and SecAgg+ train messages in this process."""
 
     def __init__(self, failing: int | None = None):
@@ -56,23 +56,8 @@ class MemoryGrid(Grid):
         self.failing = failing  # a partition whose training raises (an error reply, as Flower sends)
         self.trained: dict[int, object] = {}  # partition -> the instructions its node received
 
-    def set_run(self, run) -> None: ...
-
-    @property
-    def run(self):
-        raise NotImplementedError
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
-
     def get_node_ids(self):
         return list(NODES)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
 
     def train(self, message: Message, context: Context) -> Message:
         partition = NODES[message.metadata.dst_node_id]
