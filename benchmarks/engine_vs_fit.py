@@ -101,7 +101,7 @@ def interleaved(model_name: str, variants: list[dict], repeats: int) -> dict:
         for federation in federations:
             federation.close()
     return {"cpu": cpu_info().describe(), "training_mflop_per_sample": round(train_flops / 1e6, 2),
-            "peak_rss_mb": peak_rss_mb(), "results": results}
+            "peak_rss_mb": peak_rss_mb(), "load_average": round(os.getloadavg()[0], 1), "results": results}
 
 
 def variants_of(args) -> list[dict]:
@@ -138,7 +138,8 @@ def main() -> None:
                       "--stack-widths", *map(str, args.stack_widths), "--precisions", *args.precisions]
         measured = run_child("benchmarks.engine_vs_fit", *child_args, *(["--xla"] if args.xla else []))
         print(f"{model_name:>4}: {measured['training_mflop_per_sample']} MFLOP per training sample, "
-              f"process peak RSS {measured['peak_rss_mb']:.0f} MB", flush=True)
+              f"process peak RSS {measured['peak_rss_mb']:.0f} MB, load average at the end {measured['load_average']}",
+              flush=True)
         for result in measured["results"]:
             results.append(result)
             print(

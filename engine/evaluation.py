@@ -28,6 +28,15 @@ def evaluates_everything(server_round: int, last: bool, full_eval_every: int) ->
     return last or server_round % full_eval_every == 0
 
 
+def warm_up_samples(num_test: int, batch: int) -> int:
+    """How many test samples to evaluate ahead of round 1 so that every batch shape the round's evaluation
+    uses has run once (a full batch and the last, shorter one): the first run of a shape allocates its
+    activations (hundreds of MB for a CNN at 2,048 images), which otherwise lands in round 1."""
+    if num_test <= batch:
+        return num_test
+    return batch + num_test % batch
+
+
 @dataclass(frozen=True)
 class RoundTestSets:
     """The whole test set and the per-round sample (the same object when there is no sample)."""

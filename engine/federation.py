@@ -26,11 +26,12 @@ from devices.messages import Weights
 from devices.pool import WorkerPool
 from devices.stacked import StackedReplica
 from devices.stacked_layers import NotStackable, compiles_well, stack_plan
-from devices.trainer import KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, SampleSpec, TrainingStopped, batches_per_epoch
+from devices.trainer import EVAL_BATCH, KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, SampleSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
 from engine.errors import one_line
+from engine.evaluation import warm_up_samples
 from engine.model_defaults import ModelError
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
@@ -251,9 +252,11 @@ class Federation(FederationBackend):
     def _warm_up_models(self) -> None:
         """Build and trace the stacks (or replicas) and the server's evaluation that the first round will use."""
         try:
-            runner, test = self._runner, self._runner.test_set
+            runner = self._runner
+            test = runner.test_sets.for_round(1, last=self.config.rounds == 1)
+            shapes = warm_up_samples(len(test.y), EVAL_BATCH)  # every batch shape round 1 evaluates on
             if self._pool is None:  # devices elsewhere: only the server's evaluation runs here
-                runner.evaluator.evaluate(test.x[:1], test.y[:1])
+                runner.evaluator.evaluate(test.x[:shapes], test.y[:shapes])
                 return
             selected = runner.select(1, range(len(self.devices)))
             instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
@@ -261,7 +264,7 @@ class Federation(FederationBackend):
             steps = {d: self.devices[d].local_steps(instructions[d]) for d in selected}
             uneven = any(len({steps[d] for d in group}) > 1 for group in groups)
             futures = self._pool.warm_up([len(group) for group in groups], self.config.batch_size, uneven)
-            runner.evaluator.evaluate(test.x[:1], test.y[:1])
+            runner.evaluator.evaluate(test.x[:shapes], test.y[:shapes])
             wait(futures)
         except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
             pass

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from devices.precision import in_precision
-from engine.evaluation import RoundTestSets, ServerTestSet, evaluates_everything, evaluation_sample
+from engine.evaluation import RoundTestSets, ServerTestSet, evaluates_everything, evaluation_sample, warm_up_samples
 from engine.precision import precision_note, resolve_precision
 
 
@@ -54,6 +54,15 @@ def test_the_evaluation_sample_is_fixed_and_the_full_set_comes_every_k_rounds_an
     assert len(sets.for_round(5, last=True).y) == 100
     assert evaluates_everything(7, last=True, full_eval_every=10)
     assert RoundTestSets.of(test, None, 4, 0).for_round(1, False) is test
+
+
+@pytest.mark.parametrize("num_test", [1, 500, 2048, 2049, 4096, 10_000])
+def test_the_warm_up_evaluates_every_batch_shape_of_the_whole_test_set_and_no_more(num_test):
+    def batch_sizes(n, batch=2048):
+        return {min(batch, n - start) for start in range(0, n, batch)}
+
+    warm = warm_up_samples(num_test, 2048)
+    assert batch_sizes(warm) == batch_sizes(num_test) and warm <= min(num_test, 2 * 2048)
 
 
 def test_rounds_record_how_many_test_samples_they_used(make_federation):
