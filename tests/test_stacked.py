@@ -194,10 +194,21 @@ def test_a_model_that_cannot_be_stacked_trains_one_by_one_and_says_why(fashion):
     assert snapshot.status.value == "finished" and len(snapshot.history[0].devices) == 2
 
 
+def tracing_counts(federation) -> list[int]:
+    """How often each compiled function of the idle stacks and of the server's evaluation has been traced."""
+    idle = federation._pool._stack_cache._idle
+    stacks = [stack for width in sorted(idle) for stack in idle[width]]
+    functions = [f for s in stacks for f in (s._load, s._evaluate_batch, s._train_steps, *s._train_chunk.values(),
+                                             s.optimizer._reset)]
+    return [f.experimental_get_tracing_count() for f in functions + [federation._runner.evaluator._evaluate_batch]]
+
+
 def test_construction_warms_up_the_stacks_round_one_uses_and_rounds_reuse_them(make_federation):
     federation = make_federation(rounds=2)  # 3 devices on 2 workers: stacks of 2 and 1
     federation._warm_up.join(timeout=120)
     assert federation._pool._stack_cache.idle_widths() == {2: 1, 1: 1}
+    traced = tracing_counts(federation)
     snapshot = federation.run_to_end()
     assert snapshot.status.value == "finished", snapshot.message
     assert federation._pool._stack_cache.idle_widths() == {2: 1, 1: 1}  # no stack was built for the rounds
+    assert tracing_counts(federation) == traced  # and nothing was traced again: the warm-up traced it all
