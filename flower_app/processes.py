@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 TAG_VARIABLE = "FL_FLOWER_DEPLOYMENT"
+# The pid of the process that starts a deployment: scripts/parent_watch.py ends each launcher when it dies
+PARENT_VARIABLE = "FL_PARENT_PID"
 
 
 def free_port() -> int:
