@@ -14,6 +14,7 @@ backend returns the same ``engine.federation.Federation``; only its transport di
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.config import ConfigError, FederationConfig
 from engine.settings import Bounds, setting
@@ -82,6 +83,13 @@ class DeploymentSettings:
             found.append("the certificates folder is empty: name a folder (made if missing)")
         if not 0 <= self.supernode_keys <= 1000:
             found.append(f"SuperNode keys must be between 0 and 1000; got {self.supernode_keys}")
+        if not self.start_superlink and self.certificates.strip():  # attach: its CA must be here already
+            certificate = Path(self.certificates).expanduser() / "ca.crt"
+            if not certificate.is_file():
+                found.append(f"no CA certificate {certificate}: put the SuperLink's ca.crt in the certificates folder")
+            secret = self.superexec_secret.strip()
+            if secret and not Path(secret).expanduser().is_file():
+                found.append(f"no SuperExec secret file {secret}")
         return found
 
 

@@ -129,6 +129,7 @@ def attached_link(settings: DeploymentSettings) -> SuperLinkAddress:
 
 def deployment_transport(config, settings: DeploymentSettings, progress=None):
     """``config`` checked for a deployment, and the transport to its SuperLink (see the module docstring)."""
+    attached = None if settings.start_superlink else attached_link(settings)  # its files first: fails at once
     config = check(config, loopback=False)
     workdir = Path(tempfile.mkdtemp(prefix="flower-deployment-")).resolve()
     started = StartedSuperLink(workdir, settings, config.data_dir) if settings.start_superlink else None
@@ -139,7 +140,7 @@ def deployment_transport(config, settings: DeploymentSettings, progress=None):
             started.start()
             link, env = started.link(), started.env("cli-home")
         else:
-            link = attached_link(settings)
+            link = attached
             env = _attached_cli_env(workdir, link)
             if progress is not None:
                 progress(f"Attaching to the SuperLink at {settings.address}...")
