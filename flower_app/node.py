@@ -5,8 +5,10 @@ process and the cache below serves one message. With ``--isolation process``
 and the long-lived worker (``scripts/clientapp_worker.py``, the loopback
 default) every message of a run reaches the same process, so the device's data
 and model replica are built once, in the first round. Top-k error feedback
-(the device's residual) lives as long as that process; SCAFFOLD's control
-variate lives in the node's ``context.state`` (:meth:`LocalNode.respond_with_state`).
+(the device's residual) lives as long as that process; what the device must
+remember between rounds (``Device.state``: SCAFFOLD's control variate, FedPer's
+head, Ditto's personal model) lives in the node's ``context.state``
+(:meth:`LocalNode.respond_with_state`).
 Where a node's data comes from (a partition of the run's data set, or its own
 files) and which model file it may build: :mod:`flower_app.byod`.
 """
@@ -33,7 +35,7 @@ from flower_app.byod import PREPROCESSING_KEY, dataset_spec, decode_spec, node_a
 from flower_app.config import NodeSpec, parse_faults
 from flower_app.image_folder import load_image_folder
 
-DEVICE_CONTROL = "scaffold-control"  # the device's SCAFFOLD control variate c_i in context.state
+STATE_PREFIX = "device-"  # context.state's array record "device-<name>" keeps the Device.state() entry <name>
 
 
 @dataclass
@@ -53,15 +55,15 @@ class LocalNode:
         return self.device.respond(instructions, self.replica, checkpoint=lambda steps: None)
 
     def respond_with_state(self, instructions: TrainInstructions, state: RecordDict) -> EncodedUpdate:
-        """:meth:`respond`, with the device's own state (SCAFFOLD's c_i) read from and written back to
-        ``state``, the node's Flower ``context.state``: it lasts the whole run on the SuperNode, whichever
-        ClientApp process handles each message (a new run starts from zero)."""
-        kept = state.array_records.get(DEVICE_CONTROL)
-        self.device.restore_state({"control": records.to_weights(kept)} if kept is not None else {})
+        """:meth:`respond`, with the device's own state (``Device.state``: SCAFFOLD's c_i, FedPer's head, Ditto's
+        personal model) read from and written back to ``state``, the node's Flower ``context.state``: it lasts
+        the whole run on the SuperNode, whichever ClientApp process handles each message (a new run starts
+        from none). Nothing of it is sent."""
+        self.device.restore_state({key.removeprefix(STATE_PREFIX): records.to_weights(arrays)
+                                   for key, arrays in state.array_records.items() if key.startswith(STATE_PREFIX)})
         update = self.respond(instructions)
-        control = self.device.state().get("control")
-        if control is not None:
-            state.array_records[DEVICE_CONTROL] = records.to_arrays(control)
+        for name, weights in self.device.state().items():
+            state.array_records[STATE_PREFIX + name] = records.to_arrays(weights)
         return update
 
 

@@ -1,0 +1,161 @@
+"""Personalisation on Flower: the settings travel down, personal state stays in each SuperNode's context.state.
+
+The devices run the same code as in-process (``devices.personal``); what Flower adds is the transport. So:
+
+- fast: the ``Personalization`` settings survive the train message (and SecAgg+'s legacy ``FitIns`` config);
+- the real ServerApp (``flower_app.server_app.main``) and the real ClientApp (``flower_app.client_app.app``),
+  joined by an in-memory grid (:class:`tests.flower_testing.ClientAppGrid`: a copy of every message, a
+  ``Context`` per node kept between messages), run Ditto and match the in-process engine on the same seed,
+  device by device; Ditto's personal model is in the node's ``context.state``, never in a reply;
+- real processes: a SuperLink and two SuperNodes (the loopback's long-lived ClientApp workers) run FedPer for
+  two rounds. Each device's personalised accuracy reaches the results file, every reply carries the body
+  only (its bytes are the body's, the server decodes it against the body), and the rounds match the
+  in-process engine on the same seed. Round 2's personalised accuracy is the device's own head trained
+  again: a node that lost its head from ``context.state`` would start from the server's initial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+
+from devices.messages import Personalization, TrainInstructions
+from engine.config import FederationConfig
+from flower_app import records
+
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+
+ROUNDS = 2
+NUM_NODES = 2
+RUN_CONFIG = {
+    "num-server-rounds": ROUNDS, "model": "mlp", "train-samples": 600, "test-samples": 200, "min-devices": NUM_NODES,
+    "partition": "dirichlet", "alpha": 0.1, "seed": 3,
+}
+SHAPES = [(3, 2), (2,)]
+
+
+@pytest.fixture
+def server_identity():
+    """Messages built outside a Flower process need a task identity (a ServerApp's node id is 1)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+# -- fast: the messages ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("personal", [Personalization("fedper", 20, 0.1, (2, 3)),
+                                      Personalization("ditto", 5, 0.5), Personalization("finetune", 7, 0.0)])
+def test_personalisation_settings_travel_in_train_messages(personal):
+    from flower_app import secagg
+
+    model = [np.zeros(shape, np.float32) for shape in SHAPES]
+    instructions = TrainInstructions(2, model, 1, 16, 0.05, 7, personal=personal)
+    content = records.instructions_content(instructions)
+    assert records.instructions_from(content).personal == personal
+    assert content.config_records[records.CONFIG]["personal-mode"] == personal.mode
+    # SecAgg+ speaks Flower's legacy FitIns, whose config takes scalars only
+    ins = secagg.fit_ins(instructions, 0.5)
+    assert all(isinstance(v, (int, float, str, bytes, bool)) for v in ins.config.values())
+    from flwr.compat.common import recorddict_compat as compat
+
+    back, weight = secagg.secure_instructions(compat.fitins_to_recorddict(ins, keep_input=True))
+    assert back.personal == personal and weight == 0.5
+    plain = records.instructions_from(records.instructions_content(TrainInstructions(1, model)))
+    assert plain.personal is None  # a run without personalisation sends none
+
+
+def test_flower_accepts_personalisation():
+    from flower_app.backend import unsupported
+    from flower_app.config import server_settings
+
+    for mode in ("finetune", "fedper", "ditto"):
+        assert unsupported(FederationConfig(model="mlp", num_devices=3, personalize=mode)) == []
+    assert server_settings({"personalize": "ditto", "model": "mlp"}).federation.personalize == "ditto"
+
+
+# -- the real ServerApp and ClientApp, in memory -----------------------------------------------------------------
+def in_process(run_config: dict, data_dir: str, fashion):
+    """The in-process engine's run of ``run_config`` (the same seed): its history."""
+    from engine.federation import Federation
+    from flower_app.config import federation_config
+
+    config = federation_config(run_config, num_devices=NUM_NODES, data_dir=data_dir)
+    return Federation(config, dataset=fashion).run_to_end().history
+
+
+def assert_rounds_match(flower_rounds: list[dict], history, tolerance: float) -> None:
+    """Same selection, global and per-device personalised accuracy as in-process (within ``tolerance``)."""
+    assert [r["round"] for r in flower_rounds] == list(range(1, ROUNDS + 1))
+    for flower, engine in zip(flower_rounds, history):
+        assert flower["problems"] == [] and flower["selected"] == list(engine.selected), flower
+        assert flower["global_accuracy"] == pytest.approx(engine.global_accuracy, abs=tolerance)
+        assert flower["personalized_accuracy"] == pytest.approx(engine.personalized_accuracy, abs=tolerance)
+        for device in engine.devices:
+            got = flower["devices"][str(device.device_id)]
+            assert got["personalized_accuracy"] == pytest.approx(device.personalized_accuracy, abs=tolerance)
+            assert got["received_accuracy"] == pytest.approx(device.received_accuracy, abs=tolerance)
+
+
+def test_ditto_through_the_flower_apps_matches_in_process_and_keeps_v_in_context_state(
+        tmp_path, monkeypatch, server_identity, data_dir, fashion):
+    from flwr.app import Context, RecordDict
+
+    from flower_app.server_app import main
+    from tests.flower_testing import ClientAppGrid
+
+    monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))
+    run_config = {**RUN_CONFIG, "personalize": "ditto", "ditto-lambda": 0.5, "data-dir": data_dir}
+    grid = ClientAppGrid({100 + p: {"partition-id": p, "num-partitions": NUM_NODES, "data-dir": data_dir}
+                          for p in range(NUM_NODES)}, run_config)
+    main(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
+                       run_config={**run_config, "results-file": "rounds.jsonl"}))
+    rounds = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert_rounds_match(rounds, in_process(run_config, data_dir, fashion), tolerance=1e-4)
+    for context in grid.contexts.values():  # v is the node's own, kept for the next round
+        assert "device-personal" in context.state.array_records
+    trains = [reply for _, reply in grid.sent if records.METRICS in reply.content.metric_records]
+    assert len(trains) == ROUNDS * NUM_NODES
+    assert all(list(reply.content.array_records) == [records.ARRAYS] for reply in trains)  # the update only
+
+
+# -- real processes: FedPer over a SuperLink -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fedper_run(data_dir, tmp_path_factory):
+    from flower_app.loopback import LocalDeployment
+
+    workdir = tmp_path_factory.mktemp("flower-fedper")
+    run_config = {**RUN_CONFIG, "personalize": "fedper", "results-file": "rounds.jsonl", "data-dir": data_dir}
+    with LocalDeployment(workdir, NUM_NODES, data_dir=data_dir) as local:
+        outcome = local.run(run_config, timeout=700)
+        status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
+        logs = local.log("superlink")[-3000:]
+    return {"outcome": outcome, "status": status, "logs": logs}
+
+
+@pytest.mark.timeout(1200)  # a loaded machine: the fixture's processes start here
+def test_fedper_on_supernodes_keeps_heads_on_the_nodes_and_matches_in_process(fedper_run, fashion, data_dir):
+    from devices.codec import encode_delta
+    from engine.models import ModelRegistry
+    from engine.personalization import SharedPart, head_positions
+
+    outcome = fedper_run["outcome"]
+    context = f"{outcome.output[-3000:]}\n{fedper_run['logs']}"
+    assert outcome.returncode == 0 and fedper_run["status"] == "finished:completed", context
+    history = in_process({**RUN_CONFIG, "personalize": "fedper"}, data_dir, fashion)
+    assert_rounds_match(outcome.rounds, history, tolerance=0.03)  # processes differ in float noise only
+
+    model = ModelRegistry().build("mlp", fashion.input_shape, fashion.num_classes)
+    weights = [np.asarray(w) for w in model.get_weights()]
+    body = SharedPart(head_positions(model)).of(weights)
+    assert len(body) < len(weights)
+    body_bytes = len(encode_delta([np.zeros_like(w, np.float32) for w in body], "none")[0])
+    for record in outcome.rounds:
+        assert all(device["bytes_up"] == body_bytes for device in record["devices"].values()), record
+        assert record["raw_bytes_up"] == sum(w.nbytes for w in body) * NUM_NODES
+        assert all(device["personalized_accuracy"] is not None for device in record["devices"].values())
+    last = outcome.rounds[-1]
+    assert last["personalized_accuracy"] > last["device_global_accuracy"] + 0.1  # skewed devices: heads help
