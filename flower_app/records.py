@@ -278,6 +278,7 @@ def round_record(
         # --personalize: the devices' mean on their own held-out data, personalised and global (null without it)
         "personalized_accuracy": number(result.personalized_accuracy),  # None -> null, like NaN
         "device_global_accuracy": number(result.device_global_accuracy),
+        "simulated_time": number(result.simulated_time),  # FedBuff on Flower: wall-clock seconds of the step
         "devices": {
             str(d.device_id): {
                 "node_id": nodes.get(d.device_id),
@@ -291,6 +292,7 @@ def round_record(
                 "bytes_up": d.bytes_up,
                 "personalized_accuracy": number(d.personalized_accuracy),
                 "personalized_loss": number(d.personalized_loss),
+                "staleness": d.staleness,  # FedBuff: server steps since the model it trained from (else 0)
                 **{str(k): number(v) for k, v in extras.get(d.device_id, {}).items()},  # e.g. setup_seconds
             }
             for d in result.devices

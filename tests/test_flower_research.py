@@ -1,4 +1,6 @@
-"""Personalisation on Flower: the settings travel down, personal state stays in each SuperNode's context.state.
+"""Issue 14's personalisation and FedBuff on Flower.
+
+Personalisation: the settings travel down, personal state stays in each SuperNode's context.state.
 
 The devices run the same code as in-process (``devices.personal``); what Flower adds is the transport. So:
 
@@ -13,6 +15,12 @@ The devices run the same code as in-process (``devices.personal``); what Flower 
   only (its bytes are the body's, the server decodes it against the body), and the rounds match the
   in-process engine on the same seed. Round 2's personalised accuracy is the device's own head trained
   again: a node that lost its head from ``context.state`` would start from the server's initial one.
+
+FedBuff: ``engine.async_rounds`` on the wall clock. Train messages are pushed to idle nodes, replies pulled as
+they come, and every ``buffer_size`` (K = 1 here) of them is one server step; with two nodes training at once
+the reply that did not make a step is applied in a later one, stale. In memory (the order is then fixed) the
+steps are exactly that; on the SuperLink (the same deployment as FedPer's, a second run) every step applies
+K updates, some stale, and the model learns.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ RUN_CONFIG = {
     "partition": "dirichlet", "alpha": 0.1, "seed": 3,
 }
 SHAPES = [(3, 2), (2,)]
+FEDBUFF = {"num-server-rounds": 3, "model": "mlp", "train-samples": 600, "test-samples": 200,
+           "min-devices": NUM_NODES, "strategy": "fedbuff", "strategy-params": "buffer_size=1", "seed": 5}
 
 
 @pytest.fixture
@@ -126,29 +136,114 @@ def test_personalisation_through_the_flower_apps_matches_in_process_and_stays_in
         assert not any(kept in reply.content.array_records for _, reply in grid.sent)
 
 
-# -- real processes: FedPer over a SuperLink -----------------------------------------------------------------
+def test_the_grid_hands_replies_over_as_they_come_and_a_silent_node_times_out(tmp_path, server_identity):
+    from flwr.app import Message
+
+    from devices.codec import encode_delta
+    from devices.messages import DeviceMetrics, EncodedUpdate
+    from engine.results import DeviceProblem
+    from flower_app.config import server_settings
+    from flower_app.transport import GridTransport
+    from tests.flower_testing import StubGrid
+
+    class Grid(StubGrid):  # node 11 answers its first message on the second pull; node 12 never answers
+        interval = 0.25  # seconds between pulls, as PollingGrid's
+
+        def __init__(self):
+            self.pushed, self.pulls = {}, 0
+
+        def get_node_ids(self):
+            return [11, 12]
+
+        def send_and_receive(self, messages, *, timeout=None):
+            raise AssertionError("FedBuff never waits for a whole round")
+
+        def push_messages(self, messages):
+            for message in messages:
+                message.metadata.__dict__["_message_id"] = message.object_id
+                self.pushed[message.object_id] = message
+            return [m.object_id for m in messages]
+
+        def pull_messages(self, message_ids):
+            self.pulls += 1
+            payload, _ = encode_delta([np.zeros(shape, np.float32) for shape in SHAPES], "none")
+            update = EncodedUpdate(0, 10, DeviceMetrics(0.5, 0.8, 1.0, 0.6, 0.6, 0.75, 3, 0.1), payload=payload)
+            return [Message(records.update_content(update), reply_to=self.pushed[i]) for i in message_ids
+                    if self.pulls >= 2 and self.pushed[i].metadata.dst_node_id == 11]
+
+    now = [0.0]
+    sleep = lambda seconds: now.__setitem__(0, now[0] + seconds)  # noqa: E731 - a clock the waits move
+    transport = GridTransport(Grid(), server_settings({"round-timeout": 5.0}), clock=lambda: now[0], sleep=sleep)
+    transport.nodes = {0: 11, 1: 12}
+    model = [np.zeros(shape, np.float32) for shape in SHAPES]
+    assert transport.start({p: TrainInstructions(1, model, seed=p) for p in (0, 1)}) > 0
+    checks = []
+    first = transport.arrivals(1.0, checks.append)
+    assert [(p, type(r).__name__) for p, r in first] == [(0, "EncodedUpdate")] and now[0] == 0.25
+    before = now[0]
+    assert transport.arrivals(1.0, checks.append) == [] and now[0] - before == pytest.approx(1.0)  # waited it out
+    while not (late := transport.arrivals(1.0, checks.append)):
+        pass
+    assert [p for p, _ in late] == [1] and isinstance(late[0][1], DeviceProblem) and now[0] > 5.0
+    assert "round-timeout" in late[0][1].reason and checks  # a stop could end every wait
+    assert transport.arrivals(1.0, checks.append) == []  # nothing left in flight: at once
+
+
+def test_fedbuff_through_the_flower_apps_applies_every_k_replies_with_their_staleness(
+        tmp_path, monkeypatch, server_identity, data_dir):
+    from flwr.app import Context, RecordDict
+
+    from flower_app.server_app import main
+    from tests.flower_testing import ClientAppGrid
+
+    monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))
+    run_config = {**FEDBUFF, "data-dir": data_dir}
+    grid = ClientAppGrid({100 + p: {"partition-id": p, "num-partitions": NUM_NODES, "data-dir": data_dir}
+                          for p in range(NUM_NODES)}, run_config)
+    main(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
+                       run_config={**run_config, "results-file": "rounds.jsonl"}))
+    steps = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    # the in-memory nodes answer at once, in the order asked: 0 makes step 1; 1's reply (from the initial model)
+    # is step 2, while 0 trains again from step 1's model; that reply is step 3, one step stale
+    applied = [{int(d): v["staleness"] for d, v in step["devices"].items()} for step in steps]
+    assert applied == [{0: 0}, {1: 1}, {0: 1}], applied
+    assert all(step["problems"] == [] for step in steps)
+    trains = [reply for _, reply in grid.sent if records.METRICS in reply.content.metric_records]
+    assert len(trains) == 4  # both started at first, then the one whose update was applied, after each step
+
+
+# -- real processes: FedPer and FedBuff over a SuperLink -------------------------------------------------------
 @pytest.fixture(scope="module")
-def fedper_run(data_dir, tmp_path_factory):
+def deployment_runs(data_dir, tmp_path_factory):
+    """One SuperLink with two SuperNodes: a FedPer run, then a FedBuff run."""
     from flower_app.loopback import LocalDeployment
 
-    workdir = tmp_path_factory.mktemp("flower-fedper")
-    run_config = {**RUN_CONFIG, "personalize": "fedper", "results-file": "rounds.jsonl", "data-dir": data_dir}
+    workdir = tmp_path_factory.mktemp("flower-research")
+    runs = {"fedper": {**RUN_CONFIG, "personalize": "fedper", "results-file": "fedper.jsonl"},
+            "fedbuff": {**FEDBUFF, "results-file": "fedbuff.jsonl"}}
+    done = {}
     with LocalDeployment(workdir, NUM_NODES, data_dir=data_dir) as local:
-        outcome = local.run(run_config, timeout=700)
-        status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
-        logs = local.log("superlink")[-3000:]
-    return {"outcome": outcome, "status": status, "logs": logs}
+        for name, run_config in runs.items():
+            outcome = local.run({**run_config, "data-dir": data_dir}, timeout=700)
+            status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
+            done[name] = {"outcome": outcome, "status": status, "logs": local.log("superlink")[-3000:]}
+    return done
+
+
+def finished(run: dict):
+    outcome = run["outcome"]
+    context = f"{outcome.output[-3000:]}\n{run['logs']}"
+    assert outcome.returncode == 0 and run["status"] == "finished:completed", context
+    return outcome
 
 
 @pytest.mark.timeout(1200)  # a loaded machine: the fixture's processes start here
-def test_fedper_on_supernodes_keeps_heads_on_the_nodes_and_matches_in_process(fedper_run, fashion, data_dir):
+def test_fedper_on_supernodes_keeps_heads_on_the_nodes_and_matches_in_process(deployment_runs, fashion, data_dir):
     from devices.codec import encode_delta
     from engine.models import ModelRegistry
     from engine.personalization import SharedPart, head_positions
 
-    outcome = fedper_run["outcome"]
-    context = f"{outcome.output[-3000:]}\n{fedper_run['logs']}"
-    assert outcome.returncode == 0 and fedper_run["status"] == "finished:completed", context
+    outcome = finished(deployment_runs["fedper"])
     history = in_process({**RUN_CONFIG, "personalize": "fedper"}, data_dir, fashion)
     assert_rounds_match(outcome.rounds, history, tolerance=0.03)  # processes differ in float noise only
 
@@ -163,3 +258,15 @@ def test_fedper_on_supernodes_keeps_heads_on_the_nodes_and_matches_in_process(fe
         assert all(device["personalized_accuracy"] is not None for device in record["devices"].values())
     last = outcome.rounds[-1]
     assert last["personalized_accuracy"] > last["device_global_accuracy"] + 0.1  # skewed devices: heads help
+
+
+@pytest.mark.timeout(1200)
+def test_fedbuff_on_supernodes_steps_every_k_replies_on_the_wall_clock(deployment_runs):
+    outcome = finished(deployment_runs["fedbuff"])
+    steps = outcome.rounds
+    assert [s["round"] for s in steps] == list(range(1, FEDBUFF["num-server-rounds"] + 1))
+    for step in steps:
+        assert len(step["devices"]) == 1 and step["problems"] == [], step  # K updates per server step
+        assert step["simulated_time"] > 0  # wall-clock seconds since the previous step
+    assert sum(d["staleness"] for step in steps for d in step["devices"].values()) > 0  # the slower reply waits
+    assert steps[-1]["global_accuracy"] > 0.3  # chance is 0.1
