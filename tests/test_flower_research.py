@@ -10,17 +10,17 @@ The devices run the same code as in-process (``devices.personal``); what Flower 
   ``Context`` per node kept between messages), run Ditto, and FedPer under Flower's SecAgg+, and match the
   in-process engine on the same seed, device by device; Ditto's personal model and FedPer's head are in the
   node's ``context.state``, never in a reply;
-- real processes: a SuperLink and two SuperNodes (the loopback's long-lived ClientApp workers) run FedPer for
-  two rounds. Each device's personalised accuracy reaches the results file, every reply carries the body
+- real processes: the session's shared SuperLink and its three SuperNodes (``flower_deployment``, the
+  loopback's long-lived ClientApp workers) run FedPer for two rounds. Each device's personalised accuracy reaches the results file, every reply carries the body
   only (its bytes are the body's, the server decodes it against the body), and the rounds match the
   in-process engine on the same seed. Round 2's personalised accuracy is the device's own head trained
   again: a node that lost its head from ``context.state`` would start from the server's initial one.
 
 FedBuff: ``engine.async_rounds`` on the wall clock. Train messages are pushed to idle nodes, replies pulled as
-they come, and every ``buffer_size`` (K = 1 here) of them is one server step; with two nodes training at once
-the reply that did not make a step is applied in a later one, stale. In memory (the order is then fixed) the
-steps are exactly that; on the SuperLink (the same deployment as FedPer's, a second run) every step applies
-K updates, some stale, and the model learns.
+they come, and every ``buffer_size`` (K = 1 here) of them is one server step; with several nodes training at
+once the replies that did not make a step are applied in later ones, stale. In memory (two nodes; the order
+is then fixed) the steps are exactly that; on the SuperLink (the session's shared deployment, three
+SuperNodes, a second run after FedPer's) every step applies K updates, some stale, and the model learns.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from devices.messages import Personalization, TrainInstructions
 from engine.config import FederationConfig
 from flower_app import records
+from tests.conftest import FLOWER_SUPERNODES
 
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 
@@ -89,12 +90,12 @@ def test_flower_accepts_personalisation():
 
 
 # -- the real ServerApp and ClientApp, in memory -----------------------------------------------------------------
-def in_process(run_config: dict, data_dir: str, fashion):
-    """The in-process engine's run of ``run_config`` (the same seed): its history."""
+def in_process(run_config: dict, data_dir: str, fashion, devices: int = NUM_NODES):
+    """The in-process engine's run of ``run_config`` on ``devices`` devices (the same seed): its history."""
     from engine.federation import Federation
     from flower_app.config import federation_config
 
-    config = federation_config(run_config, num_devices=NUM_NODES, data_dir=data_dir)
+    config = federation_config(run_config, num_devices=devices, data_dir=data_dir)
     return Federation(config, dataset=fashion).run_to_end().history
 
 
@@ -213,20 +214,23 @@ def test_fedbuff_through_the_flower_apps_applies_every_k_replies_with_their_stal
 
 
 # -- real processes: FedPer and FedBuff over a SuperLink -------------------------------------------------------
-@pytest.fixture(scope="module")
-def deployment_runs(data_dir, tmp_path_factory):
-    """One SuperLink with two SuperNodes: a FedPer run, then a FedBuff run."""
-    from flower_app.loopback import LocalDeployment
+DEPLOYMENT_RUNS = {  # on the session's shared deployment (tests/conftest.py flower_deployment): 3 SuperNodes
+    "fedper": {**RUN_CONFIG, "min-devices": FLOWER_SUPERNODES, "personalize": "fedper",
+               "results-file": "research-fedper.jsonl"},
+    "fedbuff": {**FEDBUFF, "min-devices": FLOWER_SUPERNODES, "results-file": "research-fedbuff.jsonl"},
+}
 
-    workdir = tmp_path_factory.mktemp("flower-research")
-    runs = {"fedper": {**RUN_CONFIG, "personalize": "fedper", "results-file": "fedper.jsonl"},
-            "fedbuff": {**FEDBUFF, "results-file": "fedbuff.jsonl"}}
+
+@pytest.fixture(scope="module")
+def deployment_runs(data_dir, flower_deployment):
+    """A FedPer run, then a FedBuff run, on the shared SuperLink and its SuperNodes."""
+    local = flower_deployment
+    assert local.num_supernodes == FLOWER_SUPERNODES
     done = {}
-    with LocalDeployment(workdir, NUM_NODES, data_dir=data_dir) as local:
-        for name, run_config in runs.items():
-            outcome = local.run({**run_config, "data-dir": data_dir}, timeout=700)
-            status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
-            done[name] = {"outcome": outcome, "status": status, "logs": local.log("superlink")[-3000:]}
+    for name, run_config in DEPLOYMENT_RUNS.items():
+        outcome = local.run({**run_config, "data-dir": data_dir}, timeout=700)
+        status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
+        done[name] = {"outcome": outcome, "status": status, "logs": local.log("superlink")[-3000:]}
     return done
 
 
@@ -244,7 +248,7 @@ def test_fedper_on_supernodes_keeps_heads_on_the_nodes_and_matches_in_process(de
     from engine.personalization import SharedPart, head_positions
 
     outcome = finished(deployment_runs["fedper"])
-    history = in_process({**RUN_CONFIG, "personalize": "fedper"}, data_dir, fashion)
+    history = in_process(DEPLOYMENT_RUNS["fedper"], data_dir, fashion, FLOWER_SUPERNODES)
     assert_rounds_match(outcome.rounds, history, tolerance=0.03)  # processes differ in float noise only
 
     model = ModelRegistry().build("mlp", fashion.input_shape, fashion.num_classes)
@@ -254,7 +258,7 @@ def test_fedper_on_supernodes_keeps_heads_on_the_nodes_and_matches_in_process(de
     body_bytes = len(encode_delta([np.zeros_like(w, np.float32) for w in body], "none")[0])
     for record in outcome.rounds:
         assert all(device["bytes_up"] == body_bytes for device in record["devices"].values()), record
-        assert record["raw_bytes_up"] == sum(w.nbytes for w in body) * NUM_NODES
+        assert record["raw_bytes_up"] == sum(w.nbytes for w in body) * FLOWER_SUPERNODES
         assert all(device["personalized_accuracy"] is not None for device in record["devices"].values())
     last = outcome.rounds[-1]
     assert last["personalized_accuracy"] > last["device_global_accuracy"] + 0.1  # skewed devices: heads help
