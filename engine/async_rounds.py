@@ -112,7 +112,11 @@ class AsyncRoundRunner(RoundRunner):
         """Process arrivals until the buffer holds K updates (or no device is training), then apply it."""
         started = time.perf_counter()
         on = set(active)
+        off = {f.device_id for f in self.flights if f.device_id not in on}
         self.flights = [f for f in self.flights if f.device_id in on]  # switched off: the update is lost
+        if off and self.wall_clock:  # its reply, should it still come, must not pass for a later start's
+            self.transport.forget(off)
+            self.arrived = [a for a in self.arrived if a[0] not in off]
         heapq.heapify(self.flights)
         for flight in self.flights:
             self.on_status(flight.device_id, DeviceStatus.TRAINING, f"from model version {flight.version}")

@@ -163,6 +163,11 @@ class GridTransport:
             self._in_flight[message_id] = (partition_of[message.metadata.dst_node_id], pushed)
         return bytes_down
 
+    def forget(self, partitions: set[int]) -> None:
+        """Stop waiting for the replies to these partitions' started messages (their devices were switched off):
+        a reply that still comes is never handed over, so it cannot pass for the answer to a later start."""
+        self._in_flight = {i: sent for i, sent in self._in_flight.items() if sent[0] not in partitions}
+
     def arrivals(self, wait: float, checkpoint: Callable[[int], None]) -> list[tuple[int, Reply]]:
         """The replies to :meth:`start`'s messages that arrive within ``wait`` seconds (as soon as there is
         one), in arrival order; a message unanswered for ``round-timeout`` seconds comes back as a problem.

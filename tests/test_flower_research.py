@@ -188,6 +188,10 @@ def test_the_grid_hands_replies_over_as_they_come_and_a_silent_node_times_out(tm
     assert [p for p, _ in late] == [1] and isinstance(late[0][1], DeviceProblem) and now[0] > 5.0
     assert "round-timeout" in late[0][1].reason and checks  # a stop could end every wait
     assert transport.arrivals(1.0, checks.append) == []  # nothing left in flight: at once
+    transport.start({0: TrainInstructions(2, model, seed=5)})
+    transport.forget({0})  # its device was switched off: its reply is never handed over
+    before = now[0]
+    assert transport.arrivals(1.0, checks.append) == [] and now[0] == before
 
 
 def test_fedbuff_through_the_flower_apps_applies_every_k_replies_with_their_staleness(
