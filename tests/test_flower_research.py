@@ -124,14 +124,27 @@ def test_personalisation_through_the_flower_apps_matches_in_process_and_stays_in
     from flower_app.server_app import main
     from tests.flower_testing import ClientAppGrid
 
+    from engine.store import RunStore
+
     monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setenv("FL_FLOWER_RUNS_DIR", str(tmp_path / "runs"))
     run_config = {**RUN_CONFIG, "personalize": mode, **extra, "data-dir": data_dir}
     grid = ClientAppGrid({100 + p: {"partition-id": p, "num-partitions": NUM_NODES, "data-dir": data_dir}
                           for p in range(NUM_NODES)}, run_config)
     main(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
-                       run_config={**run_config, "results-file": "rounds.jsonl"}))
+                       run_config={**run_config, "results-file": "rounds.jsonl", "runs-dir": "store"}))
     rounds = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert_rounds_match(rounds, in_process(run_config, data_dir, fashion), tolerance)
+    store = RunStore(tmp_path / "runs" / "store")  # the run store the charts and comparisons read
+    (run,) = store.list_runs()
+    stored = {(r, d): personal for r, d, _, personal in store.device_personalization(run.run_id)}
+    if "secure-aggregation" in extra:  # as in-process: nothing per device is recorded under secure aggregation
+        assert stored == {}
+    else:
+        assert stored == pytest.approx({(line["round"], int(d)): v["personalized_accuracy"]
+                                        for line in rounds for d, v in line["devices"].items()})
+        assert [r.personalized_accuracy for r in store.load_history(run.run_id)] == pytest.approx(
+            [line["personalized_accuracy"] for line in rounds])
     for context in grid.contexts.values():  # the node's own, kept for the next round, never sent
         assert kept in context.state.array_records
         assert not any(kept in reply.content.array_records for _, reply in grid.sent)
