@@ -12,7 +12,6 @@ from data.sources import source_problem
 from data.spec import COLOR_MODES, TASK_CHOICES, SourceOptions
 from devices.codec import COMPRESSIONS
 from devices.faults import FAULTS
-from engine.lr_schedule import LR_SCHEDULES
 from engine.personalization import PERSONALIZATIONS, personalization_problems
 from engine.precision import PRECISIONS
 from engine.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds, field_problems, setting
@@ -112,10 +111,6 @@ class FederationConfig:
                                         "model-sized arrays per device, on the device only); fresh: a new optimizer "
                                         f"every round; auto: kept up to {KEPT_STATE_MAX_DEVICES} devices, unless the "
                                         "strategy's math assumes a fresh one (SCAFFOLD, FedNova)")
-    lr_schedule: str = setting("constant", group="training", label="Learning-rate schedule", choices=LR_SCHEDULES,
-                               help="the devices' learning rate across rounds: constant, or cosine (decays from "
-                                    "--lr in round 1 to about a tenth of it in the last of --rounds, then stays "
-                                    "there; constant when the run has no set number of rounds)")
     # -- personalisation: a model of each device's own, next to the global one --------------
     personalize: str = setting("none", group="personalisation", label="Personalisation", choices=PERSONALIZATIONS,
                                help="each device's own model, evaluated on its held-out data next to the global "

@@ -16,7 +16,6 @@ from engine.aggregation import update_problem
 from engine.composition import Aggregation, build_aggregation
 from engine.config import FederationConfig
 from engine.evaluation import RoundTestSets
-from engine.lr_schedule import round_learning_rate
 from engine.metrics import RegressionScores, confusion_matrix, regression_scores
 from engine.model_defaults import ModelError
 from engine.personalization import SharedPart, device_settings, finite_or_none, head_positions, mean_finite
@@ -52,7 +51,7 @@ def local_training_instructions(
         weights=weights,
         local_epochs=config.local_epochs,
         batch_size=config.batch_size,
-        learning_rate=round_learning_rate(config.learning_rate, config.lr_schedule, server_round, config.rounds),
+        learning_rate=config.learning_rate,
         seed=device_seed(config.seed, server_round, device_id),
         proximal_mu=options.proximal_mu,
         control=control,

@@ -141,7 +141,7 @@ UNUSUAL = FederationConfig(
     dataset="mnist", data_dir="/data", train_samples=1200, test_samples=300, local_test_fraction=0.2, num_devices=4,
     partition="dirichlet", alpha=0.3, shards_per_device=3, quantity_alpha=0.7, model="mlp", strategy="fedprox",
     strategy_params={"proximal_mu": 0.05}, rounds=7, local_epochs=2, batch_size=16, learning_rate=0.01,
-    optimizer="sgd", momentum=0.5, optimizer_state="kept", lr_schedule="cosine", min_devices=2, fraction=0.5, seed=5, workers=3, stack_width=2, xla=True,
+    optimizer="sgd", momentum=0.5, optimizer_state="kept", min_devices=2, fraction=0.5, seed=5, workers=3, stack_width=2, xla=True,
     faults={1: "nan", 3: "crash"}, slowdowns={0: 2.5}, dropout=0.1, round_deadline=4.0, clip_norm=1.5,
     noise_multiplier=0.3, local_noise_multiplier=0.2, dp_delta=1e-6, secure_aggregation=True, compression="q8",
     topk_fraction=0.2, tensorboard="/tmp/tb", precision="bfloat16", eval_samples=100, full_eval_every=2,
