@@ -307,14 +307,19 @@ class LocalDeployment:
             text=True, timeout=timeout, start_new_session=True,
         )
 
-    def run(self, run_config: Mapping[str, object], timeout: float = 300.0) -> RunOutcome:
-        """``flwr run . loopback --stream`` and wait for the run to end; reads ``results-file`` if set."""
+    def run(self, run_config: Mapping[str, object], timeout: float = 300.0,
+            project_root: Path | None = None) -> RunOutcome:
+        """``flwr run . loopback --stream`` and wait for the run to end; reads ``results-file`` if set.
+
+        ``project_root``: the app to run (default the deployment's); one SuperLink and its SuperNodes serve
+        runs of several apps, each SuperNode's worker installing each app it is sent.
+        """
         started = time.perf_counter()
         command = ["flwr", "run", ".", CONNECTION, "--stream"]
         if run_config:
             command += ["--run-config", run_config_arg(run_config)]
         process = subprocess.Popen(
-            command, cwd=self.project_root, env=self.env("cli-home"), stdout=subprocess.PIPE,
+            command, cwd=project_root or self.project_root, env=self.env("cli-home"), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         self.processes[f"flwr-run-{len(self.processes)}"] = process

@@ -1,7 +1,7 @@
 """SCAFFOLD on Flower: the server's c travels down, each device's c_i lives in its SuperNode's context.state.
 
-One deployment for the module: a real SuperLink and three SuperNodes (the
-loopback's long-lived ClientApp workers). The ClientApp restores each device's
+On the session's shared deployment (``flower_deployment``, tests/conftest.py):
+a real SuperLink and three SuperNodes (the loopback's long-lived ClientApp workers). The ClientApp restores each device's
 control variate from the node's ``context.state`` before every round (a lost
 state would reset it to zero), so round 2 only matches the in-process math if
 the SuperNode kept it. Two rounds must learn and match the in-process engine's
@@ -54,18 +54,17 @@ def test_control_variates_travel_both_ways_and_a_bad_one_is_refused():
 
 
 @pytest.fixture(scope="module")
-def scaffold_run(data_dir, tmp_path_factory):
-    from flower_app.loopback import LocalDeployment
-
-    workdir = tmp_path_factory.mktemp("flower-scaffold")
+def scaffold_run(data_dir, flower_deployment):
+    local = flower_deployment
+    assert local.num_supernodes == NUM_SUPERNODES
     # the ServerApp saves the global model after each round into weights-file
-    run_config = {**RUN_CONFIG, "results-file": "rounds.jsonl", "weights-file": "weights.npz", "data-dir": data_dir}
-    with LocalDeployment(workdir, NUM_SUPERNODES, data_dir=data_dir) as local:
-        outcome = local.run(run_config, timeout=700)
-        status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
-        with np.load(local.output_file("weights.npz")) as saved:
-            weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
-        logs = local.log("superlink")[-3000:]
+    run_config = {**RUN_CONFIG, "results-file": "scaffold-rounds.jsonl", "weights-file": "scaffold-weights.npz",
+                  "data-dir": data_dir}
+    outcome = local.run(run_config, timeout=700)
+    status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
+    with np.load(local.output_file("scaffold-weights.npz")) as saved:
+        weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+    logs = local.log("superlink")[-3000:]
     return {"outcome": outcome, "status": status, "weights": weights, "logs": logs}
 
 
