@@ -247,15 +247,19 @@ class Federation(FederationBackend):
             if remote is not None:
                 remote.close("failed", one_line(error))
             raise
-        federation._restore(history, checkpoint)
-        off = store.load_inactive_devices(run_id)
-        with federation._lock:
-            federation._active = [device_id not in off for device_id in range(config.num_devices)]
-        states = store.load_device_states(run_id, len(history))
-        if remote is not None:
-            remote.restore_device_states(states)
-        for device_id, state in states.items():
-            federation.devices[device_id].restore_state(state)
+        try:
+            federation._restore(history, checkpoint)
+            off = store.load_inactive_devices(run_id)
+            with federation._lock:
+                federation._active = [device_id not in off for device_id in range(config.num_devices)]
+            states = store.load_device_states(run_id, len(history))
+            if remote is not None:
+                remote.restore_device_states(states)
+            for device_id, state in states.items():
+                federation.devices[device_id].restore_state(state)
+        except BaseException:
+            federation.close()  # its workers, and the remote transport's processes
+            raise
         return federation
 
     def _restore(self, history: list[RoundResult], checkpoint: Checkpoint | None) -> None:
