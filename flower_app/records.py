@@ -2,7 +2,8 @@
 
 Down: ``TrainInstructions`` -> an ``ArrayRecord`` (the global weights) and a
 ``ConfigRecord`` (round, epochs, batch size, learning rate, seed, FedProx's mu,
-clipping norm, local noise, compression; SCAFFOLD's local momentum) and, for
+clipping norm, local noise, compression; SCAFFOLD's local momentum; under
+``--personalize`` every ``Personalization`` field as ``personal-<field>``) and, for
 SCAFFOLD, the server's control variate c as a second ``ArrayRecord``.
 Up: ``EncodedUpdate`` (what ``Device.respond`` sends in-process: the clipped,
 noised, compressed delta as bytes) -> an ``ArrayRecord`` holding those bytes as
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from devices.messages import (
-    ControlVariate, DeviceMetrics, DeviceUpdate, EncodedUpdate, PrivacySettings, TrainInstructions, Weights,
+    ControlVariate, DeviceMetrics, DeviceUpdate, EncodedUpdate, Personalization, PrivacySettings, TrainInstructions,
+    Weights,
 )
 from engine.results import RoundResult
 
@@ -37,6 +40,8 @@ PAYLOAD = "payload"  # the encoded update's bytes, one uint8 array
 CONTROL = "control"  # SCAFFOLD: the server's control variate c, down (absent while it is zero)
 CONTROL_DELTA = "control-delta"  # SCAFFOLD: how the device's own control variate c_i changed, up
 DEVICE_CONTROL = "device-control"  # SCAFFOLD: the device's own c_i from the run store, down to a resumed device
+
+PERSONAL = "personal-"  # --personalize: the config keys of the Personalization fields, e.g. personal-mode
 
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
@@ -82,7 +87,39 @@ def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | 
             content.array_records[CONTROL] = to_arrays(instructions.control.weights)
         if instructions.control.device_weights is not None:
             content.array_records[DEVICE_CONTROL] = to_arrays(instructions.control.device_weights)
+    if instructions.personal is not None:
+        config.update(personal_config(instructions.personal))
     return content
+
+
+def personal_config(personal: Personalization) -> dict[str, int | float | str]:
+    """``personal`` as config values, one ``personal-<field>`` key per ``Personalization`` field (generated from
+    the dataclass, so a new field travels too); a tuple (FedPer's head positions) as ``"4,5"``, since Flower's
+    legacy ``FitIns`` config (the SecAgg+ path) takes scalars only."""
+    values: dict[str, int | float | str] = {}
+    for field in dataclasses.fields(Personalization):
+        value = getattr(personal, field.name)
+        values[PERSONAL + _dashed(field.name)] = ",".join(str(int(v)) for v in value) if isinstance(value, tuple) \
+            else value
+    return values
+
+
+def _personal_from(config: Mapping[str, object]) -> Personalization | None:
+    """The inverse of :func:`personal_config` (None: the message carries no personalisation)."""
+    if PERSONAL + "mode" not in config:
+        return None
+    types = typing.get_type_hints(Personalization)
+    values = {}
+    for field in dataclasses.fields(Personalization):
+        key = PERSONAL + _dashed(field.name)
+        if key not in config:
+            continue  # a field the sender does not know: its default
+        raw = config[key]
+        if typing.get_origin(types[field.name]) is tuple:
+            values[field.name] = tuple(int(part) for part in str(raw).split(",") if part.strip())
+        else:
+            values[field.name] = types[field.name](raw)
+    return Personalization(**values)
 
 
 def instructions_from(content: RecordDict) -> TrainInstructions:
@@ -101,6 +138,7 @@ def instructions_from(content: RecordDict) -> TrainInstructions:
         topk_fraction=float(config.get("topk-fraction", 0.01)),
         keep_optimizer_state=bool(config.get("keep-optimizer-state", False)),
         control=_control_from(content),
+        personal=_personal_from(config),
     )
 
 
@@ -241,6 +279,10 @@ def round_record(
         "raw_bytes_up": result.raw_bytes_up,
         "epsilon": None if result.epsilon is None else number(result.epsilon),
         "sampling_rate": number(result.sampling_rate),
+        # --personalize: the devices' mean on their own held-out data, personalised and global (null without it)
+        "personalized_accuracy": number(result.personalized_accuracy),  # None -> null, like NaN
+        "device_global_accuracy": number(result.device_global_accuracy),
+        "simulated_time": number(result.simulated_time),  # FedBuff on Flower: wall-clock seconds of the step
         "devices": {
             str(d.device_id): {
                 "node_id": nodes.get(d.device_id),
@@ -252,6 +294,9 @@ def round_record(
                 "accuracy": number(d.accuracy),
                 "seconds": number(d.seconds),
                 "bytes_up": d.bytes_up,
+                "personalized_accuracy": number(d.personalized_accuracy),
+                "personalized_loss": number(d.personalized_loss),
+                "staleness": d.staleness,  # FedBuff: server steps since the model it trained from (else 0)
                 **{str(k): number(v) for k, v in extras.get(d.device_id, {}).items()},  # e.g. setup_seconds
             }
             for d in result.devices
