@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data sets from FL_DATA_DIR (default ../shared/datasets)."""
+"""Shared fixtures: the real data sets from FL_DATA_DIR (default ../shared/datasets), one Flower deployment."""
 
 from __future__ import annotations
 
@@ -66,6 +66,40 @@ def make_federation(fashion):
     yield make
     for federation in created:
         federation.close()
+
+
+FLOWER_SUPERNODES = 3
+
+
+@pytest.fixture(scope="session")
+def flower_deployment(data_dir, tmp_path_factory):
+    """One real Flower deployment for the whole session, started by the first test that asks for it.
+
+    A ``flower_app.loopback.LocalDeployment`` as a real deployment is set up: a SuperLink with TLS and
+    SuperNode authentication, ``FLOWER_SUPERNODES`` SuperNodes (node config ``partition-id=i
+    num-partitions=3``, registered keys) each with its long-lived ClientApp worker. Starting one costs
+    tens of seconds on 2 cores, so the Flower test files share it: each submits its own runs with
+    ``flower_deployment.run(run_config, project_root=...)`` (a copy of the app with test components is
+    fine: the workers install each app they are sent, by its hash).
+
+    Rules for its users: give every file a run names (``results-file``, ``weights-file``...) a name of
+    your own test (the output folder is shared); do not stop, kill or add SuperNodes on it (tests count
+    its online nodes): a test that needs other SuperNodes starts its own ``LocalDeployment``. At the end
+    of the session it is stopped, and a process left behind fails the session.
+    """
+    from flower_app.loopback import LocalDeployment
+
+    local = LocalDeployment(tmp_path_factory.mktemp("flower-shared"), FLOWER_SUPERNODES, data_dir=data_dir)
+    try:
+        local.start()
+        yield local
+    finally:
+        started = time.monotonic()
+        leftovers = local.stop()
+        seconds = time.monotonic() - started
+    assert leftovers == [], f"processes survived the shared Flower deployment (killed now): {leftovers}"
+    assert all(process.poll() is not None for process in local.processes.values())
+    assert seconds < 30, f"stopping the shared Flower deployment took {seconds:.0f} s"
 
 
 def wait_until(condition, timeout: float = 60.0, interval: float = 0.05):

@@ -1,19 +1,20 @@
 """The Flower app: message conversions, the Grid transport, and a real deployment on 127.0.0.1.
 
-The last tests start one loopback deployment for the module (``flower-superlink``
-with TLS and SuperNode authentication, three ``flower-supernode`` processes each
-with its long-lived ClientApp worker, free ports, telemetry off), ``flwr run``
-two rounds on a small slice of Fashion-MNIST with partition 2 deactivated,
-compare the rounds with the in-process engine on the same configuration, try
-the deployment as an attacker would (SuperNodes that are not registered, a
-client without the worker's secret), and stop it, checking nothing is left.
+The last tests use the session's shared loopback deployment (``flower_deployment``
+in ``tests/conftest.py``: ``flower-superlink`` with TLS and SuperNode
+authentication, three ``flower-supernode`` processes each with its long-lived
+ClientApp worker, free ports, telemetry off), ``flwr run`` two rounds on a small
+slice of Fashion-MNIST with partition 2 deactivated, compare the rounds with the
+in-process engine on the same configuration, and try the deployment as an
+attacker would (SuperNodes that are not registered, a client without the
+worker's secret). Stopping it without leaving a process behind is checked when
+the session ends (the fixture's teardown).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -332,22 +333,19 @@ RUN_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def loopback(data_dir, tmp_path_factory):
-    """A SuperLink (TLS, node authentication) and three SuperNodes with their workers, for this module's tests."""
-    from flower_app.loopback import LocalDeployment
-
-    local = LocalDeployment(tmp_path_factory.mktemp("flower-loopback"), NUM_SUPERNODES, data_dir=data_dir)
-    with local:
-        yield local
+def loopback(flower_deployment):
+    """The session's SuperLink (TLS, node authentication) and three SuperNodes with their workers."""
+    assert flower_deployment.num_supernodes == NUM_SUPERNODES
+    return flower_deployment
 
 
 @pytest.fixture(scope="module")
 def deployment(loopback, data_dir):
     """The app run for two rounds on the loopback deployment, partition 2 deactivated."""
-    workdir = loopback.workdir
-    (workdir / "deactivated.txt").write_text(str(DEACTIVATED))
-    run_config = {**RUN_CONFIG, "results-file": str(workdir / "rounds.jsonl"),
-                  "deactivated-file": str(workdir / "deactivated.txt"), "data-dir": data_dir}
+    workdir = loopback.output_dir
+    (workdir / "flower-deactivated.txt").write_text(str(DEACTIVATED))
+    run_config = {**RUN_CONFIG, "results-file": str(workdir / "flower-rounds.jsonl"),
+                  "deactivated-file": str(workdir / "flower-deactivated.txt"), "data-dir": data_dir}
     outcome = loopback.run(run_config, timeout=600)
     status = loopback.run_status(outcome.run_id) if outcome.run_id else "not started"
     logs = {name: loopback.log(name)[-3000:] for name in ("superlink", "supernode-0", "clientapp-0")}
@@ -462,12 +460,3 @@ def test_only_the_worker_with_the_secret_can_take_a_supernodes_tasks(loopback):
     with pytest.raises(httpx.HTTPStatusError) as refused:
         anonymous.AcquireTask(request)
     assert refused.value.response.status_code in (401, 403)
-
-
-def test_everything_shuts_down_cleanly(loopback):
-    """Last in this module: stopping the deployment leaves no process behind (SuperExec, ServerApp, workers)."""
-    started = time.monotonic()
-    leftovers = loopback.stop()
-    assert leftovers == [], "processes survived the deployment (killed now)"
-    assert all(process.poll() is not None for process in loopback.processes.values())
-    assert time.monotonic() - started < 30

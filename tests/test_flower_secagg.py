@@ -1,6 +1,7 @@
 """Secure aggregation on Flower with Flower's own SecAgg+, on a real SuperLink and three real SuperNodes.
 
-One deployment for the module. The app is the product's, except that its
+On the session's shared deployment (``flower_deployment``, tests/conftest.py).
+The app is the product's, except that its
 ServerApp is :mod:`flower_app.testing.recording_server_app`: the real one,
 noting what every reply it pulls carries. Two rounds of FedAvg with
 ``secure-aggregation=true`` run Flower's ``SecAggPlusWorkflow`` against the
@@ -36,22 +37,25 @@ def recording_project(root, folder):
 
 
 @pytest.fixture(scope="module")
-def secure_run(data_dir, tmp_path_factory):
-    from flower_app.loopback import PROJECT_ROOT, LocalDeployment
+def secure_run(data_dir, tmp_path_factory, flower_deployment):
+    from flower_app.loopback import PROJECT_ROOT
+    from flower_app.testing.recording_server_app import RECEIVED_FILE
 
-    workdir = tmp_path_factory.mktemp("flower-secagg")
+    local = flower_deployment
+    assert local.num_supernodes == NUM_SUPERNODES
     project = recording_project(PROJECT_ROOT, tmp_path_factory.mktemp("secagg-app"))
-    run_config = {**RUN_CONFIG, "results-file": "rounds.jsonl", "data-dir": data_dir}
-    with LocalDeployment(workdir, NUM_SUPERNODES, data_dir=data_dir, project_root=project) as local:
-        outcome = local.run(run_config, timeout=400)
-        status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
-        received = [json.loads(line) for line in (local.output_dir / "received.jsonl").read_text().splitlines()]
-        failing = subprocess.run(
-            [sys.executable, "-m", "flower_app.run", ".", "loopback", "--stream",
-             "--run-config", 'runs-dir="/etc/x"'],
-            cwd=project, env=local.env("cli-home"), capture_output=True, text=True, timeout=600,
-        )
-        logs = local.log("superlink")[-3000:]
+    received_file = local.output_dir / RECEIVED_FILE  # only this module's runs use the recording ServerApp
+    received_file.unlink(missing_ok=True)
+    run_config = {**RUN_CONFIG, "results-file": "secagg-rounds.jsonl", "data-dir": data_dir}
+    outcome = local.run(run_config, timeout=400, project_root=project)
+    status = local.run_status(outcome.run_id) if outcome.run_id else "not started"
+    received = [json.loads(line) for line in received_file.read_text().splitlines()]
+    failing = subprocess.run(
+        [sys.executable, "-m", "flower_app.run", ".", "loopback", "--stream",
+         "--run-config", 'runs-dir="/etc/x"'],
+        cwd=project, env=local.env("cli-home"), capture_output=True, text=True, timeout=600,
+    )
+    logs = local.log("superlink")[-3000:]
     return {"outcome": outcome, "status": status, "received": received, "failing": failing, "logs": logs}
 
 
