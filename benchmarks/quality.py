@@ -15,7 +15,7 @@ shared; accuracies do not depend on it, times do).
 
     FL_DATA_DIR=../shared/datasets python -m benchmarks.quality            # the targets (slow: ~25 CNN epochs)
     FL_DATA_DIR=../shared/datasets python -m benchmarks.quality --quick    # smoke run: MLP, 3,000 samples
-    FL_DATA_DIR=../shared/datasets python -m benchmarks.quality --targets iid --reference-epochs 0
+    FL_DATA_DIR=../shared/datasets python -m benchmarks.quality --targets iid --reference-epochs 0 --seed 1
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def centralised_reference(model_name: str, epochs: int, train_samples: int | Non
             "train_samples": count, "accuracy_per_epoch": accuracies}
 
 
-def measure(target: Target, quick: bool) -> dict:
-    options = target.options + (QUICK if quick else ())
+def measure(target: Target, quick: bool, seed: int | None = None) -> dict:
+    options = target.options + (QUICK if quick else ()) + (() if seed is None else ("--seed", str(seed)))
     started_load = load()
     accuracies, summary = run_target(options)
     reached = rounds_to(target.accuracy, accuracies[:target.rounds])
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: every target on the MLP, 3,000 samples, 2 rounds (targets not expected met)")
+    parser.add_argument("--seed", type=int, default=None, help="the runs' --seed (default: the config's, 0)")
     parser.add_argument("--reference-epochs", type=int, default=None,
                         help="epochs of the centralised reference (default 5, quick 2; 0: skip it)")
     args = parser.parse_args()
@@ -138,7 +139,7 @@ def main() -> None:
     if epochs:
         results["centralised"] = centralised_reference("mlp" if args.quick else "cnn", epochs,
                                                        3000 if args.quick else None)
-    results["targets"] = [measure(TARGETS[name], args.quick) for name in args.targets]
+    results["targets"] = [measure(TARGETS[name], args.quick, args.seed) for name in args.targets]
     iid = next((t for t in results["targets"] if t["target"] == "iid"), None)
     if iid and epochs:
         central = results["centralised"]["accuracy_per_epoch"]

@@ -31,11 +31,14 @@ class ControlVariate:
     """SCAFFOLD (Karimireddy et al. 2020): the server's control variate c, sent down with the model.
 
     ``weights`` is None while c is still zero (before the first aggregation); ``local_momentum`` is the
-    momentum of the devices' local SGD, which sets how their step count is normalised.
+    momentum of the devices' local SGD, which sets how their step count is normalised. ``device_weights``
+    is the device's own c_i as the run store kept it, sent (on Flower) only to a device that may have lost
+    it, i.e. the first time a resumed run reaches it; a device that still holds its own keeps that one.
     """
 
     weights: Weights | None = None
     local_momentum: float = 0.0
+    device_weights: Weights | None = None
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,15 @@ def updated_control(
     new = [(ci - c + scale * (np.asarray(x, np.float64) - np.asarray(y, np.float64))).astype(np.float32)
            for ci, c, x, y in zip(own, server, received, trained)]
     return new, [(n - ci).astype(np.float32) for n, ci in zip(new, own)]
+
+
+def mirrored_control(kept: Weights | None, delta: Weights) -> Weights:
+    """The server's copy of a device's c_i after the device reported the change ``delta`` (None: zero so far).
+
+    ``c_i`` starts at zero and changes only by the deltas the device sends, so their running sum is the device's
+    own variate (to float32 rounding: the device computes ``c_i+`` and sends ``c_i+ - c_i``) and needs nothing
+    the server was not sent already.
+    """
+    if kept is None:
+        return [np.asarray(d, np.float32).copy() for d in delta]
+    return [(np.asarray(k, np.float32) + np.asarray(d, np.float32)).astype(np.float32) for k, d in zip(kept, delta)]

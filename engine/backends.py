@@ -14,10 +14,25 @@ backend returns the same ``engine.federation.Federation``; only its transport di
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.config import ConfigError, FederationConfig
+from engine.settings import Bounds, setting
 
 BACKENDS = ("in-process", "flower", "deployment")
+GROUP = "where devices run"  # the CLI's argument group of the settings below (engine.cli_options)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which transport a federation's devices use: not training configuration, so not a ``FederationConfig`` field."""
+
+    backend: str = setting(
+        "in-process", choices=BACKENDS, group=GROUP, label="Where devices run",
+        help="in-process: simulated devices here; flower: a local Flower SuperLink and one SuperNode process per "
+             "device (loopback, a few devices); deployment: a SuperLink with TLS and SuperNode authentication "
+             "(started here, or attached to with --no-start-superlink) that SuperNodes join from other machines",
+    )
 
 
 @dataclass(frozen=True)
@@ -33,11 +48,31 @@ class DeploymentSettings:
     ``superexec_secret`` file if it has one.
     """
 
-    start_superlink: bool = True
-    address: str = "0.0.0.0:9093"
-    certificates: str = "~/.fl-watch/deployment"
-    supernode_keys: int = 3
-    superexec_secret: str = ""
+    start_superlink: bool = setting(
+        True, group=GROUP, label="Start a SuperLink here",
+        help="--backend deployment: start a SuperLink on --superlink-address (TLS, SuperNode authentication); "
+             "--no-start-superlink attaches to one already running there (with --isolation process)",
+    )
+    address: str = setting(
+        "0.0.0.0:9093", group=GROUP, label="SuperLink address", flag="--superlink-address",
+        help="--backend deployment: host:port the SuperLink listens on (0.0.0.0: every interface), or the one "
+             "to attach to",
+    )
+    certificates: str = setting(
+        "~/.fl-watch/deployment", group=GROUP, label="Certificates folder",
+        help="--backend deployment: ca.crt (copy it to each device), the SuperLink's certificate and the "
+             "SuperNode keys (supernode-N: one per device); made with scripts/make_certificates.sh if it has no CA",
+    )
+    supernode_keys: int = setting(
+        3, group=GROUP, label="SuperNode keys", bounds=Bounds(0, 1000, high_inclusive=True),
+        help="--backend deployment: SuperNode key pairs made with a new CA; every supernode-*.pub in the "
+             "certificates folder is registered",
+    )
+    superexec_secret: str = setting(
+        "", group=GROUP, label="SuperExec secret file",
+        help="--backend deployment --no-start-superlink: the SuperLink's --superexec-auth-secret-file, if it "
+             "was started with one",
+    )
 
     def problems(self) -> list[str]:
         host, _, port = self.address.strip().rpartition(":")
@@ -48,33 +83,72 @@ class DeploymentSettings:
             found.append("the certificates folder is empty: name a folder (made if missing)")
         if not 0 <= self.supernode_keys <= 1000:
             found.append(f"SuperNode keys must be between 0 and 1000; got {self.supernode_keys}")
+        if not self.start_superlink and self.certificates.strip():  # attach: its CA must be here already
+            certificate = Path(self.certificates).expanduser() / "ca.crt"
+            if not certificate.is_file():
+                found.append(f"no CA certificate {certificate}: put the SuperLink's ca.crt in the certificates folder")
+            secret = self.superexec_secret.strip()
+            if secret and not Path(secret).expanduser().is_file():
+                found.append(f"no SuperExec secret file {secret}")
         return found
 
 
 def create_federation(config: FederationConfig, backend: str, dataset=None, store=None, label: str = "",
-                      deployment: DeploymentSettings | None = None):
+                      deployment: DeploymentSettings | None = None, progress=None):
     """``engine.federation.Federation`` for ``config``, its devices simulated here or Flower SuperNodes.
 
     ``backend`` (in :data:`BACKENDS`) picks the transport; the federation, its
     controls, snapshots, run store (``store``) and predictor are the same class.
-    ``deployment`` says where the ``deployment`` backend's SuperLink is (default: started here).
+    ``deployment`` says where the ``deployment`` backend's SuperLink is (default: started here);
+    ``progress`` is told each step of the set-up (one line each).
     """
     if backend == "in-process":
         from engine.federation import Federation
 
-        return Federation(config, dataset=dataset, store=store, label=label)
-    if backend == "flower":
-        from flower_app.backend import flower_federation
+        return Federation(config, dataset=dataset, store=store, label=label, progress=progress)
+    config, transport = remote_transport(config, backend, deployment, progress)
+    return federation_over(config, transport, dataset, store, label, progress)
 
-        return flower_federation(config, dataset=dataset, store=store, label=label)
+
+def reopen_federation(store, run_id: str, more_rounds: int | None, backend: str, dataset=None,
+                      deployment: DeploymentSettings | None = None, progress=None):
+    """A stored run reopened (``engine.federation.Federation.reopen``) with its devices on ``backend``."""
+    from engine.federation import Federation
+
+    def transport(config: FederationConfig):
+        return remote_transport(config, backend, deployment, progress)
+
+    return Federation.reopen(store, run_id, more_rounds, dataset=dataset, progress=progress,
+                             transport=None if backend == "in-process" else transport)
+
+
+def remote_transport(config: FederationConfig, backend: str, deployment: DeploymentSettings | None = None,
+                     progress=None):
+    """``config`` checked for a Flower ``backend``, and the transport to its SuperNodes (processes started or
+    reached now; they end when the transport closes)."""
+    if backend == "flower":
+        from flower_app.backend import loopback_transport
+
+        return loopback_transport(config, progress=progress)
     if backend == "deployment":
         settings = deployment or DeploymentSettings()
         if settings.problems():
             raise ConfigError(settings.problems())
-        from flower_app.deployment import deployment_federation
+        from flower_app.deployment import deployment_transport
 
-        return deployment_federation(config, settings, dataset=dataset, store=store, label=label)
+        return deployment_transport(config, settings, progress)
     raise ConfigError([f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"])
+
+
+def federation_over(config: FederationConfig, transport, dataset=None, store=None, label: str = "", progress=None):
+    """``Federation(config)`` over a remote ``transport``, which is closed (as failed) if that cannot be built."""
+    from engine.federation import Federation
+
+    try:
+        return Federation(config, dataset, store=store, label=label, transport=transport, progress=progress)
+    except BaseException as error:
+        transport.close("failed", str(error))
+        raise
 
 
 def backend_problems(config: FederationConfig, backend: str) -> list[str]:

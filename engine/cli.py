@@ -14,6 +14,7 @@ from typing import Sequence, TextIO
 from data.errors import DataError, DatasetUnavailableError
 from data.sources import load_source
 from data.spec import Preprocessing
+from engine.backends import BackendChoice, DeploymentSettings
 from engine.cli_options import DefaultsHelpFormatter, OneLineParser, add_setting_options, setting_values
 from engine.config import ConfigError, FederationConfig
 from engine.data_fit import data_problem
@@ -69,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="train a federation and print one line per round",
-        description="Train a federation of simulated devices and print one line per round.",
+        description="Train a federation and print one line per round: simulated devices here (the default), "
+                    "or Flower SuperNodes (--backend flower: on this machine; --backend deployment: a SuperLink "
+                    "that SuperNodes on other machines join).",
         epilog="Local training defaults: each device trains with a fresh Adam optimizer (lr 0.002) every "
                "round, batch 32, 1 local epoch. With them the CNN on 10 IID devices reaches about 0.88 "
                "test accuracy on Fashion-MNIST after 5 rounds. Data: --data-dir or $FL_DATA_DIR, "
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(command_parser=run)
     add_setting_options(run, FederationConfig, help_overrides={"strategy": strategy_help(), **model_default_help()})
     run.set_defaults(**{name: None for name in (*MODEL_DEFAULTED, "num_devices")})  # None: chosen after loading
+    add_backend_options(run)
 
     output = run.add_argument_group("output")
     output.add_argument("--config", metavar="FILE", default=None,
@@ -99,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--rounds", type=rounds_value, default=5, help="rounds to add (0: until interrupted)")
     resume.add_argument("--data-dir", default=None, help="folder with the IDX .gz files (default: $FL_DATA_DIR)")
     add_output_options(resume)
+    add_backend_options(resume)
 
     runs = commands.add_parser("runs", help="list stored runs")
     runs.set_defaults(command_parser=runs)
@@ -146,6 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     add_runs_dir(delete)
     return parser
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and where a deployment's SuperLink is: generated from their declared settings."""
+    groups: dict = {}
+    add_setting_options(parser, BackendChoice, groups=groups)
+    add_setting_options(parser, DeploymentSettings, groups=groups)
+
+
+def deployment_from_args(args: argparse.Namespace) -> DeploymentSettings | None:
+    """The deployment's SuperLink settings, for ``--backend deployment`` (None for the other backends)."""
+    return DeploymentSettings(**setting_values(args, DeploymentSettings)) if args.backend == "deployment" else None
+
+
+def check_backend(config: FederationConfig, args: argparse.Namespace) -> None:
+    """Raise ``ConfigError`` (exit 2, one line) when ``--backend`` cannot run ``config``, before anything starts."""
+    from engine.backends import backend_problems
+
+    problems = backend_problems(config, args.backend)
+    if problems:
+        raise ConfigError(problems)
 
 
 def add_runs_dir(parser: argparse.ArgumentParser) -> None:
@@ -305,7 +331,7 @@ def follow(federation, as_json: bool, out: TextIO) -> int:
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     store = None if args.no_save else RunStore(args.runs_dir)  # a bad runs folder fails before TensorFlow loads
-    from engine.federation import Federation  # deferred: TensorFlow import is slow, --help should not be
+    from engine.backends import create_federation  # deferred: TensorFlow import is slow, --help should not be
 
     draft = config_from_args(args)
     dataset = load_source(draft.dataset, draft.data_dir, draft.source_options, progress_to_stderr)
@@ -313,7 +339,9 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     problem = config.problems() or ([data_problem(dataset, config)] if data_problem(dataset, config) else [])
     if problem:
         raise DataError("; ".join(problem))
-    federation = Federation(config, dataset=dataset, progress=progress_to_stderr, store=store, label=args.label)
+    check_backend(config, args)
+    federation = create_federation(config, args.backend, dataset=dataset, store=store, label=args.label,
+                                   deployment=deployment_from_args(args), progress=progress_to_stderr)
     return follow(federation, args.json, out)
 
 
@@ -325,10 +353,12 @@ def stored_dataset(config: FederationConfig, data_dir: str | None):
 def resume_command(args: argparse.Namespace, out: TextIO) -> int:
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
-    from engine.federation import Federation
+    check_backend(config, args)
+    from engine.backends import reopen_federation
 
     dataset = stored_dataset(config, args.data_dir)
-    federation = Federation.reopen(store, args.run_id, args.rounds, dataset=dataset, progress=progress_to_stderr)
+    federation = reopen_federation(store, args.run_id, args.rounds, args.backend, dataset=dataset,
+                                   deployment=deployment_from_args(args), progress=progress_to_stderr)
     return follow(federation, args.json, out)
 
 
@@ -479,6 +509,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         problems = config_from_args(args).problems()
         if problems:
             args.command_parser.error("; ".join(problems))
+    if args.command in ("run", "resume") and args.backend == "deployment" and deployment_from_args(args).problems():
+        args.command_parser.error("; ".join(deployment_from_args(args).problems()))
     try:
         with filtered_stderr(enabled=not os.environ.get("FL_DEBUG")):
             return COMMANDS[args.command](args, out)

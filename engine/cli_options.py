@@ -65,9 +65,12 @@ def _typed(cls: type, name: str, kind: Kind) -> Callable[[str], Any]:
 
 
 def add_setting_options(parser: argparse.ArgumentParser, cls: type,
-                        help_overrides: dict[str, str] | None = None) -> None:
-    """One option per declared field of ``cls``, grouped by ``Setting.group`` in declaration order."""
-    groups: dict[str, Any] = {}
+                        help_overrides: dict[str, str] | None = None, groups: dict[str, Any] | None = None) -> None:
+    """One option per declared field of ``cls``, grouped by ``Setting.group`` in declaration order.
+
+    ``groups`` (group name -> argument group) is filled and reused: pass the same dict for several classes
+    whose settings share a group."""
+    groups = {} if groups is None else groups
     cls_kinds = kinds(cls)
     for f, spec in declared_settings(cls):
         if spec.group not in groups:

@@ -96,6 +96,12 @@ class RemoteTransport(Transport, Protocol):
     def close(self, status: str, details: str) -> None:
         """Release the link; ``status``: completed, stopped or failed."""
 
+    def device_states(self) -> dict[int, dict[str, Weights]]:
+        """What each device must remember between rounds, as the server knows it (for the run store)."""
+
+    def restore_device_states(self, states: dict[int, dict[str, Weights]]) -> None:
+        """A resumed run's stored device states: sent to each device that no longer holds its own."""
+
 
 def remote_device_state(state: DeviceState, node, now: float | None = None) -> DeviceState:
     """``state`` of a device that runs elsewhere: its node, declared data and last contact, or not connected."""
@@ -214,10 +220,15 @@ class Federation(FederationBackend):
         dataset: Dataset | None = None,
         registry: ModelRegistry | None = None,
         progress: Callable[[str], None] | None = None,
+        transport: Callable[[FederationConfig], tuple[FederationConfig, RemoteTransport]] | None = None,
     ) -> "Federation":
         """Reopen a stored run at its last completed round, with the same devices and partition.
 
-        ``more_rounds`` rounds are added to the completed ones (None: run until stopped).
+        ``more_rounds`` rounds are added to the completed ones (None: run until stopped). ``transport``
+        (default: simulated devices here) makes the remote transport for the run's configuration, e.g.
+        ``engine.backends.remote_transport``: it returns the configuration checked for it and the transport.
+        What each device must remember (SCAFFOLD's control variate...) is restored from the run store: into
+        the simulated devices, or handed to the remote transport to send to its devices.
         """
         history = store.load_history(run_id)
         config = store.load_config(run_id)
@@ -229,12 +240,23 @@ class Federation(FederationBackend):
             if progress is not None:
                 progress(f"{checkpoint.note}: rounds after {checkpoint.round} will be trained again.")
         total = None if more_rounds is None else len(history) + more_rounds
-        federation = cls(config.with_changes(rounds=total), dataset, registry, progress, store=store, run_id=run_id)
+        config, remote = config.with_changes(rounds=total), None
+        if transport is not None:
+            config, remote = transport(config)
+        try:
+            federation = cls(config, dataset, registry, progress, store=store, run_id=run_id, transport=remote)
+        except BaseException as error:
+            if remote is not None:
+                remote.close("failed", one_line(error))
+            raise
         federation._restore(history, checkpoint)
         off = store.load_inactive_devices(run_id)
         with federation._lock:
             federation._active = [device_id not in off for device_id in range(config.num_devices)]
-        for device_id, state in store.load_device_states(run_id, len(history)).items():
+        states = store.load_device_states(run_id, len(history))
+        if remote is not None:
+            remote.restore_device_states(states)
+        for device_id, state in states.items():
             federation.devices[device_id].restore_state(state)
         return federation
 
@@ -508,7 +530,8 @@ class Federation(FederationBackend):
         if self.store is None:
             return ""
         try:
-            states = {d.device_id: d.state() for d in self.devices if d.state()}
+            states = self.remote.device_states() if self.remote is not None else \
+                {d.device_id: d.state() for d in self.devices if d.state()}
             if states and not self.config.secure_aggregation:  # under secure aggregation nothing per device
                 self.store.save_device_states(self.run_id, result.round, states)
             self.store.record_round(

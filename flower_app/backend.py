@@ -119,12 +119,10 @@ def serverapp_transport(config: FederationConfig, deployment, link, submit_env: 
     return transport
 
 
-def flower_federation(config: FederationConfig, dataset=None, store=None, label: str = "", workdir=None,
-                      progress=None):
-    """``Federation(config)`` on a loopback Flower deployment: a SuperLink and one SuperNode per device here."""
+def loopback_transport(config: FederationConfig, workdir=None, progress=None):
+    """``config`` checked for Flower, and the transport to a loopback deployment for it: a SuperLink and one
+    SuperNode per device here, started now (stopped when the transport closes)."""
     import tempfile
-
-    from engine.federation import Federation
 
     config = check(config, loopback=True)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="flower-federation-")).resolve()
@@ -134,16 +132,21 @@ def flower_federation(config: FederationConfig, dataset=None, store=None, label:
     deployment = Loopback(workdir, config.num_devices, data_dir=config.data_dir, output_dir=workdir,
                           node_configs=[{"partition-id": i, "num-partitions": config.num_devices, **model_file}
                                         for i in range(config.num_devices)])
-    transport = None
     try:
         deployment.start()
         transport = serverapp_transport(config, deployment, deployment.link(), deployment.env("cli-home"),
                                         deployment.project_root)
-        transport.deployment = deployment
-        return Federation(config, dataset, store=store, label=label, transport=transport, progress=progress)
-    except BaseException as error:
-        if transport is not None:
-            transport.close("failed", str(error))
-        else:
-            deployment.stop()
+    except BaseException:
+        deployment.stop()
         raise
+    transport.deployment = deployment
+    return config, transport
+
+
+def flower_federation(config: FederationConfig, dataset=None, store=None, label: str = "", workdir=None,
+                      progress=None):
+    """``Federation(config)`` on a loopback Flower deployment: a SuperLink and one SuperNode per device here."""
+    from engine.backends import federation_over
+
+    config, transport = loopback_transport(config, workdir, progress)
+    return federation_over(config, transport, dataset, store, label, progress)

@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engine.backends import DeploymentSettings
+from engine.backends import DeploymentSettings, federation_over
 from flower_app.backend import Loopback, check, serverapp_transport
 from flower_app.loopback import PROJECT_ROOT, SCRIPTS
 from flower_app.processes import wait_for_port
@@ -127,34 +127,38 @@ def attached_link(settings: DeploymentSettings) -> SuperLinkAddress:
     return SuperLinkAddress(f"{host}:{port}", certificate, secret)
 
 
-def deployment_federation(config, settings: DeploymentSettings, dataset=None, store=None, label: str = "",
-                          progress=None):
-    """``Federation(config)`` whose devices are the SuperNodes of a real deployment (see the module docstring)."""
-    from engine.federation import Federation
-
+def deployment_transport(config, settings: DeploymentSettings, progress=None):
+    """``config`` checked for a deployment, and the transport to its SuperLink (see the module docstring)."""
+    attached = None if settings.start_superlink else attached_link(settings)  # its files first: fails at once
     config = check(config, loopback=False)
     workdir = Path(tempfile.mkdtemp(prefix="flower-deployment-")).resolve()
     started = StartedSuperLink(workdir, settings, config.data_dir) if settings.start_superlink else None
-    transport = None
     try:
         if started is not None:
             if progress is not None:
                 progress(f"Starting a SuperLink on {settings.address} (TLS, SuperNode authentication)...")
             started.start()
-            link, env, stop = started.link(), started.env("cli-home"), started
+            link, env = started.link(), started.env("cli-home")
         else:
-            link = attached_link(settings)
-            env, stop = _attached_cli_env(workdir, link), None
-        transport = serverapp_transport(config, stop, link, env, PROJECT_ROOT, connection="loopback")
-        transport.backend = "deployment"
-        transport.deployment = started
-        return Federation(config, dataset, store=store, label=label, transport=transport, progress=progress)
-    except BaseException as error:
-        if transport is not None:
-            transport.close("failed", str(error))
-        elif started is not None:
+            link = attached
+            env = _attached_cli_env(workdir, link)
+            if progress is not None:
+                progress(f"Attaching to the SuperLink at {settings.address}...")
+        transport = serverapp_transport(config, started, link, env, PROJECT_ROOT, connection="loopback")
+    except BaseException:
+        if started is not None:
             started.stop()
         raise
+    transport.backend = "deployment"
+    transport.deployment = started
+    return config, transport
+
+
+def deployment_federation(config, settings: DeploymentSettings, dataset=None, store=None, label: str = "",
+                          progress=None):
+    """``Federation(config)`` whose devices are the SuperNodes of a real deployment (see the module docstring)."""
+    config, transport = deployment_transport(config, settings, progress)
+    return federation_over(config, transport, dataset, store, label, progress)
 
 
 def _attached_cli_env(workdir: Path, link: SuperLinkAddress) -> dict[str, str]:

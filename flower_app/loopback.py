@@ -29,6 +29,9 @@ machine) and is started in a new session, so :meth:`LocalDeployment.stop` can
 end each one with its whole process group. All of them, and everything they
 start (SuperExec, ServerApp and ClientApp processes), carry a unique
 environment tag: :meth:`LocalDeployment.leftovers` finds any that survive.
+Each launcher in ``scripts/`` also ends itself and its process group when the
+process that started it dies, even by SIGKILL (``scripts/parent_watch.py``):
+a killed dashboard or CLI leaves no SuperLink behind.
 
 ``python -m flower_app.loopback --supernodes 2 --rounds 3`` runs one
 deployment and prints its rounds next to the in-process engine's.
@@ -51,7 +54,8 @@ from pathlib import Path
 from typing import Mapping
 
 from flower_app.output_dir import OUTPUT_DIR_VARIABLE
-from flower_app.processes import TAG_VARIABLE, free_port, processes_tagged, terminate, terminate_all, wait_for_port
+from flower_app.processes import (PARENT_VARIABLE, TAG_VARIABLE, free_port, processes_tagged, terminate, terminate_all,
+                                  wait_for_port)
 from flower_app.polling import POLL_VARIABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -158,6 +162,7 @@ class LocalDeployment:
                 "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                 "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
                 TAG_VARIABLE: self.tag,
+                PARENT_VARIABLE: str(os.getpid()),  # the launchers end when this process dies (killed or not)
                 OUTPUT_DIR_VARIABLE: str(self.output_dir),
                 POLL_VARIABLE: repr(self.poll_seconds),  # the ServerApp's grid
                 # SuperExecs starting ServerApps (Flower: 1 s): polled all the time, needed once per run

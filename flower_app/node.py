@@ -6,7 +6,8 @@ and the long-lived worker (``scripts/clientapp_worker.py``, the loopback
 default) every message of a run reaches the same process, so the device's data
 and model replica are built once, in the first round. Top-k error feedback
 (the device's residual) lives as long as that process; SCAFFOLD's control
-variate lives in the node's ``context.state`` (:meth:`LocalNode.respond_with_state`).
+variate lives in the node's ``context.state`` (:meth:`LocalNode.respond_with_state`), and a resumed
+run gets it back from the run store.
 Where a node's data comes from (a partition of the run's data set, or its own
 files) and which model file it may build: :mod:`flower_app.byod`.
 """
@@ -55,9 +56,13 @@ class LocalNode:
     def respond_with_state(self, instructions: TrainInstructions, state: RecordDict) -> EncodedUpdate:
         """:meth:`respond`, with the device's own state (SCAFFOLD's c_i) read from and written back to
         ``state``, the node's Flower ``context.state``: it lasts the whole run on the SuperNode, whichever
-        ClientApp process handles each message (a new run starts from zero)."""
+        ClientApp process handles each message. A new Flower run starts with an empty ``context.state``: when it
+        continues a stored run, the server sends the device's c_i as the run store kept it, which is used then."""
         kept = state.array_records.get(DEVICE_CONTROL)
-        self.device.restore_state({"control": records.to_weights(kept)} if kept is not None else {})
+        own = records.to_weights(kept) if kept is not None else None
+        if own is None and instructions.control is not None:
+            own = instructions.control.device_weights  # a resumed run: this device's own, from the run store
+        self.device.restore_state({"control": own} if own is not None else {})
         update = self.respond(instructions)
         control = self.device.state().get("control")
         if control is not None:

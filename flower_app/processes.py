@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 TAG_VARIABLE = "FL_FLOWER_DEPLOYMENT"
+# The pid of the process that starts a deployment: scripts/parent_watch.py ends each launcher when it dies
+PARENT_VARIABLE = "FL_PARENT_PID"
 
 
 def free_port() -> int:
@@ -31,9 +33,10 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout:g} s")
 
 
-def processes_tagged(tag: str) -> list[int]:
-    """Pids of live processes whose environment carries ``TAG_VARIABLE=tag`` (Linux /proc)."""
-    needle = f"{TAG_VARIABLE}={tag}".encode()
+def processes_tagged(tag: str, variable: str = TAG_VARIABLE) -> list[int]:
+    """Pids of live processes whose environment carries ``variable=tag`` (Linux /proc), e.g. a deployment's
+    tag, or ``PARENT_VARIABLE=pid``: the processes a deployment started by process ``pid`` runs."""
+    needle = f"{variable}={tag}".encode()
     found: list[int] = []
     if not Path("/proc").is_dir():
         return found  # not Linux: no way to look

@@ -36,6 +36,7 @@ NODE = "node"  # query replies: which partition a node holds
 PAYLOAD = "payload"  # the encoded update's bytes, one uint8 array
 CONTROL = "control"  # SCAFFOLD: the server's control variate c, down (absent while it is zero)
 CONTROL_DELTA = "control-delta"  # SCAFFOLD: how the device's own control variate c_i changed, up
+DEVICE_CONTROL = "device-control"  # SCAFFOLD: the device's own c_i from the run store, down to a resumed device
 
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
@@ -79,6 +80,8 @@ def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | 
         config["control-momentum"] = float(instructions.control.local_momentum)
         if instructions.control.weights is not None:
             content.array_records[CONTROL] = to_arrays(instructions.control.weights)
+        if instructions.control.device_weights is not None:
+            content.array_records[DEVICE_CONTROL] = to_arrays(instructions.control.device_weights)
     return content
 
 
@@ -106,7 +109,8 @@ def _control_from(content: RecordDict) -> ControlVariate | None:
     if "control-momentum" not in config:
         return None
     weights = to_weights(content.array_records[CONTROL]) if CONTROL in content.array_records else None
-    return ControlVariate(weights, float(config["control-momentum"]))
+    own = to_weights(content.array_records[DEVICE_CONTROL]) if DEVICE_CONTROL in content.array_records else None
+    return ControlVariate(weights, float(config["control-momentum"]), own)
 
 
 def update_metrics(update: EncodedUpdate, extras: Mapping[str, float] | None = None) -> dict[str, int | float]:

@@ -50,9 +50,11 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.grid import HttpGrid
 
-from devices.messages import TrainInstructions
+from devices.messages import TrainInstructions, Weights
 from devices.trainer import TrainingStopped
+from engine.errors import UserError
 from engine.transport import Receive
+from flower_app.device_state import ControlMirror
 from flower_app.polling import PollingGrid
 from flower_app.transport import GridTransport
 
@@ -62,7 +64,7 @@ ACQUIRE_POLL_SECONDS = 0.1
 RUN_ID_PATTERN = re.compile(r"Successfully started run (\d+)")
 
 
-class LinkError(RuntimeError):
+class LinkError(UserError, RuntimeError):
     """The SuperLink could not be reached, refused the run, or never handed over its ServerApp task."""
 
 
@@ -243,6 +245,10 @@ class LinkTransport(GridTransport):
     A watcher thread asks the SuperLink for its nodes every ``watch_seconds``
     (and each new node for its partition), so joining and leaving SuperNodes show
     in the device view before and between rounds, not only when a round starts.
+
+    SCAFFOLD: each device's control variate c_i lives on its SuperNode; the server's
+    copy of it (:class:`flower_app.device_state.ControlMirror`) goes to the run store
+    and back to the devices of a resumed run.
     """
 
     training_note = "Each device is a Flower SuperNode: it trains in its own process, on its own machine."
@@ -259,6 +265,7 @@ class LinkTransport(GridTransport):
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, args=(watch_seconds,), name="flower-roster",
                                          daemon=True)
+        self.controls = ControlMirror()  # SCAFFOLD: the server's copy of each device's c_i
         self._watcher.start()
 
     def refresh(self) -> dict[int, int]:
@@ -292,11 +299,26 @@ class LinkTransport(GridTransport):
 
     def collect(self, instructions: dict[int, TrainInstructions], checkpoint: Callable[[int], None],
                 receive: Receive) -> int:
+        sent = {partition: self.controls.outgoing(partition, instruction, self.nodes.get(partition))
+                for partition, instruction in instructions.items()}
+
+        def mirrored(partition: int, reply) -> None:
+            self.controls.received(partition, reply, sent[partition], self.nodes.get(partition))
+            receive(partition, reply)
+
         self.grid.checkpoint = checkpoint
         try:
-            return super().collect(instructions, checkpoint, receive)
+            return super().collect(sent, checkpoint, mirrored)
         finally:
             self.grid.checkpoint = lambda _steps: None
+
+    def device_states(self) -> dict[int, dict[str, Weights]]:
+        """Each device's c_i as the server knows it (SCAFFOLD), for the run store."""
+        return self.controls.states()
+
+    def restore_device_states(self, states: dict[int, dict[str, Weights]]) -> None:
+        """A resumed run's stored c_i: each device is sent its own in the first round that reaches it."""
+        self.controls.restore(states)
 
     def close(self, status: str = "completed", details: str = "") -> None:
         """End the ServerApp task (``completed``, ``stopped`` or ``failed``) and whatever ``on_close`` ends."""

@@ -234,6 +234,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    from parent_watch import watch_parent  # scripts/: this script's own folder is on sys.path
+
+    watch_parent()  # end with the dashboard or CLI that started its SuperNode, even if it is killed outright
     arguments = parse_args()
     try:
         serve(arguments)

@@ -67,6 +67,9 @@ def guard(create_app):
 
 
 def main() -> None:
+    from parent_watch import watch_parent  # scripts/: this script's own folder is on sys.path
+
+    watch_parent()  # end with the dashboard or CLI that started it, even if it is killed outright
     from flwr.superlink import main as superlink_main
     from flwr.superlink.cli.flower_superlink import flower_superlink
 

@@ -86,6 +86,9 @@ def split_argv(argv: list[str]) -> tuple[float, list[str]]:
 
 
 def main() -> None:
+    from parent_watch import watch_parent  # scripts/: this script's own folder is on sys.path
+
+    watch_parent()  # end with the dashboard or CLI that started it, even if it is killed outright
     seconds, rest = split_argv(sys.argv[1:])
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supercore.version import package_version

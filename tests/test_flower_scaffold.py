@@ -92,3 +92,64 @@ def test_scaffold_on_supernodes_learns_and_matches_the_in_process_math(scaffold_
     difference = max(float(np.abs(a - b).max()) for a, b in zip(scaffold_run["weights"], engine_weights))
     scale = max(float(np.abs(b).max()) for b in engine_weights)
     assert difference < 0.01 * scale, (difference, scale)
+
+
+def test_the_servers_copy_of_a_devices_control_variate_follows_its_changes_and_returns_after_a_resume():
+    from devices.scaffold import updated_control
+    from flower_app.device_state import ControlMirror
+
+    rng = np.random.default_rng(3)
+    model = [rng.normal(size=shape).astype(np.float32) for shape in SHAPES]
+    control = ControlVariate([rng.normal(size=shape).astype(np.float32) for shape in SHAPES], 0.0)
+    instruction = TrainInstructions(1, model, 1, 16, 0.05, 7, control=control)
+    metrics = DeviceMetrics(0.5, 0.8, 1.0, 0.6, 0.6, 0.75, 3, 0.1)
+    mirror, own = ControlMirror(), None
+    for _ in range(3):  # the device's own c_i, as devices.device.Device.respond updates it
+        trained = [w - 0.1 * rng.normal(size=w.shape).astype(np.float32) for w in model]
+        own, delta = updated_control(instruction, own, trained, steps=5)
+        assert mirror.outgoing(0, instruction, node=42).control.device_weights is None  # the node holds its own
+        mirror.received(0, EncodedUpdate(0, 10, metrics, payload=b"x", control_delta=delta), instruction, node=42)
+    mirror.received(1, EncodedUpdate(1, 10, metrics, payload=b"x", control_delta=[np.full((3, 2), np.nan), delta[1]]),
+                    instruction, node=43)  # rejected by the round: not followed either
+    stored = mirror.states()
+    assert sorted(stored) == [0]
+    assert all(np.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(stored[0]["control"], own))
+
+    resumed = ControlMirror()
+    resumed.restore(stored)
+    sent = resumed.outgoing(0, instruction, node=77)  # a new Flower run: the node starts empty
+    assert all(np.array_equal(a, b) for a, b in zip(sent.control.device_weights, stored[0]["control"]))
+    wire = records.instructions_from(records.instructions_content(sent))  # it travels as its own ArrayRecord
+    assert all(np.array_equal(a, b) for a, b in zip(wire.control.device_weights, stored[0]["control"]))
+    assert resumed.outgoing(0, TrainInstructions(1, model, 1, 16, 0.05, 7), node=77).control is None  # no SCAFFOLD
+    assert records.instructions_from(records.instructions_content(instruction)).control.device_weights is None
+
+
+def test_a_node_takes_the_stored_control_variate_only_when_it_holds_none_of_its_own():
+    from flwr.app import RecordDict
+
+    from devices.device import Device, DeviceData
+    from devices.trainer import ModelReplica, OptimizerSpec
+    from engine.models import ModelRegistry
+    from engine.setup import stored_samples
+    from flower_app.node import DEVICE_CONTROL, LocalNode
+
+    rng = np.random.default_rng(5)
+    x, y = rng.random((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    replica = ModelReplica(lambda: ModelRegistry().build("mlp", (6,), 3), OptimizerSpec("sgd", 0.0),
+                           samples=stored_samples(x, "classification"))
+    node = LocalNode(None, Device(0, DeviceData(x, y, x[:8], y[:8])), replica)
+    weights = replica.get_weights()
+    stored = [np.full(w.shape, 0.5, np.float32) for w in weights]
+    instruction = TrainInstructions(3, weights, 1, 8, 0.05, 7, control=ControlVariate(None, 0.0, stored))
+
+    empty = RecordDict()  # a resumed run's first message: the node's context.state holds nothing yet
+    update = node.respond_with_state(instruction, empty)
+    after = records.to_weights(empty.array_records[DEVICE_CONTROL])
+    assert all(np.allclose(a - d, s, atol=1e-5) for a, d, s in zip(after, update.control_delta, stored))
+
+    own = RecordDict()
+    own.array_records[DEVICE_CONTROL] = records.to_arrays([np.zeros(w.shape, np.float32) for w in weights])
+    update = node.respond_with_state(instruction, own)  # it holds its own (zero): the stored one is not used
+    after = records.to_weights(own.array_records[DEVICE_CONTROL])
+    assert all(np.allclose(a, d, atol=1e-6) for a, d in zip(after, update.control_delta))
