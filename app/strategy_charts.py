@@ -31,6 +31,10 @@ def staleness_points(history: Sequence[RoundResult]) -> dict[int, tuple[list[int
     return dict(sorted(points.items()))
 
 
+# FedBuff's clock: simulated in-process, the wall clock over Flower (engine.async_rounds); a stored run does not say
+CLOCK_UNIT = "in-process: simulated local steps of a full-speed device; on Flower: seconds"
+
+
 def simulated_clock(history: Sequence[RoundResult]) -> list[float]:
     """The simulated time at each server step (running total of the steps' simulated durations)."""
     return np.cumsum([r.simulated_time for r in history]).tolist()
@@ -40,7 +44,7 @@ def staleness_figure(history: Sequence[RoundResult]) -> go.Figure:
     """Left: each applied update's staleness per server step, coloured by device. Right: accuracy over the
     simulated clock, the axis on which asynchronous aggregation is faster."""
     figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
-                           subplot_titles=("Staleness of each applied update", "Accuracy over simulated time"))
+                           subplot_titles=("Staleness of each applied update", "Accuracy over time"))
     for device_id, (steps, staleness) in staleness_points(history).items():
         figure.add_trace(go.Scatter(
             x=steps, y=staleness, mode="markers", name=device_label(device_id),
@@ -54,7 +58,7 @@ def staleness_figure(history: Sequence[RoundResult]) -> go.Figure:
                      row=1, col=2)
     figure.update_xaxes(title_text="server step", row=1, col=1, dtick=1 if len(rounds) <= 20 else None)
     figure.update_yaxes(title_text="staleness (server steps)", rangemode="tozero", row=1, col=1)
-    figure.update_xaxes(title_text="simulated time (local steps of a full-speed device)", row=1, col=2)
+    figure.update_xaxes(title_text=CLOCK_UNIT, row=1, col=2)
     figure.update_yaxes(title_text="accuracy", range=[0, 1], tickformat=".0%", row=1, col=2)
     return _layout(figure, "Asynchronous aggregation (FedBuff)")
 
@@ -65,8 +69,8 @@ def staleness_caption(history: Sequence[RoundResult]) -> str:
     if not values:
         return "No update has been applied yet."
     return (f"{len(values)} updates applied in {len(history)} server steps; staleness mean "
-            f"{np.mean(values):.2f}, largest {max(values)} (each weighted by (1+s)^-a). Simulated time "
-            f"{simulated_clock(history)[-1]:,.0f} local steps of a full-speed device.")
+            f"{np.mean(values):.2f}, largest {max(values)} (each weighted by (1+s)^-a). Time so far: "
+            f"{simulated_clock(history)[-1]:,.0f} ({CLOCK_UNIT}).")
 
 
 KEPT, LEFT_OUT, NO_UPDATE = 2, 1, 0

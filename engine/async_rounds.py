@@ -22,6 +22,12 @@ Rules that keep this well defined:
 - Devices switched off lose their update in flight; switched on, they start at the next step. A stop keeps
   the buffer and the updates in flight for a later start; a resumed run (a new runner) starts every device
   afresh from the resumed model.
+
+Over a transport that delivers replies as they come (``asynchronous``: Flower's
+``flower_app.transport.GridTransport``, real devices) the clock is the wall clock instead: a start pushes
+the train messages and returns, and the next arrival is whichever reply the transport hands over first
+(:meth:`AsyncRoundRunner.next_flight`). Everything else (concurrency, one update per device per buffer,
+staleness, the server step) is the same code.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from engine.strategies.base import AggregationSkipped
 from engine.strategies.fedbuff import STALENESS
 from engine.transport import Reply
 
+ARRIVAL_WAIT = 1.0  # wall clock: seconds per wait for the transport's next reply (a stop is noticed between waits)
+
 
 @dataclass(order=True)
 class Flight:
@@ -51,7 +59,7 @@ class Flight:
     device_id: int = field(compare=False)
     version: int = field(compare=False)  # server steps applied when it started (the model it trained from)
     start_weights: Weights = field(compare=False, repr=False)
-    reply: Reply = field(compare=False, repr=False)
+    reply: Reply | None = field(compare=False, repr=False)  # None: on the wall clock, not arrived yet
 
 
 @dataclass
@@ -73,6 +81,11 @@ def concurrency(active: int, fraction: float, min_devices: int) -> int:
     return min(active, max(min_devices, math.ceil(fraction * active)))
 
 
+def round_runner(strategy) -> type[RoundRunner]:
+    """The loop ``strategy`` runs in: FedBuff's server steps, or synchronous rounds."""
+    return AsyncRoundRunner if strategy.asynchronous else RoundRunner
+
+
 class AsyncRoundRunner(RoundRunner):
     """Runs FedBuff's server steps; :meth:`run` has :class:`RoundRunner`'s signature (one call: one step)."""
 
@@ -84,6 +97,9 @@ class AsyncRoundRunner(RoundRunner):
         self.flights: list[Flight] = []  # a heap, earliest arrival first
         self.buffer: list[Buffered] = []
         self.waiting: set[int] = set()  # devices that already sent an update since the last server step
+        self.wall_clock = bool(getattr(self.transport, "asynchronous", False))  # real devices: real time
+        self.started = time.monotonic()
+        self.arrived: list[tuple[int, Reply, float]] = []  # wall clock: replies handed over (and when), not processed
 
     @property
     def buffer_size(self) -> int:
@@ -96,7 +112,11 @@ class AsyncRoundRunner(RoundRunner):
         """Process arrivals until the buffer holds K updates (or no device is training), then apply it."""
         started = time.perf_counter()
         on = set(active)
+        off = {f.device_id for f in self.flights if f.device_id not in on}
         self.flights = [f for f in self.flights if f.device_id in on]  # switched off: the update is lost
+        if off and self.wall_clock:  # its reply, should it still come, must not pass for a later start's
+            self.transport.forget(off)
+            self.arrived = [a for a in self.arrived if a[0] not in off]
         heapq.heapify(self.flights)
         for flight in self.flights:
             self.on_status(flight.device_id, DeviceStatus.TRAINING, f"from model version {flight.version}")
@@ -105,7 +125,9 @@ class AsyncRoundRunner(RoundRunner):
             arrivals.bytes_down += self.launch(server_round, weights, sorted(on), checkpoint)
             if len(self.buffer) >= self.buffer_size or not self.flights:
                 break
-            self.arrive(server_round, heapq.heappop(self.flights), arrivals)
+            flight = self.next_flight(checkpoint)
+            if flight is not None:
+                self.arrive(server_round, flight, arrivals)
         trained = time.perf_counter()
         new_weights, applied = self.apply(server_round, weights, arrivals)
         epsilon = self.spend_privacy(len(applied) / max(len(on), 1))
@@ -139,6 +161,12 @@ class AsyncRoundRunner(RoundRunner):
         instructions = {d: self.instructions(server_round, d, weights, None) for d in chosen}
         for device_id in chosen:
             self.on_status(device_id, DeviceStatus.TRAINING, f"from model version {server_round - 1}")
+        if self.wall_clock:  # pushed now, arriving when they arrive (next_flight)
+            sent = self.transport.start(instructions)
+            for device_id in chosen:
+                self.flights.append(Flight(math.inf, self.launches, device_id, server_round - 1, weights, None))
+                self.launches += 1
+            return sent
         replies: dict[int, Reply] = {}
         sent = self.transport.collect(instructions, checkpoint, replies.__setitem__)
         for device_id in chosen:  # in id order, so equal arrival times break the same way every run
@@ -149,6 +177,22 @@ class AsyncRoundRunner(RoundRunner):
         return sent
 
     # -- arrivals and the server step -------------------------------------------------------
+    def next_flight(self, checkpoint: Callable[[int], None]) -> Flight | None:
+        """The next update to arrive: the earliest on the simulated clock, or on the wall clock the next reply
+        the transport hands over (None: a reply from a device no longer in flight, e.g. switched off)."""
+        if not self.wall_clock:
+            return heapq.heappop(self.flights)
+        while not self.arrived:
+            replies = self.transport.arrivals(ARRIVAL_WAIT, checkpoint)
+            now = time.monotonic() - self.started
+            self.arrived.extend((device_id, reply, now) for device_id, reply in replies)
+        device_id, reply, arrival = self.arrived.pop(0)
+        flight = next((f for f in self.flights if f.device_id == device_id), None)
+        if flight is None:
+            return None
+        self.flights.remove(flight)
+        return replace(flight, arrival=arrival, reply=reply)
+
     def arrive(self, server_round: int, flight: Flight, arrivals: Arrivals) -> None:
         """Advance the clock to ``flight``'s arrival; check its update and buffer it (or report why not)."""
         self.clock = max(self.clock, flight.arrival)

@@ -37,8 +37,7 @@ from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Sn
 from engine.hardware import cpu_info
 from engine.precision import precision_note, resolve_precision
 from engine.personalization import training_note as personalization_note
-from engine.async_rounds import AsyncRoundRunner
-from engine.rounds import RoundRunner
+from engine.async_rounds import round_runner
 from engine.setup import build_devices, server_test_set, stored_samples  # noqa: F401  (also imported from here)
 from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore, StoreError
@@ -198,8 +197,7 @@ class Federation(FederationBackend):
         self.remote = transport
         self.transport = transport or InProcessTransport(self.devices, self._pool, config.stack_width,
                                                          self._set_device_progress)
-        runner = AsyncRoundRunner if self.strategy.asynchronous else RoundRunner  # fedbuff: no synchronous rounds
-        self._runner = runner(
+        self._runner = round_runner(self.strategy)(  # fedbuff: no synchronous rounds
             config,
             self.transport,
             evaluator,
@@ -249,15 +247,19 @@ class Federation(FederationBackend):
             if remote is not None:
                 remote.close("failed", one_line(error))
             raise
-        federation._restore(history, checkpoint)
-        off = store.load_inactive_devices(run_id)
-        with federation._lock:
-            federation._active = [device_id not in off for device_id in range(config.num_devices)]
-        states = store.load_device_states(run_id, len(history))
-        if remote is not None:
-            remote.restore_device_states(states)
-        for device_id, state in states.items():
-            federation.devices[device_id].restore_state(state)
+        try:
+            federation._restore(history, checkpoint)
+            off = store.load_inactive_devices(run_id)
+            with federation._lock:
+                federation._active = [device_id not in off for device_id in range(config.num_devices)]
+            states = store.load_device_states(run_id, len(history))
+            if remote is not None:
+                remote.restore_device_states(states)
+            for device_id, state in states.items():
+                federation.devices[device_id].restore_state(state)
+        except BaseException:
+            federation.close()  # its workers, and the remote transport's processes
+            raise
         return federation
 
     def _restore(self, history: list[RoundResult], checkpoint: Checkpoint | None) -> None:

@@ -27,11 +27,6 @@ if TYPE_CHECKING:
 
 PERSONALIZATIONS = ("none", "finetune", "fedper", "ditto")
 
-FLOWER_REASON = ("the Flower messages do not carry the personalisation settings and metrics yet, and the SuperNodes "
-                 "do not keep FedPer's heads or Ditto's models in context.state (as they keep SCAFFOLD's control "
-                 "variate)")
-"""Why ``--personalize`` runs in-process only for now (``flower_app.backend.unsupported``)."""
-
 
 def personalization_problems(config: FederationConfig) -> list[str]:
     """Combinations of ``--personalize`` with other settings that cannot work, in words a user can act on."""

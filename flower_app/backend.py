@@ -25,7 +25,6 @@ from pathlib import Path
 
 from data.sources import is_builtin
 from engine.config import ConfigError, FederationConfig
-from engine.personalization import FLOWER_REASON as PERSONALIZATION_FLOWER_REASON
 from engine.strategies import STRATEGIES
 from flower_app.config import config_run_values, federation_config, server_settings
 from flower_app.loopback import CONNECTION, LocalDeployment, run_config_arg
@@ -44,8 +43,6 @@ def unsupported(config: FederationConfig, loopback: bool = True) -> list[str]:
         problems.append("simulated device slowdowns have no meaning for real processes (they take the time they take)")
     if config.strategy in STRATEGIES and STRATEGIES[config.strategy].in_process_only:
         problems.append(f"{config.strategy} runs in-process only: {STRATEGIES[config.strategy].in_process_only}")
-    if config.personalize != "none":
-        problems.append(f"--personalize {config.personalize} runs in-process only: {PERSONALIZATION_FLOWER_REASON}")
     if loopback and config.num_devices > MAX_DEVICES:
         problems.append(
             f"{config.num_devices} devices is too many for Flower on this machine "

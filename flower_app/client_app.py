@@ -67,7 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     setup_seconds = time.perf_counter() - started  # TensorFlow import, data loading, model building
     if secagg.is_secure(msg.content):  # SecAgg+'s masked-vector stage: secaggplus_mod masks what we return
         instructions, weight = secagg.secure_instructions(msg.content)
-        update = node.respond(instructions)
+        update = node.respond_with_state(instructions, context.state)  # FedPer's head, Ditto's v: kept here too
         return Message(secagg.secure_reply(update, weight, {"setup_seconds": setup_seconds}), reply_to=msg)
     update = node.respond_with_state(records.instructions_from(msg.content), context.state)
     return Message(records.update_content(update, {"setup_seconds": setup_seconds}), reply_to=msg)

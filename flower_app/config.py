@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from engine.config import ConfigError, FederationConfig
-from engine.personalization import FLOWER_REASON as PERSONALIZATION_REASON
 from engine.settings import declared_settings, kinds
 from engine.strategies import STRATEGIES
 from flower_app.output_dir import confined_folder, confined_path, output_dir, runs_root
@@ -170,8 +169,6 @@ def server_settings(
     results_file = _text(_get(run_config, "results-file"))
     deactivated_file = _text(_get(run_config, "deactivated-file"))
     federation = federation_config(run_config, num_devices=max(min_devices, 1), data_dir=data_dir)
-    if federation.personalize != "none":  # refused by the backend too; a run submitted by hand ends here
-        raise ConfigError([f"--personalize {federation.personalize} runs in-process only: {PERSONALIZATION_REASON}"])
     return ServerSettings(
         federation=federation.with_changes(faults={}),
         rounds=federation.rounds or UNTIL_STOPPED_ROUNDS,

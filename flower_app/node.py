@@ -5,9 +5,11 @@ process and the cache below serves one message. With ``--isolation process``
 and the long-lived worker (``scripts/clientapp_worker.py``, the loopback
 default) every message of a run reaches the same process, so the device's data
 and model replica are built once, in the first round. Top-k error feedback
-(the device's residual) lives as long as that process; SCAFFOLD's control
-variate lives in the node's ``context.state`` (:meth:`LocalNode.respond_with_state`), and a resumed
-run gets it back from the run store.
+(the device's residual) lives as long as that process; what the device must
+remember between rounds (``Device.state``: SCAFFOLD's control variate, FedPer's
+head, Ditto's personal model) lives in the node's ``context.state``
+(:meth:`LocalNode.respond_with_state`), and a resumed run gets SCAFFOLD's c_i
+back from the run store.
 Where a node's data comes from (a partition of the run's data set, or its own
 files) and which model file it may build: :mod:`flower_app.byod`.
 """
@@ -34,7 +36,8 @@ from flower_app.byod import PREPROCESSING_KEY, dataset_spec, decode_spec, node_a
 from flower_app.config import NodeSpec, parse_faults
 from flower_app.image_folder import load_image_folder
 
-DEVICE_CONTROL = "scaffold-control"  # the device's SCAFFOLD control variate c_i in context.state
+STATE_PREFIX = "device-"  # context.state's array record "device-<name>" keeps the Device.state() entry <name>
+DEVICE_CONTROL = STATE_PREFIX + "control"  # SCAFFOLD's c_i in context.state
 
 
 @dataclass
@@ -54,19 +57,21 @@ class LocalNode:
         return self.device.respond(instructions, self.replica, checkpoint=lambda steps: None)
 
     def respond_with_state(self, instructions: TrainInstructions, state: RecordDict) -> EncodedUpdate:
-        """:meth:`respond`, with the device's own state (SCAFFOLD's c_i) read from and written back to
-        ``state``, the node's Flower ``context.state``: it lasts the whole run on the SuperNode, whichever
-        ClientApp process handles each message. A new Flower run starts with an empty ``context.state``: when it
-        continues a stored run, the server sends the device's c_i as the run store kept it, which is used then."""
-        kept = state.array_records.get(DEVICE_CONTROL)
-        own = records.to_weights(kept) if kept is not None else None
-        if own is None and instructions.control is not None:
-            own = instructions.control.device_weights  # a resumed run: this device's own, from the run store
-        self.device.restore_state({"control": own} if own is not None else {})
+        """:meth:`respond`, with the device's own state (``Device.state``: SCAFFOLD's c_i, FedPer's head, Ditto's
+        personal model) read from and written back to ``state``, the node's Flower ``context.state``: it lasts
+        the whole run on the SuperNode, whichever ClientApp process handles each message. Nothing of it is
+        sent. A new Flower run starts with an empty ``context.state``: when it continues a stored run, the
+        server sends the device's c_i as the run store kept it, which is used then (heads and Ditto models
+        are not in the store for a Flower run: they start afresh)."""
+        kept = {key.removeprefix(STATE_PREFIX): records.to_weights(arrays)
+                for key, arrays in state.array_records.items() if key.startswith(STATE_PREFIX)}
+        if "control" not in kept and instructions.control is not None \
+                and instructions.control.device_weights is not None:
+            kept["control"] = instructions.control.device_weights  # a resumed run: its own, from the run store
+        self.device.restore_state(kept)
         update = self.respond(instructions)
-        control = self.device.state().get("control")
-        if control is not None:
-            state.array_records[DEVICE_CONTROL] = records.to_arrays(control)
+        for name, weights in self.device.state().items():
+            state.array_records[STATE_PREFIX + name] = records.to_arrays(weights)
         return update
 
 

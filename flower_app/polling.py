@@ -70,7 +70,10 @@ def fast_object_pulls(interval: float) -> bool:
     pull = getattr(http_grid, "pull_objects", None)
     if package_version != EXPECTED_FLOWER or pull is None or isinstance(pull, functools.partial):
         return False
-    http_grid.pull_objects = functools.partial(pull, initial_backoff=interval, backoff_cap=interval)
+    # tries not counted: Flower's 500 would be 25-50 s at this pace, less than a loaded machine can take to
+    # deliver a reply; Flower's 2 h limit stays, and a push that stalls for 3 min expires (its parts: not found)
+    http_grid.pull_objects = functools.partial(pull, initial_backoff=interval, backoff_cap=interval,
+                                               max_tries_per_object=None)
     inflatable_utils.get_num_workers = transfer_threads
     return True
 

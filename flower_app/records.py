@@ -1,14 +1,16 @@
 """Our messages <-> Flower records: the only translation between the two worlds.
 
-Down: ``TrainInstructions`` -> an ``ArrayRecord`` (the global weights) and a
+Down: ``TrainInstructions`` -> an ``ArrayRecord`` (the global weights, packed as
+one array by :mod:`flower_app.wire`: every array is a request on every hop) and a
 ``ConfigRecord`` (round, epochs, batch size, learning rate, seed, FedProx's mu,
-clipping norm, local noise, compression; SCAFFOLD's local momentum) and, for
+clipping norm, local noise, compression; SCAFFOLD's local momentum; under
+``--personalize`` every ``Personalization`` field as ``personal-<field>``) and, for
 SCAFFOLD, the server's control variate c as a second ``ArrayRecord``.
 Up: ``EncodedUpdate`` (what ``Device.respond`` sends in-process: the clipped,
 noised, compressed delta as bytes) -> an ``ArrayRecord`` holding those bytes as
 one ``uint8`` array, and a ``MetricRecord`` (``num-examples``, ``partition-id``
 and every ``DeviceMetrics`` field, with dashes: ``train-loss``, ``local-accuracy``
-...), plus SCAFFOLD's control-variate change as its own ``ArrayRecord``.
+...), plus SCAFFOLD's control-variate change as its own (packed) ``ArrayRecord``.
 Bytes up are the payload's length, as in-process.
 
 Nothing read from a reply is trusted: :func:`encoded_from` and
@@ -19,15 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from devices.messages import (
-    ControlVariate, DeviceMetrics, DeviceUpdate, EncodedUpdate, PrivacySettings, TrainInstructions, Weights,
+    ControlVariate, DeviceMetrics, DeviceUpdate, EncodedUpdate, Personalization, PrivacySettings, TrainInstructions,
+    Weights,
 )
 from engine.results import RoundResult
+from flower_app import wire
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -37,6 +42,8 @@ PAYLOAD = "payload"  # the encoded update's bytes, one uint8 array
 CONTROL = "control"  # SCAFFOLD: the server's control variate c, down (absent while it is zero)
 CONTROL_DELTA = "control-delta"  # SCAFFOLD: how the device's own control variate c_i changed, up
 DEVICE_CONTROL = "device-control"  # SCAFFOLD: the device's own c_i from the run store, down to a resumed device
+
+PERSONAL = "personal-"  # --personalize: the config keys of the Personalization fields, e.g. personal-mode
 
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
@@ -51,11 +58,13 @@ def _dashed(name: str) -> str:
 
 
 def to_arrays(weights: Weights) -> ArrayRecord:
-    return ArrayRecord([np.asarray(array) for array in weights])
+    """``weights`` packed as one array (:mod:`flower_app.wire`): 3 message parts instead of 2 per layer + 1."""
+    return wire.to_record(weights)
 
 
 def to_weights(arrays: ArrayRecord) -> Weights:
-    return [np.asarray(array) for array in arrays.to_numpy_ndarrays()]
+    """The arrays of a :func:`to_arrays` record (``ValueError`` saying why when it is not one)."""
+    return wire.from_record(arrays)
 
 
 def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | None = None) -> RecordDict:
@@ -82,7 +91,39 @@ def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | 
             content.array_records[CONTROL] = to_arrays(instructions.control.weights)
         if instructions.control.device_weights is not None:
             content.array_records[DEVICE_CONTROL] = to_arrays(instructions.control.device_weights)
+    if instructions.personal is not None:
+        config.update(personal_config(instructions.personal))
     return content
+
+
+def personal_config(personal: Personalization) -> dict[str, int | float | str]:
+    """``personal`` as config values, one ``personal-<field>`` key per ``Personalization`` field (generated from
+    the dataclass, so a new field travels too); a tuple (FedPer's head positions) as ``"4,5"``, since Flower's
+    legacy ``FitIns`` config (the SecAgg+ path) takes scalars only."""
+    values: dict[str, int | float | str] = {}
+    for field in dataclasses.fields(Personalization):
+        value = getattr(personal, field.name)
+        values[PERSONAL + _dashed(field.name)] = ",".join(str(int(v)) for v in value) if isinstance(value, tuple) \
+            else value
+    return values
+
+
+def _personal_from(config: Mapping[str, object]) -> Personalization | None:
+    """The inverse of :func:`personal_config` (None: the message carries no personalisation)."""
+    if PERSONAL + "mode" not in config:
+        return None
+    types = typing.get_type_hints(Personalization)
+    values = {}
+    for field in dataclasses.fields(Personalization):
+        key = PERSONAL + _dashed(field.name)
+        if key not in config:
+            continue  # a field the sender does not know: its default
+        raw = config[key]
+        if typing.get_origin(types[field.name]) is tuple:
+            values[field.name] = tuple(int(part) for part in str(raw).split(",") if part.strip())
+        else:
+            values[field.name] = types[field.name](raw)
+    return Personalization(**values)
 
 
 def instructions_from(content: RecordDict) -> TrainInstructions:
@@ -101,6 +142,7 @@ def instructions_from(content: RecordDict) -> TrainInstructions:
         topk_fraction=float(config.get("topk-fraction", 0.01)),
         keep_optimizer_state=bool(config.get("keep-optimizer-state", False)),
         control=_control_from(content),
+        personal=_personal_from(config),
     )
 
 
@@ -158,7 +200,7 @@ def update_from(content: RecordDict, device_id: int) -> tuple[EncodedUpdate, dic
             return f"the payload must be a 1-D uint8 array, got {payload.dtype.str} with shape {payload.shape}"
         control_delta = None
         if CONTROL_DELTA in content.array_records:
-            control_delta = [array.numpy() for array in content.array_records[CONTROL_DELTA].values()]
+            control_delta = to_weights(content.array_records[CONTROL_DELTA])  # checked per layer in the loop
         return metered_update(content.metric_records[METRICS], device_id, payload=payload.tobytes(),
                               control_delta=control_delta)
     except (KeyError, TypeError, ValueError, EOFError, OSError) as error:
@@ -241,6 +283,10 @@ def round_record(
         "raw_bytes_up": result.raw_bytes_up,
         "epsilon": None if result.epsilon is None else number(result.epsilon),
         "sampling_rate": number(result.sampling_rate),
+        # --personalize: the devices' mean on their own held-out data, personalised and global (null without it)
+        "personalized_accuracy": number(result.personalized_accuracy),  # None -> null, like NaN
+        "device_global_accuracy": number(result.device_global_accuracy),
+        "simulated_time": number(result.simulated_time),  # FedBuff on Flower: wall-clock seconds of the step
         "devices": {
             str(d.device_id): {
                 "node_id": nodes.get(d.device_id),
@@ -252,6 +298,9 @@ def round_record(
                 "accuracy": number(d.accuracy),
                 "seconds": number(d.seconds),
                 "bytes_up": d.bytes_up,
+                "personalized_accuracy": number(d.personalized_accuracy),
+                "personalized_loss": number(d.personalized_loss),
+                "staleness": d.staleness,  # FedBuff: server steps since the model it trained from (else 0)
                 **{str(k): number(v) for k, v in extras.get(d.device_id, {}).items()},  # e.g. setup_seconds
             }
             for d in result.devices

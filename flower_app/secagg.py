@@ -34,14 +34,14 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
 
 from devices.messages import EncodedUpdate, TrainInstructions, Weights
-from flower_app import records
+from flower_app import records, wire
 
 SECURE_WEIGHT = "secure-weight"  # the device's share of the round, in the FitIns config
 RECONSTRUCTION_THRESHOLD = 2 / 3  # of each device's shares needed to unmask it (at least 2)
@@ -67,7 +67,8 @@ def secure_instructions(content: RecordDict) -> tuple[TrainInstructions, float]:
     fitins = compat.recorddict_to_fitins(content, keep_input=True)
     config = dict(fitins.config)
     weight = float(config.pop(SECURE_WEIGHT))
-    ours = RecordDict({records.ARRAYS: records.to_arrays(parameters_to_ndarrays(fitins.parameters)),
+    (packed,) = parameters_to_ndarrays(fitins.parameters)  # the global model as one array (fit_ins)
+    ours = RecordDict({records.ARRAYS: ArrayRecord({wire.PACKED: Array(packed)}),
                        records.CONFIG: ConfigRecord(config)})
     return records.instructions_from(ours), weight
 
@@ -84,9 +85,11 @@ def secure_reply(update: EncodedUpdate, weight: float, extras: Mapping[str, floa
 
 # -- the ServerApp's side ------------------------------------------------------------------
 def fit_ins(instructions: TrainInstructions, weight: float) -> FitIns:
-    """A device's SecAgg+ ``FitIns``: the global model, our train config and its weight in the sum."""
+    """A device's SecAgg+ ``FitIns``: the global model (packed as one tensor, :mod:`flower_app.wire`: fewer
+    message parts), our train config and its weight in the sum."""
     config = dict(records.instructions_content(instructions).config_records[records.CONFIG])
-    return FitIns(ndarrays_to_parameters([np.asarray(w) for w in instructions.weights]),
+    packed = np.frombuffer(wire.pack(instructions.weights), np.uint8)
+    return FitIns(ndarrays_to_parameters([packed]),
                   {**config, SECURE_WEIGHT: float(weight)})
 
 

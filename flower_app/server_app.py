@@ -59,7 +59,7 @@ from engine.composition import strategy_state
 from engine.config import FederationConfig
 from engine.models import ModelRegistry
 from engine.results import DeviceStatus, RunStatus
-from engine.rounds import RoundRunner
+from engine.async_rounds import round_runner
 from engine.setup import server_test_set, stored_samples
 from engine.store import RunStore, StoreError
 from engine.strategies import build_strategy
@@ -181,7 +181,7 @@ def main(grid: Grid, context: Context) -> None:
     evaluator = CentralEvaluator(config, run_config=context.run_config)
     transport = GridTransport(grid, settings)
     strategy = build_strategy(config.strategy, config.strategy_params)
-    runner = RoundRunner(config, transport, evaluator.replica, strategy, evaluator.test_set, log_status)
+    runner = round_runner(strategy)(config, transport, evaluator.replica, strategy, evaluator.test_set, log_status)
     recorder = RunRecorder(context, config, settings.results_file, settings.runs_dir)
     weights = evaluator.initial_weights
     try:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from logging import INFO, WARNING
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -107,6 +107,7 @@ class GridTransport:
         self.nodes: dict[int, int] = {}  # partition id -> node id, as of the last refresh
         self.extras: dict[int, dict] = {}  # partition id -> extra metrics of its last reply (e.g. setup_seconds)
         self._secure_sum: SecureSum | None = None  # the last round's, under secure aggregation
+        self._in_flight: dict[str, tuple[int, float]] = {}  # start()ed message id -> (partition, pushed at)
 
     # -- what the round loop asks -------------------------------------------------------
     def declared_samples(self, device_id: int) -> int | None:
@@ -125,15 +126,7 @@ class GridTransport:
         self._secure_sum = None
         if any(instruction.secure is not None for instruction in instructions.values()):
             return self._collect_secure(instructions, receive)
-        messages, partition_of, bytes_down = [], {}, 0
-        for partition, instruction in instructions.items():
-            content = records.instructions_content(instruction)
-            bytes_down += sum(len(array.data) for record in content.array_records.values()  # SCAFFOLD: c too
-                              for array in record.values())
-            node = self.nodes[partition]
-            partition_of[node] = partition
-            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
-                                    group_id=str(instruction.server_round)))
+        messages, partition_of, bytes_down = self._train_messages(instructions)
         answered: set[int] = set()
         for reply in self.grid.send_and_receive(messages, timeout=self.settings.round_timeout):
             partition = partition_of.get(reply.metadata.src_node_id)
@@ -145,6 +138,61 @@ class GridTransport:
             reason = f"no reply (the node left, or round-timeout {self.settings.round_timeout:g} s passed)"
             receive(partition, DeviceProblem(partition, "failed", reason))
         return bytes_down
+
+    def _train_messages(self, instructions: dict[int, TrainInstructions]) -> tuple[list[Message], dict[int, int], int]:
+        """Each partition's train message, node id -> partition, and the bytes they carry down."""
+        messages, partition_of, bytes_down = [], {}, 0
+        packed: dict[int, ArrayRecord] = {}  # the global model, packed once for every device that gets it
+        for partition, instruction in instructions.items():
+            if id(instruction.weights) not in packed:
+                packed[id(instruction.weights)] = records.to_arrays(instruction.weights)
+            content = records.instructions_content(instruction, packed[id(instruction.weights)])
+            bytes_down += sum(len(array.data) for record in content.array_records.values()  # SCAFFOLD: c too
+                              for array in record.values())
+            node = self.nodes[partition]
+            partition_of[node] = partition
+            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
+                                    group_id=str(instruction.server_round)))
+        return messages, partition_of, bytes_down
+
+    # -- asynchronous delivery (FedBuff: engine.async_rounds on the wall clock) ------------------
+    asynchronous = True  # start() and arrivals(): replies are handed over as they come, not per round
+
+    def start(self, instructions: dict[int, TrainInstructions]) -> int:
+        """Push the train messages without waiting for their replies (:meth:`arrivals` collects them)."""
+        messages, partition_of, bytes_down = self._train_messages(instructions)
+        pushed = self.clock()
+        for message_id, message in zip(self.grid.push_messages(messages), messages):
+            self._in_flight[message_id] = (partition_of[message.metadata.dst_node_id], pushed)
+        return bytes_down
+
+    def forget(self, partitions: set[int]) -> None:
+        """Stop waiting for the replies to these partitions' started messages (their devices were switched off):
+        a reply that still comes is never handed over, so it cannot pass for the answer to a later start."""
+        self._in_flight = {i: sent for i, sent in self._in_flight.items() if sent[0] not in partitions}
+
+    def arrivals(self, wait: float, checkpoint: Callable[[int], None]) -> list[tuple[int, Reply]]:
+        """The replies to :meth:`start`'s messages that arrive within ``wait`` seconds (as soon as there is
+        one), in arrival order; a message unanswered for ``round-timeout`` seconds comes back as a problem.
+        ``checkpoint`` is called between pulls (it raises to stop the wait)."""
+        deadline = self.clock() + wait
+        while True:
+            checkpoint(0)
+            arrived: list[tuple[int, Reply]] = []
+            if self._in_flight:
+                for reply in self.grid.pull_messages(list(self._in_flight)):
+                    sent = self._in_flight.pop(reply.metadata.reply_to_message_id, None)
+                    if sent is not None:  # not asked, or already answered: never counted twice
+                        arrived.append((sent[0], self._outcome(sent[0], reply)))
+            now = self.clock()
+            for message_id, (partition, pushed) in list(self._in_flight.items()):
+                if now - pushed > self.settings.round_timeout:
+                    del self._in_flight[message_id]
+                    reason = f"no reply within round-timeout {self.settings.round_timeout:g} s (the node left?)"
+                    arrived.append((partition, DeviceProblem(partition, "failed", reason)))
+            if arrived or not self._in_flight or now >= deadline:
+                return arrived
+            self.sleep(min(getattr(self.grid, "interval", WAIT_POLL_SECONDS), max(deadline - now, 0.0)))
 
     def _collect_secure(self, instructions: dict[int, TrainInstructions], receive: Receive) -> int:
         """One round of Flower's SecAgg+: the devices' metrics to the loop, and only the sum of their updates."""

@@ -97,9 +97,12 @@ def main() -> None:
 
     if package_version == EXPECTED_FLOWER and getattr(start_client_internal, "time", None) is time:
         start_client_internal.time = PollClock(seconds)
-        # Message parts not yet on the SuperLink: ask again every `seconds`, not after 1 s doubling to 10 s.
+        # Message parts not yet on the SuperLink: ask again every `seconds`, not after 1 s doubling to 10 s, and
+        # without counting tries (Flower's 500 would be 50 s at this pace; a loaded SuperLink can take longer to
+        # receive a model): Flower's 2 h limit stays, and a push that stalls for 3 min expires (its parts: not found).
         start_client_internal.pull_objects = functools.partial(
-            start_client_internal.pull_objects, initial_backoff=seconds, backoff_cap=seconds)
+            start_client_internal.pull_objects, initial_backoff=seconds, backoff_cap=seconds,
+            max_tries_per_object=None)
         # A message's parts (one request each) over TRANSFER_THREADS threads, not min(2, CPU cores).
         inflatable_utils.get_num_workers = lambda max_concurrent: max(max_concurrent, TRANSFER_THREADS)
     else:

@@ -75,3 +75,27 @@ def test_polls_back_off_while_nothing_happens():
         assert wait(0.05, 3.0) == pytest.approx(0.3)  # a tenth of the quiet time
         assert wait(0.05, 600.0) == 1.0  # capped
         assert wait(2.0, 600.0) == 2.0  # never faster than asked
+
+
+def test_one_request_asks_for_parts_still_missing_for_all_of_flowers_pulling_threads(monkeypatch):
+    """Flower's own ``pull_objects`` (8 threads) through the worker's gate: parts that land after 0.3 s cost
+    about one request per interval in all, not one per thread, and every part arrives intact."""
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    worker = load_script("clientapp_worker")
+    assert worker.PULL_BACKOFF["max_tries_per_object"] is None  # waits as long as the SuperLink takes
+    landed, calls = time.monotonic() + 0.3, []
+
+    def pull(object_id: str) -> bytes:
+        calls.append(object_id)
+        if time.monotonic() < landed:
+            raise ObjectUnavailableError(object_id)
+        return object_id.encode()
+
+    ids = [f"part-{index}" for index in range(6)]
+    monkeypatch.setattr(inflatable_utils, "get_num_workers", lambda most: most)  # 8 threads, as in the worker
+    options = {**worker.PULL_BACKOFF, "max_concurrent_pulls": 8}
+    got = inflatable_utils.pull_objects(ids, worker.OneAsksForMissingParts(pull, worker.PULL_SECONDS), **options)
+    assert got == {object_id: object_id.encode() for object_id in ids}
+    assert len(calls) <= 0.3 / worker.PULL_SECONDS + 2 * len(ids)  # ungated: 6 threads x 15 tries = 90+

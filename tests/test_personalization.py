@@ -128,19 +128,6 @@ def test_impossible_combinations_are_explained():
     assert "diverges" in " ".join(diverging.problems())
 
 
-def test_flower_refuses_personalisation_with_the_reason():
-    from flower_app.backend import unsupported
-
-    problems = unsupported(FederationConfig(**TINY, personalize="fedper"))
-    assert any("in-process only" in p and "context.state" in p for p in problems)
-    assert unsupported(FederationConfig(**TINY)) == []
-    from engine.config import ConfigError
-    from flower_app.config import server_settings
-
-    with pytest.raises(ConfigError, match="in-process only"):  # a run submitted to Flower by hand
-        server_settings({"personalize": "ditto", "model": "mlp"})
-
-
 def test_old_run_indexes_gain_the_personalisation_columns(tmp_path):
     from engine.store import RunStore
 

@@ -61,9 +61,9 @@ class FedBuff(Strategy):
     Devices train continuously, each from the global model current when it starts; the server applies an
     update as soon as ``buffer_size`` (K) updates have arrived, each weighted by ``(1 + s) ** -exponent``
     where its staleness ``s`` is how many server steps happened since its device started. The schedule (an
-    event queue on simulated time) is ``engine.async_rounds``; each application of the buffer is one round of
-    the charts, the run store and ``--json``. In a synchronous round (every staleness 0) this is FedAvg
-    without sample weighting, scaled by ``server_learning_rate``.
+    event queue on simulated time in-process, the wall clock on Flower) is ``engine.async_rounds``; each
+    application of the buffer is one round of the charts, the run store and ``--json``. In a synchronous round
+    (every staleness 0) this is FedAvg without sample weighting, scaled by ``server_learning_rate``.
     """
 
     name = "fedbuff"
@@ -71,8 +71,6 @@ class FedBuff(Strategy):
     summary = "Asynchronous: applies every K arrived updates, stale ones weighted down; slow devices never block."
     linear = False  # staleness weights are not the sample-weighted mean secure aggregation and central DP need
     asynchronous: ClassVar[bool] = True
-    in_process_only = ("its asynchronous schedule runs on the in-process devices' simulated clock; the Flower "
-                       "round loop is synchronous")
 
     buffer_size: float = hyperparameter(3, "K: updates buffered before each server step", AT_LEAST_ONE,
                                         integer=True)
