@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import asdict
 from typing import Sequence, TextIO
 
 from data.errors import DataError, DatasetUnavailableError
 from data.sources import load_source
-from data.spec import Preprocessing
 from engine.backends import BackendChoice, DeploymentSettings
 from engine.cli_options import DefaultsHelpFormatter, OneLineParser, add_setting_options, setting_values
 from engine.config import ConfigError, FederationConfig
 from engine.data_fit import data_problem
 from engine.errors import UserError, one_line
-from engine.export_paths import FORMATS, check_destination, default_filename
+from engine.export_paths import FORMATS
 from engine.model_defaults import GENERAL_DEFAULTS, ModelError, TrainingDefaults, describe_defaults, training_defaults
 from engine.native_logs import filtered_stderr
-from engine.results import RoundResult, RunStatus, Snapshot
+from engine.results import RunStatus
 from engine.settings import declared_settings
+from engine.cli_output import (REGRESSION_HEADER, TABLE_HEADER, progress_to_stderr, round_json, round_row,
+                               summary_json)
+from engine.cli_store import delete_command, export_command, metrics_command, runs_command, stored_dataset
 from engine.store import RunStore
 from engine.strategies import STRATEGIES
 
@@ -215,80 +215,6 @@ def config_from_args(
     return FederationConfig(**values)
 
 
-def finite(value: float | None) -> float | None:
-    """``value``, or None where JSON has no number (NaN: no accuracy for a regression)."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def round_json(result: RoundResult) -> dict:
-    return {
-        "round": result.round,
-        "global_accuracy": finite(result.global_accuracy),
-        "global_loss": result.global_loss,
-        "global_mae": result.global_mae,
-        "global_r2": finite(result.global_r2),
-        "seconds": result.seconds,
-        "simulated_time": result.simulated_time,
-        "test_samples": result.test_samples,
-        "bytes_down": result.bytes_down,
-        "bytes_up": result.bytes_up,
-        "compression_ratio": result.compression_ratio,
-        "epsilon": result.epsilon,
-        "personalized_accuracy": result.personalized_accuracy,
-        "device_global_accuracy": result.device_global_accuracy,
-        "devices": [
-            {"id": d.device_id, "samples": d.samples, "accuracy": finite(d.accuracy), "loss": d.loss,
-             "train_accuracy": finite(d.train_accuracy), "train_loss": d.train_loss,
-             "received_accuracy": finite(d.received_accuracy),
-             "personalized_accuracy": finite(d.personalized_accuracy), "staleness": d.staleness}
-            for d in result.devices
-        ],
-        "problems": [{"id": p.device_id, "kind": p.kind, "reason": p.reason} for p in result.problems],
-    }
-
-
-def summary_json(snapshot: Snapshot) -> dict:
-    regression = bool(snapshot.history) and snapshot.history[-1].is_regression
-    accuracies = [] if regression else [r.global_accuracy for r in snapshot.history]
-    summary = {
-        "summary": True,
-        "status": snapshot.status.value,
-        "rounds": snapshot.round,
-        "final_accuracy": accuracies[-1] if accuracies else None,
-        "best_accuracy": max(accuracies) if accuracies else None,
-        "seconds": snapshot.elapsed,
-        "message": snapshot.message,
-    }
-    if regression:
-        last = snapshot.history[-1]
-        summary.update(final_mse=last.global_loss, final_mae=last.global_mae, final_r2=finite(last.global_r2))
-    return summary
-
-
-TABLE_HEADER = f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'seconds':>7}  {'devices':>7}  device accuracy (min / mean / max)  problems"
-REGRESSION_HEADER = (f"{'round':>5}  {'mse':>9}  {'mae':>8}  {'r2':>7}  {'seconds':>7}  {'devices':>7}  "
-                     "device mse (min / mean / max)  problems")
-
-
-def spread(values: list[float]) -> str:
-    return f"{min(values):.3f} / {sum(values) / len(values):.3f} / {max(values):.3f}" if values else "-"
-
-
-def round_row(result: RoundResult) -> str:
-    problems = ", ".join(f"#{p.device_id} {p.kind}" for p in result.problems) or "-"
-    epsilon = f"  epsilon {result.epsilon:.2f}" if result.epsilon is not None else ""
-    if result.personalized_accuracy is not None:  # --personalize: on the devices' own held-out data
-        epsilon += (f"  personalised {result.personalized_accuracy:.4f} vs global "
-                    f"{result.device_global_accuracy or float('nan'):.4f} on devices")
-    if result.is_regression:
-        losses = [d.loss for d in result.devices]
-        return (f"{result.round:>5}  {result.global_loss:>9.4f}  {result.global_mae:>8.4f}  {result.global_r2:>7.4f}  "
-                f"{result.seconds:>7.2f}  {len(result.devices):>7}  {spread(losses):<29}  {problems}{epsilon}")
-    accs = spread([d.accuracy for d in result.devices])
-    return (f"{result.round:>5}  {result.global_accuracy:>8.4f}  {result.global_loss:>7.4f}  "
-            f"{result.seconds:>7.2f}  {len(result.devices):>7}  {accs:<34}  {problems}{epsilon}")
-
-
 def follow(federation, as_json: bool, out: TextIO) -> int:
     """Start ``federation``, print each round as it completes, and a summary at the end."""
     printed = len(federation.snapshot().history)
@@ -345,11 +271,6 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     return follow(federation, args.json, out)
 
 
-def stored_dataset(config: FederationConfig, data_dir: str | None):
-    """The data set a stored run trained on, read the same way again."""
-    return load_source(config.dataset, data_dir or config.data_dir, config.source_options, progress_to_stderr)
-
-
 def resume_command(args: argparse.Namespace, out: TextIO) -> int:
     store = RunStore(args.runs_dir)
     config = store.load_config(args.run_id)
@@ -360,84 +281,6 @@ def resume_command(args: argparse.Namespace, out: TextIO) -> int:
     federation = reopen_federation(store, args.run_id, args.rounds, args.backend, dataset=dataset,
                                    deployment=deployment_from_args(args), progress=progress_to_stderr)
     return follow(federation, args.json, out)
-
-
-def runs_command(args: argparse.Namespace, out: TextIO) -> int:
-    if args.show:
-        from engine.experiments import config_to_toml
-
-        config = RunStore(args.runs_dir).load_config(args.show)
-        header = f"run {args.show}; run it again with: python -m engine run --config FILE"
-        print(config_to_toml(config, header), file=out, end="")
-        return 0
-    runs = RunStore(args.runs_dir).list_runs()
-    if args.json:
-        for run in runs:
-            print(json.dumps(asdict(run)), file=out)
-        return 0
-    print(f"{'run id':<23}  {'created':<25}  {'data set':<13}  {'strategy':<13}  {'partition':<9}  "
-          f"{'rounds':>6}  {'final':>6}  {'best':>6}  status", file=out)
-    for run in runs:
-        final = f"{run.final_accuracy:.4f}" if run.final_accuracy is not None else "-"
-        best = f"{run.best_accuracy:.4f}" if run.best_accuracy is not None else "-"
-        print(f"{run.run_id:<23}  {run.created:<25}  {run.dataset:<13}  {run.strategy:<13}  {run.partition:<9}  "
-              f"{run.rounds:>6}  {final:>6}  {best:>6}  {run.status}", file=out)
-    if not runs:
-        print(f"no runs in {args.runs_dir}", file=out)
-    return 0
-
-
-def metrics_command(args: argparse.Namespace, out: TextIO) -> int:
-    print(RunStore(args.runs_dir).export_metrics(args.run_id, args.format), file=out, end="")
-    return 0
-
-
-def export_command(args: argparse.Namespace, out: TextIO) -> int:
-    store = RunStore(args.runs_dir)
-    config = store.load_config(args.run_id)
-    if args.output:
-        check_destination(args.format, args.output)  # before loading anything
-    checkpoint = store.load_checkpoint(args.run_id, args.round)
-    if checkpoint.note:
-        print(f"warning: {checkpoint.note}", file=sys.stderr)
-    name = f"round-{checkpoint.round:05d}-{default_filename(config.model, args.format)}"
-    destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
-    spec_file = store.run_dir(args.run_id) / "preprocessing.json"  # engine.federation.PREPROCESSING_FILE
-    spec = Preprocessing.from_json(spec_file.read_text()) if spec_file.is_file() else None
-    from engine.export import export_model  # deferred: TensorFlow is slow to import, needed only from here
-
-    representative = None
-    if args.format == "tflite-int8":
-        dataset = stored_dataset(config, args.data_dir)
-        representative = dataset.x_train[:200].astype("float32") / (255.0 if dataset.is_image else 1.0)
-    path = export_model(config.model, checkpoint.weights, args.format, destination, representative,
-                        preprocessing=spec)
-    print(path, file=out)
-    return 0
-
-
-def delete_command(args: argparse.Namespace, out: TextIO) -> int:
-    store = RunStore(args.runs_dir)
-    if not args.all and not args.run_id:
-        args.command_parser.error("name a RUN_ID or pass --all")
-    what = "every run" if args.all else f"run {args.run_id}"
-    if not args.all:
-        store.summary(args.run_id)
-    if not args.yes:
-        if not sys.stdin.isatty():
-            args.command_parser.error(f"deleting {what} needs confirmation: pass --yes")
-        if input(f"Delete {what} in {args.runs_dir}? [y/N] ").strip().lower() != "y":
-            print("nothing deleted", file=out)
-            return 0
-    if not args.all:
-        store.delete_run(args.run_id)  # refused while the run trains
-        print(f"deleted {what}", file=out)
-        return 0
-    kept = store.delete_all()
-    for run_id in kept:
-        print(f"kept run {run_id}: it is being trained", file=sys.stderr)
-    print("deleted every run" + (f" but {len(kept)}" if kept else ""), file=out)
-    return 1 if kept else 0
 
 
 def sweep_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -457,10 +300,6 @@ def sweep_command(args: argparse.Namespace, out: TextIO) -> int:
     if not args.json:
         print(table(rows, names, sweep.target), file=out)
     return 0
-
-
-def progress_to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 COMMANDS = {

@@ -172,7 +172,7 @@ def test_each_mode_learns_and_beats_the_global_model_on_skewed_devices(runs, mod
 
 
 def test_every_round_line_of_json_carries_personalized_accuracy(runs):
-    from engine.cli import round_json
+    from engine.cli_output import round_json
 
     for result in runs["finetune"][1].history:
         line = json.loads(json.dumps(round_json(result)))
