@@ -166,5 +166,7 @@ class WorkerPool:
         return [self._with_stack(width, lambda stack: trace_stack(stack, batch_size, uneven))
                 for width, n in sorted(needed.items()) for _ in range(n)]
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, wait: bool = True) -> None:
+        """Cancel queued work and release the workers; ``wait=False`` returns without waiting for a task that is
+        already running (a warm-up trace nobody needs any more finishes on its own, then its thread ends)."""
+        self._executor.shutdown(wait=wait, cancel_futures=True)

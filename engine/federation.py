@@ -344,8 +344,8 @@ class Federation(FederationBackend):
         self.stop()
         with self._lock:
             self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown()
+        if self._pool is not None:  # the rounds have stopped; only a warm-up trace may still run: not worth a wait
+            self._pool.shutdown(wait=False)
         if self.remote is not None:
             status = {RunStatus.FAILED: "failed", RunStatus.STOPPED: "stopped"}.get(self.snapshot().status, "completed")
             self.remote.close(status, self.snapshot().message)
