@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import ConfigError, FederationConfig
-from engine.settings import Bounds, setting
+from engine.settings import Bounds, field_problems, setting
 
 BACKENDS = ("in-process", "flower", "deployment")
 GROUP = "where devices run"  # the CLI's argument group of the settings below (engine.cli_options)
@@ -76,13 +76,11 @@ class DeploymentSettings:
 
     def problems(self) -> list[str]:
         host, _, port = self.address.strip().rpartition(":")
-        found = []
+        found = list(field_problems(self).values())  # each field's declared type and bounds
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             found.append(f"the SuperLink address is host:port, e.g. 0.0.0.0:9093; got {self.address!r}")
         if not self.certificates.strip():
             found.append("the certificates folder is empty: name a folder (made if missing)")
-        if not 0 <= self.supernode_keys <= 1000:
-            found.append(f"SuperNode keys must be between 0 and 1000; got {self.supernode_keys}")
         if not self.start_superlink and self.certificates.strip():  # attach: its CA must be here already
             certificate = Path(self.certificates).expanduser() / "ca.crt"
             if not certificate.is_file():
