@@ -115,20 +115,27 @@ def app_url(output_dir):
         yield url
 
 
-@pytest.fixture
-def page(app_url):
+@contextlib.contextmanager
+def browser_tab(url: str, timeout_ms: int = STEP_MS):
+    """A headless Chromium tab on ``url`` whose steps wait up to ``timeout_ms``; the browser closes on the way out."""
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=STEP_MS)  # the first federation imports TensorFlow: allow for a slow machine
+    expect.set_options(timeout=timeout_ms)  # the first federation imports TensorFlow: allow for a slow machine
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             tab = browser.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
-            tab.set_default_timeout(STEP_MS)
-            tab.goto(app_url)
+            tab.set_default_timeout(timeout_ms)
+            tab.goto(url)
             yield tab
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(app_url):
+    with browser_tab(app_url) as tab:
+        yield tab
 
 
 @pytest.fixture

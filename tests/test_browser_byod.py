@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.test_browser import (APP_ENV, CHROMIUM, PROJECT_ROOT, Steps, completed_rounds, device_card, metric_value,
-                                full_page_screenshot, output_dir, page, streamlit_server, wait_for)  # noqa: F401
+from tests.test_browser import (APP_ENV, CHROMIUM, PROJECT_ROOT, Steps, browser_tab, completed_rounds, device_card,
+                                full_page_screenshot, metric_value, output_dir, page, streamlit_server,  # noqa: F401
+                                wait_for)
 
 FRUIT = {  # class -> (colour, shape): shapes differ a little, colours a lot
     "apple": ((200, 30, 40), "circle"),
@@ -118,39 +119,29 @@ def csv_app_url(output_dir, tmp_path):
 
 
 def test_dashboard_on_a_csv_regression_predicts_a_typed_row(csv_app_url, output_dir):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    from tests.test_browser import CHROMIUM_ARGS, WIDTH
+    with browser_tab(csv_app_url, timeout_ms=180_000) as page:
+        step = Steps()
+        create = page.get_by_role("button", name="Create federation", exact=True)
+        expect(create).to_be_enabled(timeout=120_000)
+        create.click()
+        expect(device_card(page, PHONES - 1)).to_be_visible(timeout=240_000)
+        step("federation on the CSV created")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-            page.goto(csv_app_url)
-            expect.set_options(timeout=180_000)
-            page.set_default_timeout(180_000)
-            step = Steps()
-            create = page.get_by_role("button", name="Create federation", exact=True)
-            expect(create).to_be_enabled(timeout=120_000)
-            create.click()
-            expect(device_card(page, PHONES - 1)).to_be_visible(timeout=240_000)
-            step("federation on the CSV created")
+        page.get_by_role("button", name="Start", exact=True).click()
+        status = page.locator('[data-testid="stMetric"]', has_text="Status")
+        expect(status).to_contain_text("Finished", timeout=300_000)
+        assert completed_rounds(page) == 3
+        assert float(metric_value(page, "Global R²")) > 0.9  # the regression's own metric, not accuracy
+        step("3 rounds of linear regression trained")
 
-            page.get_by_role("button", name="Start", exact=True).click()
-            status = page.locator('[data-testid="stMetric"]', has_text="Status")
-            expect(status).to_contain_text("Finished", timeout=300_000)
-            assert completed_rounds(page) == 3
-            assert float(metric_value(page, "Global R²")) > 0.9  # the regression's own metric, not accuracy
-            step("3 rounds of linear regression trained")
-
-            typed = page.locator(".st-key-feature_x input")
-            typed.fill("2")
-            typed.press("Enter")
-            result = page.locator(".st-key-prediction-table")
-            wait_for(lambda: "Predicted: 1" in result.inner_text(), "a prediction for x = 2", timeout=120)
-            predicted = float(result.inner_text().split("Predicted:")[1].split()[0])
-            assert abs(predicted - 13.0) < 1.0, predicted  # 5 * 2 + 3
-            full_page_screenshot(page, output_dir / "byod-csv.png")
-            step("the typed row is predicted")
-        finally:
-            browser.close()
+        typed = page.locator(".st-key-feature_x input")
+        typed.fill("2")
+        typed.press("Enter")
+        result = page.locator(".st-key-prediction-table")
+        wait_for(lambda: "Predicted: 1" in result.inner_text(), "a prediction for x = 2", timeout=120)
+        predicted = float(result.inner_text().split("Predicted:")[1].split()[0])
+        assert abs(predicted - 13.0) < 1.0, predicted  # 5 * 2 + 3
+        full_page_screenshot(page, output_dir / "byod-csv.png")
+        step("the typed row is predicted")

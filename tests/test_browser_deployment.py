@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_browser import (CHROMIUM, CHROMIUM_ARGS, DATA_DIR, PROJECT_ROOT, STEP_MS, WIDTH, Steps, device_card,
+from tests.test_browser import (CHROMIUM, DATA_DIR, PROJECT_ROOT, Steps, browser_tab, device_card,
                                 free_port, full_page_screenshot, kill_group, metric_value, wait_for,
                                 wait_until_serving)
 
@@ -94,19 +94,14 @@ def start_supernodes(workdir: Path, certificates: Path, port: int):
 
 @pytest.mark.timeout(1500)  # minutes on a loaded 2-core machine: real processes, TensorFlow in four
 def test_dashboard_drives_a_deployment_of_separately_started_supernodes(dashboard):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, superlink_port, tmp_path = dashboard
     certificates = tmp_path / "certificates"
     step = Steps()
-    expect.set_options(timeout=STEP_MS)
     nodes = None
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with browser_tab(url) as page:
         try:
-            page = browser.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
-            page.set_default_timeout(STEP_MS)
-            page.goto(url)
             # Where devices run: a Flower deployment, its SuperLink started here on a free port.
             expect(page.get_by_role("button", name="Create federation", exact=True)).to_be_enabled(timeout=180_000)
             where = page.get_by_role("combobox", name="Where devices run")
@@ -164,7 +159,6 @@ def test_dashboard_drives_a_deployment_of_separately_started_supernodes(dashboar
             page.screenshot(path=str(tmp_path / "failure.png"))
             raise
         finally:
-            browser.close()
             if nodes is not None:
                 nodes.stop(timeout=10)
     runs = list((tmp_path / "runs").rglob("*"))
