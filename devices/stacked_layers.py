@@ -65,19 +65,7 @@ class Activation:
     activation: Callable
 
 
-@dataclass(frozen=True)
-class GroupNorm:
-    """Keras ``GroupNormalization`` over the channels of images: each device's ``groups`` groups of channels
-    are contiguous in the spatial layout, so the stack is one group normalisation with ``D * groups`` groups."""
-
-    groups: int  # per device
-    channels: int  # per device
-    gamma: int | None
-    beta: int | None
-    epsilon: float
-
-
-StackedOp = Conv | Pool | Flatten | Dense | Activation | GroupNorm
+StackedOp = Conv | Pool | Flatten | Dense | Activation
 
 
 def _activation(layer, layout: str) -> Callable:
@@ -125,13 +113,6 @@ def stack_plan(model: keras.Model) -> tuple[StackedOp, ...]:
             ops.append(Dense(index[id(layer.kernel)], bias, _activation(layer, layout)))
         elif isinstance(layer, keras.layers.Activation):
             ops.append(Activation(_activation(layer, layout)))
-        elif type(layer) is keras.layers.GroupNormalization:
-            if layout != "spatial" or layer.axis not in (-1, 3) or not (layer.scale or layer.center):
-                raise NotStackable(f"layer {layer.name!r}: group normalisation only over the channels of images, "
-                                   "with a scale or an offset")
-            channels = int((layer.gamma if layer.scale else layer.beta).shape[0])
-            ops.append(GroupNorm(layer.groups, channels, index[id(layer.gamma)] if layer.scale else None,
-                                 index[id(layer.beta)] if layer.center else None, layer.epsilon))
         else:
             raise NotStackable(f"layer {layer.name!r} ({type(layer).__name__}) is not supported in a stack")
     if layout != "flat":
@@ -160,29 +141,13 @@ def spatial_to_flat(h: tf.Tensor, devices: int) -> tf.Tensor:
     return tf.reshape(tf.transpose(h, [3, 0, 1, 2, 4]), [devices, batch, height * width * channels // devices])
 
 
-def group_norm(h: tf.Tensor, op: GroupNorm, weights: Sequence[tf.Tensor]) -> tf.Tensor:
-    """Every device's group normalisation of ``[B, H, W, D*C]`` at once, in Keras's order of operations
-    (statistics in float32, ``x * inv + (beta - mean * inv)``), so a stack matches each model exactly."""
-    _, height, width, channels = h.shape
-    groups = op.groups * (channels // op.channels)
-    grouped = tf.cast(tf.reshape(h, [-1, height, width, groups, channels // groups]), tf.float32)
-    mean, variance = tf.nn.moments(grouped, axes=[1, 2, 4], keepdims=True)
-    inv = tf.math.rsqrt(variance + op.epsilon)
-    if op.gamma is not None:
-        inv = inv * tf.reshape(tf.cast(weights[op.gamma], tf.float32), [groups, -1])
-    shift = -mean * inv
-    if op.beta is not None:
-        shift = shift + tf.reshape(tf.cast(weights[op.beta], tf.float32), [groups, -1])
-    return tf.cast(tf.reshape(grouped * inv + shift, tf.shape(h)), h.dtype)
-
-
 def forward(ops: Sequence[StackedOp], weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
     """Outputs ``[D, B, classes]`` of each device's model on its own images ``[D, B, H, W]`` (or rows
     ``[D, B, features]``, when the model starts with ``Flatten``)."""
     devices = images.shape[0]
     h, device_major = images, True  # [D, B, H, W] until the first spatial layer or Flatten
     for op in ops:
-        if isinstance(op, (Conv, Pool, GroupNorm)) and device_major:
+        if isinstance(op, (Conv, Pool)) and device_major:
             h, device_major = tf.transpose(h, [1, 2, 3, 0]), False  # spatial layout, one channel per device
         if isinstance(op, Conv):
             h = tf.nn.conv2d(h, grouped_kernel(weights[op.kernel]), op.strides, op.padding)
@@ -192,8 +157,6 @@ def forward(ops: Sequence[StackedOp], weights: Sequence[tf.Tensor], images: tf.T
         elif isinstance(op, Pool):
             pool = tf.nn.max_pool2d if op.kind == "max" else tf.nn.avg_pool2d
             h = pool(h, op.size, op.strides, op.padding)
-        elif isinstance(op, GroupNorm):
-            h = group_norm(h, op, weights)
         elif isinstance(op, Flatten):
             if device_major:
                 h, device_major = tf.reshape(h, [devices, tf.shape(h)[1], -1]), False
