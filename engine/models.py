@@ -33,21 +33,23 @@ def _needs_image(name: str, input_shape: tuple[int, ...]) -> None:
 
 
 def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """Two conv/pool blocks and a dense layer (~225k parameters at 28x28, ~90% on Fashion-MNIST).
+    """Two conv/pool blocks and a dense layer (~422k parameters at 28x28, ~90% on Fashion-MNIST).
 
-    Works for any image side from 8 pixels and any channel count; ``same``
-    padding keeps small images from shrinking to nothing.
+    Works for any image side from 8 pixels and any channel count. ``same``
+    padding keeps every pixel's border in play: at 28x28 the dense layer sees
+    7x7x64 features instead of the 5x5x64 ``valid`` padding leaves, which took
+    10 IID devices from 0.881 / 0.877 to 0.893 / 0.891 after 5 rounds (seeds 0 / 1;
+    README "Learning quality"), for ~1.9x the bytes per round.
     """
     _needs_image("cnn", input_shape)
     if min(input_shape[:2]) < 8:
         raise ModelError(f"the CNN needs images of at least 8x8 pixels, got {input_shape[0]}x{input_shape[1]}")
-    padding = "valid" if min(input_shape[:2]) >= 20 else "same"
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            keras.layers.Conv2D(32, 3, activation="relu", padding=padding),
+            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
             keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu", padding=padding),
+            keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
             keras.layers.Dense(128, activation="relu"),

@@ -40,12 +40,17 @@ def assert_same_training(got, want, received):
 
     Rounding differs because grouped convolutions and batched matmuls sum in
     another order, and Adam divides by sqrt(v) + 1e-7, which magnifies it
-    where gradients are almost zero; a real difference (a wrong batch, a
-    missed mask) shows up as a sizeable fraction of the update.
+    where gradients are almost zero; so do the kinks of ReLU and max-pooling,
+    where a rounding-sized change sends a step's gradient to another unit (the
+    default CNN, ``same`` padding: 3% of the largest update on one convolution
+    weight of one of the three devices, the other two equal to 1e-6, while the
+    norm of the difference stays at 1.5e-4 of the update's). A real difference
+    (a wrong batch, a missed mask) shows up as a sizeable fraction of the
+    update's norm and of every device's weights.
     """
     difference, update = flat(got) - flat(want), flat(want) - flat(received)
     assert np.linalg.norm(difference) < 1e-3 * np.linalg.norm(update)
-    assert np.max(np.abs(difference)) < 1e-2 * np.max(np.abs(update))
+    assert np.max(np.abs(difference)) < 5e-2 * np.max(np.abs(update))
 
 
 @pytest.mark.parametrize(
