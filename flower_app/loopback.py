@@ -57,6 +57,7 @@ from flower_app.output_dir import OUTPUT_DIR_VARIABLE
 from flower_app.processes import (PARENT_VARIABLE, TAG_VARIABLE, free_port, processes_tagged, terminate, terminate_all,
                                   wait_for_port)
 from flower_app.polling import POLL_VARIABLE
+from flower_app.scratch import ScratchFolder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = PROJECT_ROOT / "scripts"
@@ -124,6 +125,7 @@ class LocalDeployment:
         isolation: str = "process",
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         output_dir: str | Path | None = None,
+        scratch: ScratchFolder | None = None,
     ):
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation must be one of {ISOLATION_MODES}; got {isolation!r}")
@@ -141,6 +143,7 @@ class LocalDeployment:
         self.poll_seconds = poll_seconds
         self.output_dir = Path(output_dir).resolve() if output_dir else self.workdir
         self.certificates = self.workdir / "certificates"
+        self.scratch = scratch  # ``workdir`` is this scratch folder: removed once the processes have ended
         self.tag = uuid.uuid4().hex
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
@@ -357,7 +360,10 @@ class LocalDeployment:
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
     def stop(self, timeout: float = 15.0) -> list[int]:
-        """End every process group, then return the pids of tagged processes still alive (killed)."""
+        """End every process group, then return the pids of tagged processes still alive (killed).
+
+        A deployment in a scratch folder of its own removes it then (its logs with it).
+        """
         # SuperNodes first (they sign off at the SuperLink), then the SuperLink.
         terminate_all([p for name, p in self.processes.items() if name != "superlink"], timeout)
         terminate_all([p for name, p in self.processes.items() if name == "superlink"], timeout)
@@ -371,6 +377,8 @@ class LocalDeployment:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.scratch is not None:
+            self.scratch.remove()
         return left
 
     def __enter__(self) -> "LocalDeployment":
