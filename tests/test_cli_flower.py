@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -171,8 +172,12 @@ def test_the_engine_reaches_flower_only_from_inside_functions():
     assert "flower_app.backend" in lazy and "flower_app.deployment" in lazy  # the test can see such imports
 
 
-DEPLOYMENT_RUN = ["--devices", "2", "--model", "mlp", "--train-samples", "400", "--test-samples", "200",
-                  "--rounds", "2", "--min-devices", "2", "--seed", "3"]
+# FedBuff (K = 2 of 3 devices training at once): the dashboard's and the CLI's Federation on a deployment's
+# wall clock, stale updates included (engine.async_rounds); its server steps are the run's rounds
+DEPLOYMENT_NODES = 3
+DEPLOYMENT_RUN = ["--devices", str(DEPLOYMENT_NODES), "--model", "mlp", "--train-samples", "600",
+                  "--test-samples", "200", "--rounds", "3", "--min-devices", str(DEPLOYMENT_NODES), "--seed", "3",
+                  "--strategy", "fedbuff", "--strategy-param", "buffer_size=2"]
 
 
 def _start_supernodes(workdir: Path, certificates: Path, port: int, count: int):
@@ -187,12 +192,13 @@ def _start_supernodes(workdir: Path, certificates: Path, port: int, count: int):
     return nodes
 
 
-@pytest.mark.timeout(900)  # a SuperLink, two SuperNodes and their workers start on a loaded machine
-def test_cli_runs_on_a_deployment_it_starts_and_supernodes_that_join(tmp_path, data_dir):
+@pytest.mark.timeout(900)  # a SuperLink, three SuperNodes and their workers start on a loaded machine
+def test_cli_runs_fedbuff_on_a_deployment_it_starts_and_supernodes_that_join(tmp_path, data_dir):
     """``run --backend deployment``: the CLI starts a SuperLink (TLS, node authentication, certificates made in
-    the folder it is given), two SuperNodes started separately join with its keys, two rounds are recorded."""
+    the folder it is given), three SuperNodes started separately join with its keys, and FedBuff's server steps
+    (each K = 2 updates, on the wall clock) are printed and recorded like rounds."""
     from engine.store import RunStore
-    from flower_app.processes import free_port, wait_for_port
+    from flower_app.processes import free_port
     from tests.conftest import wait_until
 
     port, certificates, runs = free_port(), tmp_path / "certificates", tmp_path / "runs"
@@ -200,30 +206,47 @@ def test_cli_runs_on_a_deployment_it_starts_and_supernodes_that_join(tmp_path, d
     env.pop("FL_DEBUG", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "engine", "run", *DEPLOYMENT_RUN, "--backend", "deployment", "--json",
-         "--superlink-address", f"127.0.0.1:{port}", "--certificates", str(certificates), "--supernode-keys", "2",
-         "--runs-dir", str(runs)],
+         "--superlink-address", f"127.0.0.1:{port}", "--certificates", str(certificates),
+         "--supernode-keys", str(DEPLOYMENT_NODES), "--runs-dir", str(runs)],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    out: list[str] = []
+    readers = [threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True),  # as it comes
+               threading.Thread(target=lambda: out.extend(process.stdout), daemon=True)]
+    for reader in readers:
+        reader.start()
     nodes = None
     try:
-        wait_until(lambda: (certificates / "supernode-1").exists() or process.poll() is not None, timeout=300)
-        wait_for_port(port, 300, process)
-        nodes = _start_supernodes(tmp_path / "nodes", certificates, port, 2)
-        stdout, stderr = process.communicate(timeout=600)
+        # the run waits for its devices once the SuperLink is up, the keys registered and the run submitted:
+        # a SuperNode that came earlier, unregistered, would be refused
+        wait_until(lambda: process.poll() is not None or any(line.startswith("Waiting for devices") for line in lines),
+                   timeout=300)
+        nodes = _start_supernodes(tmp_path / "nodes", certificates, port, DEPLOYMENT_NODES)
+        process.wait(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
-            process.communicate()
+            process.wait()
         if nodes is not None:
             nodes.stop(timeout=10)
+    for reader in readers:
+        reader.join(timeout=10)
+    stdout, stderr = "".join(out), "".join(lines)
     assert processes_tagged(str(process.pid), PARENT_VARIABLE) == []  # its SuperLink ended with it
     rounds, summary = _json_lines(subprocess.CompletedProcess([], process.returncode, stdout, stderr))
     assert "Starting a SuperLink on 127.0.0.1:" in stderr and "Traceback" not in stderr
-    assert [r["round"] for r in rounds] == [1, 2] and summary["status"] == "finished", stderr[-3000:]
-    assert all(sorted(d["id"] for d in r["devices"]) == [0, 1] and r["problems"] == [] for r in rounds)
+    assert [r["round"] for r in rounds] == [1, 2, 3] and summary["status"] == "finished", stderr[-3000:]
+    assert all(len(r["devices"]) == 2 and r["problems"] == [] for r in rounds)  # K updates per server step
+    assert [d["staleness"] for d in rounds[0]["devices"]] == [0, 0]  # all three started from the first model
+    # the third device's update, started from the first model, goes into a later step: stale
+    assert any(d["staleness"] >= 1 for r in rounds[1:] for d in r["devices"]), rounds
+    assert {d["id"] for r in rounds for d in r["devices"]} == set(range(DEPLOYMENT_NODES))
     assert rounds[-1]["global_accuracy"] > 0.3  # chance is 0.1: the SuperNodes really trained
-    stored = RunStore(runs).summary(summary["run_id"])
-    assert stored.status == "finished" and stored.rounds == 2
-    assert stored.final_accuracy == pytest.approx(rounds[-1]["global_accuracy"])
+    stored = RunStore(runs)
+    assert stored.summary(summary["run_id"]).status == "finished" and stored.summary(summary["run_id"]).rounds == 3
+    assert stored.summary(summary["run_id"]).final_accuracy == pytest.approx(rounds[-1]["global_accuracy"])
+    assert [d.staleness for r in stored.load_history(summary["run_id"]) for d in r.devices] == [
+        d["staleness"] for r in rounds for d in r["devices"]]
     assert scratch_folders_of(process.pid, "flower-deployment-") == []  # its SuperLink's folder went with it
 
 
