@@ -26,8 +26,8 @@ from pathlib import Path
 from data.sources import is_builtin
 from engine.config import ConfigError, FederationConfig
 from engine.strategies import STRATEGIES
-from flower_app.config import config_run_values, federation_config, server_settings
-from flower_app.loopback import CONNECTION, LocalDeployment, run_config_arg
+from flower_app.config import config_run_values, federation_config, run_config_arg, server_settings
+from flower_app.loopback import CONNECTION, LocalDeployment
 from flower_app.scratch import scratch_folder
 
 MAX_DEVICES = 8  # loopback: one SuperNode and one ClientApp worker process per device on this machine

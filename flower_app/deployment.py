@@ -33,7 +33,8 @@ from pathlib import Path
 
 from engine.backends import DeploymentSettings, federation_over
 from flower_app.backend import Loopback, check, serverapp_transport
-from flower_app.loopback import PROJECT_ROOT, SCRIPTS
+from flower_app.certificates import make_certificates
+from flower_app.loopback import PROJECT_ROOT
 from flower_app.processes import wait_for_port
 from flower_app.scratch import ScratchFolder, scratch_folder
 from flower_app.serverapp_link import LinkError, SuperLinkAddress
@@ -60,11 +61,7 @@ def ensure_certificates(folder: Path, supernode_keys: int, host: str) -> None:
     if (folder / "ca.crt").exists() and (folder / "server.crt").exists():
         return
     names = [name for name in {host, socket.gethostname()} if name not in ("0.0.0.0", "::", "127.0.0.1", "localhost")]
-    result = subprocess.run(["bash", str(SCRIPTS / "make_certificates.sh"), str(folder), *names],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "SUPERNODE_KEYS": str(supernode_keys)})
-    if result.returncode != 0:
-        raise LinkError(f"make_certificates.sh failed: {result.stderr.strip()[-500:]}")
+    make_certificates(folder, supernode_keys, sorted(names), force=False)  # an existing CA is never replaced
 
 
 class StartedSuperLink(Loopback):

@@ -265,7 +265,7 @@ def scratch_folders_of(pid: int, prefix: str) -> list[Path]:
 
 
 def test_cli_on_an_unreachable_or_half_made_deployment_fails_in_one_line(tmp_path, capfd):
-    from flower_app.loopback import make_certificates
+    from flower_app.certificates import make_certificates
     from flower_app.processes import free_port
 
     certificates = tmp_path / "certificates"
