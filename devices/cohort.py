@@ -8,7 +8,9 @@ compression, masking) exactly as when it trains alone.
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections import Counter
 from typing import Mapping, Sequence
 
 from devices.device import Device
@@ -40,6 +42,28 @@ def plan_cohorts(local_steps: Mapping[int, int], max_width: int, workers: int) -
         cohorts.append(sorted(order[start:end]))
         start = end
     return cohorts
+
+
+def stacks_in_use(cohorts: Sequence[tuple[int, float]], workers: int) -> Counter:
+    """How many stacks of each width a round trains at the same time: ``cohorts`` are ``(width, cost)`` in the
+    order they are submitted, each started by the first of ``workers`` threads to become free.
+
+    The cost is the stack's width times its longest device's steps, as :func:`plan_cohorts` counts it. A stack
+    that ends when another starts hands its replica over, so 10 devices in stacks of 4, 3 and 3 on two threads
+    need one stack of each width (the second stack of 3 follows the first), not two of width 3. This is what the
+    warm-up builds and traces; a round whose stacks end in another order builds what it lacks.
+    """
+    free = [(0.0, worker) for worker in range(max(workers, 1))]
+    running: list[tuple[float, int, float]] = []  # (start, width, end) of every stack
+    for width, cost in cohorts:
+        start, worker = heapq.heappop(free)
+        running.append((start, width, start + cost))
+        heapq.heappush(free, (start + cost, worker))
+    needed: Counter = Counter()
+    for start, width, _ in running:
+        at_once = sum(1 for s, w, e in running if w == width and s <= start < e)
+        needed[width] = max(needed[width], at_once)
+    return needed
 
 
 def train_cohort(

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from devices.cohort import Outcome, train_cohort
+from devices.cohort import Outcome, stacks_in_use, train_cohort
 from devices.device import Device
 from devices.messages import EncodedUpdate, TrainInstructions
 from devices.stacked import StackedReplica
@@ -151,20 +151,22 @@ class WorkerPool:
         """Train ``devices`` together; the future holds each device's update or failure, in order."""
         return self._with_stack(len(devices), lambda stack: train_cohort(devices, instructions, stack, checkpoints))
 
-    def warm_up(self, widths: Sequence[int], batch_size: int, uneven: bool = False) -> list[Future]:
-        """Build and trace ahead of time what a round with stacks of ``widths`` needs (one by one: ``[1]``s);
-        ``uneven``: some stack holds devices with different numbers of local steps.
+    def warm_up(self, cohorts: Sequence[tuple[int, float]], batch_size: int, uneven: bool = False) -> list[Future]:
+        """Build and trace ahead of time what a round training ``cohorts`` needs: ``(width, cost)`` of each stack,
+        in the order the round submits them (one by one: width 1); ``uneven``: some stack holds devices with
+        different numbers of local steps.
 
-        Queued on the workers, so a round submitted later starts once they are done.
+        Queued on the workers, so a round submitted later starts once they are done. Only as many replicas
+        of each width as the round runs at once (:func:`devices.cohort.stacks_in_use`), widest first: each
+        trace costs seconds of Python that threads tracing side by side only slow down for each other.
         """
         if not self.stacks:
-            count = min(len(widths), self.workers)
+            count = min(len(cohorts), self.workers)
             return [self._run(lambda worker: trace_replica(worker.replica, batch_size))
                     for _ in range(count)]
-        # as many replicas of each width as the round will train at once
-        needed = Counter({width: min(n, self.workers) for width, n in Counter(widths).items()})
+        needed = stacks_in_use(cohorts, self.workers)
         return [self._with_stack(width, lambda stack: trace_stack(stack, batch_size, uneven))
-                for width, n in sorted(needed.items()) for _ in range(n)]
+                for width, n in sorted(needed.items(), reverse=True) for _ in range(n)]
 
     def shutdown(self, wait: bool = True) -> None:
         """Cancel queued work and release the workers; ``wait=False`` returns without waiting for a task that is

@@ -98,8 +98,11 @@ class StackedReplica:
         self._corrections = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
         self._corrections_zero = True  # skip re-zeroing them for every stack of a round without SCAFFOLD
         self.optimizer = LocalOptimizer(optimizer, self._variables)
+        # no AutoGraph: these functions have no Python control flow over tensors, and converting their source
+        # (and what they call) took most of the first trace in a process: ~2-4 s of pure Python before round 1
         self._load = tf.function(
-            self._load_impl, input_signature=[[tf.TensorSpec(w.shape, tf.float32) for w in template.weights]]
+            self._load_impl, input_signature=[[tf.TensorSpec(w.shape, tf.float32) for w in template.weights]],
+            autograph=False,
         )
         images = tf.TensorSpec([None, *self.samples.shape], tf.as_dtype(self.samples.dtype))
         labels = tf.TensorSpec([None], self.samples.target_dtype)
@@ -108,15 +111,18 @@ class StackedReplica:
         # two variants, each traced when first needed: chunks where every device trains every step (IID data:
         # all of them) skip the per-step choice between updating all devices and only those still training
         self._train_chunk = {
-            every: tf.function(partial(self._train_chunk_impl, every_step=every), input_signature=signature)
+            every: tf.function(partial(self._train_chunk_impl, every_step=every), input_signature=signature,
+                               autograph=False)
             for every in (True, False)
         }
         # the step loop sees only fixed shapes, so XLA compiles it once per width and batch size
-        self._train_steps = tf.function(self._train_steps_impl, jit_compile=xla and compiles_well(self._ops))
+        self._train_steps = tf.function(self._train_steps_impl, jit_compile=xla and compiles_well(self._ops),
+                                        autograph=False)
         self._evaluate_batch = tf.function(
             self._evaluate_batch_impl,
             input_signature=[images, labels, tf.TensorSpec([width, None], tf.int32),
                              tf.TensorSpec([width, None], tf.float32)],
+            autograph=False,
         )
 
     # -- weights -------------------------------------------------------------
@@ -188,11 +194,9 @@ class StackedReplica:
 
     def _train_steps_impl(self, images, labels, mask, num_steps, every_step):
         """``num_steps`` steps on ``images`` ``[steps, D, B, H, W]``; per-device loss sums, correct and seen counts."""
-        loss_total = tf.zeros([self.width])
-        correct_total = tf.zeros([self.width])
-        seen = tf.zeros([self.width])
         variables = self._variables
-        for step in tf.range(num_steps):
+
+        def step_body(step, loss_total, correct_total, seen):
             count = tf.reduce_sum(mask[step], axis=1)
             with tf.GradientTape() as tape:
                 per_sample, correct = self._losses(images[step], labels[step], mask[step])
@@ -204,9 +208,11 @@ class StackedReplica:
                 self.optimizer.apply(gradients, variables)
             else:
                 self._apply(gradients, training=count > 0)
-            loss_total += loss_sums
-            correct_total += tf.reduce_sum(correct, axis=1)
-            seen += count
+            return step + 1, loss_total + loss_sums, correct_total + tf.reduce_sum(correct, axis=1), seen + count
+
+        zeros = tf.zeros([self.width])
+        _, loss_total, correct_total, seen = tf.while_loop(
+            lambda step, *totals: step < num_steps, step_body, [tf.constant(0), zeros, zeros, zeros])
         return loss_total, correct_total, seen
 
     def _apply(self, gradients, training):

@@ -132,7 +132,7 @@ class LocalOptimizer:
         # all-zero initial states (moments, step counters) are made in the graph, not copied from NumPy
         self._initial_state = [v.numpy() for v in self.optimizer.variables]
         self._initial_state = [None if not np.any(value) else value for value in self._initial_state]
-        self._reset = tf.function(self._reset_impl, input_signature=[tf.TensorSpec([], tf.float32)])
+        self._reset = tf.function(self._reset_impl, input_signature=[tf.TensorSpec([], tf.float32)], autograph=False)
         # the state: the step count and the slot variables (moments, momentum), not the learning rate
         self._state_variables = [v for v in self.optimizer.variables if v.name != "learning_rate"]
         self.fresh_state = [v.numpy() for v in self._state_variables]
@@ -208,17 +208,21 @@ class ModelReplica:
         image = tf.TensorSpec([None, *self.samples.shape], tf.as_dtype(self.samples.dtype))
         labels = tf.TensorSpec([None], self.samples.target_dtype)
         scalar = tf.TensorSpec([], tf.int32)
+        # no AutoGraph (as for stacks): no Python control flow over tensors, and converting the source costs
+        # seconds of Python on a process's first trace
         self._train_steps = tf.function(
             self._train_steps_impl,
             input_signature=[image, labels, tf.TensorSpec([None], tf.int32), scalar, scalar, scalar, scalar],
+            autograph=False,
         )
         # a deep model's step loop takes minutes to compile (MobileNetV2: ~60 s, one step ~16 s)
         self.step_by_step = len(self.model.trainable_variables) > DEEP_MODEL_VARIABLES
         self._train_one = tf.function(self._step, input_signature=[image, labels, tf.TensorSpec([None], tf.int32),
-                                                                  scalar, scalar, scalar])
-        self._evaluate_batch = tf.function(self._evaluate_batch_impl, input_signature=[image, labels])
+                                                                  scalar, scalar, scalar], autograph=False)
+        self._evaluate_batch = tf.function(self._evaluate_batch_impl, input_signature=[image, labels], autograph=False)
         self._predict_batch = tf.function(
-            self._predict_impl, input_signature=[tf.TensorSpec([None, *self.samples.shape], tf.float32)]
+            self._predict_impl, input_signature=[tf.TensorSpec([None, *self.samples.shape], tf.float32)],
+            autograph=False,
         )
 
     # -- weights ---------------------------------------------------------
@@ -273,14 +277,13 @@ class ModelReplica:
         return loss_sum, correct, end - start
 
     def _train_steps_impl(self, x, y, order, samples_per_epoch, batch_size, first_step, num_steps):
-        loss_total = tf.constant(0.0)
-        correct_total = tf.constant(0.0)
-        seen = tf.constant(0)
-        for step in tf.range(first_step, first_step + num_steps):
+        def step_body(step, loss_total, correct_total, seen):
             loss_sum, correct, count = self._step(x, y, order, samples_per_epoch, batch_size, step)
-            loss_total += loss_sum
-            correct_total += correct
-            seen += count
+            return step + 1, loss_total + loss_sum, correct_total + correct, seen + count
+
+        _, loss_total, correct_total, seen = tf.while_loop(
+            lambda step, *totals: step < first_step + num_steps, step_body,
+            [first_step, tf.constant(0.0), tf.constant(0.0), tf.constant(0)])
         return loss_total, correct_total, seen
 
     def _run_steps(self, x, y, order, samples, batch_size, first, count):

@@ -229,7 +229,8 @@ class Federation(FederationBackend):
             groups = self.transport.training_groups(instructions)
             steps = {d: self.devices[d].local_steps(instructions[d]) for d in selected}
             uneven = any(len({steps[d] for d in group}) > 1 for group in groups)
-            futures = self._pool.warm_up([len(group) for group in groups], self.config.batch_size, uneven)
+            cohorts = [(len(group), len(group) * max(steps[d] for d in group)) for group in groups]
+            futures = self._pool.warm_up(cohorts, self.config.batch_size, uneven)
             runner.evaluator.evaluate(test.x[:shapes], test.y[:shapes])
             wait(futures)
         except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from devices.cohort import plan_cohorts
+from devices.cohort import plan_cohorts, stacks_in_use
 from devices.stacked import StackedReplica
 from devices.stacked_layers import NotStackable, forward, stack_plan
 from devices.trainer import ModelReplica, OptimizerSpec, batch_plan, epoch_orders
@@ -155,6 +155,17 @@ def test_plan_cohorts_groups_devices_of_similar_length_within_the_width():
     assert plan_cohorts(steps, max_width=16, workers=2) == [[1, 3, 4, 5, 7], [0, 2, 6, 8, 9]]
     assert plan_cohorts({4: 10}, max_width=16, workers=2) == [[4]]
     assert plan_cohorts({}, max_width=16, workers=2) == []
+
+
+def test_the_warm_up_builds_only_the_stacks_a_round_runs_at_the_same_time():
+    # 10 equal devices in stacks of 4, 3, 3 on two threads: the second stack of 3 follows the first
+    assert stacks_in_use([(4, 4 * 188), (3, 3 * 188), (3, 3 * 188)], workers=2) == {4: 1, 3: 1}
+    assert stacks_in_use([(4, 400)] * 25, workers=2) == {4: 2}  # 100 devices in 25 stacks: both threads at once
+    assert stacks_in_use([(4, 400)] * 25, workers=1) == {4: 1}
+    assert stacks_in_use([(2, 10), (2, 10), (1, 5)], workers=3) == {2: 2, 1: 1}
+    assert stacks_in_use([(4, 40), (3, 3), (3, 3)], workers=2) == {4: 1, 3: 1}  # the short ones run one after another
+    assert stacks_in_use([(4, 4), (3, 30), (3, 3)], workers=2) == {4: 1, 3: 2}  # the second 3 starts while the first runs
+    assert stacks_in_use([], workers=2) == {}
 
 
 def test_a_stacked_federation_ends_where_the_one_by_one_federation_ends(make_federation):
