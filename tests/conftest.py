@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.xdist_groups import pytest_xdist_make_scheduler  # noqa: F401  (-n 2: which tests share a worker)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two xdist workers share the 2 cores: one TensorFlow intra-op thread each (the Flower processes a worker
@@ -15,40 +17,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-SHARED_DEPLOYMENT_GROUP = "flower_deployment"
-BROWSER_GROUP = "browser"
-
-
-def xdist_group_of(item) -> str | None:
-    """The pytest-xdist group (``--dist loadgroup``) ``item`` must run in, or None if any worker may take it.
-
-    - every test of the session's shared Flower deployment (``flower_deployment``) runs on one worker, so that
-      the deployment starts once per run (and its tests keep the order they rely on);
-    - the headless-Chromium tests (tests/test_browser*.py) run one after the other on one worker: each starts
-      its own `streamlit run` and a browser, and two at once on 2 cores starve each other's page timeouts;
-    - the tests of a module-scoped (or module-defined session) fixture run on one worker, so that the
-      fixture (a Flower deployment, a trained federation) is built once, as without xdist.
-    """
-    if SHARED_DEPLOYMENT_GROUP in item.fixturenames:
-        return SHARED_DEPLOYMENT_GROUP
-    if item.path.name.startswith("test_browser"):
-        return BROWSER_GROUP
-    module_id = item.nodeid.split("::")[0]
-    for definitions in item._fixtureinfo.name2fixturedefs.values():
-        if any(d.scope != "function" and d.baseid == module_id for d in definitions):
-            return module_id
-    return None
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
-def pytest_collection_modifyitems(config, items):
-    """Mark each test with its xdist group (``xdist_group_of``); a test marked by hand keeps its own mark."""
-    for item in items:
-        group = xdist_group_of(item)
-        if group is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def run_to_finish(federation, timeout: float = 180):
