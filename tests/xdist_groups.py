@@ -3,7 +3,8 @@
 pytest-xdist 3.8's own ``--dist loadgroup`` reads ``xdist_group`` marks by rewriting ``item._nodeid``,
 which pytest 9 no longer reads (its node ids come from ``item._id``): the marks are silently ignored and
 every test goes to any worker. So tests/conftest.py installs :class:`SharedFixtureScheduling` instead
-(``pytest_xdist_make_scheduler``, for ``python -m pytest -n 2 --dist loadgroup``). It keeps on one worker, in file order:
+(``pytest_xdist_make_scheduler``, for ``python -m pytest -n 2 --dist loadgroup``). It keeps on one
+worker, in file order:
 
 - every file whose tests use the session's shared Flower deployment (``flower_deployment``): it starts once
   per run, on that worker, and its users run one after the other as without xdist;
