@@ -118,7 +118,8 @@ def _actions(store: RunStore, run: RunSummary) -> None:
         more = st.number_input("More rounds", min_value=1, max_value=10_000, value=3, key="runs_more_rounds")
         st.button("Resume this run", key="runs_resume", icon=":material/play_arrow:",
                   on_click=_resume, args=(store, run.run_id, int(more)),
-                  help="Reopens it at its last round (same devices) as the live federation on the training page.")
+                  help="Reopens it at its last round (same devices, same data) as the live federation on the "
+                       "training page, its devices where the setup panel's *Where devices run* says.")
     with download:
         st.markdown("**Metrics**")
         st.download_button("Download CSV", store.export_metrics(run.run_id, "csv"), file_name=f"{run.run_id}.csv",

@@ -17,12 +17,6 @@ from app.setup_widgets import SPECIAL_WIDGETS, setting_widget
 if TYPE_CHECKING:
     from engine.federation import Federation
 
-BACKEND_LABELS = {
-    "in-process": "Simulated on this machine",
-    "flower": "Flower loopback (try it on one machine: SuperNodes started for you)",
-    "deployment": "A Flower deployment (SuperNodes join from other machines)",
-}
-
 
 @dataclass(frozen=True)
 class Setup:
@@ -101,7 +95,8 @@ def _read_widgets(defaults: FederationConfig) -> FederationConfig:
 
 def _where_devices_run() -> None:
     """The backend choice and, for a deployment, where its SuperLink is (session state, not configuration)."""
-    st.selectbox("Where devices run", tuple(BACKEND_LABELS), key=state.BACKEND_KEY, format_func=BACKEND_LABELS.get,
+    st.selectbox("Where devices run", tuple(state.BACKEND_LABELS), key=state.BACKEND_KEY,
+                 format_func=state.BACKEND_LABELS.get,
                  help="Simulated devices train in this process (the default). Flower loopback starts a SuperLink "
                       "and one SuperNode process per device here (up to 8). A deployment starts a SuperLink with "
                       "TLS and SuperNode authentication (or attaches to one); SuperNodes join from other machines "

@@ -166,6 +166,13 @@ def deployment_of(federation) -> DeploymentSettings | None:
     return getattr(federation, "deployment_settings", None)
 
 
+BACKEND_LABELS = {  # the setup panel's names for engine.backends.BACKENDS
+    "in-process": "Simulated on this machine",
+    "flower": "Flower loopback (try it on one machine: SuperNodes started for you)",
+    "deployment": "A Flower deployment (SuperNodes join from other machines)",
+}
+
+
 def selected_backend() -> str:
     """Where the setup panel says devices run: "in-process" (default) or "flower"."""
     return st.session_state.get(BACKEND_KEY, "in-process")
@@ -264,16 +271,23 @@ def take_resume_request() -> tuple[str, int | None] | None:
 def resume_run(run_id: str, more_rounds: int | None) -> Federation | None:
     """Reopen a recorded run (same devices, its history and last checkpoint) as this session's federation."""
     st.session_state.pop(ERROR_KEY, None)
+    backend = selected_backend()  # where the setup panel says devices run now, whatever the run used before
+    deployment = deployment_settings() if backend == "deployment" else None
     with st.status(f"Reopening run {short_id(run_id)}...", expanded=True) as status:
         try:
             from app.runs import current_store
-            from engine.federation import Federation
+            from engine.backends import reopen_federation
 
             store = current_store()
             config = store.load_config(run_id)
             dataset = dataset_slot(config.dataset, config.data_dir, config.source_options).get(progress=status.write)
-            federation = Federation.reopen(store, run_id, more_rounds=more_rounds, dataset=dataset,
-                                           progress=status.write)
+            if backend != "in-process":
+                status.write(f"Where its devices run: {BACKEND_LABELS[backend]}...")
+            federation = reopen_federation(store, run_id, more_rounds, backend, dataset=dataset,
+                                           deployment=deployment, progress=status.write)
+            federation.deployment_settings = deployment
+        except ConfigError as error:  # e.g. what the Flower transport cannot run
+            return _failed(status, "Cannot resume this run here: " + "; ".join(error.problems))
         except UserError as error:  # no such run, no intact checkpoint, a damaged index
             return _failed(status, f"Cannot resume this run: {error}")
         except (DataError, ModelError) as error:

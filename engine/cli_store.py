@@ -61,7 +61,7 @@ def export_command(args: argparse.Namespace, out: TextIO) -> int:
         print(f"warning: {checkpoint.note}", file=sys.stderr)
     name = f"round-{checkpoint.round:05d}-{default_filename(config.model, args.format)}"
     destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
-    spec_file = store.run_dir(args.run_id) / "preprocessing.json"  # engine.federation.PREPROCESSING_FILE
+    spec_file = store.run_dir(args.run_id) / "preprocessing.json"  # engine.recording.PREPROCESSING_FILE
     spec = Preprocessing.from_json(spec_file.read_text()) if spec_file.is_file() else None
     from engine.export import export_model  # deferred: TensorFlow is slow to import, needed only from here
 

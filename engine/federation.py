@@ -7,26 +7,23 @@ and never waits for a round to finish.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from concurrent.futures import wait
 from dataclasses import replace
 from functools import partial
-from typing import Callable, Protocol
+from typing import Callable
 
 import keras
 import numpy as np
 
 from data.datasets import Dataset
-from data.partition import label_histogram, target_histogram
 from data.sources import load_source
-from data.spec import Preprocessing
 from devices.messages import Weights
 from devices.pool import WorkerPool
-from devices.stacked import StackedReplica
 from devices.stacked_layers import NotStackable, compiles_well, stack_plan
-from devices.trainer import EVAL_BATCH, KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, SampleSpec, TrainingStopped, batches_per_epoch
+from devices.stacked import StackedReplica
+from devices.trainer import EVAL_BATCH, KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
@@ -39,16 +36,15 @@ from engine.hardware import cpu_info
 from engine.precision import precision_note, resolve_precision
 from engine.personalization import training_note as personalization_note
 from engine.async_rounds import round_runner
-from engine.setup import build_devices, server_test_set, stored_samples  # noqa: F401  (also imported from here)
+from engine.recording import RunRecorder
+from engine.remote import RemoteTransport, remote_device_state
+from engine.setup import build_devices, data_histogram, sample_spec, server_test_set  # noqa: F401  (build_devices)
 from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore, StoreError
-from engine.transport import InProcessTransport, Transport
+from engine.transport import InProcessTransport
 from engine.strategies import build_strategy
-from engine.tracking import TensorBoardLog
 
 WAIT_POLL_SECONDS = 0.5
-PREPROCESSING_FILE = "preprocessing.json"
-MAX_SAVE_PROBLEMS = 20  # the snapshot keeps the latest storage failures, not every one of a long run
 
 
 def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, str]:
@@ -62,57 +58,6 @@ def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, s
         return False, f"Devices train one by one {threads} ({reason})."
     compiled = ", compiled with XLA" if config.xla and compiles_well(ops) else ""
     return True, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."
-
-
-def sample_spec(dataset: Dataset) -> SampleSpec:
-    """How the devices' stored samples of ``dataset`` feed the model."""
-    return stored_samples(dataset.x_train, dataset.task)
-
-
-def save_preprocessing(store: RunStore, run_id: str, spec: Preprocessing) -> None:
-    """The run's preprocessing, next to its checkpoints, for exports and predictions of its models."""
-    folder = store.run_dir(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / PREPROCESSING_FILE).write_text(spec.to_json())
-
-
-def data_histogram(dataset: Dataset, devices: list) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Per device: samples of each class, or of each target bin for a regression; and the column names."""
-    targets = [d.data.y_train for d in devices]
-    if dataset.task == "regression":
-        counts, edges = target_histogram(targets, dataset.y_train)
-        return counts, tuple(f"{low:.3g}..{high:.3g}" for low, high in zip(edges[:-1], edges[1:]))
-    return label_histogram(targets, dataset.num_classes), dataset.class_names
-
-
-class RemoteTransport(Transport, Protocol):
-    """A transport to devices that run elsewhere (e.g. ``flower_app.serverapp_link.LinkTransport``)."""
-
-    training_note: str
-
-    def node_view(self, device_id: int):
-        """The device's node (``node_id``, ``declared_samples``, ``last_seen`` monotonic seconds), or None."""
-
-    def close(self, status: str, details: str) -> None:
-        """Release the link; ``status``: completed, stopped or failed."""
-
-    def device_states(self) -> dict[int, dict[str, Weights]]:
-        """What each device must remember between rounds, as the server knows it (for the run store)."""
-
-    def restore_device_states(self, states: dict[int, dict[str, Weights]]) -> None:
-        """A resumed run's stored device states: sent to each device that no longer holds its own."""
-
-
-def remote_device_state(state: DeviceState, node, now: float | None = None) -> DeviceState:
-    """``state`` of a device that runs elsewhere: its node, declared data and last contact, or not connected."""
-    if node is None:
-        status = state.status if state.status in (DeviceStatus.INACTIVE, DeviceStatus.TRAINING) \
-            else DeviceStatus.OFFLINE
-        return replace(state, status=status, detail=state.detail or "no node connected for this device yet")
-    seen = max(0.0, (time.monotonic() if now is None else now) - node.last_seen)
-    samples = state.samples if node.declared_samples is None else node.declared_samples
-    detail = f"node {node.node_id}, seen {seen:.0f} s ago" + (f"; {state.detail}" if state.detail else "")
-    return replace(state, samples=samples, detail=detail)
 
 
 class Federation(FederationBackend):
@@ -188,11 +133,8 @@ class Federation(FederationBackend):
         self._closed = False
         self.strategy = build_strategy(config.strategy, config.strategy_params)
         self.strategy.bind(config.num_devices)
-        self._save_problems: list[str] = []
         self.store = store
-        self.run_id = run_id  # a new run is recorded when it first starts training, not before
-        self._label = label
-        self._tensorboard: TensorBoardLog | None = None  # opened at start, named after the run recorded then
+        self._recorder = RunRecorder(store, run_id, label, self.config)  # a new run is recorded at its first start
         self.preprocessing = replace(self.dataset.preprocessing, input_shape=self.dataset.input_shape,
                                      task=self.dataset.task, class_names=self.dataset.class_names)
         self.remote = transport
@@ -301,18 +243,10 @@ class Federation(FederationBackend):
                 raise RuntimeError("this federation was closed; create a new one")
             if self._thread is not None and self._thread.is_alive():
                 return
-            if self.store is not None and self.run_id is None:
-                try:
-                    self.run_id = self.store.create_run(self.config, self._label)
-                    save_preprocessing(self.store, self.run_id, self.preprocessing)
-                    off = [device_id for device_id, on in enumerate(self._active) if not on]
-                    self.store.save_inactive_devices(self.run_id, off)  # switched off before the run was recorded
-                except (StoreError, OSError) as error:
-                    self._status, self._message = RunStatus.FAILED, f"Cannot record this run: {error}"
-                    return
-            if self.config.tensorboard and self._tensorboard is None:
-                self._tensorboard = TensorBoardLog(self.config.tensorboard,
-                                                   self.run_id or time.strftime("run-%Y%m%d-%H%M%S"))
+            refused = self._recorder.begin(self.preprocessing, self._inactive_locked())
+            if refused:
+                self._status, self._message = RunStatus.FAILED, refused
+                return
             self._control = RunControl()
             self._status, self._message = RunStatus.RUNNING, "Starting..."
             self._started_at = time.perf_counter()
@@ -349,25 +283,20 @@ class Federation(FederationBackend):
         if self.remote is not None:
             status = {RunStatus.FAILED: "failed", RunStatus.STOPPED: "stopped"}.get(self.snapshot().status, "completed")
             self.remote.close(status, self.snapshot().message)
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        self._recorder.close()
 
     def _activity_changed(self) -> None:
         self._save_activity()
         self._control.poke()  # wake a run waiting for devices
 
     def _save_activity(self) -> None:
-        """Record the devices switched off with the run (once it is recorded), so a resume keeps them off."""
-        if self.store is None or self.run_id is None:
-            return
+        """Record the devices switched off with the run, so a resume keeps them off."""
         with self._lock:
-            off = [device_id for device_id, on in enumerate(self._active) if not on]
-        try:
-            self.store.save_inactive_devices(self.run_id, off)
-        except (OSError, StoreError) as error:  # reported like a round that could not be saved; training goes on
-            with self._lock:
-                self._save_problems = [*self._save_problems,
-                                       f"Device activity was not saved ({one_line(error)})."][-MAX_SAVE_PROBLEMS:]
+            off = self._inactive_locked()
+        self._recorder.save_activity(off)
+
+    def _inactive_locked(self) -> list[int]:
+        return [device_id for device_id, on in enumerate(self._active) if not on]
 
     def set_rounds(self, rounds: int | None) -> None:
         """Change the total number of rounds (None: run until stopped)."""
@@ -392,8 +321,13 @@ class Federation(FederationBackend):
                 devices=tuple(self._device_state(d) for d in self.devices),
                 history=tuple(self._history),
                 model_version=len(self._history),
-                save_problems=tuple(self._save_problems),
+                save_problems=self._recorder.problems,
             )
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id in the store: None until a new run first starts training (or without a store)."""
+        return self._recorder.run_id
 
     @property
     def global_weights(self) -> Weights:
@@ -461,7 +395,7 @@ class Federation(FederationBackend):
     def _run(self) -> None:
         """The round loop, holding the run's lease so no other federation trains or deletes it meanwhile."""
         try:
-            lease = self.store.lease(self.run_id) if self.store is not None else None
+            lease = self._recorder.lease()
         except StoreError as error:
             self._end(RunStatus.FAILED, f"Cannot train: {error}.", record=False)
             return
@@ -527,34 +461,13 @@ class Federation(FederationBackend):
 
     def _save_round(self, weights: Weights, result: RoundResult) -> str:
         """Persist the round (run store, TensorBoard) where asked; a storage error is reported, not fatal."""
-        try:
-            if self._tensorboard is not None:
-                self._tensorboard.write(result)
-        except OSError as error:
-            return f" Could not write TensorBoard events ({error}); training goes on."
-        if self.store is None:
-            return ""
-        try:
-            states = self.remote.device_states() if self.remote is not None else \
-                {d.device_id: d.state() for d in self.devices if d.state()}
-            if states and not self.config.secure_aggregation:  # under secure aggregation nothing per device
-                self.store.save_device_states(self.run_id, result.round, states)
-            self.store.record_round(
-                self.run_id, result, weights, strategy_state(self.strategy), private=self.config.secure_aggregation
-            )
-        except (OSError, sqlite3.Error, StoreError) as error:
-            problem = f"Round {result.round} was not saved ({one_line(error)}); training goes on."
-            with self._lock:
-                self._save_problems = [*self._save_problems, problem][-MAX_SAVE_PROBLEMS:]
-            return " " + problem
-        return ""
+        states = self.remote.device_states() if self.remote is not None else \
+            {d.device_id: d.state() for d in self.devices if d.state()}
+        return self._recorder.save_round(weights, result, states, strategy_state(self.strategy))
 
     def _end(self, status: RunStatus, message: str, record: bool = True) -> None:
-        if self.store is not None and record:
-            try:
-                self.store.set_status(self.run_id, status.value)
-            except (OSError, sqlite3.Error, StoreError) as error:
-                message += f" (could not save the run status: {one_line(error)})"
+        if record:
+            message += self._recorder.set_status(status.value)
         with self._lock:
             if self._started_at is not None:
                 self._elapsed_before += time.perf_counter() - self._started_at

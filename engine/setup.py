@@ -1,4 +1,4 @@
-"""What both transports build the same way: the devices' data and the server's test set.
+"""What both transports build the same way: the devices' data, its histogram and the server's test set.
 
 Kept apart from :mod:`engine.federation` so a Flower SuperNode or ServerApp can
 cut exactly the engine's partitions without importing the federation, its
@@ -8,14 +8,18 @@ worker pool or its run loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from data.datasets import Dataset
 from data.errors import DataError
-from data.partition import partition, split_local_test
+from data.partition import label_histogram, partition, split_local_test, target_histogram
 from engine.config import FederationConfig
 from engine.data_fit import data_problem
+
+if TYPE_CHECKING:
+    from devices.trainer import SampleSpec
 
 
 @dataclass(frozen=True)
@@ -71,3 +75,18 @@ def server_test_set(dataset: Dataset, config: FederationConfig) -> ServerTestSet
     """The server's held-out slice of the test set (``test_samples`` first samples, or all)."""
     count = min(config.test_samples or len(dataset.y_test), len(dataset.y_test))
     return ServerTestSet(dataset.x_test[:count], dataset.y_test[:count], dataset.num_classes, dataset.task)
+
+
+def sample_spec(dataset: Dataset) -> "SampleSpec":
+    """How the devices' stored samples of ``dataset`` feed the model."""
+    return stored_samples(dataset.x_train, dataset.task)
+
+
+def data_histogram(dataset: Dataset, devices: list) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Per device: samples of each class, or of each target bin for a regression; and the column names."""
+    targets = [d.data.y_train for d in devices]
+    if dataset.task == "regression":
+        counts, edges = target_histogram(targets, dataset.y_train)
+        return counts, tuple(f"{low:.3g}..{high:.3g}" for low, high in zip(edges[:-1], edges[1:]))
+    return label_histogram(targets, dataset.num_classes), dataset.class_names
+

@@ -25,70 +25,20 @@ import re
 import secrets
 import shutil
 import sqlite3
-import tempfile
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Collection, Iterator
 
-import numpy as np
-
 from devices.messages import Weights
 from engine.config import FederationConfig
 from engine.errors import UserError
 from engine.lease import LeaseHeld, RunLease, holder_pid, is_leased
-from engine.results import DeviceProblem, DeviceRoundResult, RoundResult
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    created TEXT NOT NULL,
-    label TEXT NOT NULL DEFAULT '',
-    dataset TEXT NOT NULL,
-    model TEXT NOT NULL,
-    strategy TEXT NOT NULL,
-    partition TEXT NOT NULL,
-    num_devices INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    rounds INTEGER NOT NULL DEFAULT 0,
-    final_accuracy REAL,
-    best_accuracy REAL,
-    best_round INTEGER,
-    private INTEGER NOT NULL DEFAULT 0,
-    config TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    round INTEGER NOT NULL,
-    global_accuracy REAL NOT NULL,
-    global_loss REAL NOT NULL,
-    seconds REAL NOT NULL,
-    bytes_down INTEGER NOT NULL,
-    bytes_up INTEGER NOT NULL,
-    epsilon REAL,
-    record TEXT NOT NULL,
-    PRIMARY KEY (run_id, round)
-);
-CREATE TABLE IF NOT EXISTS device_rounds (
-    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    round INTEGER NOT NULL,
-    device_id INTEGER NOT NULL,
-    samples INTEGER NOT NULL,
-    accuracy REAL,
-    loss REAL,
-    received_accuracy REAL,
-    personalized_accuracy REAL,
-    PRIMARY KEY (run_id, round, device_id)
-);
-"""
-
-ADDED_COLUMNS = {"device_rounds": (("received_accuracy", "REAL"), ("personalized_accuracy", "REAL"))}
-"""Columns newer than the first schema: added to an older index when it is opened (their old rows hold NULL)."""
-
-
-CHECKPOINT_NAME = re.compile(r"round-(\d{5,})\.npz")
-"""The store's own checkpoint file names; anything else in a run folder (copies, notes) is ignored."""
+from engine.results import RoundResult
+from engine.run_files import (atomic_write, read_checkpoint, read_device_states, round_file, rounds_in,
+                              write_checkpoint, write_device_states)
+from engine.store_schema import migrate, private_record, round_from_record, sql_real
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 """What a run id may look like (the store makes ``20261201-083830-e027c4``); nothing that leaves the folder."""
@@ -146,45 +96,6 @@ class Checkpoint:
     note: str = ""  # set when an unreadable or missing newer checkpoint was skipped: say so to the user
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(handle)`` to a temporary file, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def _real(value: float) -> float | None:
-    """A metric as an SQL value: NULL where there is none (NaN)."""
-    return None if value is None or value != value else float(value)
-
-
-def round_from_record(record: dict) -> RoundResult:
-    """Rebuild a :class:`RoundResult` from its stored JSON form."""
-    fields = dict(record)
-    fields["selected"] = tuple(fields["selected"])
-    fields["devices"] = tuple(DeviceRoundResult(**d) for d in fields["devices"])
-    fields["problems"] = tuple(DeviceProblem(**p) for p in fields["problems"])
-    fields["confusion"] = np.asarray(fields["confusion"], dtype=np.int64)
-    if fields.get("kept") is not None:
-        fields["kept"] = tuple(fields["kept"])
-    return RoundResult(**fields)
-
-
-def private_record(result: RoundResult) -> dict:
-    """The round as stored under secure aggregation: nothing about individual devices."""
-    record = result.to_json_dict()
-    record["devices"], record["problems"], record["selected"], record["kept"] = [], [], [], None
-    return record
-
-
 class RunStore:
     """All runs under one directory. Safe to use from several threads (one connection per call)."""
 
@@ -201,17 +112,7 @@ class RunStore:
                              "folder (--runs-dir or FL_RUNS_DIR)") from None
         self._check_index()
         with self._connect() as db:
-            db.executescript(SCHEMA)
-            self._migrate(db)
-
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
-        """Add the columns an index made by an older version lacks."""
-        for table, columns in ADDED_COLUMNS.items():
-            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-            for name, kind in columns:
-                if name not in present:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            migrate(db)
 
     @property
     def index_path(self) -> Path:
@@ -257,7 +158,7 @@ class RunStore:
     def create_run(self, config: FederationConfig, label: str = "") -> str:
         run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         config_json = json.dumps(config.to_dict(), sort_keys=True)
-        _atomic_write(self.run_dir(run_id) / "config.json", lambda h: h.write(config_json.encode()))
+        atomic_write(self.run_dir(run_id) / "config.json", lambda h: h.write(config_json.encode()))
         with self._connect() as db:
             db.execute(
                 "INSERT INTO runs (run_id, created, label, dataset, model, strategy, partition, num_devices,"
@@ -284,8 +185,8 @@ class RunStore:
                 db.executemany(
                     "INSERT OR REPLACE INTO device_rounds (run_id, round, device_id, samples, accuracy, loss,"
                     " received_accuracy, personalized_accuracy) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(run_id, result.round, d.device_id, d.samples, d.accuracy, d.loss, _real(d.received_accuracy),
-                      _real(d.personalized_accuracy)) for d in result.devices],
+                    [(run_id, result.round, d.device_id, d.samples, d.accuracy, d.loss, sql_real(d.received_accuracy),
+                      sql_real(d.personalized_accuracy)) for d in result.devices],
                 )
             db.execute(
                 "UPDATE runs SET rounds = ?, final_accuracy = ?,"
@@ -333,10 +234,7 @@ class RunStore:
                 path.replace(path.with_name(path.name + ".unreadable"))
 
     def _write_checkpoint(self, run_id: str, server_round: int, weights: Weights, state: dict[str, Weights]) -> None:
-        arrays = {f"weight_{i:04d}": w for i, w in enumerate(weights)}
-        for name, tensors in state.items():
-            arrays.update({f"state_{name}_{i:04d}": t for i, t in enumerate(tensors)})
-        _atomic_write(self.checkpoint_path(run_id, server_round), lambda h: np.savez(h, **arrays))
+        write_checkpoint(self.checkpoint_path(run_id, server_round), weights, state)
 
     def _prune_checkpoints(self, run_id: str) -> None:
         keep = set(self.checkpoint_rounds(run_id)[-self.keep_last:])
@@ -349,32 +247,20 @@ class RunStore:
 
     def save_device_states(self, run_id: str, server_round: int, states: dict[int, dict[str, Weights]]) -> None:
         """Keep what each simulated device remembers after ``server_round`` (atomic; older rounds pruned)."""
-        arrays = {f"d{device:06d}_{name}_{i:04d}": array
-                  for device, state in states.items() for name, tensors in state.items()
-                  for i, array in enumerate(tensors)}
-        _atomic_write(self._device_state_path(run_id, server_round), lambda h: np.savez(h, **arrays))
-        folder = self._device_state_path(run_id, server_round).parent
-        for path in folder.glob("round-*.npz"):
-            if int(path.stem.split("-")[1]) <= server_round - self.keep_last:
-                path.unlink(missing_ok=True)
+        path = self._device_state_path(run_id, server_round)
+        write_device_states(path, states)
+        for kept in rounds_in(path.parent):
+            if kept <= server_round - self.keep_last:
+                round_file(path.parent, kept).unlink(missing_ok=True)
 
     def load_device_states(self, run_id: str, server_round: int) -> dict[int, dict[str, Weights]]:
         """What :meth:`save_device_states` kept for ``server_round``; {} when nothing was kept."""
-        path = self._device_state_path(run_id, server_round)
-        if not path.is_file():
-            return {}
-        states: dict[int, dict[str, Weights]] = {}
-        with np.load(path) as archive:
-            for key in sorted(archive.files):
-                device, name = key.split("_", 1)
-                name = name.rsplit("_", 1)[0]
-                states.setdefault(int(device[1:]), {}).setdefault(name, []).append(archive[key])
-        return states
+        return read_device_states(self._device_state_path(run_id, server_round))
 
     def save_inactive_devices(self, run_id: str, device_ids: Collection[int]) -> None:
         """Record which devices are switched off now (atomic), so a resumed run keeps them off."""
         text = json.dumps({"inactive": sorted(int(d) for d in device_ids)})
-        _atomic_write(self.run_dir(run_id) / ACTIVITY_FILE, lambda h: h.write(text.encode()))
+        atomic_write(self.run_dir(run_id) / ACTIVITY_FILE, lambda h: h.write(text.encode()))
 
     def load_inactive_devices(self, run_id: str) -> set[int]:
         """The devices :meth:`save_inactive_devices` recorded as off; none for older runs or an unreadable file."""
@@ -385,7 +271,7 @@ class RunStore:
             return set()
 
     def _device_state_path(self, run_id: str, server_round: int) -> Path:
-        return self.run_dir(run_id) / "device-state" / f"round-{server_round:05d}.npz"
+        return round_file(self.run_dir(run_id) / "device-state", server_round)
 
     # -- reading ------------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
@@ -394,15 +280,11 @@ class RunStore:
         return self.root / run_id
 
     def checkpoint_path(self, run_id: str, server_round: int) -> Path:
-        return self.run_dir(run_id) / "checkpoints" / f"round-{server_round:05d}.npz"
+        return round_file(self.run_dir(run_id) / "checkpoints", server_round)
 
     def checkpoint_rounds(self, run_id: str) -> list[int]:
         """Rounds that have a checkpoint file under the store's own naming, oldest first."""
-        folder = self.run_dir(run_id) / "checkpoints"
-        if not folder.is_dir():
-            return []
-        matches = (CHECKPOINT_NAME.fullmatch(path.name) for path in folder.iterdir())
-        return sorted(int(match.group(1)) for match in matches if match)
+        return rounds_in(self.run_dir(run_id) / "checkpoints")
 
     def list_runs(self) -> list[RunSummary]:
         with self._connect() as db:
@@ -479,14 +361,7 @@ class RunStore:
         if not path.is_file():
             raise CheckpointError(f"run {run_id} has no checkpoint for round {server_round}")
         try:
-            with np.load(path) as archive:
-                names = sorted(archive.files)
-                weights = [archive[n] for n in names if n.startswith("weight_")]
-                state: dict[str, Weights] = {}
-                for name in names:
-                    if name.startswith("state_"):
-                        key = name[len("state_"):].rsplit("_", 1)[0]
-                        state.setdefault(key, []).append(archive[name])
+            weights, state = read_checkpoint(path)
         except Exception as error:  # noqa: BLE001 - zipfile, zlib, numpy and OS errors for a damaged file
             raise CheckpointError(f"round {server_round}'s checkpoint of run {run_id} is unreadable "
                                   f"({type(error).__name__}: {error})") from None

@@ -26,8 +26,9 @@ from pathlib import Path
 from data.sources import is_builtin
 from engine.config import ConfigError, FederationConfig
 from engine.strategies import STRATEGIES
-from flower_app.config import config_run_values, federation_config, server_settings
-from flower_app.loopback import CONNECTION, LocalDeployment, run_config_arg
+from flower_app.config import config_run_values, federation_config, run_config_arg, server_settings
+from flower_app.loopback import CONNECTION, LocalDeployment
+from flower_app.scratch import scratch_folder
 
 MAX_DEVICES = 8  # loopback: one SuperNode and one ClientApp worker process per device on this machine
 WAIT_TIMEOUT = 30 * 24 * 3600.0  # the ServerApp key's value: the engine's loop decides how long to wait
@@ -97,11 +98,11 @@ class Loopback(LocalDeployment):
                                 self.superexec_secret)
 
 
-def serverapp_transport(config: FederationConfig, deployment, link, submit_env: dict[str, str], cwd: Path,
-                        connection: str = CONNECTION):
+def serverapp_transport(config: FederationConfig, link, submit_env: dict[str, str], cwd: Path,
+                        connection: str = CONNECTION, on_close=None):
     """Submit ``config``'s run to the SuperLink at ``link``, claim its ServerApp task: the transport for it.
 
-    ``deployment`` (anything with ``stop()``, or None) is stopped when the transport closes.
+    ``on_close`` (e.g. stopping the deployment this process started) is called when the transport closes.
     """
     from flower_app.polling import poll_seconds
     from flower_app.serverapp_link import LinkTransport, ServerAppTask, acquire_token, submit_run
@@ -111,28 +112,29 @@ def serverapp_transport(config: FederationConfig, deployment, link, submit_env: 
     run_id = submit_run(command, cwd, submit_env)
     task = ServerAppTask(link, acquire_token(link, run_id))
     transport = LinkTransport(task, server_settings(values), poll_seconds(submit_env),
-                              on_close=deployment.stop if deployment is not None else None)
+                              on_close=on_close)
     transport.flower_run_id = run_id
     return transport
 
 
 def loopback_transport(config: FederationConfig, workdir=None, progress=None):
     """``config`` checked for Flower, and the transport to a loopback deployment for it: a SuperLink and one
-    SuperNode per device here, started now (stopped when the transport closes)."""
-    import tempfile
+    SuperNode per device here, started now (stopped when the transport closes).
 
+    ``workdir``: the deployment's folder (kept); default a scratch folder, removed when it stops."""
     config = check(config, loopback=True)
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="flower-federation-")).resolve()
+    scratch = None if workdir else scratch_folder("flower-federation-")  # removed when the deployment stops
+    workdir = Path(workdir or scratch.path).resolve()
     if progress is not None:
         progress(f"Starting a Flower SuperLink and {config.num_devices} SuperNodes on 127.0.0.1...")
     model_file = {"model-file": config.model} if config.model.endswith(".py") else {}
-    deployment = Loopback(workdir, config.num_devices, data_dir=config.data_dir, output_dir=workdir,
+    deployment = Loopback(workdir, config.num_devices, data_dir=config.data_dir, output_dir=workdir, scratch=scratch,
                           node_configs=[{"partition-id": i, "num-partitions": config.num_devices, **model_file}
                                         for i in range(config.num_devices)])
     try:
         deployment.start()
-        transport = serverapp_transport(config, deployment, deployment.link(), deployment.env("cli-home"),
-                                        deployment.project_root)
+        transport = serverapp_transport(config, deployment.link(), deployment.env("cli-home"),
+                                        deployment.project_root, on_close=deployment.stop)
     except BaseException:
         deployment.stop()
         raise

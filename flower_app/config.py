@@ -8,6 +8,7 @@ device's own: which partition it is and where its data lives.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -244,3 +245,17 @@ def node_spec(node_config: Mapping[str, Any], run_config: Mapping[str, Any], nod
         data=data,
         model_file=_text(node_config.get(NODE_MODEL_FILE, "")),
     )
+
+
+def toml_value(value: object) -> str:
+    """A run-config value as ``flwr run --run-config`` parses it (TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def run_config_arg(values: Mapping[str, object]) -> str:
+    """``flwr run --run-config``'s argument for ``values``: ``key=value`` pairs, each value in TOML."""
+    return " ".join(f"{key}={toml_value(value)}" for key, value in values.items())

@@ -29,13 +29,14 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from engine.backends import DeploymentSettings, federation_over
 from flower_app.backend import Loopback, check, serverapp_transport
-from flower_app.loopback import PROJECT_ROOT, SCRIPTS
+from flower_app.certificates import make_certificates
+from flower_app.loopback import PROJECT_ROOT
 from flower_app.processes import wait_for_port
+from flower_app.scratch import ScratchFolder, scratch_folder
 from flower_app.serverapp_link import LinkError, SuperLinkAddress
 
 STARTUP_TIMEOUT = 60.0
@@ -60,18 +61,15 @@ def ensure_certificates(folder: Path, supernode_keys: int, host: str) -> None:
     if (folder / "ca.crt").exists() and (folder / "server.crt").exists():
         return
     names = [name for name in {host, socket.gethostname()} if name not in ("0.0.0.0", "::", "127.0.0.1", "localhost")]
-    result = subprocess.run(["bash", str(SCRIPTS / "make_certificates.sh"), str(folder), *names],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "SUPERNODE_KEYS": str(supernode_keys)})
-    if result.returncode != 0:
-        raise LinkError(f"make_certificates.sh failed: {result.stderr.strip()[-500:]}")
+    make_certificates(folder, supernode_keys, sorted(names), force=False)  # an existing CA is never replaced
 
 
 class StartedSuperLink(Loopback):
     """A SuperLink on ``settings.address`` (TLS, SuperNode authentication) and no SuperNodes of its own."""
 
-    def __init__(self, workdir: Path, settings: DeploymentSettings, data_dir: str | None):
-        super().__init__(workdir, 0, data_dir=data_dir, output_dir=workdir)
+    def __init__(self, workdir: Path, settings: DeploymentSettings, data_dir: str | None,
+                 scratch: ScratchFolder | None = None):
+        super().__init__(workdir, 0, data_dir=data_dir, output_dir=workdir, scratch=scratch)
         self.host, self.port = split_address(settings.address)
         self.certificates = Path(settings.certificates).expanduser().resolve()
         self.settings = settings
@@ -131,8 +129,9 @@ def deployment_transport(config, settings: DeploymentSettings, progress=None):
     """``config`` checked for a deployment, and the transport to its SuperLink (see the module docstring)."""
     attached = None if settings.start_superlink else attached_link(settings)  # its files first: fails at once
     config = check(config, loopback=False)
-    workdir = Path(tempfile.mkdtemp(prefix="flower-deployment-")).resolve()
-    started = StartedSuperLink(workdir, settings, config.data_dir) if settings.start_superlink else None
+    scratch = scratch_folder("flower-deployment-")  # removed when the transport closes (or at exit)
+    workdir = scratch.path
+    started = StartedSuperLink(workdir, settings, config.data_dir, scratch) if settings.start_superlink else None
     try:
         if started is not None:
             if progress is not None:
@@ -144,10 +143,12 @@ def deployment_transport(config, settings: DeploymentSettings, progress=None):
             env = _attached_cli_env(workdir, link)
             if progress is not None:
                 progress(f"Attaching to the SuperLink at {settings.address}...")
-        transport = serverapp_transport(config, started, link, env, PROJECT_ROOT, connection="loopback")
+        transport = serverapp_transport(config, link, env, PROJECT_ROOT, connection="loopback",
+                                        on_close=started.stop if started is not None else scratch.remove)
     except BaseException:
         if started is not None:
             started.stop()
+        scratch.remove()
         raise
     transport.backend = "deployment"
     transport.deployment = started

@@ -34,16 +34,17 @@ process that started it dies, even by SIGKILL (``scripts/parent_watch.py``):
 a killed dashboard or CLI leaves no SuperLink behind.
 
 ``python -m flower_app.loopback --supernodes 2 --rounds 3`` runs one
-deployment and prints its rounds next to the in-process engine's.
+deployment and prints its rounds next to the in-process engine's
+(``flower_app.loopback_compare``). The certificates, keys and secrets come
+from ``flower_app.certificates``; a folder made by ``flower_app.scratch`` is
+removed when the deployment stops.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -53,10 +54,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from flower_app.certificates import make_certificates, new_key_pair, register_keys, write_secret
+from flower_app.config import run_config_arg, toml_value
 from flower_app.output_dir import OUTPUT_DIR_VARIABLE
 from flower_app.processes import (PARENT_VARIABLE, TAG_VARIABLE, free_port, processes_tagged, terminate, terminate_all,
                                   wait_for_port)
 from flower_app.polling import POLL_VARIABLE
+from flower_app.scratch import ScratchFolder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = PROJECT_ROOT / "scripts"
@@ -65,41 +69,6 @@ ISOLATION_MODES = ("process", "subprocess")
 SPARE_KEYS = 2  # secure deployments: registered keys for SuperNodes added mid-run
 DEFAULT_POLL_SECONDS = 0.1  # SuperNodes, ClientApp workers and the ServerApp (Flower: 3 s, 1 s, 3 s)
 SUPEREXEC_POLL_SECONDS = 0.5
-# `flwr supernode register KEY CONNECTION` for every KEY given, in one process: the flwr CLI itself, called N times.
-REGISTER_KEYS = """
-import sys
-from flwr.cli.app import app
-connection, keys = sys.argv[1], sys.argv[2:]
-for key in keys:
-    code = app(["supernode", "register", key, connection], standalone_mode=False)
-    if code:
-        sys.exit(f"flwr supernode register {key} {connection}: exit code {code}")
-"""
-
-
-def make_certificates(folder: Path, num_supernodes: int) -> None:
-    """A test CA, the SuperLink's certificate and one key pair per SuperNode (``scripts/make_certificates.sh``)."""
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / "make_certificates.sh"), "--force", str(folder)], capture_output=True, text=True,
-        env={**os.environ, "SUPERNODE_KEYS": str(num_supernodes)}, timeout=60,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"make_certificates.sh failed: {result.stderr.strip()[-1000:]}")
-
-
-def toml_value(value: object) -> str:
-    """A run-config value as ``flwr run --run-config`` parses it (TOML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string
-
-
-def run_config_arg(values: Mapping[str, object]) -> str:
-    return " ".join(f"{key}={toml_value(value)}" for key, value in values.items())
-
-
 @dataclass
 class RunOutcome:
     run_id: int | None
@@ -124,6 +93,7 @@ class LocalDeployment:
         isolation: str = "process",
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         output_dir: str | Path | None = None,
+        scratch: ScratchFolder | None = None,
     ):
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation must be one of {ISOLATION_MODES}; got {isolation!r}")
@@ -141,6 +111,7 @@ class LocalDeployment:
         self.poll_seconds = poll_seconds
         self.output_dir = Path(output_dir).resolve() if output_dir else self.workdir
         self.certificates = self.workdir / "certificates"
+        self.scratch = scratch  # ``workdir`` is this scratch folder: removed once the processes have ended
         self.tag = uuid.uuid4().hex
         self.port = 0
         self.processes: dict[str, subprocess.Popen] = {}
@@ -195,7 +166,7 @@ class LocalDeployment:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         if self.secure:  # keys for every node plus SPARE_KEYS, so that a node joining mid-run starts at once
-            make_certificates(self.certificates, len(self.node_configs) + SPARE_KEYS)
+            make_certificates(self.certificates, len(self.node_configs) + SPARE_KEYS, force=True)
         superlink = self._start("superlink", self.superlink_command(), "superlink-home")
         wait_for_port(self.port, self.startup_timeout, superlink)
         self._write_cli_config()
@@ -230,12 +201,8 @@ class LocalDeployment:
 
     def register_supernodes(self, indices) -> None:
         """``flwr supernode register`` each node's public key, all in one CLI process (one start-up, not N)."""
-        keys = [str(self.certificates / f"supernode-{i}.pub") for i in indices]
-        result = subprocess.run([sys.executable, "-c", REGISTER_KEYS, CONNECTION, *keys], cwd=self.project_root,
-                                env=self.env("cli-home"), capture_output=True, text=True,
-                                timeout=self.startup_timeout, start_new_session=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"registering SuperNode keys failed: {(result.stdout + result.stderr)[-1000:]}")
+        register_keys([self.certificates / f"supernode-{i}.pub" for i in indices], CONNECTION,
+                      self.env("cli-home"), self.project_root, self.startup_timeout)
 
     def supernode_command(self, index: int, runtime_port: int, key: Path | None = None, authenticate: bool = True,
                           runtime_secret: Path | None = None) -> list[str]:
@@ -278,13 +245,7 @@ class LocalDeployment:
 
     def _runtime_secret(self, home: str) -> Path:
         """A random secret (owner-only file) shared by a SuperNode and its worker: only they acquire its tasks."""
-        path = self.workdir / home / "superexec.secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(secrets.token_bytes(32))
-        return path
+        return write_secret(self.workdir / home / "superexec.secret")
 
     def add_supernode(self, node_config: Mapping[str, object]) -> str:
         """Start one more SuperNode while the deployment runs (a device joining mid-run); its process name.
@@ -295,11 +256,7 @@ class LocalDeployment:
         self.node_configs.append(dict(node_config))
         index = len(self.node_configs) - 1
         if self.secure and index >= self._registered:
-            key = self.certificates / f"supernode-{index}"
-            for path in (key, key.with_suffix(".pub")):
-                path.unlink(missing_ok=True)
-            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", key.name, "-f", str(key)],
-                           check=True, capture_output=True, timeout=60)
+            new_key_pair(self.certificates / f"supernode-{index}")
             self.register_supernodes([index])
             self._registered = index + 1
         self.start_supernode(index)
@@ -357,7 +314,10 @@ class LocalDeployment:
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
     def stop(self, timeout: float = 15.0) -> list[int]:
-        """End every process group, then return the pids of tagged processes still alive (killed)."""
+        """End every process group, then return the pids of tagged processes still alive (killed).
+
+        A deployment in a scratch folder of its own removes it then (its logs with it).
+        """
         # SuperNodes first (they sign off at the SuperLink), then the SuperLink.
         terminate_all([p for name, p in self.processes.items() if name != "superlink"], timeout)
         terminate_all([p for name, p in self.processes.items() if name == "superlink"], timeout)
@@ -371,6 +331,8 @@ class LocalDeployment:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.scratch is not None:
+            self.scratch.remove()
         return left
 
     def __enter__(self) -> "LocalDeployment":
@@ -384,72 +346,7 @@ class LocalDeployment:
         self.stop()
 
 
-# -- measurement: the same workload over Flower and in-process ------------------------------------
-def in_process_rounds(
-    run_config: Mapping[str, object], num_devices: int, data_dir: str | None, workers: int | None = None
-) -> list[dict]:
-    """The same workload on the in-process engine (``workers`` threads; None: the engine's default)."""
-    from engine.federation import Federation
-    from flower_app.config import federation_config
+if __name__ == "__main__":  # python -m flower_app.loopback: the comparison with the in-process engine
+    from flower_app.loopback_compare import main
 
-    config = federation_config(run_config, num_devices=num_devices, data_dir=data_dir)
-    if workers is not None:
-        config = config.with_changes(workers=workers)
-    snapshot = Federation(config).run_to_end()
-    return [{"round": r.round, "global_accuracy": r.global_accuracy, "seconds": r.seconds,
-             "train_seconds": r.train_seconds} for r in snapshot.history]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m flower_app.loopback",
-        description="Run the Flower app on a SuperLink and N SuperNodes on 127.0.0.1, "
-                    "then the same workload in-process, and print seconds per round.",
-    )
-    parser.add_argument("--supernodes", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--train-samples", type=int, default=3000)
-    parser.add_argument("--test-samples", type=int, default=1000)
-    parser.add_argument("--model", default="cnn")
-    parser.add_argument("--workdir", default=None, help="default: a new folder under /tmp")
-    parser.add_argument("--skip-in-process", action="store_true")
-    parser.add_argument("--insecure", action="store_true",
-                        help="no TLS and no SuperNode authentication (quick local tries only)")
-    parser.add_argument("--isolation", choices=ISOLATION_MODES, default="process",
-                        help="process (default): one long-lived ClientApp worker per SuperNode; "
-                             "subprocess: Flower's default, a new ClientApp process per message")
-    args = parser.parse_args(argv)
-
-    import tempfile
-
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="flower-loopback-"))
-    run_config = {
-        "num-server-rounds": args.rounds, "model": args.model, "train-samples": args.train_samples,
-        "test-samples": args.test_samples, "min-devices": args.supernodes,
-        "results-file": "rounds.jsonl",  # inside the deployment's output folder
-    }
-    with LocalDeployment(workdir, args.supernodes, secure=not args.insecure, isolation=args.isolation) as deployment:
-        outcome = deployment.run(run_config)
-        left = deployment.stop()
-    if outcome.returncode != 0 or len(outcome.rounds) != args.rounds:
-        print(outcome.output[-4000:], file=sys.stderr)
-        print(f"Flower run failed; logs in {workdir}", file=sys.stderr)
-        return 1
-    print(f"Flower, {args.supernodes} SuperNodes on 127.0.0.1 ({outcome.seconds:.1f} s for `flwr run`, "
-          f"{len(left)} leftover processes):")
-    for r in outcome.rounds:
-        setup = [d.get("setup_seconds") or 0.0 for d in r["devices"].values()]
-        train = [d["seconds"] for d in r["devices"].values()]
-        print(f"  round {r['round']}: accuracy {r['global_accuracy']:.4f}, {r['seconds']:.2f} s "
-              f"(per device: ClientApp start-up {min(setup):.1f}-{max(setup):.1f} s, "
-              f"local training {min(train):.2f}-{max(train):.2f} s)")
-    if not args.skip_in_process:
-        for workers in (1, args.supernodes):
-            print(f"In-process engine, {args.supernodes} devices, {workers} worker thread(s):")
-            for r in in_process_rounds(run_config, args.supernodes, os.environ.get("FL_DATA_DIR"), workers):
-                print(f"  round {r['round']}: accuracy {r['global_accuracy']:.4f}, {r['seconds']:.2f} s")
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -62,6 +62,8 @@ COMPONENT = "flwr-serverapp"
 ACQUIRE_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
 ACQUIRE_POLL_SECONDS = 0.1
 RUN_ID_PATTERN = re.compile(r"Successfully started run (\d+)")
+FRAME = re.compile("[\u2500-\u257f]+")  # the box-drawing characters of the flwr CLI's panels
+APP_WARNING = re.compile(r"(Flower App configuration warnings|- Recommended property)")
 
 
 class LinkError(UserError, RuntimeError):
@@ -99,9 +101,15 @@ def submit_run(command: Sequence[str], cwd: Path, env: dict[str, str], timeout: 
     output = done.stdout + done.stderr
     match = RUN_ID_PATTERN.search(output)
     if done.returncode != 0 or match is None:
-        tail = " ".join(output.split())[-600:]
-        raise LinkError(f"flwr run could not submit the run (exit code {done.returncode}): {tail}")
+        raise LinkError(f"flwr run could not submit the run (exit code {done.returncode}): {flwr_reason(output)}")
     return int(match.group(1))
+
+
+def flwr_reason(output: str) -> str:
+    """The ``flwr`` CLI's output as one line: its panels' frames and the app's packaging warnings left out."""
+    lines = [line for line in output.splitlines()
+             if not APP_WARNING.match(line.strip())]  # e.g. 'Recommended property "license" missing'
+    return " ".join(FRAME.sub(" ", "\n".join(lines)).split())[-600:]
 
 
 def runtime_client(link: SuperLinkAddress) -> RuntimeHttpClient:

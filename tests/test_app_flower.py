@@ -5,6 +5,8 @@ from __future__ import annotations
 from engine.results import DeviceStatus, RunStatus
 from tests.test_app import federation_of, make_app, app_env, no_exceptions, plotly_keys, run_until  # noqa: F401
 
+PROCESS_START_TIMEOUT = 240  # the script run that starts a SuperLink and 3 SuperNodes, on a loaded machine
+
 
 def test_dashboard_runs_a_federation_on_flower_with_the_same_controls_and_charts(make_app, monkeypatch):
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
@@ -14,7 +16,7 @@ def test_dashboard_runs_a_federation_on_flower_with_the_same_controls_and_charts
     no_exceptions(at)
     at.selectbox(key="setup_backend").set_value("flower").run()
     assert not at.button(key="apply").disabled  # same config, other backend: can be applied
-    at.button(key="apply").click().run()
+    at.button(key="apply").click().run(timeout=PROCESS_START_TIMEOUT)
     no_exceptions(at)
     federation = federation_of(at)
     assert type(federation).__name__ == "Federation" and federation.remote.backend == "flower"  # one class
@@ -35,6 +37,25 @@ def test_dashboard_runs_a_federation_on_flower_with_the_same_controls_and_charts
     from flower_app.processes import processes_tagged
 
     assert processes_tagged(federation.remote.deployment.tag) == []
+
+    # The recorded run resumes where the setup panel says devices run: on Flower again, device 2 still off.
+    at.radio(key="page").set_value("Runs").run()
+    at.selectbox(key="runs_open").set_value(federation.run_id).run()
+    at.number_input(key="runs_more_rounds").set_value(1).run()
+    at.button(key="runs_resume").click().run(timeout=PROCESS_START_TIMEOUT)
+    no_exceptions(at)
+    resumed = federation_of(at)
+    try:
+        assert resumed.run_id == federation.run_id and resumed.remote is not None
+        assert resumed.remote.backend == "flower" and resumed.snapshot().round == 2
+        at.button(key="start").click().run()
+        run_until(at, lambda s: s.status in (RunStatus.FINISHED, RunStatus.FAILED), timeout=240)
+        snapshot = resumed.snapshot()
+        assert snapshot.status is RunStatus.FINISHED, snapshot.message
+        assert len(snapshot.history) == 3 and 2 not in snapshot.history[-1].selected
+    finally:
+        resumed.close()
+    assert processes_tagged(resumed.remote.deployment.tag) == []
 
 
 def test_settings_flower_cannot_carry_are_refused_in_place(make_app, monkeypatch):

@@ -180,6 +180,32 @@ def wait_for(condition, what: str, timeout: float = STEP_MS / 1000) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
+def wait_for_script_idle(page, timeout_ms: int = STEP_MS) -> None:
+    """Wait until no script run is in progress: Streamlit shows its status widget ("Running...") meanwhile."""
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout_ms)
+
+
+def upload_and_expect(page, uploader: str, path: Path, result, text, attempts: int = 3) -> None:
+    """Give ``path`` to the file input under ``uploader`` and wait until ``result`` contains ``text``.
+
+    A full rerun that is still drawing the page can replace the uploader while the browser is sending the file,
+    and the upload is then forgotten (the dropzone shows no file). Uploading again is what a user would do; a
+    prediction that never appears still fails after the last attempt.
+    """
+    from playwright.sync_api import expect
+
+    for attempt in range(1, attempts + 1):
+        wait_for_script_idle(page)
+        page.locator(f"{uploader} input[type=file]").set_input_files(str(path))
+        try:
+            expect(result).to_contain_text(text, timeout=60_000)
+            return
+        except AssertionError:
+            kept = page.locator(f'{uploader} [data-testid="stFileChipName"]').count() > 0
+            if kept or attempt == attempts:  # the file arrived and still no result: a real failure
+                raise
+
+
 def device_card(page, device_id: int):
     return page.locator(f".st-key-device-{device_id}")
 
@@ -248,9 +274,8 @@ def test_dashboard_end_to_end(page, app_url, product_photo, output_dir):
     # Upload a product photo: the model's input, the predicted class and the probability chart appear.
     photo, true_name, class_names = product_photo
     page.get_by_text("Upload an image", exact=True).click()
-    page.locator(".st-key-predict input[type=file]").set_input_files(str(photo))  # not the sidebar's data upload
     result = page.locator(".st-key-prediction-upload")
-    expect(result).to_contain_text(re.compile(r"Predicted: \S"))
+    upload_and_expect(page, ".st-key-predict", photo, result, re.compile(r"Predicted: \S"))  # not the sidebar's
     headline = result.locator("h4").inner_text()
     assert any(headline.endswith(name) for name in class_names), headline
     expect(result.locator('[data-testid="stPlotlyChart"]')).to_be_visible()

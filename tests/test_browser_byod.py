@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from tests.test_browser import (APP_ENV, CHROMIUM, PROJECT_ROOT, Steps, browser_tab, completed_rounds, device_card,
                                 full_page_screenshot, metric_value, output_dir, page, streamlit_server,  # noqa: F401
-                                wait_for)
+                                upload_and_expect, wait_for, wait_for_script_idle)
 
 FRUIT = {  # class -> (colour, shape): shapes differ a little, colours a lot
     "apple": ((200, 30, 40), "circle"),
@@ -93,9 +93,8 @@ def test_dashboard_on_a_colour_image_folder(page, output_dir, tmp_path):
 
     photo = tmp_path / "apple-photo.jpg"
     fruit_image("apple", 360, np.random.default_rng(7)).save(photo, quality=92)
-    page.locator(".st-key-predict input[type=file]").set_input_files(str(photo))
     result = page.locator(".st-key-prediction-own-upload")
-    expect(result).to_contain_text("Predicted:", timeout=120_000)
+    upload_and_expect(page, ".st-key-predict", photo, result, "Predicted:")
     full_page_screenshot(page, output_dir / "byod-colour.png")
     expect(result).to_contain_text("Predicted: apple")
     expect(page.get_by_text("What the model sees: 24×24")).to_be_visible()
@@ -136,6 +135,7 @@ def test_dashboard_on_a_csv_regression_predicts_a_typed_row(csv_app_url, output_
         assert float(metric_value(page, "Global R²")) > 0.9  # the regression's own metric, not accuracy
         step("3 rounds of linear regression trained")
 
+        wait_for_script_idle(page)  # typing into a form that a finishing rerun is redrawing can be lost
         typed = page.locator(".st-key-feature_x input")
         typed.fill("2")
         typed.press("Enter")

@@ -22,7 +22,7 @@ import pytest
 
 from tests.test_browser import (CHROMIUM, DATA_DIR, PROJECT_ROOT, Steps, browser_tab, device_card,
                                 free_port, full_page_screenshot, kill_group, metric_value, wait_for,
-                                wait_until_serving)
+                                wait_for_script_idle, wait_until_serving)
 
 NUM_DEVICES = 3
 APP_ENV = {
@@ -122,9 +122,13 @@ def test_dashboard_drives_a_deployment_of_separately_started_supernodes(dashboar
             for label, value in (("SuperLink address", f"127.0.0.1:{superlink_port}"),
                                  ("Certificates folder", str(certificates))):
                 field = page.get_by_role("textbox", name=label)
+                wait_for_script_idle(page)  # a rerun still drawing the sidebar can drop what is typed
                 field.fill(value)
                 field.press("Enter")
-            page.wait_for_timeout(1000)
+            wait_for_script_idle(page)
+            for label, value in (("SuperLink address", f"127.0.0.1:{superlink_port}"),
+                                 ("Certificates folder", str(certificates))):
+                expect(page.get_by_role("textbox", name=label)).to_have_value(value)
             create = page.get_by_role("button", name="Create federation", exact=True)
             expect(create).to_be_enabled()
             create.click()

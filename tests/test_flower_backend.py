@@ -107,7 +107,8 @@ def flower_run(fashion, data_dir, tmp_path_factory):
     )
     store = RunStore(tmp_path_factory.mktemp("flower-runs"))
     federation = create_federation(config, "flower", dataset=fashion, store=store)
-    run = {"federation": federation, "store": store, "tag": federation.remote.deployment.tag}
+    deployment = federation.remote.deployment
+    run = {"federation": federation, "store": store, "tag": deployment.tag, "workdir": deployment.workdir}
     try:
         assert isinstance(federation, Federation) and federation.remote is not None
         run["before"] = _wait_for(federation, lambda s: all(d.detail.startswith("node ") for d in s.devices), 60)
@@ -128,6 +129,7 @@ def flower_run(fashion, data_dir, tmp_path_factory):
         federation.close()
         run["close_seconds"] = time.monotonic() - started
     run["left"] = processes_tagged(run["tag"])
+    run["workdir_left"] = run["workdir"].exists()
     return run
 
 
@@ -180,13 +182,15 @@ def test_predict_uses_the_global_model_held_here(flower_run):
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
 
 
-def test_continue_then_stop_mid_round_is_prompt_and_close_leaves_no_processes(flower_run):
+def test_continue_then_stop_mid_round_is_prompt_and_close_leaves_nothing_behind(flower_run):
     stopped = flower_run["stopped"]
     assert stopped.status is RunStatus.STOPPED, stopped.message
     assert stopped.round == ROUNDS  # round 3 was abandoned, completed rounds are kept
     assert flower_run["stop_seconds"] < 20
     assert flower_run["close_seconds"] < 30
     assert flower_run["left"] == []
+    assert flower_run["workdir"].name.startswith("flower-federation-")
+    assert not flower_run["workdir_left"], f"the deployment's scratch folder {flower_run['workdir']} is left"
 
 
 def test_the_dashboard_reaches_flower_only_through_the_engine():

@@ -61,7 +61,7 @@ def secure_run(data_dir, tmp_path_factory, flower_deployment):
 
 @pytest.mark.timeout(1200)  # a loaded machine: the fixture's processes start here
 def test_secure_rounds_on_flower_learn_and_match_the_in_process_engine(secure_run, data_dir):
-    from flower_app.loopback import in_process_rounds
+    from flower_app.loopback_compare import in_process_rounds
 
     outcome = secure_run["outcome"]
     context = f"{outcome.output[-3000:]}\n{secure_run['logs']}"

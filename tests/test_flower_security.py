@@ -80,3 +80,25 @@ def test_make_certificates_keeps_an_existing_ca_unless_forced(tmp_path):
     verified = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "server.crt")],
                               capture_output=True, text=True, timeout=30)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_certificates_module_keeps_a_ca_makes_key_pairs_and_owner_only_secrets(tmp_path):
+    """``flower_app.certificates``: what the loopback and the dashboard's SuperLink make their credentials with."""
+    import stat
+
+    from flower_app.certificates import CertificateError, make_certificates, new_key_pair, write_secret
+
+    make_certificates(tmp_path, 1, force=False)
+    assert (tmp_path / "supernode-0").is_file() and not (tmp_path / "supernode-1").exists()
+    ca = (tmp_path / "ca.crt").read_bytes()
+    with pytest.raises(CertificateError, match="refusing to replace"):
+        make_certificates(tmp_path, 1, force=False)
+    assert (tmp_path / "ca.crt").read_bytes() == ca
+    old = (tmp_path / "supernode-0.pub").read_text()
+    new_key_pair(tmp_path / "supernode-0")  # replaced: a new device, a new key
+    assert (tmp_path / "supernode-0.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert (tmp_path / "supernode-0.pub").read_text() != old
+    secret = write_secret(tmp_path / "home" / "superexec.secret")
+    content = secret.read_bytes()
+    assert len(content) == 32 and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert write_secret(secret).read_bytes() == content  # kept: the SuperNode and its worker share it
