@@ -215,14 +215,17 @@ class ServerAppTask:
             return
         self._finished = True
         self.grid._retry_invoker.max_tries = 1  # noqa: SLF001 - do not hang on exit (as Flower's runtime)
+        # The heartbeat ends (its thread joined) BEFORE the output is pushed: once the task is finished the
+        # SuperLink answers its token with 401, and Flower's HTTP retry invoker answers a 401 by sending
+        # SIGINT to this whole process (the dashboard, the CLI, a test session), so no beat may come after.
+        if self._heartbeat.is_running:
+            self._heartbeat.stop()
         try:
             self.grid._runtime_client.PushTaskOutput(  # noqa: SLF001
                 PushTaskOutputRequest(sub_status=status, details=details[:500]))
         except httpx.HTTPError as error:
             log(WARNING, "could not report the end of run %s to the SuperLink: %s", self.run_id, error)
         finally:
-            if self._heartbeat.is_running:
-                self._heartbeat.stop()
             self.grid.close()
 
 

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.xdist_groups import pytest_xdist_make_scheduler  # noqa: F401  (-n 2: which tests share a worker)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two xdist workers share the 2 cores: one TensorFlow intra-op thread each (the Flower processes a worker
+    # starts inherit it) instead of two workers x two spinning threads. Set before TensorFlow is imported.
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

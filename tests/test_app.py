@@ -281,7 +281,9 @@ def make_app(app_env):
     apps = []
 
     def make():
-        at = AppTest.from_file(APP_FILE, default_timeout=60)
+        # a limit for one script run, not a claim: a rerun that builds a federation or starts Flower's processes
+        # took over 60 s on a loaded 2-core machine (two xdist workers plus other work); a hang still fails
+        at = AppTest.from_file(APP_FILE, default_timeout=240)
         apps.append(at)
         return at
 
