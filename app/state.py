@@ -178,6 +178,11 @@ def selected_backend() -> str:
     return st.session_state.get(BACKEND_KEY, "in-process")
 
 
+def selected_deployment() -> DeploymentSettings | None:
+    """The setup panel's deployment settings when devices run on a deployment, else None."""
+    return deployment_settings() if selected_backend() == "deployment" else None
+
+
 def transport_problems(config: FederationConfig) -> list[str]:
     """What the selected backend cannot run, shown in place like every other setup problem."""
     from engine.backends import backend_problems
@@ -214,7 +219,7 @@ def create_federation(config: FederationConfig) -> Federation | None:
             from app.runs import current_store, run_label
             from engine.backends import create_federation as build  # imports TensorFlow (slow the first time)
 
-            deployment = deployment_settings() if selected_backend() == "deployment" else None
+            deployment = selected_deployment()
             if deployment is not None:
                 status.write(f"Reaching the SuperLink ({deployment.address}) and submitting the run...")
             federation = build(config, selected_backend(), dataset=dataset, store=current_store(),
@@ -272,7 +277,7 @@ def resume_run(run_id: str, more_rounds: int | None) -> Federation | None:
     """Reopen a recorded run (same devices, its history and last checkpoint) as this session's federation."""
     st.session_state.pop(ERROR_KEY, None)
     backend = selected_backend()  # where the setup panel says devices run now, whatever the run used before
-    deployment = deployment_settings() if backend == "deployment" else None
+    deployment = selected_deployment()
     with st.status(f"Reopening run {short_id(run_id)}...", expanded=True) as status:
         try:
             from app.runs import current_store

@@ -6,7 +6,7 @@ Each measurement runs in a fresh process (its peak RSS is its own): the
 reference decodes the whole picture and converts it at full resolution
 (``load_image`` + ``to_grayscale`` + ``to_model_input``, the pipeline before
 decode-time shrinking); ``preprocess_upload`` shrinks to
-``data.preprocess.WORK_SIDE`` while decoding. Prints the growth of peak RSS of
+``data.image_decode.WORK_SIDE`` while decoding. Prints the growth of peak RSS of
 each for an RGB PNG, an RGBA PNG and a JPEG of 8000x5000 pixels, their ratio,
 and one JSON line.
 """

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from data.image_decode import (  # noqa: F401  (limits, errors and loading: also imported from here)
-    ACCEPTED_FORMATS, MAX_PIXELS, MAX_UPLOAD_BYTES, WORK_SIDE, ImageError, decode_shrunk, load_image, read_limited,
+    MAX_PIXELS, MAX_UPLOAD_BYTES, WORK_SIDE, ImageError, decode_shrunk, load_image, read_limited,
 )
 
 PREVIEW_SIDE: Final = 512

@@ -13,6 +13,7 @@ from data.spec import Preprocessing
 from engine.cli_output import progress_to_stderr
 from engine.config import FederationConfig
 from engine.export_paths import check_destination, default_filename
+from engine.run_files import PREPROCESSING_FILE
 from engine.store import RunStore
 
 
@@ -61,7 +62,7 @@ def export_command(args: argparse.Namespace, out: TextIO) -> int:
         print(f"warning: {checkpoint.note}", file=sys.stderr)
     name = f"round-{checkpoint.round:05d}-{default_filename(config.model, args.format)}"
     destination = args.output or str(store.run_dir(args.run_id) / "export" / name)
-    spec_file = store.run_dir(args.run_id) / "preprocessing.json"  # engine.recording.PREPROCESSING_FILE
+    spec_file = store.run_dir(args.run_id) / PREPROCESSING_FILE
     spec = Preprocessing.from_json(spec_file.read_text()) if spec_file.is_file() else None
     from engine.export import export_model  # deferred: TensorFlow is slow to import, needed only from here
 

@@ -17,10 +17,10 @@ from engine.config import FederationConfig
 from engine.errors import one_line
 from engine.lease import RunLease
 from engine.results import RoundResult
+from engine.run_files import PREPROCESSING_FILE
 from engine.store import RunStore, StoreError
 from engine.tracking import TensorBoardLog
 
-PREPROCESSING_FILE = "preprocessing.json"
 MAX_SAVE_PROBLEMS = 20  # the snapshot keeps the latest storage failures, not every one of a long run
 STORAGE_ERRORS = (OSError, sqlite3.Error, StoreError)
 

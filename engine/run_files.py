@@ -16,6 +16,9 @@ import numpy as np
 
 from devices.messages import Weights
 
+PREPROCESSING_FILE = "preprocessing.json"
+"""In a run's folder: how its data was prepared (``data.spec.Preprocessing``), for exports and predictions."""
+
 CHECKPOINT_NAME = re.compile(r"round-(\d{5,})\.npz")
 """The store's own checkpoint file names; anything else in a run folder (copies, notes) is ignored."""
 
