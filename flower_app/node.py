@@ -64,14 +64,14 @@ class LocalNode:
         server sends the device's c_i as the run store kept it, which is used then (heads and Ditto models
         are not in the store for a Flower run: they start afresh)."""
         kept = {key.removeprefix(STATE_PREFIX): records.to_weights(arrays)
-                for key, arrays in state.array_records.items() if key.startswith(STATE_PREFIX)}
+                for key, arrays in state.config_records.items() if key.startswith(STATE_PREFIX)}
         if "control" not in kept and instructions.control is not None \
                 and instructions.control.device_weights is not None:
             kept["control"] = instructions.control.device_weights  # a resumed run: its own, from the run store
         self.device.restore_state(kept)
         update = self.respond(instructions)
         for name, weights in self.device.state().items():
-            state.array_records[STATE_PREFIX + name] = records.to_arrays(weights)
+            state.config_records[STATE_PREFIX + name] = records.to_arrays(weights)
         return update
 
 

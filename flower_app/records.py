@@ -1,17 +1,26 @@
 """Our messages <-> Flower records: the only translation between the two worlds.
 
-Down: ``TrainInstructions`` -> an ``ArrayRecord`` (the global weights, packed as
-one array by :mod:`flower_app.wire`: every array is a request on every hop) and a
-``ConfigRecord`` (round, epochs, batch size, learning rate, seed, FedProx's mu,
-clipping norm, local noise, compression; SCAFFOLD's local momentum; under
-``--personalize`` every ``Personalization`` field as ``personal-<field>``) and, for
-SCAFFOLD, the server's control variate c as a second ``ArrayRecord``.
+Every part of a message (the message, its record dict, each record, each
+``Array`` and each of its chunks) is one request on every hop, so arrays travel
+packed (:mod:`flower_app.wire`) as ``bytes`` values of ``ConfigRecord``\ s, one
+part each.
+
+Down: ``TrainInstructions`` -> a ``ConfigRecord`` ``arrays`` holding the global
+weights packed (the same record for every device of a round, so the SuperLink
+stores and receives it once) and a ``ConfigRecord`` ``config`` (round, epochs,
+batch size, learning rate, seed, FedProx's mu, clipping norm, local noise,
+compression; SCAFFOLD's local momentum; under ``--personalize`` every
+``Personalization`` field as ``personal-<field>``) and, for SCAFFOLD, the
+server's control variate c as a third packed record: 4 parts (5 with c).
 Up: ``EncodedUpdate`` (what ``Device.respond`` sends in-process: the clipped,
-noised, compressed delta as bytes) -> an ``ArrayRecord`` holding those bytes as
-one ``uint8`` array, and a ``MetricRecord`` (``num-examples``, ``partition-id``
-and every ``DeviceMetrics`` field, with dashes: ``train-loss``, ``local-accuracy``
-...), plus SCAFFOLD's control-variate change as its own (packed) ``ArrayRecord``.
-Bytes up are the payload's length, as in-process.
+noised, compressed delta as bytes) -> one ``ConfigRecord`` ``update`` holding
+those bytes (``payload``), ``num-examples``, ``partition-id`` and every
+``DeviceMetrics`` field, with dashes (``train-loss``, ``local-accuracy`` ...),
+plus SCAFFOLD's packed control-variate change (``control-delta``): 3 parts.
+A config record carries any type Flower allows (strings, bytes, booleans,
+lists) where a ``MetricRecord`` held only numbers, so the round loop's checks
+(``engine.transport_checks``) see every value as sent and refuse what is not a
+number of the right kind. Bytes up are the payload's length, as in-process.
 
 Nothing read from a reply is trusted: :func:`encoded_from` and
 :func:`node_from` return a reason instead of raising on anything malformed.
@@ -25,7 +34,7 @@ import typing
 from typing import Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from devices.messages import (
     ControlVariate, DeviceMetrics, DeviceUpdate, EncodedUpdate, Personalization, PrivacySettings, TrainInstructions,
@@ -34,11 +43,11 @@ from devices.messages import (
 from engine.results import RoundResult
 from flower_app import wire
 
-ARRAYS = "arrays"
+ARRAYS = "arrays"  # down: the global weights, packed
 CONFIG = "config"
-METRICS = "metrics"
+UPDATE = "update"  # up: the encoded update's bytes and the device's metrics
 NODE = "node"  # query replies: which partition a node holds
-PAYLOAD = "payload"  # the encoded update's bytes, one uint8 array
+PAYLOAD = "payload"  # the encoded update's bytes, in the update record
 CONTROL = "control"  # SCAFFOLD: the server's control variate c, down (absent while it is zero)
 CONTROL_DELTA = "control-delta"  # SCAFFOLD: how the device's own control variate c_i changed, up
 DEVICE_CONTROL = "device-control"  # SCAFFOLD: the device's own c_i from the run store, down to a resumed device
@@ -57,18 +66,25 @@ def _dashed(name: str) -> str:
     return name.replace("_", "-")
 
 
-def to_arrays(weights: Weights) -> ArrayRecord:
-    """``weights`` packed as one array (:mod:`flower_app.wire`): 3 message parts instead of 2 per layer + 1."""
+def to_arrays(weights: Weights) -> ConfigRecord:
+    """``weights`` packed as one value (:mod:`flower_app.wire`): 1 message part instead of 2 per layer + 1."""
     return wire.to_record(weights)
 
 
-def to_weights(arrays: ArrayRecord) -> Weights:
+def to_weights(arrays: ConfigRecord) -> Weights:
     """The arrays of a :func:`to_arrays` record (``ValueError`` saying why when it is not one)."""
     return wire.from_record(arrays)
 
 
-def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | None = None) -> RecordDict:
-    """A train message's content (pass ``arrays`` to reuse an already-built global ArrayRecord)."""
+def carried_bytes(content: RecordDict) -> int:
+    """The bytes of every ``bytes`` value in ``content``'s config records: the packed arrays a message carries."""
+    return sum(len(value) for record in content.config_records.values() for value in record.values()
+               if isinstance(value, bytes))
+
+
+def instructions_content(instructions: TrainInstructions, arrays: ConfigRecord | None = None) -> RecordDict:
+    """A train message's content (pass ``arrays`` to reuse an already-built global :func:`to_arrays` record:
+    the same part in every device's message)."""
     config = ConfigRecord(
         {
             "server-round": int(instructions.server_round),
@@ -88,9 +104,9 @@ def instructions_content(instructions: TrainInstructions, arrays: ArrayRecord | 
     if instructions.control is not None:
         config["control-momentum"] = float(instructions.control.local_momentum)
         if instructions.control.weights is not None:
-            content.array_records[CONTROL] = to_arrays(instructions.control.weights)
+            content.config_records[CONTROL] = to_arrays(instructions.control.weights)
         if instructions.control.device_weights is not None:
-            content.array_records[DEVICE_CONTROL] = to_arrays(instructions.control.device_weights)
+            content.config_records[DEVICE_CONTROL] = to_arrays(instructions.control.device_weights)
     if instructions.personal is not None:
         config.update(personal_config(instructions.personal))
     return content
@@ -130,7 +146,7 @@ def instructions_from(content: RecordDict) -> TrainInstructions:
     config = content.config_records[CONFIG]
     return TrainInstructions(
         server_round=int(config["server-round"]),
-        weights=to_weights(content.array_records[ARRAYS]),
+        weights=to_weights(content.config_records[ARRAYS]),
         local_epochs=int(config["local-epochs"]),
         batch_size=int(config["batch-size"]),
         learning_rate=float(config["learning-rate"]),
@@ -150,8 +166,9 @@ def _control_from(content: RecordDict) -> ControlVariate | None:
     config = content.config_records[CONFIG]
     if "control-momentum" not in config:
         return None
-    weights = to_weights(content.array_records[CONTROL]) if CONTROL in content.array_records else None
-    own = to_weights(content.array_records[DEVICE_CONTROL]) if DEVICE_CONTROL in content.array_records else None
+    parts = content.config_records
+    weights = to_weights(parts[CONTROL]) if CONTROL in parts else None
+    own = to_weights(parts[DEVICE_CONTROL]) if DEVICE_CONTROL in parts else None
     return ControlVariate(weights, float(config["control-momentum"]), own)
 
 
@@ -167,12 +184,11 @@ def update_metrics(update: EncodedUpdate, extras: Mapping[str, float] | None = N
 
 
 def update_content(update: EncodedUpdate, extras: Mapping[str, float] | None = None) -> RecordDict:
-    """A train reply's content; ``extras`` (e.g. ``setup_seconds``) travel as further metrics."""
-    payload = ArrayRecord({PAYLOAD: Array(np.frombuffer(update.payload, np.uint8))})
-    content = RecordDict({ARRAYS: payload, METRICS: MetricRecord(update_metrics(update, extras))})
+    """A train reply's content, one config record; ``extras`` (e.g. ``setup_seconds``) travel as further metrics."""
+    record = ConfigRecord({PAYLOAD: bytes(update.payload), **update_metrics(update, extras)})
     if update.control_delta is not None:
-        content.array_records[CONTROL_DELTA] = to_arrays(update.control_delta)
-    return content
+        record[CONTROL_DELTA] = wire.pack(update.control_delta)
+    return RecordDict({UPDATE: record})
 
 
 def _metric(metrics: Mapping[str, object], name: str) -> object:
@@ -184,25 +200,23 @@ def _metric(metrics: Mapping[str, object], name: str) -> object:
 def update_from(content: RecordDict, device_id: int) -> tuple[EncodedUpdate, dict] | str:
     """The ``EncodedUpdate`` and extra metrics of a train reply from ``device_id``, or why it is malformed.
 
-    Types are kept as received (a float ``num-examples`` stays a float) so the round loop's checks
+    Types are kept as received (a float or string ``num-examples`` stays one) so the round loop's checks
     (``engine.transport_checks``) see what the device really sent.
     """
     try:
-        if METRICS not in content.metric_records:
-            return f"the reply has no {METRICS!r} metric record"
-        if ARRAYS not in content.array_records:
-            return f"the reply has no {ARRAYS!r} array record"
-        arrays = content.array_records[ARRAYS]
-        if list(arrays.keys()) != [PAYLOAD]:
-            return f"the reply's arrays must be one {PAYLOAD!r} array, got {list(arrays.keys())[:5]}"
-        payload = arrays[PAYLOAD].numpy()
-        if payload.dtype != np.uint8 or payload.ndim != 1:
-            return f"the payload must be a 1-D uint8 array, got {payload.dtype.str} with shape {payload.shape}"
+        if UPDATE not in content.config_records:
+            return f"the reply has no {UPDATE!r} config record"
+        record = content.config_records[UPDATE]
+        payload = record.get(PAYLOAD)
+        if not isinstance(payload, bytes):
+            return f"the reply's {PAYLOAD!r} must be bytes, got {type(payload).__name__}"
         control_delta = None
-        if CONTROL_DELTA in content.array_records:
-            control_delta = to_weights(content.array_records[CONTROL_DELTA])  # checked per layer in the loop
-        return metered_update(content.metric_records[METRICS], device_id, payload=payload.tobytes(),
-                              control_delta=control_delta)
+        if CONTROL_DELTA in record:  # checked per layer in the loop
+            control_delta = wire.from_bytes(record[CONTROL_DELTA], CONTROL_DELTA)
+        metrics = {key: value for key, value in record.items() if key not in (PAYLOAD, CONTROL_DELTA)}
+        if not metrics:
+            return f"the reply's {UPDATE!r} record has no metrics"
+        return metered_update(metrics, device_id, payload=payload, control_delta=control_delta)
     except (KeyError, TypeError, ValueError, EOFError, OSError) as error:
         return f"malformed reply: {type(error).__name__}: {error}"[:300]
 
@@ -211,13 +225,15 @@ def metered_update(
     metrics: Mapping[str, object], device_id: int, payload: bytes = b"", masked: np.ndarray | None = None,
     control_delta: Weights | None = None,
 ) -> tuple[EncodedUpdate, dict]:
-    """The ``EncodedUpdate`` a reply's ``metrics`` describe, and its extra metrics (raises if one is missing)."""
+    """The ``EncodedUpdate`` a reply's ``metrics`` describe, and its extra metrics that are numbers (raises if
+    a metric is missing)."""
     values = {name: _metric(metrics, _dashed(name)) for name in METRIC_FIELDS
               if name not in OPTIONAL_METRICS or _dashed(name) in metrics}
     update = EncodedUpdate(device_id, _metric(metrics, NUM_EXAMPLES), DeviceMetrics(**values),  # type: ignore
                            payload=payload, masked=masked, control_delta=control_delta)
     known = {NUM_EXAMPLES, PARTITION_ID, *(_dashed(name) for name in METRIC_FIELDS)}
-    extras = {key.replace("-", "_"): value for key, value in metrics.items() if key not in known}
+    extras = {key.replace("-", "_"): value for key, value in metrics.items()  # only numbers: nothing else is used
+              if key not in known and isinstance(value, (int, float)) and not isinstance(value, bool)}
     return update, extras
 
 

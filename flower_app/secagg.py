@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
@@ -68,7 +68,7 @@ def secure_instructions(content: RecordDict) -> tuple[TrainInstructions, float]:
     config = dict(fitins.config)
     weight = float(config.pop(SECURE_WEIGHT))
     (packed,) = parameters_to_ndarrays(fitins.parameters)  # the global model as one array (fit_ins)
-    ours = RecordDict({records.ARRAYS: ArrayRecord({wire.PACKED: Array(packed)}),
+    ours = RecordDict({records.ARRAYS: ConfigRecord({wire.PACKED: packed.tobytes()}),
                        records.CONFIG: ConfigRecord(config)})
     return records.instructions_from(ours), weight
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from logging import INFO, WARNING
 
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -142,13 +142,12 @@ class GridTransport:
     def _train_messages(self, instructions: dict[int, TrainInstructions]) -> tuple[list[Message], dict[int, int], int]:
         """Each partition's train message, node id -> partition, and the bytes they carry down."""
         messages, partition_of, bytes_down = [], {}, 0
-        packed: dict[int, ArrayRecord] = {}  # the global model, packed once for every device that gets it
+        packed: dict[int, ConfigRecord] = {}  # the global model, packed once: one part for every device
         for partition, instruction in instructions.items():
             if id(instruction.weights) not in packed:
                 packed[id(instruction.weights)] = records.to_arrays(instruction.weights)
             content = records.instructions_content(instruction, packed[id(instruction.weights)])
-            bytes_down += sum(len(array.data) for record in content.array_records.values()  # SCAFFOLD: c too
-                              for array in record.values())
+            bytes_down += records.carried_bytes(content)  # the packed model (SCAFFOLD: and c)
             node = self.nodes[partition]
             partition_of[node] = partition
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,

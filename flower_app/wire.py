@@ -1,11 +1,16 @@
-"""A list of arrays as one Flower ``Array``: the fewest message parts, hence the fewest requests.
+"""A list of arrays as one ``bytes`` value of a Flower ``ConfigRecord``: the fewest message parts, hence requests.
 
 Flower 1.42 sends every part of a message (the message, its record dict,
 each record, each ``Array`` and each of its 5 MB chunks) as its own HTTPS
 request, on every hop: ServerApp -> SuperLink -> SuperNode -> ClientApp and
 back. A CNN's 8 layers as 8 ``Array`` objects made a train message 20 parts;
-packed into one ``uint8`` array (``devices.codec.serialize``'s container: a
-JSON header naming each array's dtype and shape, then the raw buffers) it is 6.
+packed into one ``uint8`` ``Array`` (``devices.codec.serialize``'s container: a
+JSON header naming each array's dtype and shape, then the raw buffers) it was 6
+(an ``ArrayRecord``, its ``Array`` and the array's chunk); the same buffer as
+the one ``bytes`` value of a ``ConfigRecord`` (which Flower allows, and deflates
+as one part whatever its size: nothing on Flower 1.42's HTTP hops limits a
+part's length) it is one part, so a train message is 4 and a reply 3
+(:mod:`flower_app.records`).
 
 :func:`unpack` trusts nothing: the header must describe exactly the bytes
 that follow (no short, long or trailing data), name its arrays ``0..n-1`` in
@@ -22,12 +27,12 @@ import json
 import math
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ConfigRecord
 
 from devices.codec import serialize
 from devices.messages import Weights
 
-PACKED = "packed"  # the one key of a packed ArrayRecord
+PACKED = "packed"  # the one key of a packed ConfigRecord
 NUMERIC_KINDS = "biuf"  # booleans, integers, unsigned integers, floating point
 MAX_ARRAYS = 100_000
 MAX_DIMENSIONS = 32
@@ -92,20 +97,21 @@ def unpack(payload: bytes | bytearray) -> Weights:
     return arrays
 
 
-def to_record(weights: Weights) -> ArrayRecord:
-    """``weights`` as an ``ArrayRecord`` of one ``uint8`` array (:data:`PACKED`)."""
-    return ArrayRecord({PACKED: Array(np.frombuffer(pack(weights), np.uint8))})
+def to_record(weights: Weights) -> ConfigRecord:
+    """``weights`` as a ``ConfigRecord`` of one ``bytes`` value (:data:`PACKED`): one message part."""
+    return ConfigRecord({PACKED: pack(weights)})
 
 
-def from_record(record: ArrayRecord) -> Weights:
+def from_bytes(packed: object, what: str = PACKED) -> Weights:
+    """The arrays of one packed ``bytes`` value (``what`` names it in the error), or ``ValueError``."""
+    if not isinstance(packed, bytes):
+        raise ValueError(f"{what} must be bytes, got {type(packed).__name__}")
+    return unpack(bytearray(packed))  # writable arrays, as Array.numpy() gives: a device may train in place
+
+
+def from_record(record: ConfigRecord) -> Weights:
     """The arrays of a :func:`to_record` record, or ``ValueError`` when it is anything else."""
     keys = list(record.keys())
     if keys != [PACKED]:
-        raise ValueError(f"expected one {PACKED!r} array, got {len(keys)} array(s) {keys[:5]}")
-    array = record[PACKED]
-    if array.dtype != "uint8" or len(array.shape) != 1:
-        raise ValueError(f"the {PACKED!r} array must be 1-D uint8, got {array.dtype} with shape {array.shape}")
-    packed = array.numpy()
-    if packed.dtype != np.uint8 or packed.ndim != 1:
-        raise ValueError(f"the {PACKED!r} array must be 1-D uint8, got {packed.dtype.str} {packed.shape}")
-    return unpack(bytearray(packed))  # writable arrays, as Array.numpy() gives
+        raise ValueError(f"expected one {PACKED!r} value, got {len(keys)} value(s) {keys[:5]}")
+    return from_bytes(record[PACKED])

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Error, Message, MessageType
+from flwr.app import ConfigRecord, Error, Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -27,6 +27,7 @@ from devices.messages import DeviceMetrics, EncodedUpdate, PrivacySettings, Trai
 from engine.aggregation import weighted_average
 from engine.rounds import RoundRunner, device_seed, select_devices
 from engine.strategies import build_strategy
+from engine.transport_checks import reply_problem
 from flower_app import records
 from flower_app.config import (
     RUN_DEFAULTS,
@@ -81,20 +82,28 @@ def test_instructions_and_updates_survive_the_flower_records():
 
     update = encoded(4, 1.5, 120, local_loss=float("nan"))
     content = records.update_content(update, {"setup_seconds": 2.5})
-    assert content.metric_records["metrics"]["num-examples"] == 120  # what Flower strategies weigh by
+    assert content.config_records["update"]["num-examples"] == 120  # what Flower strategies weigh by
     back, extras = records.update_from(content, device_id=7)  # the server's view of who sent it wins
     assert (back.device_id, back.num_samples, back.metrics.steps, back.payload) == (7, 120, 12, update.payload)
     assert math.isnan(back.metrics.local_loss) and back.metrics.local_accuracy == pytest.approx(0.75)
     assert extras == {"setup_seconds": 2.5}
-    reply_metrics = content.metric_records["metrics"]
+    reply_metrics = content.config_records["update"]
     for name in ("personalized-loss", "personalized-accuracy"):  # a run without personalisation may leave them out
         del reply_metrics[name]
     back, _ = records.update_from(content, device_id=7)
     assert math.isnan(back.metrics.personalized_accuracy) and back.metrics.train_loss == update.metrics.train_loss
     del reply_metrics["train-loss"]  # every other metric is required
     assert "no 'train-loss' metric" in records.update_from(content, 7)
-    del content.metric_records["metrics"]
-    assert "no 'metrics'" in records.update_from(content, 7)
+    reply_metrics["train-loss"] = 0.5
+    reply_metrics["num-examples"] = "120"  # a config record carries strings too: kept, for the loop to refuse
+    back, _ = records.update_from(content, 7)
+    assert back.num_samples == "120" and "must be an integer" in reply_problem(back, None)
+    reply_metrics["payload"] = "not bytes"
+    assert "'payload' must be bytes, got str" in records.update_from(content, 7)
+    content.config_records["update"] = ConfigRecord({"payload": b"x"})
+    assert "has no metrics" in records.update_from(content, 7)
+    del content.config_records["update"]
+    assert "no 'update' config record" in records.update_from(content, 7)
     assert "no 'node'" in records.node_from(records.RecordDict())
     bad_partition = records.node_content(1, 3, "partition", 50)
     bad_partition.config_records["node"]["partition-id"] = "abc"

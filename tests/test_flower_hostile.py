@@ -42,8 +42,8 @@ EXPECTED = {  # case -> what the reported reason says
     "strings": "must hold floating point", "bytes": "must hold floating point",
     "structured": "must hold floating point", "datetime": "must hold floating point",
     "huge": "NaN or Inf", "shape": "shapes", "negative-examples": "num-examples must be in",
-    "too-many-examples": "num-examples must be in", "nan-seconds": "metric seconds", "no-metrics": "no 'metrics'",
-    "payload-strings": "1-D uint8", "garbage": "malformed",
+    "too-many-examples": "num-examples must be in", "nan-seconds": "metric seconds", "no-metrics": "has no metrics",
+    "payload-strings": "'payload' must be bytes", "garbage": "malformed",
 }
 ROUNDS = 3
 KILLED, JOINING = 1, 8

@@ -146,8 +146,9 @@ def test_personalisation_through_the_flower_apps_matches_in_process_and_stays_in
         assert [r.personalized_accuracy for r in store.load_history(run.run_id)] == pytest.approx(
             [line["personalized_accuracy"] for line in rounds])
     for context in grid.contexts.values():  # the node's own, kept for the next round, never sent
-        assert kept in context.state.array_records
-        assert not any(kept in reply.content.array_records for _, reply in grid.sent)
+        assert kept in context.state.config_records
+        assert not any(kept in reply.content.config_records or kept in reply.content.array_records
+                       for _, reply in grid.sent)
 
 
 def test_the_grid_hands_replies_over_as_they_come_and_a_silent_node_times_out(tmp_path, server_identity):
@@ -226,7 +227,7 @@ def test_fedbuff_through_the_flower_apps_applies_every_k_replies_with_their_stal
     applied = [{int(d): v["staleness"] for d, v in step["devices"].items()} for step in steps]
     assert applied == [{0: 0}, {1: 1}, {0: 1}], applied
     assert all(step["problems"] == [] for step in steps)
-    trains = [reply for _, reply in grid.sent if records.METRICS in reply.content.metric_records]
+    trains = [reply for _, reply in grid.sent if records.UPDATE in reply.content.config_records]
     assert len(trains) == 4  # both started at first, then the one whose update was applied, after each step
 
 

@@ -119,7 +119,7 @@ def test_the_servers_copy_of_a_devices_control_variate_follows_its_changes_and_r
     resumed.restore(stored)
     sent = resumed.outgoing(0, instruction, node=77)  # a new Flower run: the node starts empty
     assert all(np.array_equal(a, b) for a, b in zip(sent.control.device_weights, stored[0]["control"]))
-    wire = records.instructions_from(records.instructions_content(sent))  # it travels as its own ArrayRecord
+    wire = records.instructions_from(records.instructions_content(sent))  # it travels as its own packed record
     assert all(np.array_equal(a, b) for a, b in zip(wire.control.device_weights, stored[0]["control"]))
     assert resumed.outgoing(0, TrainInstructions(1, model, 1, 16, 0.05, 7), node=77).control is None  # no SCAFFOLD
     assert records.instructions_from(records.instructions_content(instruction)).control.device_weights is None
@@ -145,11 +145,11 @@ def test_a_node_takes_the_stored_control_variate_only_when_it_holds_none_of_its_
 
     empty = RecordDict()  # a resumed run's first message: the node's context.state holds nothing yet
     update = node.respond_with_state(instruction, empty)
-    after = records.to_weights(empty.array_records[DEVICE_CONTROL])
+    after = records.to_weights(empty.config_records[DEVICE_CONTROL])
     assert all(np.allclose(a - d, s, atol=1e-5) for a, d, s in zip(after, update.control_delta, stored))
 
     own = RecordDict()
-    own.array_records[DEVICE_CONTROL] = records.to_arrays([np.zeros(w.shape, np.float32) for w in weights])
+    own.config_records[DEVICE_CONTROL] = records.to_arrays([np.zeros(w.shape, np.float32) for w in weights])
     update = node.respond_with_state(instruction, own)  # it holds its own (zero): the stored one is not used
-    after = records.to_weights(own.array_records[DEVICE_CONTROL])
+    after = records.to_weights(own.config_records[DEVICE_CONTROL])
     assert all(np.allclose(a, d, atol=1e-6) for a, d in zip(after, update.control_delta))

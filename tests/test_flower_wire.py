@@ -1,4 +1,4 @@
-"""The Flower wire format: a list of arrays packed as one ``Array`` (fewer message parts, fewer requests).
+"""The Flower wire format: a list of arrays packed as one ``bytes`` value (fewer message parts, fewer requests).
 
 Pure and fast: exact round trips, the part counts Flower's own functions give a
 CNN's train message and its reply, and packed payloads built by hand to lie about
@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MessageType
+from flwr.app import ConfigRecord, Message, MessageType
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -70,18 +70,21 @@ def test_packing_gives_back_exactly_what_was_packed():
     assert [a.tolist() for a in by_hand] == [[[0, 1], [2, 3]], [4, 5]]
 
 
-def test_a_cnn_message_is_six_parts_and_its_reply_six(server_identity):
+def test_a_cnn_message_is_four_parts_and_its_reply_three(server_identity):
     model = cnn_weights()
-    train = Message(records.instructions_content(TrainInstructions(1, model, 1, 32, 0.01, 7)),
-                    dst_node_id=5, message_type=MessageType.TRAIN)
-    # Message, RecordDict, ArrayRecord, one Array, its one chunk, ConfigRecord (was 20: 2 per layer + 4)
-    assert len(get_all_nested_objects(train)) == 6
+    packed = records.to_arrays(model)  # a round's global model, packed once for every device
+    trains = [Message(records.instructions_content(TrainInstructions(1, model, 1, 32, 0.01, seed), packed),
+                      dst_node_id=5, message_type=MessageType.TRAIN) for seed in (7, 8)]
+    # Message, RecordDict, the model's ConfigRecord, the config's ConfigRecord (was 20: 2 per layer + 4; then 6)
+    parts = [get_all_nested_objects(train) for train in trains]
+    assert [len(p) for p in parts] == [4, 4]
+    assert len(set(parts[0]) | set(parts[1])) == 7  # two devices: the model is the same part (pushed once)
     payload, _ = encode_delta([np.zeros_like(w) for w in model], "q8")
-    reply = Message(records.update_content(EncodedUpdate(1, 10, metrics(), payload=payload)), reply_to=train)
-    assert len(get_all_nested_objects(reply)) == 6  # Message, RecordDict, ArrayRecord, Array, chunk, MetricRecord
+    reply = Message(records.update_content(EncodedUpdate(1, 10, metrics(), payload=payload)), reply_to=trains[0])
+    assert len(get_all_nested_objects(reply)) == 3  # Message, RecordDict, one ConfigRecord (payload and metrics)
     scaffold = TrainInstructions(2, model, 1, 32, 0.01, 7, control=ControlVariate(cnn_weights(1), 0.9))
     message = Message(records.instructions_content(scaffold), dst_node_id=5, message_type=MessageType.TRAIN)
-    assert len(get_all_nested_objects(message)) == 9  # c: one more ArrayRecord, Array and chunk
+    assert len(get_all_nested_objects(message)) == 5  # c: one more packed ConfigRecord
     back = records.instructions_from(message.content)
     assert all(np.array_equal(a, b) for a, b in zip(back.weights, model))
     assert all(np.array_equal(a, b) for a, b in zip(back.control.weights, cnn_weights(1)))
@@ -124,12 +127,13 @@ def test_hostile_packed_payloads_are_refused_with_a_reason(payload, reason):
     assert reason in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_a_record_that_is_not_one_packed_array_is_refused():
-    layers = ArrayRecord([np.zeros(3, np.float32), np.zeros(2, np.float32)])  # the old one-array-per-layer form
-    with pytest.raises(ValueError, match="expected one 'packed' array, got 2"):
-        wire.from_record(layers)
-    with pytest.raises(ValueError, match="must be 1-D uint8, got float32"):
-        wire.from_record(ArrayRecord({wire.PACKED: Array(np.zeros(8, np.float32))}))
+def test_a_record_that_is_not_one_packed_value_is_refused():
+    with pytest.raises(ValueError, match="expected one 'packed' value, got 2"):
+        wire.from_record(ConfigRecord({wire.PACKED: wire.pack([]), "more": b""}))
+    with pytest.raises(ValueError, match="packed must be bytes, got str"):
+        wire.from_record(ConfigRecord({wire.PACKED: "not bytes"}))
+    with pytest.raises(ValueError, match="packed must be bytes, got list"):
+        wire.from_record(ConfigRecord({wire.PACKED: [b"a", b"b"]}))
 
 
 def test_a_packed_control_change_is_still_checked_layer_by_layer():
@@ -154,7 +158,6 @@ def test_a_packed_control_change_is_still_checked_layer_by_layer():
     assert "has shape (3, 3), expected (3, 3, 1, 32)" in control_delta_problem(shape.control_delta, model)
 
     content = records.update_content(EncodedUpdate(1, 10, metrics(), payload=b"x", control_delta=model))
-    content.array_records[records.CONTROL_DELTA] = ArrayRecord(
-        {wire.PACKED: Array(np.frombuffer(handmade([["0", "<f4", [6]]], FLOAT[:-1]), np.uint8))})
+    content.config_records[records.UPDATE][records.CONTROL_DELTA] = handmade([["0", "<f4", [6]]], FLOAT[:-1])
     refused = records.update_from(content, device_id=1)  # a reason for the round loop, never an exception
     assert isinstance(refused, str) and refused.startswith("malformed reply: ValueError: packed arrays describe")

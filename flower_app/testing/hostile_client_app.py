@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from devices.codec import encode_delta, serialize
@@ -51,7 +51,7 @@ def _payload(shapes: list[tuple[int, ...]], values, header_shapes=None) -> bytes
 
 def hostile_reply(case: str, msg: Message, num_examples: int) -> RecordDict:
     """The reply content for one train case (an honest zero update, spoiled as ``case`` says)."""
-    weights = records.to_weights(msg.content.array_records[records.ARRAYS])
+    weights = records.to_weights(msg.content.config_records[records.ARRAYS])
     shapes = [w.shape for w in weights]
     payload = encode_delta([np.zeros_like(w) for w in weights], "none")[0]
     metrics = {"num-examples": num_examples, "partition-id": 0, "train-loss": 1.0, "train-accuracy": 0.5,
@@ -76,12 +76,10 @@ def hostile_reply(case: str, msg: Message, num_examples: int) -> RecordDict:
         metrics["seconds"] = float("nan")
     elif case == "garbage":
         payload = b"\x07\x00\x00\x00not json" + bytes(range(64))
-    arrays = ArrayRecord({records.PAYLOAD: Array(np.frombuffer(payload, np.uint8))})
-    if case == "payload-strings":
-        arrays = ArrayRecord({records.PAYLOAD: Array(np.array(["not", "bytes"]))})
+    sent: object = ["not", "bytes"] if case == "payload-strings" else payload
     if case == "no-metrics":
-        return RecordDict({records.ARRAYS: arrays})
-    return RecordDict({records.ARRAYS: arrays, records.METRICS: MetricRecord(metrics)})
+        return RecordDict({records.UPDATE: ConfigRecord({records.PAYLOAD: sent})})
+    return RecordDict({records.UPDATE: ConfigRecord({records.PAYLOAD: sent, **metrics})})
 
 
 @app.query()
