@@ -34,9 +34,12 @@ CACHED_STACK_WIDTHS = 4  # stack widths kept; a round usually needs one or two
 class StackCache:
     """Idle stacked replicas by width, shared by the worker threads; the least recently used widths go first.
 
-    A warm-up :meth:`reserve`\ s the stacks it is building: a worker that needs one of those widths waits for it
-    (one trace at most) instead of building and tracing its own, which would cost more and slow the warm-up's
-    trace down besides.
+    A warm-up :meth:`reserve`\ s the stacks it is building: a worker that needs one of those widths waits for
+    one of them, or for a stack of that width another worker gives back, whichever comes first, instead of
+    building and tracing its own. Tracing costs seconds of Python that slow the warm-up's own trace down, and
+    a round's two stacks trained one after the other take about as long as side by side (each uses both cores):
+    the dashboard's 6 devices in two stacks of 3 (CNN) trained in 1.4 s side by side and 0.75 s alone, and
+    each trace took 1.1 s.
     """
 
     def __init__(self, make_stack: MakeStack, widths: int = CACHED_STACK_WIDTHS):
@@ -47,8 +50,8 @@ class StackCache:
         self._changed = threading.Condition()
 
     def take(self, width: int) -> StackedReplica:
-        """An idle replica of ``width`` devices, one a warm-up is building (waited for), or a new one (built
-        outside the lock)."""
+        """An idle replica of ``width`` devices, the first to be ready while a warm-up is building some (the
+        warm-up's, or one given back), or else a new one (built outside the lock)."""
         with self._changed:
             self._changed.wait_for(lambda: self._idle.get(width) or not self._reserved[width])
             idle = self._idle.get(width)
@@ -64,6 +67,7 @@ class StackCache:
     def give_back(self, stack: StackedReplica) -> None:
         with self._changed:
             self._add_idle(stack)
+            self._changed.notify_all()
 
     def reserve(self, widths: Sequence[int]) -> None:
         """Stacks of ``widths`` (one per entry) are being built: :meth:`take` waits for them."""
