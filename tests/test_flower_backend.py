@@ -117,7 +117,8 @@ def flower_run(fashion, data_dir, tmp_path_factory):
         federation.set_active(DEACTIVATED, False)  # mid-run: round 1 keeps it, round 2 goes without
         run["final"] = federation.wait(timeout=300)
         run["summary"] = store.summary(federation.run_id)
-        run["history"], run["checkpoint"] = store.load_history(federation.run_id), store.load_checkpoint(federation.run_id)
+        run["history"] = store.load_history(federation.run_id)
+        run["checkpoint"] = store.load_checkpoint(federation.run_id)
         run["probabilities"] = federation.predict(fashion.x_test[:16].astype(np.float32) / 255.0)
         federation.set_rounds(ROUNDS + 3)
         federation.start()  # the ServerApp is this process: a finished run can go on
