@@ -115,7 +115,8 @@ class Federation(FederationBackend):
             self._pool: WorkerPool | None = WorkerPool(make_device_replica, config.workers,
                                                        make_stack if stacks else None)
         else:
-            self.training_note, self._pool = transport.training_note, None
+            self.training_note = " ".join(filter(None, (transport.training_note, personalization_note(config))))
+            self._pool = None
         self._control = RunControl()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None

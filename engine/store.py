@@ -26,19 +26,21 @@ import secrets
 import shutil
 import sqlite3
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Collection, Iterator
 
 from devices.messages import Weights
 from engine.config import FederationConfig
-from engine.errors import UserError
 from engine.lease import LeaseHeld, RunLease, holder_pid, is_leased
 from engine.results import RoundResult
 from engine.run_files import (atomic_write, read_checkpoint, read_device_states, round_file, rounds_in,
                               write_checkpoint, write_device_states)
 from engine.store_schema import migrate, private_record, round_from_record, sql_real
+# The store's types are part of its API: callers import them from here with the store itself.
+from engine.store_types import Checkpoint, CheckpointError, RunBusy, RunNotFound, RunSummary, StoreError  # noqa: F401
+from engine.store_types import short_id  # noqa: F401
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 """What a run id may look like (the store makes ``20261201-083830-e027c4``); nothing that leaves the folder."""
@@ -47,53 +49,6 @@ ACTIVITY_FILE = "activity.json"
 SQLITE_HEADER = b"SQLite format 3\x00"
 INTERRUPTED = "interrupted"
 """Status of a run recorded as running whose training process is gone (killed, crashed, machine off)."""
-
-
-def short_id(run_id: str) -> str:
-    """The random tail of a run id (``e027c4`` of ``20261201-083830-e027c4``): tells runs of one day apart."""
-    return run_id.rsplit("-", 1)[-1]
-
-
-class StoreError(UserError):
-    """The runs folder or its index cannot be used; the message says why and what to do."""
-
-
-class RunNotFound(StoreError, KeyError):
-    """No run with that id in the store."""
-
-
-class RunBusy(StoreError):
-    """The run is being trained by an open federation (this or another process)."""
-
-
-class CheckpointError(StoreError, FileNotFoundError):
-    """No usable checkpoint for the round asked for."""
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    run_id: str
-    created: str
-    label: str
-    dataset: str
-    model: str
-    strategy: str
-    partition: str
-    num_devices: int
-    status: str
-    rounds: int
-    final_accuracy: float | None
-    best_accuracy: float | None
-    best_round: int | None
-    private: bool
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    round: int
-    weights: Weights
-    strategy_state: dict[str, Weights]
-    note: str = ""  # set when an unreadable or missing newer checkpoint was skipped: say so to the user
 
 
 class RunStore:
