@@ -167,9 +167,9 @@ class WorkerPool:
         self.stacks = make_stack is not None
         self._stack_cache = StackCache(make_stack) if make_stack is not None else None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="device-worker")
-        # warm-up traces run one at a time: tracing is Python holding the GIL, and threads tracing side by side
-        # took ~4x as long each as one alone (MLP stacks of 4 and 3: 4.2 and 3.7 s against ~1 s), so the
-        # first model was ready no sooner than the last
+        # warm-up traces run one at a time, so the first model is ready after one trace, not with the last:
+        # tracing is Python holding the GIL (MLP stacks of 4 and 3 traced side by side: 1.25 s together at
+        # load 1, 4.2 and 3.7 s each at load 6, against 0.6-1 s for one alone)
         self._trace_lock = threading.Lock()
 
     def _run(self, task: Callable[[Worker], object]) -> Future:
