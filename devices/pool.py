@@ -167,6 +167,7 @@ class WorkerPool:
         self.stacks = make_stack is not None
         self._stack_cache = StackCache(make_stack) if make_stack is not None else None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="device-worker")
+        self._shut_down = threading.Event()  # a warm-up still tracing starts no further trace
         # warm-up traces run one at a time, so the first model is ready after one trace, not with the last:
         # tracing is Python holding the GIL (MLP stacks of 4 and 3 traced side by side: 1.25 s together at
         # load 1, 4.2 and 3.7 s each at load 6, against 0.6-1 s for one alone)
@@ -231,6 +232,10 @@ class WorkerPool:
         cache.reserve(widths)
         queued()
         for built, width in enumerate(widths):
+            if self._shut_down.is_set():
+                for width_left in widths[built:]:
+                    cache.fulfil(width_left, None)
+                return
             try:
                 stack = cache.make(width)
                 self._one_at_a_time(trace_stack, stack, batch_size, uneven)
@@ -247,4 +252,5 @@ class WorkerPool:
     def shutdown(self, wait: bool = True) -> None:
         """Cancel queued work and release the workers; ``wait=False`` returns without waiting for a task that is
         already running (a warm-up trace nobody needs any more finishes on its own, then its thread ends)."""
+        self._shut_down.set()
         self._executor.shutdown(wait=wait, cancel_futures=True)
