@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import wait
 from dataclasses import replace
 from functools import partial
 from typing import Callable
@@ -116,7 +115,8 @@ class Federation(FederationBackend):
             self._pool: WorkerPool | None = WorkerPool(make_device_replica, config.workers,
                                                        make_stack if stacks else None)
         else:
-            self.training_note, self._pool = transport.training_note, None
+            self.training_note = " ".join(filter(None, (transport.training_note, personalization_note(config))))
+            self._pool = None
         self._control = RunControl()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -149,6 +149,9 @@ class Federation(FederationBackend):
             self._set_device_status,
         )
         # build and trace what round 1 needs in the background: "create" returns at once, round 1 waits if needed
+        self._warm_up_planned = threading.Event()  # the warm-up's stacks are reserved: round 1 may be submitted
+        self._evaluation_warm_up = threading.Lock()
+        self._evaluation_warm = False
         self._warm_up = threading.Thread(target=self._warm_up_models, name="federation-warm-up", daemon=True)
         self._warm_up.start()
 
@@ -216,25 +219,42 @@ class Federation(FederationBackend):
         self._runner.replay(history)
 
     def _warm_up_models(self) -> None:
-        """Build and trace the stacks (or replicas) and the server's evaluation that the first round will use."""
+        """Build and trace the stacks (or replicas) and the server's evaluation that the first round will use.
+
+        A round started meanwhile waits only for :attr:`_warm_up_planned` (what to build is decided, from the
+        round's own selection), then each of its stacks waits for its own trace, not for the whole warm-up;
+        :attr:`_warm_up` ends when everything is traced.
+        """
         try:
-            runner = self._runner
-            test = runner.test_sets.for_round(1, last=self.config.rounds == 1)
-            shapes = warm_up_samples(len(test.y), EVAL_BATCH)  # every batch shape round 1 evaluates on
-            if self._pool is None:  # devices elsewhere: only the server's evaluation runs here
-                runner.evaluator.evaluate(test.x[:shapes], test.y[:shapes])
-                return
-            selected = runner.select(1, range(len(self.devices)))
-            instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
-            groups = self.transport.training_groups(instructions)
-            steps = {d: self.devices[d].local_steps(instructions[d]) for d in selected}
-            uneven = any(len({steps[d] for d in group}) > 1 for group in groups)
-            cohorts = [(len(group), len(group) * max(steps[d] for d in group)) for group in groups]
-            futures = self._pool.warm_up(cohorts, self.config.batch_size, uneven)
-            runner.evaluator.evaluate(test.x[:shapes], test.y[:shapes])
-            wait(futures)
+            if self._pool is not None:
+                runner = self._runner
+                selected = runner.select(1, range(len(self.devices)))
+                instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
+                groups = self.transport.training_groups(instructions)
+                steps = {d: self.devices[d].local_steps(instructions[d]) for d in selected}
+                uneven = any(len({steps[d] for d in group}) > 1 for group in groups)
+                cohorts = [(len(group), len(group) * max(steps[d] for d in group)) for group in groups]
+                self._pool.warm_up(cohorts, self.config.batch_size, uneven, queued=self._warm_up_planned.set)
         except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
             pass
+        finally:
+            self._warm_up_planned.set()
+        self._warm_up_evaluation()
+
+    def _warm_up_evaluation(self) -> None:
+        """Evaluate the server's model once on every batch shape round 1's evaluation uses, the first time this
+        is called: by the warm-up after the stacks, or by round 1 before it starts, whichever comes first (the
+        round's stacks are still tracing then, and a trace is seconds: this one is hidden behind them)."""
+        with self._evaluation_warm_up:
+            if self._evaluation_warm:
+                return
+            self._evaluation_warm = True
+            try:
+                test = self._runner.test_sets.for_round(1, last=self.config.rounds == 1)
+                shapes = warm_up_samples(len(test.y), EVAL_BATCH)
+                self._runner.evaluator.evaluate(test.x[:shapes], test.y[:shapes])
+            except Exception:  # as above: only an optimisation
+                pass
 
     # -- control ------------------------------------------------------------------
     def start(self) -> None:
@@ -411,7 +431,8 @@ class Federation(FederationBackend):
         try:
             if self.store is not None:
                 self.store.set_status(self.run_id, RunStatus.RUNNING.value)
-            self._warm_up.join()  # normally long done; in a script that starts at once, round 1 needs it anyway
+            self._warm_up_planned.wait()  # milliseconds after "create": round 1's stacks then wait for their traces
+            self._warm_up_evaluation()
             while self._rounds_left():
                 control.checkpoint()
                 with self._lock:
