@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from devices.cohort import plan_cohorts, stacks_in_use
 from devices.pool import StackCache, warm_up_order
-from devices.stacked import StackedReplica
+from devices.stacked import StackedReplica, narrow_chunks, stacked_batches
 from devices.stacked_layers import NotStackable, forward, stack_plan
 from devices.trainer import ModelReplica, OptimizerSpec, batch_plan, epoch_orders
 from engine.models import ModelRegistry
@@ -159,6 +159,22 @@ def test_plan_cohorts_groups_devices_of_similar_length_within_the_width():
     assert plan_cohorts(steps, max_width=16, workers=2) == [[1, 3, 4, 5, 7], [0, 2, 6, 8, 9]]
     assert plan_cohorts({4: 10}, max_width=16, workers=2) == [[4]]
     assert plan_cohorts({}, max_width=16, workers=2) == []
+
+
+def test_plan_cohorts_puts_devices_with_alike_short_batches_together():
+    steps = {d: 2 for d in range(8)}  # 33 to 64 samples at batch 32: two steps each
+    samples = dict(enumerate([33, 64, 40, 60, 35, 62, 38, 58]))
+    assert plan_cohorts(steps, max_width=4, workers=2, samples=samples) == [[1, 3, 5, 7], [0, 2, 4, 6]]
+    assert plan_cohorts(steps, max_width=4, workers=2) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # no samples: by id
+
+
+def test_short_batches_run_at_their_fullest_devices_width_rounded_up():
+    plans = [batch_plan(n, epochs=2, batch_size=32, seed=1) for n in (70, 6, 5)]
+    _, mask = stacked_batches(plans, [0, 70, 76])
+    # per epoch, 70 samples are batches of 32, 32 and 6; 6 and 5 samples one short batch (their 2nd epoch: step 1)
+    assert narrow_chunks(mask, max_steps=25) == [(0, 2, 32), (2, 1, 8), (3, 2, 32), (5, 1, 8)]
+    assert narrow_chunks(mask, max_steps=1)[:2] == [(0, 1, 32), (1, 1, 32)]
+    assert narrow_chunks(mask[:, :, :16], max_steps=25, multiple=16) == [(0, 6, 16)]
 
 
 def test_the_warm_up_builds_only_the_stacks_a_round_runs_at_the_same_time():
