@@ -157,5 +157,7 @@ def render(federation: Federation | None) -> Setup:
     setup = Setup(config, tuple(config.problems() + state.transport_problems(config)))
     for problem in setup.problems:
         st.sidebar.error(problem[:1].upper() + problem[1:])
+    for note in state.transport_notes(config):
+        st.sidebar.info(note)
     _apply_button(setup, federation)
     return setup

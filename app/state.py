@@ -193,6 +193,13 @@ def transport_problems(config: FederationConfig) -> list[str]:
     return problems
 
 
+def transport_notes(config: FederationConfig) -> list[str]:
+    """What the selected backend runs differently from in-process (it runs), shown in place under the setup."""
+    from engine.backends import backend_notes
+
+    return backend_notes(config, selected_backend())
+
+
 def backend_of(federation: Federation) -> str:
     """Where ``federation``'s devices run: "in-process", or the name of its remote transport's backend."""
     remote = getattr(federation, "remote", None)

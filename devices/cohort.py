@@ -23,15 +23,20 @@ from devices.trainer import Checkpoint
 Outcome = EncodedUpdate | Exception
 
 
-def plan_cohorts(local_steps: Mapping[int, int], max_width: int, workers: int) -> list[list[int]]:
+def plan_cohorts(
+    local_steps: Mapping[int, int], max_width: int, workers: int, samples: Mapping[int, int] | None = None
+) -> list[list[int]]:
     """Split devices into stacks of at most ``max_width`` devices with similar numbers of local steps.
 
     A stack costs its width times its longest device's steps, so devices are
-    sorted by steps before they are cut into stacks; there are at least
-    ``workers`` stacks (when there are that many devices) so every worker thread
-    has one.
+    sorted by steps before they are cut into stacks, and among equal steps by
+    their ``samples`` (training samples, when given): a stack's short last batch
+    runs at its fullest device's width, so devices whose last batches are
+    alike go together. There are at least ``workers`` stacks (when there are
+    that many devices) so every worker thread has one.
     """
-    order = sorted(local_steps, key=lambda d: (-local_steps[d], d))
+    samples = samples or {}
+    order = sorted(local_steps, key=lambda d: (-local_steps[d], -samples.get(d, 0), d))
     if not order:
         return []
     count = max(min(workers, len(order)), math.ceil(len(order) / max_width))

@@ -38,6 +38,7 @@ from devices.trainer import (
     with_proximal_term,
 )
 
+BATCH_WIDTH_MULTIPLE = 8  # a short batch runs at its real rows rounded up to this
 Samples = tuple[np.ndarray, np.ndarray]  # stored samples (n, ...) and targets (n,)
 StackCheckpoint = Callable[[int], None]  # called with the steps the stack has done, between chunks
 
@@ -59,6 +60,27 @@ def stacked_batches(
         index[d, : len(plan)] = np.where(real, plan + offset, 0)
         mask[d, : len(plan)] = real
     return index, mask
+
+
+def narrow_chunks(mask: np.ndarray, max_steps: int, multiple: int = BATCH_WIDTH_MULTIPLE) -> list[tuple[int, int, int]]:
+    """Runs of consecutive steps of ``mask`` ``[devices, steps, batch]`` that need the same batch width, each
+    cut into pieces of at most ``max_steps``: ``(first step, steps, width)``.
+
+    A step's width is its most-filled device's real rows (rows are filled from the front), rounded up to a
+    ``multiple`` so that a few shapes recur; the rows beyond it are masked in every device, so leaving them
+    out changes no loss, gradient or count.
+    """
+    batch = mask.shape[2]
+    needed = mask.sum(axis=2).max(axis=0) if mask.shape[1] else np.zeros(0)
+    widths = [int(min(batch, max(multiple, -(-int(n) // multiple) * multiple))) for n in needed]
+    chunks: list[tuple[int, int, int]] = []
+    for step, width in enumerate(widths):
+        if chunks and chunks[-1][2] == width and chunks[-1][1] < max_steps:
+            first, count, _ = chunks[-1]
+            chunks[-1] = (first, count + 1, width)
+        else:
+            chunks.append((step, 1, width))
+    return chunks
 
 
 def in_order(num_samples: int, batch_size: int) -> np.ndarray:
@@ -116,8 +138,8 @@ class StackedReplica:
             for every in (True, False)
         }
         # the step loop sees only fixed shapes, so XLA compiles it once per width and batch size
-        self._train_steps = tf.function(self._train_steps_impl, jit_compile=xla and compiles_well(self._ops),
-                                        autograph=False)
+        self._xla = xla and compiles_well(self._ops)
+        self._train_steps = tf.function(self._train_steps_impl, jit_compile=self._xla, autograph=False)
         self._evaluate_batch = tf.function(
             self._evaluate_batch_impl,
             input_signature=[images, labels, tf.TensorSpec([width, None], tf.int32),
@@ -264,13 +286,14 @@ class StackedReplica:
         index, mask = stacked_batches(plans, offsets, multiple_of=chunk_steps)
         x_t, y_t = tf.constant(x), tf.constant(y)
         totals = np.zeros((3, self.width))
-        for first in range(0, total_steps, chunk_steps):
+        for first, count, width in self._chunks(mask[:, :total_steps], chunk_steps):
             checkpoint(first)
-            chunk = slice(first, first + chunk_steps)
-            count = min(chunk_steps, total_steps - first)
+            # XLA's chunks keep their fixed length (padded steps are gathered, not trained)
+            chunk = slice(first, first + (chunk_steps if self._xla else count))
             every_step = min(steps) >= first + count  # no device runs out of steps in this chunk
             train_chunk = self._train_chunk[every_step]
-            totals += np.array([t.numpy() for t in train_chunk(x_t, y_t, index[:, chunk], mask[:, chunk], count)])
+            totals += np.array([t.numpy() for t in train_chunk(x_t, y_t, index[:, chunk, :width],
+                                                                mask[:, chunk, :width], count)])
         checkpoint(total_steps)
         seconds = time.perf_counter() - started
         return [
@@ -278,6 +301,17 @@ class StackedReplica:
                         seconds=seconds * count / max(sum(steps), 1))
             for loss, correct, seen, count in zip(*totals, steps)
         ]
+
+    def _chunks(self, mask: np.ndarray, chunk_steps: int) -> list[tuple[int, int, int]]:
+        """The compiled calls of one training: ``(first step, steps, batch width)`` each.
+
+        XLA compiles once per shape, so its chunks are full-width; otherwise steps whose real rows all fit a
+        narrower batch (each device's short last batch) run at that width: no compute on fully masked rows.
+        """
+        if self._xla:
+            return [(first, min(chunk_steps, len(mask[0]) - first), mask.shape[2])
+                    for first in range(0, len(mask[0]), chunk_steps)]
+        return narrow_chunks(mask, chunk_steps)
 
     def evaluate(self, samples: Sequence[Samples]) -> list[tuple[float, float]]:
         """Mean loss and accuracy of each device's current weights on its ``samples`` (NaN when empty)."""

@@ -149,6 +149,15 @@ def federation_over(config: FederationConfig, transport, dataset=None, store=Non
         raise
 
 
+def backend_notes(config: FederationConfig, backend: str) -> list[str]:
+    """What ``backend`` runs differently from in-process for ``config`` (not a problem: it runs), said in place."""
+    if backend in ("flower", "deployment"):
+        from flower_app.backend import kept_on_devices
+
+        return [f"On Flower, {note}." for note in kept_on_devices(config)]
+    return []
+
+
 def backend_problems(config: FederationConfig, backend: str) -> list[str]:
     """Why ``backend`` cannot run ``config`` (empty: it can), for showing in place before anything is built."""
     if backend in ("flower", "deployment"):

@@ -166,12 +166,15 @@ def deployment_from_args(args: argparse.Namespace) -> DeploymentSettings | None:
 
 
 def check_backend(config: FederationConfig, args: argparse.Namespace) -> None:
-    """Raise ``ConfigError`` (exit 2, one line) when ``--backend`` cannot run ``config``, before anything starts."""
-    from engine.backends import backend_problems
+    """Raise ``ConfigError`` (exit 2, one line) when ``--backend`` cannot run ``config``, before anything starts;
+    print what it runs differently (``note: ...`` on stderr)."""
+    from engine.backends import backend_notes, backend_problems
 
     problems = backend_problems(config, args.backend)
     if problems:
         raise ConfigError(problems)
+    for note in backend_notes(config, args.backend):
+        print(f"note: {note}", file=sys.stderr, flush=True)
 
 
 def add_runs_dir(parser: argparse.ArgumentParser) -> None:

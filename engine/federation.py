@@ -9,27 +9,21 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import wait
 from dataclasses import replace
 from functools import partial
 from typing import Callable
 
-import keras
 import numpy as np
 
 from data.datasets import Dataset
 from data.sources import load_source
 from devices.messages import Weights
 from devices.pool import WorkerPool
-from devices.stacked_layers import NotStackable, compiles_well, stack_plan
-from devices.stacked import StackedReplica
-from devices.trainer import EVAL_BATCH, KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
+from devices.trainer import ModelReplica, OptimizerSpec, TrainingStopped, batches_per_epoch
 from engine.backend_base import FederationBackend
 from engine.config import FederationConfig
 from engine.control import RunControl
 from engine.errors import one_line
-from engine.evaluation import warm_up_samples
-from engine.model_defaults import ModelError
 from engine.models import ModelRegistry
 from engine.results import DeviceState, DeviceStatus, RoundResult, RunStatus, Snapshot
 from engine.hardware import cpu_info
@@ -38,26 +32,15 @@ from engine.personalization import training_note as personalization_note
 from engine.async_rounds import round_runner
 from engine.recording import RunRecorder
 from engine.remote import RemoteTransport, remote_device_state
-from engine.setup import build_devices, data_histogram, sample_spec, server_test_set  # noqa: F401  (build_devices)
+from engine.setup import build_devices, data_histogram, sample_spec, server_test_set
 from engine.composition import restore_strategy_state, strategy_state
 from engine.store import Checkpoint, RunStore, StoreError
 from engine.transport import InProcessTransport
+from engine.replicas import Replicas, training_mode
 from engine.strategies import build_strategy
+from engine.warm_up import WarmUp
 
 WAIT_POLL_SECONDS = 0.5
-
-
-def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, str]:
-    """Whether a round's devices train as stacks, and a one-line note saying how and why."""
-    threads = f"on {config.workers} worker thread{'s' * (config.workers > 1)}"
-    if config.stack_width == 1:
-        return False, f"Devices train one by one {threads}."
-    try:
-        ops = stack_plan(model)
-    except NotStackable as reason:
-        return False, f"Devices train one by one {threads} ({reason})."
-    compiled = ", compiled with XLA" if config.xla and compiles_well(ops) else ""
-    return True, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."
 
 
 class Federation(FederationBackend):
@@ -81,30 +64,14 @@ class Federation(FederationBackend):
         self.devices = build_devices(self.dataset, config)
         self.label_histogram, self.histogram_labels = data_histogram(self.dataset, self.devices)
 
-        build_model = partial(registry.build, config.model, self.dataset.input_shape, self.dataset.num_classes)
-        optimizer = OptimizerSpec(config.optimizer, config.momentum)
-        samples = sample_spec(self.dataset)
-
         self.precision = resolve_precision(config.precision, cpu_info().native_bf16)
-        precision = self.precision.precision
-
-        def make_replica() -> ModelReplica:  # the server's models: float32 whatever the devices compute in
-            return ModelReplica(build_model, optimizer, samples=samples)
-
-        def make_device_replica() -> ModelReplica:
-            return ModelReplica(build_model, optimizer, samples=samples, precision=precision)
-
-        def make_stack(width: int) -> StackedReplica:
-            return StackedReplica(build_model, optimizer, width, xla=config.xla, samples=samples, precision=precision)
-
-        with KERAS_RNG_LOCK:  # reproducible initial global model, whatever other threads are building
-            keras.utils.set_random_seed(config.seed)
-            try:
-                evaluator = make_replica()
-            except (ModelError, ValueError) as error:  # a model that does not fit the data's shape
-                raise ModelError(f"model {config.model!r} cannot be built for inputs {self.dataset.input_shape}: "
-                                 f"{str(error).splitlines()[0]}") from None
-        self._make_predictor = make_replica  # built on the first prediction: a model build off "create"
+        replicas = Replicas(
+            partial(registry.build, config.model, self.dataset.input_shape, self.dataset.num_classes),
+            OptimizerSpec(config.optimizer, config.momentum), sample_spec(self.dataset),
+            self.precision.precision, config.xla,
+        )
+        evaluator = replicas.first_server(config.seed, config.model, self.dataset.input_shape)
+        self._make_predictor = replicas.server  # built on the first prediction: a model build off "create"
         self._predictor: ModelReplica | None = None
         self._predictor_lock = threading.Lock()
         self._predictor_version = -1
@@ -113,10 +80,11 @@ class Federation(FederationBackend):
             stacks, mode_note = training_mode(evaluator.model, config)
             self.training_note = " ".join(filter(None, (mode_note, precision_note(self.precision),
                                                         personalization_note(config))))
-            self._pool: WorkerPool | None = WorkerPool(make_device_replica, config.workers,
-                                                       make_stack if stacks else None)
+            self._pool: WorkerPool | None = WorkerPool(replicas.device, config.workers,
+                                                       replicas.stack if stacks else None)
         else:
-            self.training_note, self._pool = transport.training_note, None
+            self.training_note = " ".join(filter(None, (transport.training_note, personalization_note(config))))
+            self._pool = None
         self._control = RunControl()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -149,8 +117,8 @@ class Federation(FederationBackend):
             self._set_device_status,
         )
         # build and trace what round 1 needs in the background: "create" returns at once, round 1 waits if needed
-        self._warm_up = threading.Thread(target=self._warm_up_models, name="federation-warm-up", daemon=True)
-        self._warm_up.start()
+        self._warm_up = WarmUp(self._runner, self.transport, self.devices, self._weights, self._pool,
+                               config.batch_size, config.rounds)
 
     @classmethod
     def reopen(
@@ -215,27 +183,6 @@ class Federation(FederationBackend):
             self._message = f"Resumed after round {len(history)}: press Continue to train on.{note}"
         self._runner.replay(history)
 
-    def _warm_up_models(self) -> None:
-        """Build and trace the stacks (or replicas) and the server's evaluation that the first round will use."""
-        try:
-            runner = self._runner
-            test = runner.test_sets.for_round(1, last=self.config.rounds == 1)
-            shapes = warm_up_samples(len(test.y), EVAL_BATCH)  # every batch shape round 1 evaluates on
-            if self._pool is None:  # devices elsewhere: only the server's evaluation runs here
-                runner.evaluator.evaluate(test.x[:shapes], test.y[:shapes])
-                return
-            selected = runner.select(1, range(len(self.devices)))
-            instructions = {d: runner.instructions(1, d, self._weights, None) for d in selected}
-            groups = self.transport.training_groups(instructions)
-            steps = {d: self.devices[d].local_steps(instructions[d]) for d in selected}
-            uneven = any(len({steps[d] for d in group}) > 1 for group in groups)
-            cohorts = [(len(group), len(group) * max(steps[d] for d in group)) for group in groups]
-            futures = self._pool.warm_up(cohorts, self.config.batch_size, uneven)
-            runner.evaluator.evaluate(test.x[:shapes], test.y[:shapes])
-            wait(futures)
-        except Exception:  # only an optimisation: a real problem shows up, and is reported, in the round itself
-            pass
-
     # -- control ------------------------------------------------------------------
     def start(self) -> None:
         """Start training (or continue after finishing/stopping, with more rounds)."""
@@ -279,8 +226,9 @@ class Federation(FederationBackend):
         self.stop()
         with self._lock:
             self._closed = True
-        if self._pool is not None:  # the rounds have stopped; only a warm-up trace may still run: not worth a wait
+        if self._pool is not None:  # the rounds have stopped; only a warm-up trace may still run
             self._pool.shutdown(wait=False)
+        self._warm_up.close()
         if self.remote is not None:
             status = {RunStatus.FAILED: "failed", RunStatus.STOPPED: "stopped"}.get(self.snapshot().status, "completed")
             self.remote.close(status, self.snapshot().message)
@@ -411,7 +359,7 @@ class Federation(FederationBackend):
         try:
             if self.store is not None:
                 self.store.set_status(self.run_id, RunStatus.RUNNING.value)
-            self._warm_up.join()  # normally long done; in a script that starts at once, round 1 needs it anyway
+            self._warm_up.before_round_one()  # milliseconds after "create": its stacks then wait for their traces
             while self._rounds_left():
                 control.checkpoint()
                 with self._lock:

@@ -141,7 +141,8 @@ class InProcessTransport:
         if not self.pool.stacks:
             return [[d] for d in instructions]
         steps = {d: self.devices[d].local_steps(instr) for d, instr in instructions.items()}
-        return plan_cohorts(steps, self.stack_width, self.pool.workers)
+        samples = {d: self.devices[d].data.num_train for d in instructions}
+        return plan_cohorts(steps, self.stack_width, self.pool.workers, samples)
 
     def _device_checkpoint(self, device_id: int, checkpoint: Callable[[int], None]) -> Callable[[int], None]:
         def device_checkpoint(steps: int) -> None:

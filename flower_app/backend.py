@@ -52,6 +52,23 @@ def unsupported(config: FederationConfig, loopback: bool = True) -> list[str]:
     return problems
 
 
+KEPT_ON_DEVICES = {
+    "fedper": "FedPer's heads (each device's last Dense layer)",
+    "ditto": "Ditto's personal models",
+}
+
+
+def kept_on_devices(config: FederationConfig) -> list[str]:
+    """What a Flower run of ``config`` keeps on its SuperNodes only, never in the run store, and so starts afresh
+    when the run is resumed (in-process it is stored). They never leave the devices: see the README's
+    Personalisation section for why they are not sent to the server as SCAFFOLD's c_i are."""
+    if config.personalize not in KEPT_ON_DEVICES:
+        return []
+    return [f"{KEPT_ON_DEVICES[config.personalize]} stay on the SuperNodes and never reach the run store: a resumed "
+            "Flower run starts them afresh (the devices' data never leaves them, and neither does what is trained "
+            "on it alone)"]
+
+
 def run_config_for(config: FederationConfig) -> dict[str, object]:
     """The Flower run config for ``config`` (the inverse of ``flower_app.config.federation_config``)."""
     return {**config_run_values(config), "wait-timeout": WAIT_TIMEOUT}
@@ -113,6 +130,8 @@ def serverapp_transport(config: FederationConfig, link, submit_env: dict[str, st
     task = ServerAppTask(link, acquire_token(link, run_id))
     transport = LinkTransport(task, server_settings(values), poll_seconds(submit_env),
                               on_close=on_close)
+    transport.training_note = " ".join([LinkTransport.training_note, *(f"{note[:1].upper()}{note[1:]}."
+                                                                       for note in kept_on_devices(config))])
     transport.flower_run_id = run_id
     return transport
 

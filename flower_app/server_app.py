@@ -111,6 +111,13 @@ def save_weights(path: Path, server_round: int, weights: Weights) -> None:
     os.replace(temporary, path)
 
 
+def known_devices(nodes, min_devices: int) -> int:
+    """The federation's size as far as this ServerApp knows: partition ids 0 to the highest seen (``nodes``: partition
+    id -> node id), at least ``min_devices``. ``flwr run`` is never told the count: SuperNodes announce their
+    partitions when they join."""
+    return max(max(nodes, default=-1) + 1, min_devices)
+
+
 def log_status(device_id: int, status: DeviceStatus, detail: str) -> None:
     if detail and status in (DeviceStatus.FAILED, DeviceStatus.REJECTED, DeviceStatus.DROPPED):
         log(WARNING, "partition %s %s: %s", device_id, status.value, detail)
@@ -149,8 +156,7 @@ class RunRecorder:
 
     def _store_round(self, weights: Weights, result, transport: GridTransport, strategy) -> None:
         if self.store_run_id is None:
-            devices = max(transport.nodes, default=0) + 1  # partition ids seen so far
-            config = self.config.with_changes(num_devices=max(devices, self.config.min_devices))
+            config = self.config.with_changes(num_devices=known_devices(transport.nodes, self.config.min_devices))
             self.store_run_id = self.store.create_run(config, label=f"Flower run {self.run_id}")
             self._mark_running()
         self.store.record_round(self.store_run_id, result, weights, strategy_state(strategy),
@@ -188,6 +194,7 @@ def main(grid: Grid, context: Context) -> None:
         for server_round in range(1, settings.rounds + 1):
             active, deactivated = transport.active_partitions(config.min_devices)
             log(INFO, "Round %d: %d active partition(s) %s", server_round, len(active), active)
+            strategy.bind(known_devices(transport.nodes, config.min_devices))  # SCAFFOLD's |S|/N, as in-process
             weights, result = runner.run(server_round, weights, active, lambda steps: None)
             log(INFO, "Round %d: global accuracy %.4f, loss %.4f, %.2f s, %d device(s), %d problem(s)",
                 result.round, result.global_accuracy, result.global_loss, result.seconds, len(result.devices),

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 
 import httpx
@@ -45,16 +45,15 @@ from flwr.supercore.auth import load_superexec_auth_secret
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.grid import HttpGrid
 
 from devices.messages import TrainInstructions, Weights
 from devices.trainer import TrainingStopped
-from engine.errors import UserError
 from engine.transport import Receive
 from flower_app.device_state import ControlMirror
+from flower_app.link_retry import LinkError, TaskRevoked, link_retry_invoker
 from flower_app.polling import PollingGrid
 from flower_app.transport import GridTransport
 
@@ -63,11 +62,9 @@ ACQUIRE_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
 ACQUIRE_POLL_SECONDS = 0.1
 RUN_ID_PATTERN = re.compile(r"Successfully started run (\d+)")
 FRAME = re.compile("[\u2500-\u257f]+")  # the box-drawing characters of the flwr CLI's panels
+ACQUIRE_REFUSED = ("the SuperLink refused to hand over the run's ServerApp task (HTTP {status}): is the SuperExec "
+                   "secret file the SuperLink's --superexec-auth-secret-file?")
 APP_WARNING = re.compile(r"(Flower App configuration warnings|- Recommended property)")
-
-
-class LinkError(UserError, RuntimeError):
-    """The SuperLink could not be reached, refused the run, or never handed over its ServerApp task."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ def runtime_client(link: SuperLinkAddress) -> RuntimeHttpClient:
         interceptors.append(SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=ACQUIRE_METHODS))
     return RuntimeHttpClient.from_server_address(
         server_address=link.address, insecure=link.insecure, root_certificates=link.certificate_bytes(),
-        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker(),
+        interceptors=interceptors, retry_invoker=link_retry_invoker(link.address, ACQUIRE_REFUSED),
     )
 
 
@@ -152,14 +149,21 @@ def acquire_token(link: SuperLinkAddress, run_id: int, timeout: float = 60.0) ->
                     "(is it running with --isolation process?)")
 
 
-def _refuse(link: SuperLinkAddress, token: str, run_id: int) -> None:
+def link_grid(link: SuperLinkAddress, token: str) -> HttpGrid:
+    """An ``HttpGrid`` with ``token`` whose refused calls raise :class:`TaskRevoked` (Flower's would SIGINT us)."""
     grid = HttpGrid(link.address, link.insecure, link.certificate_bytes(), token=token)
+    grid._retry_invoker = link_retry_invoker(link.address)  # noqa: SLF001 - before its first call connects it
+    return grid
+
+
+def _refuse(link: SuperLinkAddress, token: str, run_id: int) -> None:
+    grid = link_grid(link, token)
     try:
         grid._runtime_client.PullTaskInput(PullTaskInputRequest())  # noqa: SLF001 - Flower's own ServerApp runtime does this
         grid._runtime_client.PushTaskOutput(PushTaskOutputRequest(  # noqa: SLF001
             sub_status=SubStatus.FAILED,
             details="this SuperLink's ServerApps run in the process that submitted them (fl-watch dashboard or CLI)"))
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, LinkError) as error:
         log(WARNING, "could not end the unexpected ServerApp task of run %s: %s", run_id, error)
     finally:
         grid.close()
@@ -171,15 +175,16 @@ class ServerAppTask:
 
     def __init__(self, link: SuperLinkAddress, token: str):
         self.link = link
-        self.grid = HttpGrid(link.address, link.insecure, link.certificate_bytes(), token=token)
+        self.grid = link_grid(link, token)
         self.lost = threading.Event()  # the SuperLink no longer knows the task (e.g. the run was stopped there)
+        self.run_id: int | None = None  # known once the task input is pulled
         client = self.grid._runtime_client  # noqa: SLF001 - as flwr/superlink/runtime/run_serverapp.py
         self._heartbeat = HeartbeatSender(self._heartbeat_fn(client))
         self._heartbeat.start()
         self._finished = False
         try:
             response = client.PullTaskInput(PullTaskInputRequest())
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, LinkError) as error:
             self._heartbeat.stop()
             raise LinkError(f"the SuperLink did not give the ServerApp its run: {error}") from None
         self.run = run_from_proto(response.run)
@@ -192,14 +197,21 @@ class ServerAppTask:
         self.run_id = self.run.run_id
 
     def _heartbeat_fn(self, client: RuntimeHttpClient) -> Callable[[], bool]:
-        """Flower's task heartbeat, except that a refused one marks the task lost instead of raising SIGINT."""
+        """Flower's task heartbeat, except that a refused one marks the task lost (and beats no more) instead of
+        raising SIGINT; the round loop's next call to the SuperLink raises :class:`TaskRevoked`."""
         request = SendTaskHeartbeatRequest()
 
         def beat() -> bool:
+            if self.lost.is_set():
+                return True
             try:
                 response = client.SendTaskHeartbeat(request)
-            except httpx.TransportError:
-                return False
+            except TaskRevoked as error:
+                self.lost.set()
+                log(WARNING, "run %s: %s", self.run_id, error)
+                return True
+            except (httpx.TransportError, LinkError):
+                return False  # Flower's sender tries again later
             except httpx.HTTPStatusError:
                 self.lost.set()
                 return True
@@ -216,14 +228,18 @@ class ServerAppTask:
         self._finished = True
         self.grid._retry_invoker.max_tries = 1  # noqa: SLF001 - do not hang on exit (as Flower's runtime)
         # The heartbeat ends (its thread joined) BEFORE the output is pushed: once the task is finished the
-        # SuperLink answers its token with 401, and Flower's HTTP retry invoker answers a 401 by sending
-        # SIGINT to this whole process (the dashboard, the CLI, a test session), so no beat may come after.
+        # SuperLink answers its token with 401, which would only log a warning (flower_app.link_retry).
         if self._heartbeat.is_running:
             self._heartbeat.stop()
+        if self.lost.is_set():  # the SuperLink ended the task itself: it would refuse the output
+            self.grid.close()
+            return
         try:
             self.grid._runtime_client.PushTaskOutput(  # noqa: SLF001
                 PushTaskOutputRequest(sub_status=status, details=details[:500]))
-        except httpx.HTTPError as error:
+        except TaskRevoked:
+            log(INFO, "run %s: the SuperLink had ended its ServerApp task already", self.run_id)
+        except (httpx.HTTPError, LinkError) as error:
             log(WARNING, "could not report the end of run %s to the SuperLink: %s", self.run_id, error)
         finally:
             self.grid.close()
@@ -289,9 +305,12 @@ class LinkTransport(GridTransport):
             return dict(nodes)
 
     def _watch(self, interval: float) -> None:
-        while not self._closed.wait(interval):
+        while not self._closed.wait(interval) and not self.task.lost.is_set():
             try:
                 self.refresh()
+            except TaskRevoked as error:  # the round loop's next call says so to the user
+                self.task.lost.set()
+                log(WARNING, "run %s: %s", self.task.run_id, error)
             except Exception as error:  # noqa: BLE001 - a missed look: the next one, or the round, says more
                 log(WARNING, "could not list the SuperLink's nodes: %s", error)
 

@@ -69,8 +69,14 @@ def test_settings_flower_cannot_carry_are_refused_in_place(make_app, monkeypatch
     assert federation_of(at).remote is None  # the in-process federation is kept
     at.number_input(key="setup_devices").set_value(20).run()
     assert any("too many for flower" in e.value.lower() for e in at.sidebar.error)
+    at.number_input(key="setup_devices").set_value(3).run()
+    at.checkbox(key="setup_secure").uncheck().run()
+    at.selectbox(key="setup_personalize").set_value("fedper").run()  # it runs, and the sidebar says what differs
+    assert any("FedPer's heads" in i.value and "run store" in i.value for i in at.sidebar.info), at.sidebar.info
+    assert not at.button(key="apply").disabled
     at.selectbox(key="setup_backend").set_value("in-process").run()
     assert not any("flower" in e.value.lower() for e in at.sidebar.error)
+    assert not any("FedPer" in i.value for i in at.sidebar.info)  # in-process the run store keeps them
 
 
 def test_a_deployment_has_no_device_cap_and_its_settings_are_checked_in_place(make_app):

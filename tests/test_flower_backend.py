@@ -117,6 +117,8 @@ def flower_run(fashion, data_dir, tmp_path_factory):
         federation.set_active(DEACTIVATED, False)  # mid-run: round 1 keeps it, round 2 goes without
         run["final"] = federation.wait(timeout=300)
         run["summary"] = store.summary(federation.run_id)
+        run["history"] = store.load_history(federation.run_id)
+        run["checkpoint"] = store.load_checkpoint(federation.run_id)
         run["probabilities"] = federation.predict(fashion.x_test[:16].astype(np.float32) / 255.0)
         federation.set_rounds(ROUNDS + 3)
         federation.start()  # the ServerApp is this process: a finished run can go on
@@ -124,6 +126,7 @@ def flower_run(fashion, data_dir, tmp_path_factory):
         started = time.monotonic()
         federation.stop(wait=True, timeout=60)
         run["stop_seconds"], run["stopped"] = time.monotonic() - started, federation.snapshot()
+        run["revoked"] = _revoked_mid_round(federation, deployment)
     finally:
         started = time.monotonic()
         federation.close()
@@ -131,6 +134,28 @@ def flower_run(fashion, data_dir, tmp_path_factory):
     run["left"] = processes_tagged(run["tag"])
     run["workdir_left"] = run["workdir"].exists()
     return run
+
+
+def _revoked_mid_round(federation, deployment) -> dict:
+    """Continue, then end the run at the SuperLink (``flwr stop``, as its owner could) while a round waits on it.
+
+    The SuperLink then answers this process's ServerApp token with 401, which Flower's own retry invoker
+    answers with SIGINT to its process; a SIGINT now is recorded (pytest would be interrupted otherwise)."""
+    import signal
+
+    interrupts = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupts.append(time.monotonic()))
+    try:
+        federation.set_rounds(ROUNDS + 1000)  # it trains on until the SuperLink refuses it
+        federation.start()
+        _wait_for(federation, lambda s: s.status is RunStatus.RUNNING and "Round 3" in s.message, 60)
+        stopped = deployment.flwr("stop", str(federation.remote.flower_run_id), "loopback")
+        final = _wait_for(federation, lambda s: not s.is_live, 90)
+        time.sleep(1.5)  # room for a heartbeat or a roster look after the failure
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return {"flwr_stop": stopped, "final": final, "interrupts": interrupts,
+            "status": deployment.run_status(federation.remote.flower_run_id)}
 
 
 def _context(run) -> str:
@@ -152,15 +177,15 @@ def test_flower_federation_trains_and_reports_like_the_engine(flower_run):
 
 def test_privacy_and_compression_travel_and_the_run_is_recorded(flower_run):
     """Local DP (clipping, noise) and q8 compression on the wire; the federation records rounds and checkpoints."""
-    final, store, run_id = flower_run["final"], flower_run["store"], flower_run["federation"].run_id
+    final = flower_run["final"]
     for result in final.history:
         assert result.epsilon is not None and result.epsilon > 0  # the accountant ran on the server
         assert result.compression_ratio > 3.5  # bytes counted from the payloads Flower carried
     assert flower_run["summary"].status == "finished"
-    history = store.load_history(run_id)
+    history = flower_run["history"]  # as recorded after round 2
     assert [r.round for r in history] == [1, 2]
     assert history[-1].global_accuracy == pytest.approx(final.history[-1].global_accuracy)
-    checkpoint = store.load_checkpoint(run_id)
+    checkpoint = flower_run["checkpoint"]
     assert checkpoint.round == ROUNDS and len(checkpoint.weights) == len(flower_run["federation"].global_weights)
 
 
@@ -208,3 +233,50 @@ def test_the_dashboard_reaches_flower_only_through_the_engine():
                 imported.update((path.name, alias.name.split(".")[0]) for alias in node.names)
     assert [(name, module) for name, module in imported if module == "flower_app"] == []
     assert ("state.py", "engine") in imported
+
+
+def test_a_run_the_superlink_stops_fails_alone_and_this_process_lives_on(flower_run):
+    """A SuperLink that no longer accepts the ServerApp's token ends that run only, with one clear line."""
+    revoked = flower_run["revoked"]
+    assert revoked["flwr_stop"].returncode == 0, revoked["flwr_stop"].stdout + revoked["flwr_stop"].stderr
+    assert revoked["interrupts"] == []  # Flower's invoker would have sent SIGINT here
+    final = revoked["final"]
+    assert final.status is RunStatus.FAILED, final.message
+    assert final.message.startswith("Training failed: the SuperLink no longer accepts this run's ServerApp (HTTP 401)")
+    assert "\n" not in final.message and final.round >= ROUNDS and len(final.history) == final.round
+    store, run_id = flower_run["store"], flower_run["federation"].run_id
+    assert [r.round for r in store.load_history(run_id)] == list(range(1, final.round + 1))  # completed rounds kept
+    assert store.summary(run_id).status == "failed"
+    assert revoked["status"] == "finished:stopped"
+
+
+def test_the_links_retries_raise_on_a_refused_token_and_give_up_on_a_silent_superlink():
+    """flower_app.link_retry: 401/403 raise TaskRevoked at once (no SIGINT), 503 is retried, silence ends."""
+    import httpx
+
+    from flower_app.link_retry import LinkError, TaskRevoked, link_retry_invoker
+
+    request = httpx.Request("POST", "https://127.0.0.1:1/v1/runtime/pull-messages")
+    calls = []
+
+    def answer(*statuses):
+        def call():
+            calls.append(statuses[min(len(calls), len(statuses) - 1)])
+            response = httpx.Response(calls[-1], request=request, text="{}")
+            response.raise_for_status()
+            return "ok"
+        return call
+
+    for status in (401, 403):
+        calls.clear()
+        with pytest.raises(TaskRevoked, match=f"HTTP {status}"):
+            link_retry_invoker("127.0.0.1:1").invoke(answer(status))
+        assert calls == [status]  # refused once: no retry, no signal
+    calls.clear()
+    assert link_retry_invoker("127.0.0.1:1").invoke(answer(503, 200)) == "ok" and calls == [503, 200]
+    calls.clear()
+    with pytest.raises(httpx.HTTPStatusError):  # e.g. 413: HttpGrid handles it itself
+        link_retry_invoker("127.0.0.1:1").invoke(answer(413))
+    with pytest.raises(LinkError, match="did not answer for"):
+        link_retry_invoker("127.0.0.1:1", max_seconds=0.3).invoke(
+            lambda: httpx.post("http://127.0.0.1:1/", timeout=1.0))  # nothing listens on port 1

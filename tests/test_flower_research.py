@@ -89,6 +89,26 @@ def test_flower_accepts_personalisation():
     assert server_settings({"personalize": "ditto", "model": "mlp"}).federation.personalize == "ditto"
 
 
+def test_flower_says_where_personal_models_stay_and_why_they_are_not_in_the_run_store(capsys):
+    """FedPer's heads and Ditto's models stay on the SuperNodes: the CLI and the sidebar say so before a run."""
+    import argparse
+
+    from engine.backends import backend_notes
+    from engine.cli import check_backend
+
+    for mode, words in (("fedper", "FedPer's heads"), ("ditto", "Ditto's personal models")):
+        config = FederationConfig(model="mlp", num_devices=3, personalize=mode)
+        for backend in ("flower", "deployment"):
+            notes = backend_notes(config, backend)
+            assert len(notes) == 1 and words in notes[0] and "resumed Flower run starts them afresh" in notes[0]
+        assert backend_notes(config, "in-process") == []  # in-process the run store keeps them
+        check_backend(config, argparse.Namespace(backend="flower"))
+        printed = capsys.readouterr().err.splitlines()
+        assert len(printed) == 1 and printed[0].startswith("note: On Flower, " + words)
+    for mode in ("none", "finetune"):  # nothing device-side to keep between rounds
+        assert backend_notes(FederationConfig(model="mlp", num_devices=3, personalize=mode), "flower") == []
+
+
 # -- the real ServerApp and ClientApp, in memory -----------------------------------------------------------------
 def in_process(run_config: dict, data_dir: str, fashion, devices: int = NUM_NODES):
     """The in-process engine's run of ``run_config`` on ``devices`` devices (the same seed): its history."""

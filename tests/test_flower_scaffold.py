@@ -153,3 +153,54 @@ def test_a_node_takes_the_stored_control_variate_only_when_it_holds_none_of_its_
     update = node.respond_with_state(instruction, own)  # it holds its own (zero): the stored one is not used
     after = records.to_weights(own.config_records[DEVICE_CONTROL])
     assert all(np.allclose(a, d, atol=1e-6) for a, d in zip(after, update.control_delta))
+
+
+@pytest.fixture
+def server_identity():
+    """Messages built outside a Flower process need a task identity (a ServerApp's node id is 1)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+def test_the_flwr_run_serverapp_scales_the_server_control_by_the_share_of_devices_that_trained(
+        tmp_path, monkeypatch, server_identity, data_dir, fashion):
+    """SCAFFOLD's c moves by |S|/N of the mean c_i change. The ``flwr run`` ServerApp is never told N; it takes
+    the partitions that joined (``known_devices``). Unbound, it used |S| and c moved N/|S| times too far
+    (measured: round 2 accuracy 0.473 vs 0.447 in-process, 5 devices, 2 a round). The real ServerApp and
+    ClientApp, in memory, must match the in-process engine's one-by-one training exactly."""
+    import json
+
+    from flwr.app import Context, RecordDict
+
+    from engine.federation import Federation
+    from flower_app.config import federation_config
+    from flower_app.server_app import known_devices, main
+    from tests.flower_testing import ClientAppGrid
+
+    assert known_devices({}, 2) == 2 and known_devices({0: 10, 4: 11}, 2) == 5
+    devices = 4
+    run_config = {**RUN_CONFIG, "train-samples": 400, "test-samples": 100, "local-epochs": 1, "min-devices": 2,
+                  "fraction": 0.5, "data-dir": data_dir}
+    monkeypatch.setenv("FL_FLOWER_OUTPUT_DIR", str(tmp_path))
+    grid = ClientAppGrid({100 + p: {"partition-id": p, "num-partitions": devices, "data-dir": data_dir}
+                          for p in range(devices)}, run_config)
+    main(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
+                       run_config={**run_config, "results-file": "rounds.jsonl", "weights-file": "weights.npz"}))
+    rounds = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    with np.load(tmp_path / "weights.npz") as saved:
+        flower = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+    config = federation_config(run_config, num_devices=devices, data_dir=data_dir).with_changes(stack_width=1)
+    federation = Federation(config, dataset=fashion)
+    try:
+        history = federation.run_to_end().history
+        engine = federation.global_weights
+    finally:
+        federation.close()
+    assert [len(r["selected"]) for r in rounds] == [2] * ROUNDS  # partial participation: |S|/N = 1/2
+    for flower_round, engine_round in zip(rounds, history):
+        assert flower_round["selected"] == list(engine_round.selected)
+        assert flower_round["global_accuracy"] == pytest.approx(engine_round.global_accuracy, abs=1e-9)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(flower, engine)) < 1e-5

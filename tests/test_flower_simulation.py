@@ -19,7 +19,7 @@ RUN_CONFIG = {"num-server-rounds": 1, "model": "mlp", "train-samples": 400, "tes
 def test_the_app_runs_one_round_under_the_simulation_runtime(tmp_path, data_dir, fashion):
     import ray  # noqa: F401  # flwr[simulation]: fails loudly when the runtime is missing
 
-    from engine.federation import build_devices
+    from engine.setup import build_devices
     from flower_app.config import federation_config
     from flower_app.processes import processes_tagged
     from flower_app.simulation import SimulationDeployment

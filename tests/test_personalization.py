@@ -61,7 +61,7 @@ def test_a_replica_step_applies_dittos_gradient_toward_its_anchor(fashion):
     from devices.trainer import ModelReplica, OptimizerSpec
     from engine.models import ModelRegistry
 
-    from engine.federation import sample_spec
+    from engine.setup import sample_spec
 
     build = lambda: ModelRegistry().build("mlp", fashion.input_shape, 10)  # noqa: E731
     replica = ModelReplica(build, OptimizerSpec("sgd", momentum=0.0), samples=sample_spec(fashion))
@@ -186,7 +186,7 @@ def test_fedpers_head_never_leaves_the_device(runs):
 
     from devices.codec import decode_delta
     from devices.trainer import ModelReplica, OptimizerSpec
-    from engine.federation import sample_spec
+    from engine.setup import sample_spec
     from engine.models import ModelRegistry
 
     federation, _ = runs["fedper"]
@@ -240,7 +240,7 @@ def test_stacked_and_one_by_one_personalisation_agree(runs, fashion):
     from devices.cohort import train_cohort
     from devices.stacked import StackedReplica
     from devices.trainer import ModelReplica, OptimizerSpec
-    from engine.federation import sample_spec
+    from engine.setup import sample_spec
     from engine.models import ModelRegistry
 
     federation, _ = runs["ditto"]

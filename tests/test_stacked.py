@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from devices.cohort import plan_cohorts, stacks_in_use
-from devices.stacked import StackedReplica
+from devices.pool import StackCache, warm_up_order
+from devices.stacked import StackedReplica, narrow_chunks, stacked_batches
 from devices.stacked_layers import NotStackable, forward, stack_plan
 from devices.trainer import ModelReplica, OptimizerSpec, batch_plan, epoch_orders
 from engine.models import ModelRegistry
@@ -157,6 +161,22 @@ def test_plan_cohorts_groups_devices_of_similar_length_within_the_width():
     assert plan_cohorts({}, max_width=16, workers=2) == []
 
 
+def test_plan_cohorts_puts_devices_with_alike_short_batches_together():
+    steps = {d: 2 for d in range(8)}  # 33 to 64 samples at batch 32: two steps each
+    samples = dict(enumerate([33, 64, 40, 60, 35, 62, 38, 58]))
+    assert plan_cohorts(steps, max_width=4, workers=2, samples=samples) == [[1, 3, 5, 7], [0, 2, 4, 6]]
+    assert plan_cohorts(steps, max_width=4, workers=2) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # no samples: by id
+
+
+def test_short_batches_run_at_their_fullest_devices_width_rounded_up():
+    plans = [batch_plan(n, epochs=2, batch_size=32, seed=1) for n in (70, 6, 5)]
+    _, mask = stacked_batches(plans, [0, 70, 76])
+    # per epoch, 70 samples are batches of 32, 32 and 6; 6 and 5 samples one short batch (their 2nd epoch: step 1)
+    assert narrow_chunks(mask, max_steps=25) == [(0, 2, 32), (2, 1, 8), (3, 2, 32), (5, 1, 8)]
+    assert narrow_chunks(mask, max_steps=1)[:2] == [(0, 1, 32), (1, 1, 32)]
+    assert narrow_chunks(mask[:, :, :16], max_steps=25, multiple=16) == [(0, 6, 16)]
+
+
 def test_the_warm_up_builds_only_the_stacks_a_round_runs_at_the_same_time():
     # 10 equal devices in stacks of 4, 3, 3 on two threads: the second stack of 3 follows the first
     assert stacks_in_use([(4, 4 * 188), (3, 3 * 188), (3, 3 * 188)], workers=2) == {4: 1, 3: 1}
@@ -166,6 +186,42 @@ def test_the_warm_up_builds_only_the_stacks_a_round_runs_at_the_same_time():
     assert stacks_in_use([(4, 40), (3, 3), (3, 3)], workers=2) == {4: 1, 3: 1}  # the short ones run one after another
     assert stacks_in_use([(4, 4), (3, 30), (3, 3)], workers=2) == {4: 1, 3: 2}  # the second 3 starts while the first runs
     assert stacks_in_use([], workers=2) == {}
+
+
+def test_the_warm_up_traces_the_width_with_the_most_work_first():
+    # the CLI's 10 devices: the two stacks of 3 are the longest chain, so 3 is traced before 4
+    assert warm_up_order([(4, 4 * 188), (3, 3 * 188), (3, 3 * 188)], workers=2) == [3, 4]
+    assert warm_up_order([(4, 400)] * 25, workers=2) == [4, 4]
+    assert warm_up_order([(3, 30), (3, 30)], workers=2) == [3, 3]  # the dashboard's 6 devices
+    assert warm_up_order([(4, 40), (2, 80)], workers=2) == [2, 4]
+    assert warm_up_order([], workers=2) == []
+
+
+class Payload:
+    """Stands in only for what the cache stores (it reads ``width``), not for the cache under test."""
+
+    def __init__(self, width: int):
+        self.width = width
+
+
+def test_a_worker_waits_for_a_stack_the_warm_up_is_building_instead_of_building_its_own():
+    built = []
+    cache = StackCache(lambda width: built.append(width) or Payload(width))
+    cache.reserve([3, 3])
+    taken = []
+    workers = [threading.Thread(target=lambda: taken.append(cache.take(3))) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.2)
+    assert built == [] and taken == []  # all three wait: two stacks are coming
+    ready = Payload(3)
+    cache.fulfil(3, ready)  # the first trace is done: one worker gets it
+    cache.fulfil(3, None)  # the second will not come: the others build their own
+    for worker in workers:
+        worker.join(timeout=10)
+    assert not any(worker.is_alive() for worker in workers)
+    assert sum(stack is ready for stack in taken) == 1 and built == [3, 3]
+    assert cache.take(4).width == 4 and built == [3, 3, 4]  # nothing reserved: built at once
 
 
 def test_a_stacked_federation_ends_where_the_one_by_one_federation_ends(make_federation):
