@@ -231,19 +231,18 @@ class WorkerPool:
         widths = warm_up_order(cohorts, self.workers)
         cache.reserve(widths)
         queued()
-        for built, width in enumerate(widths):
-            if self._shut_down.is_set():
-                for width_left in widths[built:]:
-                    cache.fulfil(width_left, None)
-                return
-            try:
+        built = 0
+        try:
+            for width in widths:
+                if self._shut_down.is_set():
+                    break
                 stack = cache.make(width)
                 self._one_at_a_time(trace_stack, stack, batch_size, uneven)
-            except BaseException:
-                for width_left in widths[built:]:  # nothing more is coming: a waiting worker builds its own
-                    cache.fulfil(width_left, None)
-                raise
-            cache.fulfil(width, stack)
+                cache.fulfil(width, stack)
+                built += 1
+        finally:
+            for width_left in widths[built:]:  # nothing more is coming: a waiting worker builds its own
+                cache.fulfil(width_left, None)
 
     def _one_at_a_time(self, trace: Callable[..., None], *args) -> None:
         with self._trace_lock:

@@ -78,13 +78,12 @@ class Federation(FederationBackend):
         self._weights: Weights = evaluator.get_weights()
         if transport is None:
             stacks, mode_note = training_mode(evaluator.model, config)
-            self.training_note = " ".join(filter(None, (mode_note, precision_note(self.precision),
-                                                        personalization_note(config))))
+            notes = (mode_note, precision_note(self.precision))
             self._pool: WorkerPool | None = WorkerPool(replicas.device, config.workers,
                                                        replicas.stack if stacks else None)
         else:
-            self.training_note = " ".join(filter(None, (transport.training_note, personalization_note(config))))
-            self._pool = None
+            notes, self._pool = (transport.training_note,), None
+        self.training_note = " ".join(filter(None, (*notes, personalization_note(config))))
         self._control = RunControl()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
