@@ -16,8 +16,11 @@ cover make the model "not stackable": its devices are then trained one by one.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+import numpy as np
 
 import keras
 import tensorflow as tf
@@ -133,6 +136,49 @@ def grouped_kernel(kernel: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, channels, devices * filters])
 
 
+@functools.cache
+def grouped_convolutions_train() -> bool:
+    """Whether this TensorFlow build computes a grouped convolution and its gradients correctly on this CPU.
+
+    With oneDNN (on by default only on CPUs with AVX-512 VNNI/BF16 or AMX) it does; TensorFlow's own
+    kernels, which AVX2-only CPUs get, compute the forward pass but their filter gradient ignores the
+    groups and fails ("filter_size does not have enough elements"). Checked once per process on a tiny
+    example against one convolution per group, eagerly even when first asked while a function is traced.
+    """
+    with tf.init_scope():
+        return _grouped_matches_per_group()
+
+
+def _grouped_matches_per_group() -> bool:
+    """The forward pass and the filter gradient of 2 groups, each against the plain convolution of its group
+    (raw ops, not a gradient tape: tapes are paused inside ``init_scope``)."""
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.normal(size=(2, 5, 5, 4)), tf.float32)  # 2 groups of 2 channels
+    kernel = tf.constant(rng.normal(size=(3, 3, 2, 6)), tf.float32)  # 3 filters per group
+    upstream = tf.constant(rng.normal(size=(2, 5, 5, 6)), tf.float32)
+
+    def filter_gradient(x, k, dy):
+        return tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(k), out_backprop=dy,
+                                               strides=[1, 1, 1, 1], padding="SAME")
+
+    try:
+        grouped = [tf.nn.conv2d(images, kernel, 1, "SAME"), filter_gradient(images, kernel, upstream)]
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        return False
+    groups = zip(tf.split(images, 2, -1), tf.split(kernel, 2, -1), tf.split(upstream, 2, -1))
+    split = [tf.concat(parts, -1) for parts in
+             zip(*[(tf.nn.conv2d(x, k, 1, "SAME"), filter_gradient(x, k, dy)) for x, k, dy in groups])]
+    return all(np.allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4) for a, b in zip(grouped, split))
+
+
+def per_group_conv2d(h: tf.Tensor, kernel: tf.Tensor, groups: int, strides, padding: str) -> tf.Tensor:
+    """The grouped convolution as one plain convolution per group, its outputs side by side: the same
+    result where grouped kernels are missing (:func:`grouped_convolutions_train`)."""
+    inputs = tf.split(h, groups, axis=-1)
+    kernels = tf.split(kernel, groups, axis=-1)
+    return tf.concat([tf.nn.conv2d(x, k, strides, padding) for x, k in zip(inputs, kernels)], axis=-1)
+
+
 def spatial_to_flat(h: tf.Tensor, devices: int) -> tf.Tensor:
     """``[B, H, W, D*C]`` to ``[D, B, H*W*C]``, each device's features in Keras ``Flatten`` order."""
     _, height, width, channels = h.shape
@@ -150,7 +196,11 @@ def forward(ops: Sequence[StackedOp], weights: Sequence[tf.Tensor], images: tf.T
         if isinstance(op, (Conv, Pool)) and device_major:
             h, device_major = tf.transpose(h, [1, 2, 3, 0]), False  # spatial layout, one channel per device
         if isinstance(op, Conv):
-            h = tf.nn.conv2d(h, grouped_kernel(weights[op.kernel]), op.strides, op.padding)
+            kernel = grouped_kernel(weights[op.kernel])
+            if devices == 1 or grouped_convolutions_train():
+                h = tf.nn.conv2d(h, kernel, op.strides, op.padding)
+            else:
+                h = per_group_conv2d(h, kernel, devices, op.strides, op.padding)
             if op.bias is not None:
                 h = h + tf.reshape(weights[op.bias], [-1])
             h = op.activation(h)

@@ -28,4 +28,8 @@ def one_line(error: BaseException) -> str:
         detail = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         text = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith("Graph execution error:"):
+        # TensorFlow's op errors: the call stack of the node first, what went wrong on the last lines
+        reason = [line for line in lines if not line.startswith(("[[", "File ", "Detected at node"))]
+        return f"{type(error).__name__}: {reason[-1]}" if len(reason) > 1 else lines[0]
     return lines[0] if lines else type(error).__name__

@@ -15,6 +15,7 @@ from devices.trainer import ModelReplica
 from engine.aggregation import update_problem
 from engine.composition import Aggregation, build_aggregation
 from engine.config import FederationConfig
+from engine.errors import one_line
 from engine.evaluation import RoundTestSets
 from engine.metrics import RegressionScores, confusion_matrix, regression_scores
 from engine.model_defaults import ModelError
@@ -186,7 +187,7 @@ class RoundRunner:
             self._problem(arrivals, outcome)
             return
         if isinstance(outcome, Exception):
-            self._problem(arrivals, DeviceProblem(device_id, "failed", f"{type(outcome).__name__}: {outcome}"))
+            self._problem(arrivals, DeviceProblem(device_id, "failed", one_line(outcome)))
             return
         problem = reply_problem(outcome, self.transport.declared_samples(device_id))
         if problem is not None:
