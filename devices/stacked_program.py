@@ -6,9 +6,8 @@ that stack only, so every stack and every width traced its own (the CLI's 10
 devices in stacks of 4, 3 and 3 traced twice before round 1 could finish, each
 trace seconds of Python under the GIL). :func:`program_for` keeps one
 :class:`StackProgram` per model structure, optimizer, precision and XLA choice,
-in the whole process. Dense-only models leave the device axis unknown, so one
-trace serves every width; models with convolutions are traced per width
-(:func:`any_width`), still once for all stacks of that width.
+in the whole process. The device axis is unknown when traced, so one trace serves
+every width (dense-only models: ``devices.shared_stack``).
 """
 
 from __future__ import annotations
@@ -16,11 +15,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import tensorflow as tf
 
-from devices.stacked_layers import Conv, StackedOp, compiles_well, forward
+from devices.stacked_layers import StackedOp, compiles_well, forward
 from devices.stacked_optimizer import StackedOptimizer
 from devices.trainer import SampleSpec, sample_losses, with_correction, with_proximal_term
 
@@ -47,7 +46,6 @@ class StackKey:
     optimizer: StackedOptimizer
     compute_dtype: str
     xla: bool
-    width: int | None  # None: any width (dense-only models); convolutions are traced for theirs
 
 
 class StackProgram:
@@ -56,13 +54,13 @@ class StackProgram:
     def __init__(self, key: StackKey):
         self.key = key
         self.xla = key.xla and compiles_well(key.ops)
-        stacked = [tf.TensorSpec([key.width, *shape], tf.float32) for shape in key.shapes]
+        stacked = [tf.TensorSpec([None, *shape], tf.float32) for shape in key.shapes]
         scalar = partial(tf.TensorSpec, [])
         slots = key.optimizer.slots_for(stacked)
         state = StackState(stacked, stacked, stacked, scalar(tf.float32), scalar(tf.int64), scalar(tf.float32), slots)
         images = tf.TensorSpec([None, *key.samples.shape], tf.as_dtype(key.samples.dtype))
         labels = tf.TensorSpec([None], key.samples.target_dtype)
-        chunk = tf.TensorSpec([key.width, None, None], tf.int32)
+        chunk = tf.TensorSpec([None, None, None], tf.int32)
         # no AutoGraph: no Python control flow over tensors, and converting the source took seconds of Python
         self.load = tf.function(
             self._load_impl, input_signature=[[tf.TensorSpec(s, tf.float32) for s in key.shapes], scalar(tf.int32)],
@@ -77,7 +75,7 @@ class StackProgram:
         }
         # the step loop: XLA compiles it once per width and batch size
         self.train_steps = tf.function(self._train_steps_impl, jit_compile=self.xla, autograph=False)
-        pairs = tf.TensorSpec([key.width, None], tf.int32)
+        pairs = tf.TensorSpec([None, None], tf.int32)
         self.evaluate_batch = tf.function(
             self._evaluate_batch_impl,
             input_signature=[images, labels, pairs, tf.TensorSpec(pairs.shape, tf.float32), stacked],
@@ -150,13 +148,6 @@ def only_training(trained, before, training):
 
 _PROGRAMS: dict[StackKey, StackProgram] = {}
 _PROGRAMS_LOCK = threading.Lock()
-
-
-def any_width(ops: Sequence[StackedOp]) -> bool:
-    """Whether one trace serves stacks of every width: not for convolutions, whose first run of each batch
-    shape took seconds more when their channels were unknown at trace time (the grouped convolution's
-    ``D * C`` channels), once per shape in every process; those share one trace per width."""
-    return not any(isinstance(op, Conv) for op in ops)
 
 
 def program_for(key: StackKey) -> StackProgram:

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from devices.cohort import plan_cohorts, stacks_in_use
 from devices.pool import StackCache, trace_stack, warm_up_order
+from devices.shared_stack import SharedStack
 from devices.stacked import StackedReplica, narrow_chunks, stacked_batches
 from devices.stacked_layers import NotStackable, forward, stack_plan
 from devices.stacked_optimizer import StackedOptimizer
@@ -77,7 +78,8 @@ def test_a_stack_trains_each_device_exactly_as_training_it_alone(fashion, model_
         result = alone.train(x, y, epochs=EPOCHS, batch_size=BATCH, seed=seed, proximal_mu=proximal_mu)
         expected.append((alone.get_weights(), result, alone.evaluate(x[:25], y[:25])[:2]))
 
-    stack = StackedReplica(build, optimizer, width=len(samples), xla=model_name == "mlp")  # XLA: dense-only
+    kind = SharedStack if model_name == "mlp" else StackedReplica  # as the federation builds them
+    stack = kind(build, optimizer, width=len(samples), xla=model_name == "mlp")  # XLA: dense-only
     stack.load(received)
     before = stack.evaluate([(x[:25], y[:25]) for x, y in samples])
     stack.reset_optimizer(0.002)
@@ -222,11 +224,11 @@ def test_stacks_of_every_width_share_one_trace(fashion):
         return ModelRegistry().build("mlp", fashion.image_shape, fashion.num_classes)
 
     samples = device_samples(fashion)
-    first = StackedReplica(build, OptimizerSpec("adam"), width=3)
+    first = SharedStack(build, OptimizerSpec("adam"), width=3)
     trace_stack(first, BATCH, uneven=True)  # both training variants, as the warm-up traces them
     traced = [f.experimental_get_tracing_count() for f in first._program.functions()]
     for width in (2, 3, 1):  # another width, another stack of the same width, one device
-        stack = StackedReplica(build, OptimizerSpec("adam"), width=width)
+        stack = SharedStack(build, OptimizerSpec("adam"), width=width)
         assert stack._program is first._program
         stack.load(first.get_weights()[0])
         stack.reset_optimizer(0.01)
@@ -308,7 +310,7 @@ def tracing_counts(federation) -> list[int]:
     """How often each compiled function of the idle stacks and of the server's evaluation has been traced."""
     idle = federation._pool._stack_cache._idle
     stacks = [stack for width in sorted(idle) for stack in idle[width]]
-    functions = [f for s in stacks for f in s._program.functions()]
+    functions = [f for s in stacks for f in s.compiled_functions()]
     return [f.experimental_get_tracing_count() for f in functions + [federation._runner.evaluator._evaluate_batch]]
 
 
