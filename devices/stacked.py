@@ -259,6 +259,21 @@ class StackedReplica:
         per_sample, correct = self._losses(tf.gather(x, index), tf.gather(y, index), mask)
         return tf.reduce_sum(per_sample, axis=1), tf.reduce_sum(correct, axis=1)
 
+    def _set_proximal_mu(self, mu: float) -> None:
+        self._proximal_mu.assign(mu)
+
+    def _run_chunk(self, every_step: bool, x, y, index, mask, count):
+        """One compiled call of training: per-device loss sums, correct and seen counts."""
+        return self._train_chunk[every_step](x, y, index, mask, count)
+
+    def _evaluate_step(self, x, y, index, mask):
+        """One compiled batch of evaluation: per-device loss sums and correct counts."""
+        return self._evaluate_batch(x, y, index, mask)
+
+    def compiled_functions(self) -> list:
+        """Every compiled function of this stack (for counting traces)."""
+        return [self._load, self._evaluate_batch, self._train_steps, *self._train_chunk.values(), self.optimizer._reset]
+
     # -- public API ----------------------------------------------------------------
     def train(
         self,
@@ -275,7 +290,7 @@ class StackedReplica:
         ``corrections[d]`` (SCAFFOLD's ``c - c_i`` of device d, or None) is added to its every gradient.
         """
         started = time.perf_counter()
-        self._proximal_mu.assign(proximal_mu)
+        self._set_proximal_mu(proximal_mu)
         self._load_corrections(corrections or [None] * self.width)
         plans = [batch_plan(len(y), epochs, batch_size, seed) for (_, y), seed in zip(samples, seeds)]
         x, y, offsets = concatenated(samples, self.samples.target_dtype.as_numpy_dtype)
@@ -291,9 +306,8 @@ class StackedReplica:
             # XLA's chunks keep their fixed length (padded steps are gathered, not trained)
             chunk = slice(first, first + (chunk_steps if self._xla else count))
             every_step = min(steps) >= first + count  # no device runs out of steps in this chunk
-            train_chunk = self._train_chunk[every_step]
-            totals += np.array([t.numpy() for t in train_chunk(x_t, y_t, index[:, chunk, :width],
-                                                                mask[:, chunk, :width], count)])
+            totals += np.array([t.numpy() for t in self._run_chunk(every_step, x_t, y_t, index[:, chunk, :width],
+                                                                    mask[:, chunk, :width], count)])
         checkpoint(total_steps)
         seconds = time.perf_counter() - started
         return [
@@ -324,7 +338,7 @@ class StackedReplica:
         index, mask = stacked_batches([in_order(n, columns) for n in counts], offsets)
         totals = np.zeros((2, self.width))
         for step in range(index.shape[1]):
-            totals += np.array([t.numpy() for t in self._evaluate_batch(x_t, y_t, index[:, step], mask[:, step])])
+            totals += np.array([t.numpy() for t in self._evaluate_step(x_t, y_t, index[:, step], mask[:, step])])
         return [
             (loss / n, self._accuracy(correct, n)) if n else (float("nan"), float("nan"))
             for loss, correct, n in zip(*totals, counts)

@@ -190,7 +190,7 @@ def spatial_to_flat(h: tf.Tensor, devices: int) -> tf.Tensor:
 def forward(ops: Sequence[StackedOp], weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:
     """Outputs ``[D, B, classes]`` of each device's model on its own images ``[D, B, H, W]`` (or rows
     ``[D, B, features]``, when the model starts with ``Flatten``)."""
-    devices = images.shape[0]
+    devices = images.shape[0] or tf.shape(images)[0]  # unknown when traced for every stack width (dense-only)
     h, device_major = images, True  # [D, B, H, W] until the first spatial layer or Flatten
     for op in ops:
         if isinstance(op, (Conv, Pool)) and device_major:

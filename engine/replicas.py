@@ -8,10 +8,12 @@ vectorised stacks when the model allows it (``devices.stacked_layers``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import keras
 
+from devices.shared_stack import shares_traces, stacked_replica
 from devices.stacked import StackedReplica
 from devices.stacked_layers import NotStackable, compiles_well, stack_plan
 from devices.trainer import KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, SampleSpec
@@ -37,10 +39,16 @@ class Replicas:
         """A replica for devices trained one by one, in the federation's precision."""
         return ModelReplica(self.build_model, self.optimizer, samples=self.samples, precision=self.precision)
 
+    @cached_property
+    def dense_only(self) -> bool:
+        """Whether the model's stacks share one trace for every width (``devices.shared_stack``)."""
+        with KERAS_RNG_LOCK:
+            return shares_traces(stack_plan(self.build_model()))
+
     def stack(self, width: int) -> StackedReplica:
         """``width`` devices trained as one vectorised computation."""
-        return StackedReplica(self.build_model, self.optimizer, width, xla=self.xla, samples=self.samples,
-                              precision=self.precision)
+        return stacked_replica(self.build_model, self.optimizer, width, self.dense_only, xla=self.xla,
+                               samples=self.samples, precision=self.precision)
 
     def first_server(self, seed: int, model: str, input_shape: tuple) -> ModelReplica:
         """The server's first replica, whose weights are the initial global model: the same for the same

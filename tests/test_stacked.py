@@ -11,9 +11,11 @@ import pytest
 import tensorflow as tf
 
 from devices.cohort import plan_cohorts, stacks_in_use
-from devices.pool import StackCache, warm_up_order
+from devices.pool import StackCache, trace_stack, warm_up_order
+from devices.shared_stack import SharedStack
 from devices.stacked import StackedReplica, narrow_chunks, stacked_batches
 from devices.stacked_layers import NotStackable, forward, stack_plan
+from devices.stacked_optimizer import StackedOptimizer
 from devices.trainer import ModelReplica, OptimizerSpec, batch_plan, epoch_orders
 from engine.models import ModelRegistry
 
@@ -76,7 +78,8 @@ def test_a_stack_trains_each_device_exactly_as_training_it_alone(fashion, model_
         result = alone.train(x, y, epochs=EPOCHS, batch_size=BATCH, seed=seed, proximal_mu=proximal_mu)
         expected.append((alone.get_weights(), result, alone.evaluate(x[:25], y[:25])[:2]))
 
-    stack = StackedReplica(build, optimizer, width=len(samples), xla=model_name == "mlp")  # XLA: dense-only
+    kind = SharedStack if model_name == "mlp" else StackedReplica  # as the federation builds them
+    stack = kind(build, optimizer, width=len(samples), xla=model_name == "mlp")  # XLA: dense-only
     stack.load(received)
     before = stack.evaluate([(x[:25], y[:25]) for x, y in samples])
     stack.reset_optimizer(0.002)
@@ -197,6 +200,43 @@ def test_the_warm_up_traces_the_width_with_the_most_work_first():
     assert warm_up_order([], workers=2) == []
 
 
+@pytest.mark.parametrize("optimizer", [OptimizerSpec("adam"), OptimizerSpec("sgd", momentum=0.9),
+                                       OptimizerSpec("sgd", momentum=0.0)])
+def test_the_stacked_optimizer_steps_exactly_as_the_keras_optimizer(optimizer):
+    rng = np.random.default_rng(0)
+    weight = tf.Variable(rng.normal(size=(3, 5)).astype(np.float32))
+    keras_optimizer = optimizer.build()
+    keras_optimizer.build([weight])
+    keras_optimizer.learning_rate.assign(0.05)
+    stacked = StackedOptimizer.of(optimizer)
+    weights, slots = [tf.constant(weight.numpy())], stacked.fresh_slots([weight])
+    for step in range(4):
+        gradient = tf.constant(rng.normal(size=(3, 5)).astype(np.float32))
+        keras_optimizer.apply_gradients([(gradient, weight)])
+        slots, weights = stacked.apply(tf.constant(step, tf.int64), tf.constant(0.05), slots, [gradient], weights)
+        assert np.array_equal(weights[0].numpy(), weight.numpy())
+    state = [v.numpy() for v in keras_optimizer.variables if v.name not in ("iteration", "learning_rate")]
+    assert all(np.array_equal(a.numpy(), b) for a, b in zip(slots, state)) and len(slots) == len(state)
+
+
+def test_stacks_of_every_width_share_one_trace(fashion):
+    def build():
+        return ModelRegistry().build("mlp", fashion.image_shape, fashion.num_classes)
+
+    samples = device_samples(fashion)
+    first = SharedStack(build, OptimizerSpec("adam"), width=3)
+    trace_stack(first, BATCH, uneven=True)  # both training variants, as the warm-up traces them
+    traced = [f.experimental_get_tracing_count() for f in first._program.functions()]
+    for width in (2, 3, 1):  # another width, another stack of the same width, one device
+        stack = SharedStack(build, OptimizerSpec("adam"), width=width)
+        assert stack._program is first._program
+        stack.load(first.get_weights()[0])
+        stack.reset_optimizer(0.01)
+        stack.train(samples[:width], epochs=1, batch_size=BATCH, seeds=SEEDS[:width])
+        stack.evaluate(samples[:width])
+    assert [f.experimental_get_tracing_count() for f in first._program.functions()] == traced
+
+
 class Payload:
     """Stands in only for what the cache stores (it reads ``width``), not for the cache under test."""
 
@@ -270,8 +310,7 @@ def tracing_counts(federation) -> list[int]:
     """How often each compiled function of the idle stacks and of the server's evaluation has been traced."""
     idle = federation._pool._stack_cache._idle
     stacks = [stack for width in sorted(idle) for stack in idle[width]]
-    functions = [f for s in stacks for f in (s._load, s._evaluate_batch, s._train_steps, *s._train_chunk.values(),
-                                             s.optimizer._reset)]
+    functions = [f for s in stacks for f in s.compiled_functions()]
     return [f.experimental_get_tracing_count() for f in functions + [federation._runner.evaluator._evaluate_batch]]
 
 
