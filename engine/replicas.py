@@ -41,7 +41,11 @@ class Replicas:
 
     @cached_property
     def dense_only(self) -> bool:
-        """Whether the model's stacks share one trace for every width (``devices.shared_stack``)."""
+        """Whether the model's stacks share one trace for every width (``devices.shared_stack``): dense-only
+        classifiers. Regressions keep a trace per stack: with shared traces they did not learn
+        (``tests/test_byod_training.py``'s linear regression), a fault not yet found."""
+        if self.samples.task != "classification":
+            return False
         with KERAS_RNG_LOCK:
             return shares_traces(stack_plan(self.build_model()))
 
