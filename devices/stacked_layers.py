@@ -20,9 +20,8 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
-
 import keras
+import numpy as np
 import tensorflow as tf
 
 ELEMENTWISE_ACTIVATIONS = frozenset(
