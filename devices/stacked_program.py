@@ -114,7 +114,10 @@ class StackProgram:
                 per_sample, correct = self.losses(weights, images[step], labels[step], mask[step])
                 loss_sums = tf.reduce_sum(per_sample, axis=1)
                 loss = tf.reduce_sum(loss_sums / tf.maximum(count, 1.0))
-            gradients = with_correction(tape.gradient(loss, weights), state.corrections)
+            # a gradient's static shape can come out less known than its weight's (a kernel with one input row
+            # and one output: (None, None, 1) for (None, 1, 1)), which the loop would refuse as a changed shape
+            gradients = [tf.ensure_shape(g, w.shape) for g, w in zip(tape.gradient(loss, weights), weights)]
+            gradients = with_correction(gradients, state.corrections)
             gradients = with_proximal_term(gradients, weights, state.anchors, state.proximal_mu)
             slots, trained = optimizer.apply(iterations, state.learning_rate, slots, gradients, weights)
             if not every_step:  # a Python bool: which variant is being traced

@@ -35,6 +35,24 @@ def parent_gone(expected: int) -> bool:
     return os.getppid() != expected
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited. A parent killed a moment ago is a zombie until its
+    own parent reaps it: signal 0 still reaches it, but its children have already been re-parented."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False  # gone meanwhile
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux) or an unexpected line: signal 0 is all there is
+
+
 def end_own_group(grace: float = GRACE_SECONDS) -> None:
     """SIGTERM this process's group (itself alone when it leads none), then SIGKILL after ``grace`` seconds."""
     group = os.getpgid(0)
@@ -61,14 +79,9 @@ def watch_parent(interval: float = INTERVAL_SECONDS, grace: float = GRACE_SECOND
     except ValueError:
         return None
     if expected != os.getppid():
-        try:
-            os.kill(expected, 0)
-        except ProcessLookupError:  # it died before this process got here: end now
+        if not running(expected):  # it died before this process got here: end now
             end_own_group(grace)
-            return None
-        except PermissionError:
-            pass
-        return None  # started some other way (by hand, by a wrapper): nothing to watch
+        return None  # else started some other way (by hand, by a wrapper): nothing to watch
 
     def watch() -> None:
         while not parent_gone(expected):

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from flower_app.loopback import PROJECT_ROOT
+from scripts.parent_watch import running
 from flower_app.processes import processes_tagged
 
 PARENT = """
@@ -56,7 +57,7 @@ def test_launchers_end_when_their_parent_is_killed(tmp_path):
         assert all(_alive(pid) for pid in pids.values())
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 40  # a watchdog's interval and grace, and Flower's imports on a busy machine
         while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
             time.sleep(0.2)
         left = {name: pid for name, pid in pids.items() if _alive(pid)}
@@ -68,3 +69,21 @@ def test_launchers_end_when_their_parent_is_killed(tmp_path):
             parent.wait()
         for pid in processes_tagged(started["tag"]) if started else []:
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_parent_that_is_not_yet_reaped_counts_as_gone():
+    """Between its death and its reaping a parent is a zombie: signal 0 still reaches it, but its children
+    are already someone else's. A launcher that starts in that moment must end, not take it for alive."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert running(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while _alive(child.pid) and time.monotonic() < deadline:  # killed, not reaped: a zombie
+            time.sleep(0.05)
+        os.kill(child.pid, 0)  # still there for signal 0
+        assert not running(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not running(child.pid)

@@ -16,7 +16,7 @@ from devices.shared_stack import SharedStack
 from devices.stacked import StackedReplica, narrow_chunks, stacked_batches
 from devices.stacked_layers import NotStackable, forward, stack_plan
 from devices.stacked_optimizer import StackedOptimizer
-from devices.trainer import ModelReplica, OptimizerSpec, batch_plan, epoch_orders
+from devices.trainer import ModelReplica, OptimizerSpec, SampleSpec, batch_plan, epoch_orders
 from engine.models import ModelRegistry
 
 DEVICE_SIZES = (70, 33, 100)  # unequal: the short device finishes early, last batches are partial
@@ -198,6 +198,35 @@ def test_the_warm_up_traces_the_width_with_the_most_work_first():
     assert warm_up_order([(3, 30), (3, 30)], workers=2) == [3, 3]  # the dashboard's 6 devices
     assert warm_up_order([(4, 40), (2, 80)], workers=2) == [2, 4]
     assert warm_up_order([], workers=2) == []
+
+
+def test_a_stack_of_linear_regressions_of_one_feature_trains_each_device_as_alone():
+    """A kernel of one input and one output: its gradient's static shape once came out (None, None, 1), which
+    the shared stack's step loop refused, so every stacked regression device failed and the federation
+    did not learn."""
+    spec = SampleSpec((1,), "float32", "regression")
+    rng = np.random.default_rng(0)
+    samples = []
+    for size in DEVICE_SIZES:
+        x = rng.normal(size=(size, 1)).astype(np.float32)
+        samples.append((x, (5 * x[:, 0] + 3).astype(np.float32)))
+
+    def build():
+        return ModelRegistry().build("linear", (1,), 1)
+
+    keras.utils.set_random_seed(0)
+    alone = ModelReplica(build, OptimizerSpec("adam"), samples=spec)
+    received = alone.get_weights()
+    stack = SharedStack(build, OptimizerSpec("adam"), width=len(samples), samples=spec)
+    stack.load(received)
+    stack.reset_optimizer(0.05)
+    results = stack.train(samples, EPOCHS, BATCH, SEEDS)
+    for (x, y), seed, weights, result in zip(samples, SEEDS, stack.get_weights(), results):
+        alone.set_weights(received)
+        alone.reset_optimizer(0.05)
+        want = alone.train(x, y, epochs=EPOCHS, batch_size=BATCH, seed=seed)
+        assert_same_training(weights, alone.get_weights(), received)
+        assert result.loss == pytest.approx(want.loss, rel=1e-5)
 
 
 @pytest.mark.parametrize("optimizer", [OptimizerSpec("adam"), OptimizerSpec("sgd", momentum=0.9),
