@@ -78,6 +78,17 @@ class RunOutcome:
     rounds: list[dict] = field(default_factory=list)  # the results-file lines
 
 
+# TensorFlow's thread pools (read when it starts): without them each worker starts one thread per core
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def worker_threads(workers: int, cores: int | None = None) -> int:
+    """TensorFlow threads for each of ``workers`` ClientApp workers that train at the same time on this
+    machine's ``cores``: its share, at least one. Each would otherwise take every core (3 workers on 2 cores:
+    6 busy threads spinning against each other)."""
+    return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
+
+
 class LocalDeployment:
     """Start with ``with LocalDeployment(workdir, 2) as deployment: deployment.run({...})``."""
 
@@ -146,11 +157,20 @@ class LocalDeployment:
             env["FL_DATA_DIR"] = self.data_dir
         return env
 
-    def _start(self, name: str, command: list[str], home: str) -> subprocess.Popen:
+    def worker_env(self, home: str) -> dict[str, str]:
+        """A ClientApp worker's environment: :meth:`env` with TensorFlow limited to the worker's share of this
+        machine's cores (:func:`worker_threads`), unless the user set the limits."""
+        env = self.env(home)
+        threads = str(worker_threads(len(self.node_configs)))
+        for variable in THREAD_VARIABLES:
+            env.setdefault(variable, threads)
+        return env
+
+    def _start(self, name: str, command: list[str], home: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = (self.workdir / f"{name}.log").open("wb")
         self._logs.append(log)
         process = subprocess.Popen(
-            command, cwd=self.workdir, env=self.env(home), stdout=log, stderr=subprocess.STDOUT,
+            command, cwd=self.workdir, env=env or self.env(home), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.processes[name] = process
@@ -240,7 +260,7 @@ class LocalDeployment:
                 sys.executable, str(SCRIPTS / "clientapp_worker.py"), "--insecure",
                 "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--poll-interval", repr(self.poll_seconds),
                 "--superexec-auth-secret-file", str(secret),
-            ], home)
+            ], home, self.worker_env(home))
         return supernode
 
     def _runtime_secret(self, home: str) -> Path:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flower_app.loopback import PROJECT_ROOT
+from flower_app.loopback import PROJECT_ROOT, THREAD_VARIABLES, LocalDeployment, worker_threads
 from flower_app.polling import poll_seconds
 
 
@@ -99,3 +99,15 @@ def test_one_request_asks_for_parts_still_missing_for_all_of_flowers_pulling_thr
     got = inflatable_utils.pull_objects(ids, worker.OneAsksForMissingParts(pull, worker.PULL_SECONDS), **options)
     assert got == {object_id: object_id.encode() for object_id in ids}
     assert len(calls) <= 0.3 / worker.PULL_SECONDS + 2 * len(ids)  # ungated: 6 threads x 15 tries = 90+
+
+
+def test_local_workers_share_the_machines_cores_unless_the_user_set_tensorflows_threads(tmp_path, monkeypatch):
+    assert worker_threads(3, cores=2) == 1 and worker_threads(2, cores=8) == 4 and worker_threads(1, cores=2) == 2
+    for variable in THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    deployment = LocalDeployment(tmp_path, 3, secure=False)
+    env = deployment.worker_env("supernode-0-home")
+    assert all(env[variable] == str(worker_threads(3)) for variable in THREAD_VARIABLES)
+    assert not set(THREAD_VARIABLES) & set(deployment.env("superlink-home"))  # only the workers train
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "7")
+    assert deployment.worker_env("supernode-0-home")["TF_NUM_INTRAOP_THREADS"] == "7"
