@@ -4,9 +4,10 @@ Building a model and tracing its ``tf.function``s costs seconds; a round of
 local training on a small device costs milliseconds. So each worker thread
 owns one replica for single devices, stacked replicas (one per stack width)
 live in a cache shared by all workers (a worker takes an idle one of the
-width it needs and builds one only when none is idle; stacks of a dense-only
-model share their traced functions, ``devices.shared_stack``, so only the first
-stack of a process traces and the others, of any width, cost a model build), and :meth:`WorkerPool.warm_up`
+width it needs and builds one only when none is idle; stacks share their traced
+functions, ``devices.stacked_program``, so only the first stack of a model in a
+process traces, per width for a convolutional model, and the others cost a
+model build), and :meth:`WorkerPool.warm_up`
 builds and traces the models a round will need ahead of it, off the round's
 critical path: one trace at a time, each stack handed to the round as soon as
 its own trace is done.

@@ -13,7 +13,6 @@ the result equals training each device on its own (``tests/test_stacked.py``).
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -22,20 +21,18 @@ import tensorflow as tf
 from devices.messages import Weights
 from devices.optimizer_state import OptimizerState, device_states, stack_states
 from devices.precision import compute_dtype
-from devices.stacked_layers import compiles_well, forward, stack_plan
+from devices.stacked_layers import compiles_well, stack_plan
+from devices.stacked_optimizer import StackedOptimizer
+from devices.stacked_program import StackKey, StackState, program_for
 from devices.trainer import (
     EVAL_BATCH,
     KERAS_RNG_LOCK,
-    LocalOptimizer,
     ModelBuilder,
     OptimizerSpec,
     SampleSpec,
     TrainResult,
     batch_plan,
     batches_per_epoch,
-    sample_losses,
-    with_correction,
-    with_proximal_term,
 )
 
 BATCH_WIDTH_MULTIPLE = 8  # a short batch runs at its real rows rounded up to this
@@ -90,6 +87,12 @@ def in_order(num_samples: int, batch_size: int) -> np.ndarray:
     return plan.reshape(-1, batch_size)
 
 
+def stacked_arrays(per_device: Sequence[Weights]) -> list[tf.Tensor]:
+    """Each device's weights stacked per weight, ``[devices, *shape]``, as float32 tensors."""
+    return [tf.constant(np.stack([np.asarray(weights[i], np.float32) for weights in per_device]))
+            for i in range(len(per_device[0]))]
+
+
 def concatenated(samples: Sequence[Samples], target_dtype=np.int32) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """All devices' samples in one array each, and where each device's samples start."""
     offsets = np.cumsum([0] + [len(y) for _, y in samples[:-1]]).tolist()
@@ -98,7 +101,14 @@ def concatenated(samples: Sequence[Samples], target_dtype=np.int32) -> tuple[np.
 
 
 class StackedReplica:
-    """``width`` devices' copies of one model, trained together; reused across rounds like ``ModelReplica``."""
+    """``width`` devices' copies of one model, trained together; reused across rounds like ``ModelReplica``.
+
+    Its state (weights, FedProx anchors, SCAFFOLD corrections, optimizer slots) is tensors handed to compiled
+    functions that every stack of the same model shares (:mod:`devices.stacked_program`): a new stack of a
+    width already traced traces nothing, in this federation or any other of the process (dashboard sessions).
+    Dense-only models share one trace for every width; convolutional ones one per width, because a grouped
+    convolution over an unknown number of devices ran the dashboard CNN's steady rounds ~4x slower.
+    """
 
     def __init__(
         self, build_model: ModelBuilder, optimizer: OptimizerSpec, width: int, steps_per_call: int = 25,
@@ -109,170 +119,81 @@ class StackedReplica:
         ``bfloat16`` computes in bfloat16 on float32 master weights (mixed precision)."""
         with KERAS_RNG_LOCK:
             template = build_model()
-        self._compute_dtype = compute_dtype(precision)
         self.samples = samples or SampleSpec.for_model(template)
         self.width = width
         self.steps_per_call = steps_per_call
-        self._ops = stack_plan(template)
-        self._variables = [tf.Variable(tf.zeros([width, *w.shape])) for w in template.weights]
-        self._anchors = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
-        self._proximal_mu = tf.Variable(0.0, trainable=False)
-        self._corrections = [tf.Variable(tf.zeros([width, *w.shape]), trainable=False) for w in template.weights]
-        self._corrections_zero = True  # skip re-zeroing them for every stack of a round without SCAFFOLD
-        self.optimizer = LocalOptimizer(optimizer, self._variables)
-        # no AutoGraph: these functions have no Python control flow over tensors, and converting their source
-        # (and what they call) took most of the first trace in a process: ~2-4 s of pure Python before round 1
-        self._load = tf.function(
-            self._load_impl, input_signature=[[tf.TensorSpec(w.shape, tf.float32) for w in template.weights]],
-            autograph=False,
-        )
-        images = tf.TensorSpec([None, *self.samples.shape], tf.as_dtype(self.samples.dtype))
-        labels = tf.TensorSpec([None], self.samples.target_dtype)
-        chunk = tf.TensorSpec([width, None, None], tf.int32)
-        signature = [images, labels, chunk, tf.TensorSpec(chunk.shape, tf.float32), tf.TensorSpec([], tf.int32)]
-        # two variants, each traced when first needed: chunks where every device trains every step (IID data:
-        # all of them) skip the per-step choice between updating all devices and only those still training
-        self._train_chunk = {
-            every: tf.function(partial(self._train_chunk_impl, every_step=every), input_signature=signature,
-                               autograph=False)
-            for every in (True, False)
-        }
-        # the step loop sees only fixed shapes, so XLA compiles it once per width and batch size
-        self._xla = xla and compiles_well(self._ops)
-        self._train_steps = tf.function(self._train_steps_impl, jit_compile=self._xla, autograph=False)
-        self._evaluate_batch = tf.function(
-            self._evaluate_batch_impl,
-            input_signature=[images, labels, tf.TensorSpec([width, None], tf.int32),
-                             tf.TensorSpec([width, None], tf.float32)],
-            autograph=False,
-        )
+        shapes = tuple(tuple(w.shape) for w in template.weights)
+        ops = stack_plan(template)
+        any_width = compiles_well(ops)  # dense-only
+        self._program = program_for(StackKey(ops, shapes, self.samples, StackedOptimizer.of(optimizer),
+                                             compute_dtype(precision).name, xla, None if any_width else width))
+        self._optimizer, self._xla = self._program.key.optimizer, self._program.xla
+        zeros = [tf.zeros([width, *shape]) for shape in shapes]
+        self._zero_corrections, self._fresh_slots = zeros, self._optimizer.fresh_slots(zeros)
+        self._state = StackState(zeros, zeros, zeros, tf.constant(0.0), tf.constant(0, tf.int64),
+                                 tf.constant(0.0), self._fresh_slots)
 
     # -- weights -------------------------------------------------------------
     def load(self, weights: Weights) -> None:
         """Every device starts from ``weights``, which are also FedProx's anchor (one compiled call)."""
-        self._load([np.asarray(value, np.float32) for value in weights])
-
-    def _load_impl(self, weights):
-        for variable, anchor, value in zip(self._variables, self._anchors, weights):
-            stacked = tf.broadcast_to(value, variable.shape)
-            variable.assign(stacked)
-            anchor.assign(stacked)
+        stacked = self._program.load([np.asarray(value, np.float32) for value in weights], self.width)
+        self._state = self._state._replace(weights=stacked, anchors=stacked)
 
     def load_each(self, starts: Sequence[Weights], anchors: Sequence[Weights]) -> None:
         """Device ``d`` starts from ``starts[d]`` (personalisation: its own model), with ``anchors[d]`` as the
         anchor of its proximal term."""
-        for layer, (variable, anchor) in enumerate(zip(self._variables, self._anchors)):
-            variable.assign(np.stack([np.asarray(start[layer], np.float32) for start in starts]))
-            anchor.assign(np.stack([np.asarray(a[layer], np.float32) for a in anchors]))
+        self._state = self._state._replace(weights=stacked_arrays(starts), anchors=stacked_arrays(anchors))
 
     def _load_corrections(self, corrections: Sequence[Weights | None]) -> None:
         """SCAFFOLD's per-device corrections; all None (every other strategy) keeps them at zero."""
-        none = all(c is None for c in corrections)
-        if none and self._corrections_zero:
+        if all(c is None for c in corrections):
+            self._state = self._state._replace(corrections=self._zero_corrections)
             return
-        self._corrections_zero = none
-        for layer, variable in enumerate(self._corrections):
-            variable.assign(np.stack([
-                np.zeros(variable.shape[1:], np.float32) if c is None else np.asarray(c[layer], np.float32)
-                for c in corrections
-            ]))
+        per_device = [[np.zeros(z.shape[1:], np.float32) for z in self._zero_corrections] if c is None else c
+                      for c in corrections]
+        self._state = self._state._replace(corrections=stacked_arrays(per_device))
 
     @property
-    def variables(self) -> list[tf.Variable]:
+    def variables(self) -> list[tf.Tensor]:
         """The stacked weights, ``[width, *shape]`` each, in ``model.weights`` order."""
-        return self._variables
+        return self._state.weights
 
     def get_weights(self) -> list[Weights]:
         """Each device's weights, in ``model.weights`` order."""
-        arrays = [v.numpy() for v in self._variables]
+        arrays = [w.numpy() for w in self._state.weights]
         return [[array[d] for array in arrays] for d in range(self.width)]
 
     def reset_optimizer(self, learning_rate: float, states: Sequence[OptimizerState | None] | None = None) -> None:
         """Fresh optimizers, or each device's kept state (``states[d]``, None: fresh) in its slot."""
-        if states is None:
-            self.optimizer.reset(learning_rate)
-            return
-        fresh = self.optimizer.fresh_state
-        one_device = [fresh[0]] + [slot[0] for slot in fresh[1:]]
-        self.optimizer.reset(learning_rate, stack_states(states, one_device, self.optimizer.slot_betas))
+        iterations, slots = tf.constant(0, tf.int64), self._fresh_slots
+        if states is not None:
+            one_device = [np.zeros((), np.int64)] + [np.zeros(s.shape[1:], np.float32) for s in self._fresh_slots]
+            stacked = stack_states(states, one_device, self._optimizer.slot_betas(len(self._zero_corrections)))
+            if int(stacked[0]) > 0:
+                iterations = tf.constant(stacked[0], tf.int64)
+                slots = [tf.constant(slot, tf.float32) for slot in stacked[1:]]
+        self._state = self._state._replace(iterations=iterations, slots=slots,
+                                           learning_rate=tf.constant(learning_rate, tf.float32))
 
     def optimizer_states(self) -> list[OptimizerState]:
         """Each device's optimizer state after training (the stack's step count, its own slots)."""
-        return device_states(self.optimizer.state(), self.width)
-
-    # -- compiled steps --------------------------------------------------------
-    def _losses(self, images, labels, mask):
-        """Per-sample loss ``[D, B]`` (masked) and score (correct, or absolute error) of each device's batch."""
-        dtype = self._compute_dtype
-        weights = self._variables if dtype == tf.float32 else [tf.cast(v, dtype) for v in self._variables]
-        inputs = tf.cast(self.samples.scaled(images), dtype)
-        outputs = tf.cast(forward(self._ops, weights, inputs), tf.float32)  # the loss is float32 in any precision
-        per_sample, score = sample_losses(self.samples.task, outputs, labels)
-        return per_sample * mask, score * mask
-
-    def _train_chunk_impl(self, x, y, index, mask, num_steps, every_step):
-        index, mask = tf.transpose(index, [1, 0, 2]), tf.transpose(mask, [1, 0, 2])  # step-major: contiguous steps
-        return self._train_steps(tf.gather(x, index), tf.gather(y, index), mask, num_steps, every_step)
-
-    def _train_steps_impl(self, images, labels, mask, num_steps, every_step):
-        """``num_steps`` steps on ``images`` ``[steps, D, B, H, W]``; per-device loss sums, correct and seen counts."""
-        variables = self._variables
-
-        def step_body(step, loss_total, correct_total, seen):
-            count = tf.reduce_sum(mask[step], axis=1)
-            with tf.GradientTape() as tape:
-                per_sample, correct = self._losses(images[step], labels[step], mask[step])
-                loss_sums = tf.reduce_sum(per_sample, axis=1)
-                loss = tf.reduce_sum(loss_sums / tf.maximum(count, 1.0))
-            gradients = with_correction(tape.gradient(loss, variables), self._corrections)
-            gradients = with_proximal_term(gradients, variables, self._anchors, self._proximal_mu)
-            if every_step:  # a Python bool: which variant is being traced
-                self.optimizer.apply(gradients, variables)
-            else:
-                self._apply(gradients, training=count > 0)
-            return step + 1, loss_total + loss_sums, correct_total + tf.reduce_sum(correct, axis=1), seen + count
-
-        zeros = tf.zeros([self.width])
-        _, loss_total, correct_total, seen = tf.while_loop(
-            lambda step, *totals: step < num_steps, step_body, [tf.constant(0), zeros, zeros, zeros])
-        return loss_total, correct_total, seen
-
-    def _apply(self, gradients, training):
-        """Apply the step; devices whose local steps are all done keep their weights."""
-
-        def apply_to_all():
-            self.optimizer.apply(gradients, self._variables)
-            return tf.constant(True)
-
-        def apply_to_training():
-            before = [tf.identity(v) for v in self._variables]
-            self.optimizer.apply(gradients, self._variables)
-            for variable, old in zip(self._variables, before):
-                keep = tf.reshape(training, [self.width] + [1] * (variable.shape.rank - 1))
-                variable.assign(tf.where(keep, variable, old))
-            return tf.constant(True)
-
-        # an explicit cond: AutoGraph does not always convert methods called from the compiled loop
-        tf.cond(tf.reduce_all(training), apply_to_all, apply_to_training)
-
-    def _evaluate_batch_impl(self, x, y, index, mask):
-        per_sample, correct = self._losses(tf.gather(x, index), tf.gather(y, index), mask)
-        return tf.reduce_sum(per_sample, axis=1), tf.reduce_sum(correct, axis=1)
-
-    def _set_proximal_mu(self, mu: float) -> None:
-        self._proximal_mu.assign(mu)
+        state = [self._state.iterations.numpy()] + [s.numpy() for s in self._state.slots]
+        return device_states(state, self.width)
 
     def _run_chunk(self, every_step: bool, x, y, index, mask, count):
-        """One compiled call of training: per-device loss sums, correct and seen counts."""
-        return self._train_chunk[every_step](x, y, index, mask, count)
+        weights, slots, iterations, *counts = self._program.train_chunk[every_step](x, y, index, mask, count,
+                                                                                  self._state)
+        self._state = self._state._replace(weights=weights, slots=slots, iterations=iterations)
+        return counts
 
     def _evaluate_step(self, x, y, index, mask):
-        """One compiled batch of evaluation: per-device loss sums and correct counts."""
-        return self._evaluate_batch(x, y, index, mask)
+        return self._program.evaluate_batch(x, y, index, mask, self._state.weights)
 
     def compiled_functions(self) -> list:
-        """Every compiled function of this stack (for counting traces)."""
-        return [self._load, self._evaluate_batch, self._train_steps, *self._train_chunk.values(), self.optimizer._reset]
+        return self._program.functions()
+
+    def _set_proximal_mu(self, mu: float) -> None:
+        self._state = self._state._replace(proximal_mu=tf.constant(mu, tf.float32))
 
     # -- public API ----------------------------------------------------------------
     def train(

@@ -1,13 +1,16 @@
-"""The compiled functions of stacked training, traced once per model and shared by stacks of every width.
+"""The compiled functions of stacked training, traced once per model and shared by every stack of it.
 
 A stack's weights, FedProx anchors, SCAFFOLD corrections and optimizer state
-are passed in and returned as tensors, not captured as variables: a graph that captured one stack's variables served
-that stack only, so every stack and every width traced its own (the CLI's 10
-devices in stacks of 4, 3 and 3 traced twice before round 1 could finish, each
-trace seconds of Python under the GIL). :func:`program_for` keeps one
-:class:`StackProgram` per model structure, optimizer, precision and XLA choice,
-in the whole process. The device axis is unknown when traced, so one trace serves
-every width (dense-only models: ``devices.shared_stack``).
+are passed in and returned as tensors, not captured as variables: a graph that
+captured one stack's variables served that stack only, so every stack and every
+width traced its own (the CLI's 10 devices in stacks of 4, 3 and 3 traced twice
+before round 1 could finish, each trace seconds of Python under the GIL).
+:func:`program_for` keeps one :class:`StackProgram` per model structure,
+optimizer, precision and XLA choice, in the whole process, so a second
+federation of the same model (another dashboard session) traces nothing. For
+dense-only models the device axis is unknown when traced, so one trace serves
+every width; a convolutional model's program is per width (``StackKey.width``):
+its grouped convolutions over an unknown number of devices ran ~4x slower.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class StackKey:
     optimizer: StackedOptimizer
     compute_dtype: str
     xla: bool
+    width: int | None = None  # None: traced once for every width (dense-only models); else stacks of this width
 
 
 class StackProgram:
@@ -54,13 +58,13 @@ class StackProgram:
     def __init__(self, key: StackKey):
         self.key = key
         self.xla = key.xla and compiles_well(key.ops)
-        stacked = [tf.TensorSpec([None, *shape], tf.float32) for shape in key.shapes]
+        stacked = [tf.TensorSpec([key.width, *shape], tf.float32) for shape in key.shapes]
         scalar = partial(tf.TensorSpec, [])
         slots = key.optimizer.slots_for(stacked)
         state = StackState(stacked, stacked, stacked, scalar(tf.float32), scalar(tf.int64), scalar(tf.float32), slots)
         images = tf.TensorSpec([None, *key.samples.shape], tf.as_dtype(key.samples.dtype))
         labels = tf.TensorSpec([None], key.samples.target_dtype)
-        chunk = tf.TensorSpec([None, None, None], tf.int32)
+        chunk = tf.TensorSpec([key.width, None, None], tf.int32)
         # no AutoGraph: no Python control flow over tensors, and converting the source took seconds of Python
         self.load = tf.function(
             self._load_impl, input_signature=[[tf.TensorSpec(s, tf.float32) for s in key.shapes], scalar(tf.int32)],
@@ -75,7 +79,7 @@ class StackProgram:
         }
         # the step loop: XLA compiles it once per width and batch size
         self.train_steps = tf.function(self._train_steps_impl, jit_compile=self.xla, autograph=False)
-        pairs = tf.TensorSpec([None, None], tf.int32)
+        pairs = tf.TensorSpec([key.width, None], tf.int32)
         self.evaluate_batch = tf.function(
             self._evaluate_batch_impl,
             input_signature=[images, labels, pairs, tf.TensorSpec(pairs.shape, tf.float32), stacked],

@@ -77,12 +77,10 @@ class Federation(FederationBackend):
         self._predictor_version = -1
         self._weights: Weights = evaluator.get_weights()
         if transport is None:
-            stack_ops, mode_note = training_mode(evaluator.model, config)
+            stacks, mode_note = training_mode(evaluator.model, config)
             notes = (mode_note, precision_note(self.precision))
-            if stack_ops is not None:
-                replicas = replicas.for_stacks_of(stack_ops)
             self._pool: WorkerPool | None = WorkerPool(replicas.device, config.workers,
-                                                       replicas.stack if stack_ops is not None else None)
+                                                       replicas.stack if stacks else None)
         else:
             notes, self._pool = (transport.training_note,), None
         self.training_note = " ".join(filter(None, (*notes, personalization_note(config))))

@@ -7,14 +7,13 @@ vectorised stacks when the model allows it (``devices.stacked_layers``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import keras
 
-from devices.shared_stack import shares_traces, stacked_replica
 from devices.stacked import StackedReplica
-from devices.stacked_layers import NotStackable, StackedOp, compiles_well, stack_plan
+from devices.stacked_layers import NotStackable, compiles_well, stack_plan
 from devices.trainer import KERAS_RNG_LOCK, ModelReplica, OptimizerSpec, SampleSpec
 from engine.config import FederationConfig
 from engine.model_defaults import ModelError
@@ -29,7 +28,6 @@ class Replicas:
     samples: SampleSpec
     precision: str
     xla: bool
-    dense_only: bool = False  # stacks share one trace for every width (``devices.shared_stack``)
 
     def server(self) -> ModelReplica:
         """A float32 replica: the server evaluates and predicts in full precision."""
@@ -39,14 +37,10 @@ class Replicas:
         """A replica for devices trained one by one, in the federation's precision."""
         return ModelReplica(self.build_model, self.optimizer, samples=self.samples, precision=self.precision)
 
-    def for_stacks_of(self, ops: tuple[StackedOp, ...]) -> "Replicas":
-        """These replicas, with stacks that share their traces when the model's stack plan ``ops`` allows it."""
-        return replace(self, dense_only=shares_traces(ops))
-
     def stack(self, width: int) -> StackedReplica:
         """``width`` devices trained as one vectorised computation."""
-        return stacked_replica(self.build_model, self.optimizer, width, self.dense_only, xla=self.xla,
-                               samples=self.samples, precision=self.precision)
+        return StackedReplica(self.build_model, self.optimizer, width, xla=self.xla, samples=self.samples,
+                              precision=self.precision)
 
     def first_server(self, seed: int, model: str, input_shape: tuple) -> ModelReplica:
         """The server's first replica, whose weights are the initial global model: the same for the same
@@ -61,15 +55,14 @@ class Replicas:
                                  f"{str(error).splitlines()[0]}") from None
 
 
-def training_mode(model: keras.Model, config: FederationConfig) -> tuple[tuple[StackedOp, ...] | None, str]:
-    """How a round's devices train: the stack plan of ``model`` when they train as stacks (None: one by one),
-    and a one-line note saying how and why."""
+def training_mode(model: keras.Model, config: FederationConfig) -> tuple[bool, str]:
+    """Whether a round's devices train as stacks, and a one-line note saying how and why."""
     threads = f"on {config.workers} worker thread{'s' * (config.workers > 1)}"
     if config.stack_width == 1:
-        return None, f"Devices train one by one {threads}."
+        return False, f"Devices train one by one {threads}."
     try:
         ops = stack_plan(model)
     except NotStackable as reason:
-        return None, f"Devices train one by one {threads} ({reason})."
+        return False, f"Devices train one by one {threads} ({reason})."
     compiled = ", compiled with XLA" if config.xla and compiles_well(ops) else ""
-    return ops, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."
+    return True, f"Devices train vectorised, up to {config.stack_width} per stack{compiled}, {threads}."

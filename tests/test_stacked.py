@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from devices.cohort import plan_cohorts, stacks_in_use
 from devices.pool import StackCache, trace_stack, warm_up_order
-from devices.shared_stack import SharedStack
 from devices.stacked import StackedReplica, narrow_chunks, stacked_batches
 from devices.stacked_layers import NotStackable, forward, stack_plan
 from devices.stacked_optimizer import StackedOptimizer
@@ -78,8 +77,7 @@ def test_a_stack_trains_each_device_exactly_as_training_it_alone(fashion, model_
         result = alone.train(x, y, epochs=EPOCHS, batch_size=BATCH, seed=seed, proximal_mu=proximal_mu)
         expected.append((alone.get_weights(), result, alone.evaluate(x[:25], y[:25])[:2]))
 
-    kind = SharedStack if model_name == "mlp" else StackedReplica  # as the federation builds them
-    stack = kind(build, optimizer, width=len(samples), xla=model_name == "mlp")  # XLA: dense-only
+    stack = StackedReplica(build, optimizer, width=len(samples), xla=model_name == "mlp")  # XLA: dense-only
     stack.load(received)
     before = stack.evaluate([(x[:25], y[:25]) for x, y in samples])
     stack.reset_optimizer(0.002)
@@ -217,7 +215,7 @@ def test_a_stack_of_linear_regressions_of_one_feature_trains_each_device_as_alon
     keras.utils.set_random_seed(0)
     alone = ModelReplica(build, OptimizerSpec("adam"), samples=spec)
     received = alone.get_weights()
-    stack = SharedStack(build, OptimizerSpec("adam"), width=len(samples), samples=spec)
+    stack = StackedReplica(build, OptimizerSpec("adam"), width=len(samples), samples=spec)
     stack.load(received)
     stack.reset_optimizer(0.05)
     results = stack.train(samples, EPOCHS, BATCH, SEEDS)
@@ -253,17 +251,37 @@ def test_stacks_of_every_width_share_one_trace(fashion):
         return ModelRegistry().build("mlp", fashion.image_shape, fashion.num_classes)
 
     samples = device_samples(fashion)
-    first = SharedStack(build, OptimizerSpec("adam"), width=3)
+    first = StackedReplica(build, OptimizerSpec("adam"), width=3)
     trace_stack(first, BATCH, uneven=True)  # both training variants, as the warm-up traces them
     traced = [f.experimental_get_tracing_count() for f in first._program.functions()]
     for width in (2, 3, 1):  # another width, another stack of the same width, one device
-        stack = SharedStack(build, OptimizerSpec("adam"), width=width)
+        stack = StackedReplica(build, OptimizerSpec("adam"), width=width)
         assert stack._program is first._program
         stack.load(first.get_weights()[0])
         stack.reset_optimizer(0.01)
         stack.train(samples[:width], epochs=1, batch_size=BATCH, seeds=SEEDS[:width])
         stack.evaluate(samples[:width])
     assert [f.experimental_get_tracing_count() for f in first._program.functions()] == traced
+
+
+def test_convolutional_stacks_share_one_trace_per_width(fashion):
+    """A grouped convolution needs its number of devices when traced, so a convolutional model's stacks share
+    a trace per width: another stack of that width, in this federation or the next, traces nothing."""
+    def build():
+        return ModelRegistry().build("cnn", fashion.image_shape, fashion.num_classes)
+
+    samples = device_samples(fashion)[:2]
+    first = StackedReplica(build, OptimizerSpec("adam"), width=2)
+    trace_stack(first, BATCH, uneven=True)
+    traced = [f.experimental_get_tracing_count() for f in first._program.functions()]
+    again = StackedReplica(build, OptimizerSpec("adam"), width=2)
+    assert again._program is first._program
+    again.load(first.get_weights()[0])
+    again.reset_optimizer(0.01)
+    again.train(samples, epochs=1, batch_size=BATCH, seeds=SEEDS[:2])
+    again.evaluate(samples)
+    assert [f.experimental_get_tracing_count() for f in first._program.functions()] == traced
+    assert StackedReplica(build, OptimizerSpec("adam"), width=3)._program is not first._program
 
 
 class Payload:
