@@ -181,15 +181,18 @@ class StackedReplica:
         return device_states(state, self.width)
 
     def _run_chunk(self, every_step: bool, x, y, index, mask, count):
+        """One compiled call of training (the state moves on): per-device loss sums, correct and seen counts."""
         weights, slots, iterations, *counts = self._program.train_chunk[every_step](x, y, index, mask, count,
                                                                                   self._state)
         self._state = self._state._replace(weights=weights, slots=slots, iterations=iterations)
         return counts
 
     def _evaluate_step(self, x, y, index, mask):
+        """One compiled batch of evaluation: per-device loss sums and correct counts."""
         return self._program.evaluate_batch(x, y, index, mask, self._state.weights)
 
     def compiled_functions(self) -> list:
+        """The compiled functions this stack runs, shared with its model's other stacks (for counting traces)."""
         return self._program.functions()
 
     def _set_proximal_mu(self, mu: float) -> None:
