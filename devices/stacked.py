@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -113,12 +114,15 @@ class StackedReplica:
     def __init__(
         self, build_model: ModelBuilder, optimizer: OptimizerSpec, width: int, steps_per_call: int = 25,
         xla: bool = False, samples: SampleSpec | None = None, precision: str = "float32",
+        template: keras.Model | None = None,
     ):
         """``xla`` compiles the step loop with XLA where that helps (dense-only models): faster rounds
         after a compile of a few seconds per width. ``samples`` as for ``ModelReplica``. ``precision``
-        ``bfloat16`` computes in bfloat16 on float32 master weights (mixed precision)."""
-        with KERAS_RNG_LOCK:
-            template = build_model()
+        ``bfloat16`` computes in bfloat16 on float32 master weights (mixed precision). ``template``: a model
+        ``build_model`` built before, read for its layers and weight shapes only (saves building one)."""
+        if template is None:
+            with KERAS_RNG_LOCK:
+                template = build_model()
         self.samples = samples or SampleSpec.for_model(template)
         self.width = width
         self.steps_per_call = steps_per_call

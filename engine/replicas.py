@@ -28,6 +28,7 @@ class Replicas:
     samples: SampleSpec
     precision: str
     xla: bool
+    template: keras.Model | None = None  # a built model whose layers and shapes stacks read (the server's)
 
     def server(self) -> ModelReplica:
         """A float32 replica: the server evaluates and predicts in full precision."""
@@ -40,7 +41,7 @@ class Replicas:
     def stack(self, width: int) -> StackedReplica:
         """``width`` devices trained as one vectorised computation."""
         return StackedReplica(self.build_model, self.optimizer, width, xla=self.xla, samples=self.samples,
-                              precision=self.precision)
+                              precision=self.precision, template=self.template)
 
     def first_server(self, seed: int, model: str, input_shape: tuple) -> ModelReplica:
         """The server's first replica, whose weights are the initial global model: the same for the same
