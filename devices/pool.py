@@ -6,8 +6,8 @@ owns one replica for single devices, stacked replicas (one per stack width)
 live in a cache shared by all workers (a worker takes an idle one of the
 width it needs and builds one only when none is idle; stacks share their traced
 functions, ``devices.stacked_program``, so only the first stack of a model in a
-process traces, per width for a convolutional model, and the others cost a
-model build), and :meth:`WorkerPool.warm_up`
+process traces, per width for a convolutional model, and the others only
+set up their state), and :meth:`WorkerPool.warm_up`
 builds and traces the models a round will need ahead of it, off the round's
 critical path: one trace at a time, each stack handed to the round as soon as
 its own trace is done.

@@ -79,9 +79,9 @@ class Federation(FederationBackend):
         if transport is None:
             stacks, mode_note = training_mode(evaluator.model, config)
             notes = (mode_note, precision_note(self.precision))
-            stacked = replace(replicas, template=evaluator.model)  # stacks read its layers: no model build each
+            replicas = replace(replicas, template=evaluator.model)  # stacks read its layers: no model build each
             self._pool: WorkerPool | None = WorkerPool(replicas.device, config.workers,
-                                                       stacked.stack if stacks else None)
+                                                       replicas.stack if stacks else None)
         else:
             notes, self._pool = (transport.training_note,), None
         self.training_note = " ".join(filter(None, (*notes, personalization_note(config))))

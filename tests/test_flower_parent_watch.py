@@ -20,8 +20,8 @@ import time
 import pytest
 
 from flower_app.loopback import PROJECT_ROOT
-from scripts.parent_watch import running
 from flower_app.processes import processes_tagged
+from scripts.parent_watch import running
 
 PARENT = """
 import json, sys, time
