@@ -185,9 +185,9 @@ class StackedReplica:
         return device_states(state, self.width)
 
     def _run_chunk(self, every_step: bool, x, y, index, mask, count):
-        """One compiled call of training (the state moves on): per-device loss sums, correct and seen counts."""
-        weights, slots, iterations, *counts = self._program.train_chunk[every_step](x, y, index, mask, count,
-                                                                                  self._state)
+        """One chunk of training (the state moves on): per-device loss sums, correct and seen counts."""
+        weights, slots, iterations, *counts = self._program.run_chunk(every_step, x, y, index, mask, count,
+                                                                      self._state)
         self._state = self._state._replace(weights=weights, slots=slots, iterations=iterations)
         return counts
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from devices.stacked_layers import StackedOp, compiles_well, forward
+from devices.stacked_layers import Conv, Pool, StackedOp, compiles_well, forward
 from devices.stacked_optimizer import StackedOptimizer
 from devices.trainer import SampleSpec, sample_losses, with_correction, with_proximal_term
 
@@ -80,6 +80,13 @@ class StackProgram:
         # the step loop: XLA compiles it once per width and batch size
         self.train_steps = tf.function(self._train_steps_impl, jit_compile=self.xla, autograph=False)
         pairs = tf.TensorSpec([key.width, None], tf.int32)
+        self.step_by_step = not self.xla and has_max_pooling(key.ops)
+        step_signature = [images, labels, pairs, tf.TensorSpec(pairs.shape, tf.float32), state]
+        self.train_one = {
+            every: tf.function(partial(self._train_one_impl, every_step=every), input_signature=step_signature,
+                               autograph=False)
+            for every in (True, False)
+        }
         self.evaluate_batch = tf.function(
             self._evaluate_batch_impl,
             input_signature=[images, labels, pairs, tf.TensorSpec(pairs.shape, tf.float32), stacked],
@@ -87,7 +94,25 @@ class StackProgram:
 
     def functions(self) -> list:
         """Every compiled function (for counting traces)."""
-        return [self.load, self.train_steps, self.evaluate_batch, *self.train_chunk.values()]
+        return [self.load, self.train_steps, self.evaluate_batch, *self.train_chunk.values(),
+                *self.train_one.values()]
+
+    def run_chunk(self, every_step: bool, x, y, index, mask, num_steps: int, state: StackState):
+        """``num_steps`` steps of the stack on the samples ``index`` ``[D, steps, B]`` picks from ``x``: the new
+        weights, slots and step count, and per-device loss sums, correct and seen counts.
+
+        One compiled loop, or one compiled call per step where a loop would cost more than the calls
+        (:attr:`step_by_step`).
+        """
+        if not self.step_by_step:
+            return self.train_chunk[every_step](x, y, index, mask, num_steps, state)
+        weights, slots, iterations, counts = state.weights, state.slots, state.iterations, []
+        for step in range(num_steps):
+            weights, slots, iterations, *step_counts = self.train_one[every_step](
+                x, y, index[:, step], mask[:, step], state._replace(weights=weights, slots=slots,
+                                                                    iterations=iterations))
+            counts.append(step_counts)
+        return weights, slots, iterations, *(tf.add_n(list(parts)) for parts in zip(*counts))
 
     @staticmethod
     def _load_impl(weights, width):
@@ -109,25 +134,12 @@ class StackProgram:
     def _train_steps_impl(self, images, labels, mask, num_steps, state, every_step):
         """``num_steps`` steps on ``images`` ``[steps, D, B, H, W]``: the new weights, slots and step count, and
         per-device loss sums, correct and seen counts."""
-        optimizer = self.key.optimizer
 
         def step_body(step, weights, slots, iterations, loss_total, correct_total, seen):
-            count = tf.reduce_sum(mask[step], axis=1)
-            with tf.GradientTape() as tape:
-                tape.watch(weights)
-                per_sample, correct = self.losses(weights, images[step], labels[step], mask[step])
-                loss_sums = tf.reduce_sum(per_sample, axis=1)
-                loss = tf.reduce_sum(loss_sums / tf.maximum(count, 1.0))
-            # a gradient's static shape can come out less known than its weight's (a kernel with one input row
-            # and one output: (None, None, 1) for (None, 1, 1)), which the loop would refuse as a changed shape
-            gradients = [tf.ensure_shape(g, w.shape) for g, w in zip(tape.gradient(loss, weights), weights)]
-            gradients = with_correction(gradients, state.corrections)
-            gradients = with_proximal_term(gradients, weights, state.anchors, state.proximal_mu)
-            slots, trained = optimizer.apply(iterations, state.learning_rate, slots, gradients, weights)
-            if not every_step:  # a Python bool: which variant is being traced
-                trained = only_training(trained, weights, count > 0)
-            return (step + 1, trained, slots, iterations + 1, loss_total + loss_sums,
-                    correct_total + tf.reduce_sum(correct, axis=1), seen + count)
+            stepped = self._step(images[step], labels[step], mask[step], state, weights, slots, iterations,
+                                 every_step)
+            return (step + 1, *stepped[:3], *(total + part for total, part in
+                                              zip((loss_total, correct_total, seen), stepped[3:])))
 
         zeros = tf.zeros(tf.shape(mask)[1:2])
         _, weights, slots, iterations, loss_total, correct_total, seen = tf.while_loop(
@@ -135,9 +147,46 @@ class StackProgram:
             [tf.constant(0), list(state.weights), list(state.slots), state.iterations, zeros, zeros, zeros])
         return weights, slots, iterations, loss_total, correct_total, seen
 
+    def _train_one_impl(self, x, y, index, mask, state, every_step):
+        """One step on the samples ``index`` ``[D, B]`` picks, outside any loop (see :attr:`step_by_step`)."""
+        return self._step(tf.gather(x, index), tf.gather(y, index), mask, state, list(state.weights),
+                          list(state.slots), state.iterations, every_step)
+
+    def _step(self, images, labels, mask, state, weights, slots, iterations, every_step):
+        """One optimizer step of every device: new weights, slots, step count, and per-device loss sums,
+        correct and seen counts of the batch."""
+        count = tf.reduce_sum(mask, axis=1)
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            per_sample, correct = self.losses(weights, images, labels, mask)
+            loss_sums = tf.reduce_sum(per_sample, axis=1)
+            loss = tf.reduce_sum(loss_sums / tf.maximum(count, 1.0))
+        # a gradient's static shape can come out less known than its weight's (a kernel with one input row
+        # and one output: (None, None, 1) for (None, 1, 1)), which the loop would refuse as a changed shape
+        gradients = [tf.ensure_shape(g, w.shape) for g, w in zip(tape.gradient(loss, weights), weights)]
+        gradients = with_correction(gradients, state.corrections)
+        gradients = with_proximal_term(gradients, weights, state.anchors, state.proximal_mu)
+        slots, trained = self.key.optimizer.apply(iterations, state.learning_rate, slots, gradients, weights)
+        if not every_step:  # a Python bool: which variant is being traced
+            trained = only_training(trained, weights, count > 0)
+        return trained, slots, iterations + 1, loss_sums, tf.reduce_sum(correct, axis=1), count
+
     def _evaluate_batch_impl(self, x, y, index, mask, weights):
         per_sample, correct = self.losses(weights, tf.gather(x, index), tf.gather(y, index), mask)
         return tf.reduce_sum(per_sample, axis=1), tf.reduce_sum(correct, axis=1)
+
+
+def has_max_pooling(ops) -> bool:
+    """Whether a stack of ``ops`` trains step by step, each step a compiled call, instead of in a compiled loop.
+
+    Inside a loop, oneDNN's graph rewrite meets the loop's cycle and visits its nodes in an order that changes
+    from one process to the next; when it reaches a max pooling's gradient before the pooling, the gradient
+    stays on TensorFlow's own kernel, 3-5 ms slower per pooling and step (the default CNN's stack of 4 at
+    bfloat16 took 18-21 ms per step instead of 12 in 9 processes of 14). A step outside a loop is rewritten
+    whole every time, and a call per step costs well under a millisecond.
+    """
+    pools = [op for op in ops if isinstance(op, Pool)] + [op.pool for op in ops if isinstance(op, Conv) and op.pool]
+    return any(pool.kind == "max" for pool in pools)
 
 
 def only_training(trained, before, training):

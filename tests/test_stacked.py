@@ -118,6 +118,35 @@ def test_stacked_forward_matches_each_keras_model_for_strided_same_padding_and_p
         np.testing.assert_allclose(outputs[d], model(images[d][..., None]).numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("activation, pool, pooled_first", [
+    ("relu", keras.layers.MaxPooling2D, True), ("tanh", keras.layers.MaxPooling2D, True),
+    ("gelu", keras.layers.MaxPooling2D, False), ("relu", keras.layers.AveragePooling2D, False),
+])
+def test_a_max_pooling_runs_before_a_monotonic_activation_with_the_same_outputs_and_gradients(
+        activation, pool, pooled_first):
+    def build():
+        return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(3, 3, activation=activation),
+                                 pool(2), keras.layers.Flatten(), keras.layers.Dense(4)])
+
+    models = [build() for _ in range(2)]
+    ops = stack_plan(models[0])
+    assert (ops[0].pool is not None) == pooled_first and len(ops) == 4 - pooled_first
+    stacked = [tf.constant(np.stack([m.get_weights()[i] for m in models])) for i in range(len(models[0].weights))]
+    images = tf.constant(np.random.default_rng(1).random((2, 5, 8, 8)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(stacked)
+        outputs = forward(ops, stacked, images)
+        loss = tf.reduce_sum(outputs ** 2)
+    gradients = tape.gradient(loss, stacked)
+    for d, model in enumerate(models):
+        with tf.GradientTape() as tape:
+            alone = model(images[d][..., None])
+            alone_loss = tf.reduce_sum(alone ** 2)
+        np.testing.assert_allclose(outputs[d].numpy(), alone.numpy(), atol=1e-6)
+        for got, want in zip(gradients, tape.gradient(alone_loss, model.trainable_weights)):
+            np.testing.assert_allclose(got[d].numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "layers, reason",
     [
