@@ -183,7 +183,7 @@ def has_max_pooling(ops) -> bool:
     from one process to the next; when it reaches a max pooling's gradient before the pooling, the gradient
     stays on TensorFlow's own kernel, 3-5 ms slower per pooling and step (the default CNN's stack of 4 at
     bfloat16 took 18-21 ms per step instead of 12 in 9 processes of 14). A step outside a loop is rewritten
-    whole every time, and a call per step costs well under a millisecond.
+    whole every time; a call per step adds 1-2 ms of Python, which the other worker thread's stack overlaps.
     """
     pools = [op for op in ops if isinstance(op, Pool)] + [op.pool for op in ops if isinstance(op, Conv) and op.pool]
     return any(pool.kind == "max" for pool in pools)
