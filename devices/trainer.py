@@ -215,10 +215,8 @@ class ModelReplica:
             input_signature=[image, labels, tf.TensorSpec([None], tf.int32), scalar, scalar, scalar, scalar],
             autograph=False,
         )
-        # a deep model's step loop takes minutes to compile (MobileNetV2: ~60 s, one step ~16 s); a max pooling's
-        # gradient inside a loop misses oneDNN in most processes (``devices.stacked_program.has_max_pooling``)
-        self.step_by_step = (len(self.model.trainable_variables) > DEEP_MODEL_VARIABLES
-                             or any(isinstance(layer, keras.layers.MaxPooling2D) for layer in self.model.layers))
+        # a deep model's step loop takes minutes to compile (MobileNetV2: ~60 s, one step ~16 s)
+        self.step_by_step = len(self.model.trainable_variables) > DEEP_MODEL_VARIABLES
         self._train_one = tf.function(self._step, input_signature=[image, labels, tf.TensorSpec([None], tf.int32),
                                                                   scalar, scalar, scalar], autograph=False)
         self._evaluate_batch = tf.function(self._evaluate_batch_impl, input_signature=[image, labels], autograph=False)
