@@ -15,6 +15,7 @@ from devices.pool import StackCache, trace_stack, warm_up_order
 from devices.stacked import StackedReplica, narrow_chunks, stacked_batches
 from devices.stacked_layers import NotStackable, forward, stack_plan
 from devices.stacked_optimizer import StackedOptimizer
+from devices.stacked_program import has_max_pooling
 from devices.trainer import ModelReplica, OptimizerSpec, SampleSpec, batch_plan, epoch_orders
 from engine.models import ModelRegistry
 
@@ -145,6 +146,19 @@ def test_a_max_pooling_runs_before_a_monotonic_activation_with_the_same_outputs_
         np.testing.assert_allclose(outputs[d].numpy(), alone.numpy(), atol=1e-6)
         for got, want in zip(gradients, tape.gradient(alone_loss, model.trainable_weights)):
             np.testing.assert_allclose(got[d].numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_stacks_with_max_pooling_step_outside_a_loop_and_dense_stacks_keep_their_loop():
+    """A max pooling's gradient inside a compiled loop reaches oneDNN only in some processes
+    (``devices.stacked_program.has_max_pooling``), so such stacks train one compiled call per step."""
+    def plan(*layers):
+        return stack_plan(keras.Sequential([keras.Input((8, 8, 1)), *layers, keras.layers.Flatten(),
+                                            keras.layers.Dense(2)]))
+
+    assert has_max_pooling(plan(keras.layers.Conv2D(2, 3, activation="relu"), keras.layers.MaxPooling2D()))
+    assert has_max_pooling(plan(keras.layers.Conv2D(2, 3, activation="gelu"), keras.layers.MaxPooling2D()))
+    assert not has_max_pooling(plan(keras.layers.Conv2D(2, 3), keras.layers.AveragePooling2D(2)))
+    assert not has_max_pooling(plan())
 
 
 @pytest.mark.parametrize(
