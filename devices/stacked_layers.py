@@ -136,9 +136,9 @@ def pooled_first(previous: StackedOp, pool: Pool) -> bool:
 
     A max pooling commutes with adding a per-channel bias and with a non-decreasing activation, so pooling
     first gives the same outputs while the bias's and the activation's gradients run on a quarter of the
-    values (2x2 pooling): at bfloat16 their TensorFlow kernels took ~4 ms of a ~15 ms step of the dashboard
-    CNN's stack of 4. Only the rare ties a bias's rounding creates can route a gradient to another of the tied
-    pixels.
+    values (2x2 pooling): for the default CNN's stack of 4 at bfloat16, the bias-gradient sums and ReLU
+    gradients took 6.3 ms of thread time per step, 2.9 ms with pooling first (the bias add and ReLU included).
+    Only the rare ties a bias's rounding creates can route a gradient to another of the tied pixels.
     """
     return (isinstance(previous, Conv) and previous.pool is None and pool.kind == "max"
             and getattr(previous.activation, "__name__", "") in MONOTONIC_ACTIVATIONS)

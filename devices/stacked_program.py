@@ -136,10 +136,10 @@ class StackProgram:
         per-device loss sums, correct and seen counts."""
 
         def step_body(step, weights, slots, iterations, loss_total, correct_total, seen):
-            stepped = self._step(images[step], labels[step], mask[step], state, weights, slots, iterations,
-                                 every_step)
-            return (step + 1, *stepped[:3], *(total + part for total, part in
-                                              zip((loss_total, correct_total, seen), stepped[3:])))
+            weights, slots, iterations, loss_sums, correct, count = self._step(
+                images[step], labels[step], mask[step], state, weights, slots, iterations, every_step)
+            return (step + 1, weights, slots, iterations, loss_total + loss_sums, correct_total + correct,
+                    seen + count)
 
         zeros = tf.zeros(tf.shape(mask)[1:2])
         _, weights, slots, iterations, loss_total, correct_total, seen = tf.while_loop(
