@@ -57,8 +57,8 @@ from typing import Mapping
 from flower_app.certificates import make_certificates, new_key_pair, register_keys, write_secret
 from flower_app.config import run_config_arg, toml_value
 from flower_app.output_dir import OUTPUT_DIR_VARIABLE
-from flower_app.processes import (PARENT_VARIABLE, TAG_VARIABLE, free_port, processes_tagged, terminate, terminate_all,
-                                  wait_for_port)
+from flower_app.processes import (PARENT_VARIABLE, TAG_VARIABLE, ask_for_stacks, free_port,
+                                  processes_tagged, terminate, terminate_all, wait_for_port)
 from flower_app.polling import POLL_VARIABLE
 from flower_app.scratch import ScratchFolder
 
@@ -66,6 +66,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = PROJECT_ROOT / "scripts"
 CONNECTION = "loopback"
 ISOLATION_MODES = ("process", "subprocess")
+STACK_DUMP_SECONDS = 3.0  # after asking a stalled deployment's processes for their stacks
 SPARE_KEYS = 2  # secure deployments: registered keys for SuperNodes added mid-run
 DEFAULT_POLL_SECONDS = 0.1  # SuperNodes, ClientApp workers and the ServerApp (Flower: 3 s, 1 s, 3 s)
 SUPEREXEC_POLL_SECONDS = 0.5
@@ -179,6 +180,16 @@ class LocalDeployment:
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def dump_stacks(self) -> list[int]:
+        """Every thread's stack of each launcher and ServerApp of this deployment, into its log: where a run
+        that does not finish waits. Returns the pids asked (the processes that catch ``SIGUSR1``)."""
+        return ask_for_stacks(processes_tagged(self.tag))
+
+    def log_tails(self, chars: int = 4000) -> str:
+        """The end of every SuperNode's and ClientApp worker's log: where a stalled run stopped."""
+        names = sorted(name for name in self.processes if name.startswith(("supernode", "clientapp")))
+        return "\n".join(f"--- {name}.log (end) ---\n{self.log(name)[-chars:]}" for name in names)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "LocalDeployment":
@@ -308,9 +319,12 @@ class LocalDeployment:
         try:
             output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.dump_stacks()
+            time.sleep(STACK_DUMP_SECONDS)  # the ServerApp's stacks reach `flwr run` through the SuperLink
             terminate(process)
             output = process.communicate()[0]
-            raise TimeoutError(f"flwr run did not finish within {timeout:g} s:\n{output[-4000:]}") from None
+            raise TimeoutError(f"flwr run did not finish within {timeout:g} s:\n{output[-4000:]}\n"
+                               f"{self.log_tails()}") from None
         seconds = time.perf_counter() - started
         (self.workdir / "flwr-run.log").write_text(output)
         match = re.search(r"Successfully started run (\d+)", output)

@@ -48,6 +48,7 @@ def poll_seconds(environ: dict[str, str] | None = None) -> float:
 EXPECTED_FLOWER = "1.42.0"
 BACKOFF_SHARE = 0.1  # no reply for t seconds: pull every 0.1 t (a reply waits at most ~10% longer than it took)
 MAX_PULL_SECONDS = 1.0
+WAITING_NOTE_SECONDS = 30.0  # no reply for this long: log which nodes the grid still waits for
 
 
 def pull_wait(interval: float, quiet: float) -> float:
@@ -94,9 +95,10 @@ def transfer_threads(max_concurrent: int) -> int:
 class PollingGrid(Grid):
     """``grid`` with a ``send_and_receive`` that pulls every ``interval`` seconds."""
 
-    def __init__(self, grid: Grid, interval: float = DEFAULT_POLL_SECONDS):
+    def __init__(self, grid: Grid, interval: float = DEFAULT_POLL_SECONDS, clock=time.monotonic, sleep=time.sleep):
         self.grid = grid
         self.interval = interval
+        self._clock, self._sleep = clock, sleep
         fast_object_pulls(interval)
 
     def set_run(self, run) -> None:
@@ -127,23 +129,30 @@ class PollingGrid(Grid):
         Logs how long the push took, when it ended (wall clock, to line up with the nodes' logs) and how
         long after it each reply arrived: where a round's time goes between the server and its devices.
         """
-        started = time.perf_counter()
-        waiting = set(self.push_messages(messages))
-        pushed, pushed_at, count = time.perf_counter(), time.time(), len(waiting)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = self._clock()
+        messages = list(messages)
+        message_ids = list(self.push_messages(messages))
+        destination = {mid: message.metadata.dst_node_id for mid, message in zip(message_ids, messages)}
+        waiting = set(message_ids)
+        pushed, pushed_at, count = self._clock(), time.time(), len(waiting)
+        deadline = None if timeout is None else pushed + timeout
         replies: list[Message] = []
         arrivals: list[float] = []
-        last_event = pushed
+        last_event = last_note = pushed
         while waiting:
             received = list(self.pull_messages(waiting))
             replies.extend(received)
-            now = time.perf_counter()
+            now = self._clock()
             arrivals += [now - pushed] * len(received)
             last_event = now if received else last_event
             waiting -= {reply.metadata.reply_to_message_id for reply in received}
-            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+            if not waiting or (deadline is not None and now >= deadline):
                 break
-            time.sleep(pull_wait(self.interval, now - last_event))
+            if now - max(last_event, last_note) >= WAITING_NOTE_SECONDS:  # a stalled round says who it waits for
+                last_note = now
+                log(INFO, "grid: %.0f s after the push, still waiting for node(s) %s",
+                    now - pushed, " ".join(str(destination.get(mid, "?")) for mid in sorted(waiting)))
+            self._sleep(pull_wait(self.interval, now - last_event))
         log(INFO, "grid: pushed %d message(s) in %.3f s, at %.3f; replies after %s s",
             count, pushed - started, pushed_at, " ".join(f"{a:.3f}" for a in arrivals))
         return replies

@@ -53,6 +53,31 @@ def processes_tagged(tag: str, variable: str = TAG_VARIABLE) -> list[int]:
     return found
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for signal ``signum`` (Linux: ``SigCgt`` in its status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next((line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
+def ask_for_stacks(pids: list[int]) -> list[int]:
+    """``SIGUSR1`` to those of ``pids`` that catch it: the launchers (``scripts/stack_dump.py``) and our ServerApp
+    (``flower_app.stack_log``) then print every thread's stack into their log. Any other process is left alone
+    (the signal's default action would end it). Returns the pids signalled."""
+    asked = []
+    for pid in pids:
+        if catches(pid, signal.SIGUSR1):
+            try:
+                os.kill(pid, signal.SIGUSR1)
+                asked.append(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return asked
+
+
 def terminate(process: subprocess.Popen, timeout: float = 15.0) -> None:
     terminate_all([process], timeout)
 

@@ -68,6 +68,7 @@ from flower_app.byod import server_dataset
 from flower_app.config import server_settings
 from flower_app.output_dir import confined_path, output_dir
 from flower_app.polling import PollingGrid, poll_seconds
+from flower_app.stack_log import log_stacks_on_signal
 from flower_app.transport import GridTransport
 
 app = ServerApp()
@@ -180,6 +181,7 @@ class RunRecorder:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    log_stacks_on_signal()  # kill -USR1: where a stuck run waits, in its log
     grid = PollingGrid(grid, poll_seconds())  # Flower's deployment grid waits 3 s between pulls
     settings = server_settings(context.run_config)  # refuses file names outside the output and runs folders
     weights_file(context.run_config)  # the same, before anything is loaded

@@ -282,8 +282,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     from parent_watch import watch_parent  # scripts/: this script's own folder is on sys.path
+    from stack_dump import dump_stacks_on_signal
 
     watch_parent()  # end with the dashboard or CLI that started its SuperNode, even if it is killed outright
+    dump_stacks_on_signal()  # kill -USR1: where a stuck process waits, into its log
     arguments = parse_args()
     try:
         serve(arguments)

@@ -68,8 +68,10 @@ def guard(create_app):
 
 def main() -> None:
     from parent_watch import watch_parent  # scripts/: this script's own folder is on sys.path
+    from stack_dump import dump_stacks_on_signal
 
     watch_parent()  # end with the dashboard or CLI that started it, even if it is killed outright
+    dump_stacks_on_signal()  # kill -USR1: where a stuck process waits, into its log
     from flwr.superlink import main as superlink_main
     from flwr.superlink.cli.flower_superlink import flower_superlink
 

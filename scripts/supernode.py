@@ -89,8 +89,10 @@ def split_argv(argv: list[str]) -> tuple[float, list[str]]:
 
 def main() -> None:
     from parent_watch import watch_parent  # scripts/: this script's own folder is on sys.path
+    from stack_dump import dump_stacks_on_signal
 
     watch_parent()  # end with the dashboard or CLI that started it, even if it is killed outright
+    dump_stacks_on_signal()  # kill -USR1: where a stuck process waits, into its log
     seconds, rest = split_argv(sys.argv[1:])
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supercore.version import package_version

@@ -108,6 +108,16 @@ def flower_deployment(data_dir, tmp_path_factory):
     assert seconds < 30, f"stopping the shared Flower deployment took {seconds:.0f} s"
 
 
+@pytest.fixture
+def server_identity():
+    """Messages built outside a Flower process need a task identity (a ServerApp's node id is 1)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
 def wait_until(condition, timeout: float = 60.0, interval: float = 0.05):
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from devices.codec import encode_delta
 from devices.messages import DeviceMetrics, EncodedUpdate, PrivacySettings, TrainInstructions
@@ -53,14 +52,6 @@ def metrics(**changes) -> DeviceMetrics:
                   local_loss=0.6, local_accuracy=0.75, steps=12, seconds=0.3)
     values.update(changes)
     return DeviceMetrics(**values)
-
-
-@pytest.fixture
-def server_identity():
-    """Messages built outside a Flower process need a task identity (a ServerApp's node id is 1)."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
 
 
 # -- conversions ---------------------------------------------------------------------------
@@ -407,6 +398,25 @@ def test_flower_rounds_match_the_in_process_engine(deployment, fashion, data_dir
             k: d["samples"] for k, d in flower_round["devices"].items()
         }
         assert flower_round["global_accuracy"] == pytest.approx(engine_round.global_accuracy, abs=0.02)
+
+
+def test_every_process_of_the_deployment_prints_its_stacks_when_asked_and_keeps_running(loopback):
+    """What ``LocalDeployment.run`` does before giving up on a run: each launcher dumps its threads into its log."""
+    import signal
+
+    from flower_app.processes import catches
+    from tests.conftest import wait_until
+
+    names = [name for name in loopback.processes if name.startswith(("superlink", "supernode", "clientapp"))]
+    pids = sorted(loopback.processes[name].pid for name in names)
+    wait_until(lambda: all(catches(pid, signal.SIGUSR1) for pid in pids), timeout=120)  # launchers starting up
+    before = {name: len(loopback.log(name)) for name in names}
+    assert sorted(loopback.dump_stacks()) == pids  # no other process of the deployment catches it
+    for name in names:  # faulthandler's format: "Thread 0x... (most recent call first):"
+        wait_until(lambda name=name: "most recent call first" in loopback.log(name)[before[name]:], timeout=30)
+    assert all(loopback.processes[name].poll() is None for name in names)
+    online = [node for node in connected_nodes(loopback) if node.get("status") == "online"]
+    assert len(online) == NUM_SUPERNODES, online
 
 
 # -- the same deployment, as an attacker sees it ---------------------------------------------------

@@ -77,6 +77,39 @@ def test_polls_back_off_while_nothing_happens():
         assert wait(2.0, 600.0) == 2.0  # never faster than asked
 
 
+def test_a_grid_that_waits_long_says_which_nodes_have_not_replied(caplog, server_identity):
+    from flwr.app import Message, RecordDict
+
+    from flower_app.polling import WAITING_NOTE_SECONDS, PollingGrid
+    from tests.flower_testing import StubGrid
+
+    class Inner(StubGrid):  # node 21 replies at once, node 22 never
+        def get_node_ids(self):
+            return [21, 22]
+
+        def send_and_receive(self, messages, *, timeout=None):
+            raise AssertionError("PollingGrid pushes and pulls itself")
+
+        def push_messages(self, messages):
+            self.pushed = {f"m{m.metadata.dst_node_id}": m for m in messages}
+            return list(self.pushed)
+
+        def pull_messages(self, message_ids):
+            replies = [Message(RecordDict(), reply_to=self.pushed[i]) for i in message_ids if i == "m21"]
+            for reply in replies:
+                reply.metadata.__dict__["_reply_to_message_id"] = "m21"
+            return replies
+
+    now = [0.0]
+    grid = PollingGrid(Inner(), 0.05, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    messages = [grid.create_message(RecordDict(), "train", node, "1") for node in (21, 22)]
+    with caplog.at_level("INFO", logger="flwr"):
+        replies = grid.send_and_receive(messages, timeout=2.5 * WAITING_NOTE_SECONDS)
+    assert len(replies) == 1 and now[0] >= 2.5 * WAITING_NOTE_SECONDS
+    notes = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert len(notes) == 2 and all(note.endswith("node(s) 22") for note in notes), notes
+
+
 def test_one_request_asks_for_parts_still_missing_for_all_of_flowers_pulling_threads(monkeypatch):
     """Flower's own ``pull_objects`` (8 threads) through the worker's gate: parts that land after 0.3 s cost
     about one request per interval in all, not one per thread, and every part arrives intact."""

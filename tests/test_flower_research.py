@@ -30,7 +30,6 @@ import os
 
 import numpy as np
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 
 from devices.messages import Personalization, TrainInstructions
 from engine.config import FederationConfig
@@ -48,14 +47,6 @@ RUN_CONFIG = {
 SHAPES = [(3, 2), (2,)]
 FEDBUFF = {"num-server-rounds": 3, "model": "mlp", "train-samples": 600, "test-samples": 200,
            "min-devices": NUM_NODES, "strategy": "fedbuff", "strategy-params": "buffer_size=1", "seed": 5}
-
-
-@pytest.fixture
-def server_identity():
-    """Messages built outside a Flower process need a task identity (a ServerApp's node id is 1)."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
 
 
 # -- fast: the messages ----------------------------------------------------------------------------------------

@@ -155,16 +155,6 @@ def test_a_node_takes_the_stored_control_variate_only_when_it_holds_none_of_its_
     assert all(np.allclose(a, d, atol=1e-6) for a, d in zip(after, update.control_delta))
 
 
-@pytest.fixture
-def server_identity():
-    """Messages built outside a Flower process need a task identity (a ServerApp's node id is 1)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
-
-
 def test_the_flwr_run_serverapp_scales_the_server_control_by_the_share_of_devices_that_trained(
         tmp_path, monkeypatch, server_identity, data_dir, fashion):
     """SCAFFOLD's c moves by |S|/N of the mean c_i change. The ``flwr run`` ServerApp is never told N; it takes

@@ -15,7 +15,6 @@ import copy
 import numpy as np
 import pytest
 from flwr.app import Context, Error, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from devices.codec import encode_delta
 from devices.messages import DeviceMetrics, EncodedUpdate
@@ -29,13 +28,6 @@ from tests.flower_testing import StubGrid
 SHAPES = [(40, 3), (3,)]
 SAMPLES = {0: 100, 1: 300, 2: 600}  # partition -> declared training samples
 NODES = {201: 0, 202: 1, 203: 2}  # node id -> partition
-
-
-@pytest.fixture
-def server_identity():
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
 
 
 def delta_of(partition: int) -> list[np.ndarray]:

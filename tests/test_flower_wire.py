@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
-from flwr.supercore.task_identity import TaskIdentity
 
 from devices.codec import encode_delta
 from devices.messages import ControlVariate, DeviceMetrics, EncodedUpdate, TrainInstructions
@@ -40,13 +39,6 @@ def handmade(header: object, data: bytes) -> bytes:
     """A packed payload with any header: what a hostile sender can put on the wire."""
     encoded = json.dumps(header).encode()
     return len(encoded).to_bytes(4, "little") + encoded + data
-
-
-@pytest.fixture
-def server_identity():
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
 
 
 def test_packing_gives_back_exactly_what_was_packed():
