@@ -12,35 +12,24 @@ import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
-LAUNCHER = """
+PROGRAM = """
 import sys, time
 sys.path.insert(0, {scripts!r})
-from stack_dump import dump_stacks_on_signal
-assert dump_stacks_on_signal()
+{install}
 def waiting_for_a_reply():
     print("ready", flush=True)
     time.sleep(30)
-    print("still here", flush=True)
 waiting_for_a_reply()
 """
-
-SERVER_APP = """
-import time
-from flower_app.stack_log import log_stacks_on_signal
-assert log_stacks_on_signal()
-def waiting_for_a_reply():
-    print("ready", flush=True)
-    time.sleep(30)
-    print("still here", flush=True)
-waiting_for_a_reply()
-"""
+LAUNCHER = "from stack_dump import dump_stacks_on_signal\nassert dump_stacks_on_signal()"
+SERVER_APP = "from flower_app.stack_log import log_stacks_on_signal\nassert log_stacks_on_signal()"
 
 
-@pytest.mark.parametrize("program", [LAUNCHER, SERVER_APP], ids=["launcher", "server-app"])
-def test_sigusr1_prints_the_waiting_stack_and_the_process_goes_on(program):
+@pytest.mark.parametrize("install", [LAUNCHER, SERVER_APP], ids=["launcher", "server-app"])
+def test_sigusr1_prints_the_waiting_stack_and_the_process_goes_on(install):
     from flower_app.processes import ask_for_stacks
 
-    process = subprocess.Popen([sys.executable, "-c", program.format(scripts=str(SCRIPTS))], text=True,
+    process = subprocess.Popen([sys.executable, "-c", PROGRAM.format(scripts=str(SCRIPTS), install=install)], text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sleeper = subprocess.Popen(["sleep", "30"])  # catches nothing: SIGUSR1 would end it
     try:
