@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--isolation", choices=("process", "subprocess"), default="process")
     parser.add_argument("--insecure", action="store_true", help="Flower without TLS and node authentication")
     parser.add_argument("--workdir", default=None, help="default: a new folder under /tmp")
+    parser.add_argument("--poll-seconds", type=float, default=None,
+                        help="the deployment's polls (SuperNodes, workers, ServerApp; default: LocalDeployment's)")
     args = parser.parse_args(argv)
     if args.devices < 1 or args.rounds < 2 or args.repeats < 1:
         parser.error("--devices and --repeats must be >= 1 and --rounds >= 2 (the first round is the warm-up)")
@@ -140,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                   "test-samples": args.test_samples, "min-devices": args.devices}
     loads = [load()]
     in_process, flower, skip = [], [], {}
+    polls = {} if args.poll_seconds is None else {"poll_seconds": args.poll_seconds}
     with LocalDeployment(workdir / "flower", args.devices, secure=not args.insecure,
-                         isolation=args.isolation) as deployment:
+                         isolation=args.isolation, **polls) as deployment:
         for _ in range(args.repeats):
             in_process.append(in_process_once(run_config, args.devices, data_dir, args.stack_width))
             loads.append(load())

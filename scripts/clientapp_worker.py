@@ -76,6 +76,7 @@ IDLE_CAP_SECONDS = 1.0  # longest wait between task polls of an idle worker
 BACKOFF_SHARE = 0.1  # idle for t seconds: poll every 0.1 t
 TRANSFER_THREADS = 8  # as flower_app/polling.py
 STARTUP_TIMEOUT = 120.0  # seconds to wait for the SuperNode's Runtime API at start-up
+MESSAGE_WAIT_SECONDS = 30.0  # longest wait for an acquired task's message to reach the SuperNode's state
 
 
 class OneAsksForMissingParts:
@@ -110,6 +111,32 @@ class OneAsksForMissingParts:
         with self._lock:
             self._missing_at = None  # the parts have arrived: every thread pulls its own at once
         return content
+
+
+class WaitsForTheTasksMessage:
+    """A Runtime API client whose ``PullMessages`` asks again, every ``interval`` s for up to ``timeout`` s, while
+    the SuperNode has no message for the task yet; every other call goes to ``client`` unchanged.
+
+    Flower 1.42's SuperNode creates a message's task *before* it stores the message
+    (``flwr/supernode/start_client_internal.py``, ``_pull_and_store_message``). A worker that acquires the task
+    in between (this one polls every 50 ms while rounds follow each other, and a loaded machine widens the gap)
+    gets no message, ``pull_task_input`` raises, no reply is ever made, and the SuperNode, which waits for the
+    reply of each message it took before it takes the next one, hangs for the rest of the run. The message is
+    a moment away: wait for it.
+    """
+
+    def __init__(self, client, interval: float = PULL_SECONDS, timeout: float = MESSAGE_WAIT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        self._client, self._interval, self._timeout, self._clock, self._sleep = client, interval, timeout, clock, sleep
+
+    def PullMessages(self, request):  # pylint: disable=invalid-name  # Flower's RPC name
+        deadline = self._clock() + self._timeout
+        while not (response := self._client.PullMessages(request)).messages_list and self._clock() < deadline:
+            self._sleep(self._interval)
+        return response
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
 
 
 ORIGINAL_PULL = run_clientapp.pull_and_inflate_object_from_tree
@@ -171,7 +198,7 @@ def run_task(args: argparse.Namespace, token: str, apps: dict[str, ClientApp]) -
     started_at = time.time()
     try:
         heartbeat.start()
-        message, context, run, fab = pull_task_input(client)
+        message, context, run, fab = pull_task_input(WaitsForTheTasksMessage(client))
         marks.append(("pull", time.perf_counter()))
         client_app = loaded_client_app(run, fab, apps)
         marks.append(("load", time.perf_counter()))

@@ -77,6 +77,36 @@ def test_polls_back_off_while_nothing_happens():
         assert wait(2.0, 600.0) == 2.0  # never faster than asked
 
 
+def test_a_worker_that_acquires_a_task_before_its_message_is_stored_waits_for_the_message():
+    from flwr.proto.runtime_pb2 import PullAppMessagesResponse  # pylint: disable=E0611
+    from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
+
+    worker = load_script("clientapp_worker")
+
+    class SuperNode:  # its Runtime API: the task's message is stored after the worker's first two asks
+        def __init__(self, empty_answers):
+            self.asked, self.empty_answers = 0, empty_answers
+
+        def PullMessages(self, request):
+            self.asked += 1
+            if self.asked <= self.empty_answers:
+                return PullAppMessagesResponse()
+            return PullAppMessagesResponse(messages_list=[ProtoMessage()])
+
+        def PullObject(self, request):
+            return "passed through"
+
+    now = [0.0]
+    clock, sleep = (lambda: now[0]), (lambda seconds: now.__setitem__(0, now[0] + seconds))
+    late = SuperNode(empty_answers=2)
+    client = worker.WaitsForTheTasksMessage(late, interval=0.02, timeout=60, clock=clock, sleep=sleep)
+    assert len(client.PullMessages(None).messages_list) == 1 and late.asked == 3
+    assert now[0] == pytest.approx(0.04) and client.PullObject(None) == "passed through"
+    never = SuperNode(empty_answers=10**6)  # gives up after the timeout: Flower's own error follows
+    client = worker.WaitsForTheTasksMessage(never, interval=0.5, timeout=5, clock=clock, sleep=sleep)
+    assert not client.PullMessages(None).messages_list and never.asked == 11
+
+
 def test_a_grid_that_waits_long_says_which_nodes_have_not_replied(caplog, server_identity):
     from flwr.app import Message, RecordDict
 
